@@ -1,0 +1,1 @@
+"""Inference backends. One protocol (`base.Backend`); the module name is the config `kind`."""

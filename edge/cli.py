@@ -1,0 +1,46 @@
+"""`hlgfa`: one command-line tool, one subcommand per job.
+
+Each subcommand lives in the module that does the job and exposes `register(subparsers)`,
+which adds its parser and sets `handler`. The list below is explicit: a subcommand whose
+module fails to import is an error, not a silently missing option. Modules keep heavy
+imports (torch, onnxruntime, harvesters, tensorrt) inside their handlers, so `hlgfa --help`
+and config checks work on a box that lacks them.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+
+from edge.errors import HlgfaError
+
+SUBCOMMAND_MODULES = (
+    "calibrate.train_cli",
+    "calibrate.evaluate_cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hlgfa", description="HLGFA line-side anomaly inspection.")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except HlgfaError as error:
+        print(f"hlgfa {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Exceptions that carry a sysexits exit code, so a supervisor can tell causes apart."""
+
+
+class HlgfaError(Exception):
+    """Base of every error the CLI turns into a message and an exit code."""
+
+    exit_code = 1
+
+
+class ConfigError(HlgfaError):
+    """A config file, flag or thresholds file is malformed or does not fit the model."""
+
+    exit_code = 78  # EX_CONFIG
+
+
+class InputDataError(HlgfaError):
+    """An image, dataset folder or recording cannot be used as given."""
+
+    exit_code = 65  # EX_DATAERR
+
+
+class ModelFileError(HlgfaError):
+    """A model directory, ONNX file or engine is missing, truncated or for another model."""
+
+    exit_code = 66  # EX_NOINPUT
+
+
+class BackendError(HlgfaError):
+    """An inference backend failed to load or to run."""
+
+    exit_code = 70  # EX_SOFTWARE
+
+
+class SourceError(HlgfaError):
+    """A camera or frame source cannot be opened or stopped delivering."""
+
+    exit_code = 69  # EX_UNAVAILABLE

@@ -1,0 +1,1 @@
+"""Frame sources. One protocol (`base.Source`); the module name is the config `kind`."""

@@ -1,0 +1,47 @@
+"""The protocol every frame source implements, and how it reports trouble.
+
+`read()` returns the next `Frame` or raises one of the three exceptions below; the pipeline
+turns each into exactly one published outcome, so nothing a source meets goes unreported:
+
+- `FrameError`: this one frame is broken (unreadable file, incomplete buffer, unsupported
+  conversion). The pipeline publishes a `fault` decision for it and reads on.
+- `SourceUnavailable`: the device is gone or timed out. The pipeline publishes a fault event
+  and calls `read()` again; the source reconnects inside `read()` with capped exponential
+  backoff, raising `SourceUnavailable` again until it is back.
+- `SourceExhausted`: a replay reached its end (and does not loop). The pipeline drains and stops.
+"""
+
+from typing import Protocol
+
+from edge.errors import HlgfaError, SourceError
+from edge.frame import Frame
+
+
+class FrameError(HlgfaError):
+    def __init__(self, message: str, frame_id: int | None = None):
+        super().__init__(message)
+        self.frame_id = frame_id
+
+
+class SourceUnavailable(SourceError):
+    pass
+
+
+class SourceExhausted(HlgfaError):
+    pass
+
+
+class Source(Protocol):
+    source_id: str
+
+    def open(self) -> None:
+        """Connect and start acquisition; a bad setting raises `ConfigError` naming it."""
+
+    def read(self, timeout_s: float) -> Frame:
+        """The next frame, converted to RGB8/Mono8 and owned by the caller."""
+
+    def stats(self) -> dict:
+        """Counters since open: frames, dropped (id gaps), timeouts, incomplete, reconnects."""
+
+    def close(self) -> None:
+        """Stop acquisition and release the device; safe to call twice."""

@@ -1,0 +1,116 @@
+"""The thresholds file: fitted by `hlgfa calibrate`, read by the daemon, bound to one model.
+
+Kept beside the model, never inside the graph or the engine, so recalibrating never forces an
+engine rebuild. Written atomically (temp file + rename) so a reader never sees half a file.
+"""
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edge.errors import ConfigError
+
+THRESHOLDS_FORMAT = "hlgfa-thresholds/1"
+
+
+@dataclass(frozen=True)
+class RegionRule:
+    """Reject when a connected region of map pixels above `pixel_threshold` covers at least
+    `min_area_px` pixels of the model-resolution map."""
+
+    pixel_threshold: float
+    min_area_px: int
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    model_hash: str
+    image_threshold: float
+    version: str
+    region: RegionRule | None = None
+    engine_sha256: str | None = None
+    policy: str = "frr"
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["format"] = THRESHOLDS_FORMAT
+        return data
+
+
+def _require_number(data: dict, key: str, source: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{source}: key {key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def parse_thresholds(data: object, source: str) -> Thresholds:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    if data.get("format") != THRESHOLDS_FORMAT:
+        raise ConfigError(f"{source}: format {data.get('format')!r}, expected {THRESHOLDS_FORMAT!r}")
+    for key in ("model_hash", "version"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ConfigError(f"{source}: key {key!r} must be a non-empty string")
+    region = None
+    if data.get("region") is not None:
+        region_data = data["region"]
+        if not isinstance(region_data, dict):
+            raise ConfigError(f"{source}: key 'region' must be an object or null")
+        area = region_data.get("min_area_px")
+        if isinstance(area, bool) or not isinstance(area, int) or area < 1:
+            raise ConfigError(f"{source}: key 'region.min_area_px' must be an integer ≥ 1, got {area!r}")
+        region = RegionRule(_require_number(region_data, "pixel_threshold", f"{source} region"), area)
+    return Thresholds(
+        model_hash=data["model_hash"],
+        image_threshold=_require_number(data, "image_threshold", source),
+        version=data["version"],
+        region=region,
+        engine_sha256=data.get("engine_sha256"),
+        policy=str(data.get("policy", "frr")),
+        details=dict(data.get("details") or {}),
+    )
+
+
+def load_thresholds(path: str | Path, expected_model_hash: str | None = None) -> Thresholds:
+    """Read and check a thresholds file; refuse one fitted on another model."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"thresholds file {path}: does not exist (create it with `hlgfa calibrate`)") from None
+    except OSError as error:
+        raise ConfigError(f"thresholds file {path}: cannot be read ({error})") from error
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"thresholds file {path}: not valid JSON ({error})") from error
+    thresholds = parse_thresholds(data, f"thresholds file {path}")
+    if expected_model_hash is not None and thresholds.model_hash != expected_model_hash:
+        raise ConfigError(
+            f"thresholds file {path}: fitted on model {thresholds.model_hash[:12]}, but the loaded model is "
+            f"{expected_model_hash[:12]}; recalibrate with `hlgfa calibrate --model MODEL_DIR ...`")
+    return thresholds
+
+
+def write_json_atomic(path: str | Path, data: dict, overwrite: bool = False) -> None:
+    """Write JSON so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path}: already exists; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=2, sort_keys=True)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
