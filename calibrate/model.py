@@ -1,0 +1,203 @@
+"""HLGFA: high/low-resolution guided feature alignment (see shared HLGFA.md).
+
+The whole inference path is one `nn.Module` (`HLGFA`) from the preprocessed HR batch to the
+anomaly map and the image score, so the ONNX export and every backend compute exactly this.
+
+Why the model lives in `calibrate/`: it is needed to train, to evaluate and to export, all of
+which run off the line with torch installed. The line runtime (`edge/`) runs the exported graph
+and never imports this module, except in the optional torch backend, which imports it lazily.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibrate.backbones import STRIDES, FrozenBackbone
+
+
+@dataclass
+class HLGFAConfig:
+    image_size: int = 256
+    lr_factor: int = 2
+    strides: tuple[int, ...] = STRIDES
+    # Dilated 3×3 depthwise convs (receptive fields 3, 5, 7): the same multi-scale layout as
+    # 3/5/7 kernels, and an order of magnitude cheaper to train on a CPU (measured).
+    structure_dilations: tuple[int, ...] = (1, 2, 3)
+    use_structure: bool = True
+    # The detail prior is a deliberate bottleneck: wide enough to carry local alignment cues,
+    # too narrow to copy HR through (the identity trap). 0 disables it.
+    detail_channels: int = 8
+    use_reliability: bool = True
+    smoothing_sigma: float = 4.0  # pixels at image_size 256, scaled with image_size
+    score: str = "max"  # or "topk": mean of the top `topk_fraction` pixels
+    topk_fraction: float = 0.01
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["strides"] = list(self.strides)
+        data["structure_dilations"] = list(self.structure_dilations)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HLGFAConfig":
+        data = dict(data)
+        data["strides"] = tuple(data["strides"])
+        data["structure_dilations"] = tuple(data["structure_dilations"])
+        return cls(**data)
+
+
+@dataclass
+class FittedConstants:
+    """Fitted on normal images after training; part of the model hash."""
+
+    # Per-level mean structure instability on normals: makes the reliability weight scale-free.
+    instability_scale: list[float] = field(default_factory=list)
+    reliability_strength: float = 0.0
+
+
+class LevelAligner(nn.Module):
+    """Refines LR features towards HR features at one level, guided by thin HR priors."""
+
+    def __init__(self, channels: int, config: HLGFAConfig):
+        super().__init__()
+        self.use_structure = config.use_structure
+        self.detail_channels = config.detail_channels
+        if self.use_structure:
+            self.structure_convs = nn.ModuleList(
+                nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=channels, bias=False)
+                for d in config.structure_dilations)
+            self.structure_proj = nn.Conv2d(channels, channels, 1)
+            self.film = nn.Conv2d(channels, 2 * channels, 1)
+            # FiLM starts as the identity so training begins from the plain LR features.
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+        if self.detail_channels > 0:
+            self.detail_align = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+            self.detail_proj = nn.Conv2d(channels, self.detail_channels, 1)
+        fused = channels + max(self.detail_channels, 0)
+        self.gate = nn.Conv2d(fused, channels, 1)
+        hidden = max(channels // 2, 16)
+        self.residual = nn.Sequential(
+            nn.Conv2d(fused, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1))
+        nn.init.zeros_(self.residual[-1].weight)
+        nn.init.zeros_(self.residual[-1].bias)
+
+    def structure_prior(self, hr: torch.Tensor) -> torch.Tensor | None:
+        if not self.use_structure:
+            return None
+        # Smoothed first: the structure prior is the scene's layout, not its fine detail.
+        smooth = F.avg_pool2d(hr, 3, stride=1, padding=1, count_include_pad=False)
+        return self.structure_proj(sum(conv(smooth) for conv in self.structure_convs))
+
+    def forward(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        structure = self.structure_prior(hr)
+        if structure is not None:
+            gamma, beta = self.film(structure).chunk(2, dim=1)
+            modulated = lr * (1 + gamma) + beta
+        else:
+            modulated = lr
+        if self.detail_channels > 0:
+            smooth = F.avg_pool2d(hr, 3, stride=1, padding=1, count_include_pad=False)
+            detail = self.detail_proj(self.detail_align(smooth))
+            fused = torch.cat([modulated, detail], dim=1)
+        else:
+            fused = modulated
+        refined = modulated + torch.sigmoid(self.gate(fused)) * self.residual(fused)
+        return refined, structure
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    positions = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (positions / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def local_instability(structure: torch.Tensor) -> torch.Tensor:
+    """Mean absolute spatial gradient of the structure prior (N×1×h×w): high on edges and
+    textures whose features legitimately shift with resolution."""
+    grad_x = F.pad(structure[..., :, 1:] - structure[..., :, :-1], (0, 1, 0, 0))
+    grad_y = F.pad(structure[..., 1:, :] - structure[..., :-1, :], (0, 0, 0, 1))
+    return (grad_x.abs() + grad_y.abs()).mean(dim=1, keepdim=True)
+
+
+class HLGFA(nn.Module):
+    """HR batch (N×3×S×S, ImageNet-normalised) → (anomaly map N×S×S, image score N)."""
+
+    def __init__(self, backbone: FrozenBackbone, config: HLGFAConfig, fitted: FittedConstants | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.aligners = nn.ModuleList(LevelAligner(backbone.channels[s], config) for s in config.strides)
+        sigma = config.smoothing_sigma * config.image_size / 256
+        self.register_buffer("smoothing_kernel", gaussian_kernel1d(sigma), persistent=False)
+        self.fitted = fitted or FittedConstants()
+
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Backbone features of the HR view and of the LR view resized to the HR grid."""
+        with torch.no_grad():
+            hr = self.backbone(images)
+            factor = self.config.lr_factor
+            # Box-filter downsampling is antialiased and exports as one AveragePool op.
+            lr_view = F.avg_pool2d(images, factor, stride=factor)
+            lr = [F.interpolate(f, size=h.shape[-2:], mode="bilinear", align_corners=False)
+                  for f, h in zip(self.backbone(lr_view), hr)]
+        return hr, lr
+
+    def align(self, hr: list[torch.Tensor], lr: list[torch.Tensor]):
+        """Refined LR features and structure priors per level."""
+        outputs = [aligner(l, h) for aligner, l, h in zip(self.aligners, lr, hr)]
+        return [o[0] for o in outputs], [o[1] for o in outputs]
+
+    @staticmethod
+    def alignment_loss(refined: list[torch.Tensor], hr: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([(1 - F.cosine_similarity(r, h, dim=1)).mean() for r, h in zip(refined, hr)]).mean()
+
+    def raw_maps(self, images: torch.Tensor):
+        """Per-level discrepancy (N×1×S×S each) and the combined instability (N×1×S×S or None)."""
+        hr, lr = self.features(images)
+        refined, structures = self.align(hr, lr)
+        size = images.shape[-2:]
+        discrepancies = [
+            F.interpolate((1 - F.cosine_similarity(r, h, dim=1)).unsqueeze(1), size=size, mode="bilinear",
+                          align_corners=False)
+            for r, h in zip(refined, hr)]
+        instability = None
+        if self.config.use_structure and self.fitted.instability_scale:
+            instability = torch.stack([
+                F.interpolate(local_instability(s), size=size, mode="bilinear", align_corners=False) / scale
+                for s, scale in zip(structures, self.fitted.instability_scale)]).mean(dim=0)
+        return discrepancies, instability
+
+    def smooth(self, maps: torch.Tensor) -> torch.Tensor:
+        kernel = self.smoothing_kernel
+        radius = kernel.numel() // 2
+        maps = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
+        maps = F.conv2d(maps, kernel.view(1, 1, 1, -1))
+        return F.conv2d(maps, kernel.view(1, 1, -1, 1))
+
+    def finish(self, discrepancies: list[torch.Tensor], instability: torch.Tensor | None,
+               reliability_strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+        anomaly = torch.stack(discrepancies).mean(dim=0)
+        if self.config.use_reliability and instability is not None and reliability_strength > 0:
+            anomaly = anomaly / (1 + reliability_strength * instability)
+        anomaly = self.smooth(anomaly).squeeze(1)
+        flat = anomaly.flatten(1)
+        if self.config.score == "topk":
+            count = max(1, int(round(self.config.topk_fraction * flat.shape[1])))
+            score = flat.topk(count, dim=1).values.mean(dim=1)
+        else:
+            score = flat.amax(dim=1)
+        return anomaly, score
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        discrepancies, instability = self.raw_maps(images)
+        return self.finish(discrepancies, instability, self.fitted.reliability_strength)
+
+    def learned_parameters(self):
+        return self.aligners.parameters()

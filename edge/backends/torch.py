@@ -1,0 +1,50 @@
+"""PyTorch backend: the training stack's own model, for development and as the reference.
+
+Imports torch and the model code (`calibrate.model_io`) only when opened: a line box running
+TensorRT or ONNX Runtime never needs them.
+"""
+
+import numpy as np
+
+from edge.backends.base import check_batch
+from edge.errors import BackendError
+
+
+class TorchBackend:
+    kind = "torch"
+
+    def __init__(self, model_dir, max_batch: int = 8, threads: int | None = None, device: str = "cpu", **_):
+        try:
+            import torch
+
+            from calibrate.model_io import load_model
+        except ImportError as error:
+            raise BackendError(f"torch backend: torch is not installed ({error}); "
+                               f"install the training extra: pip install -c constraints.txt '.[train]'") from error
+        self._torch = torch
+        if threads:
+            torch.set_num_threads(threads)
+        if device != "cpu" and not torch.cuda.is_available():
+            raise BackendError(f"torch backend: device {device!r} asked for, but CUDA is not available")
+        self.model, info = load_model(model_dir)
+        self.model.to(device)
+        self.device = device
+        self.model_hash = info.model_hash
+        self.image_size = info.preprocess.image_size
+        self.max_batch = max_batch
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch = check_batch(batch, self.image_size, self.max_batch, self.kind)
+        with self._torch.inference_mode():
+            maps, scores = self.model(self._torch.from_numpy(batch).to(self.device))
+        return maps.float().cpu().numpy(), scores.float().cpu().numpy()
+
+    def warmup(self) -> None:
+        self.infer(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
+
+    def close(self) -> None:
+        self.model = None
+
+
+def open(model_dir, **options) -> TorchBackend:  # noqa: A001 - the backend registry's entry point
+    return TorchBackend(model_dir, **options)

@@ -1,0 +1,163 @@
+"""Replay images from a folder, or a recording made by `hlgfa camera grab`.
+
+A plain folder yields its images sorted by file name, with frame ids 0, 1, 2, ... A folder that
+holds `frames.jsonl` is a recording: its lines give the order, the files, and the frame ids and
+device timestamps the camera reported, so a replay reproduces the original ids (and their gaps).
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ConfigError, InputDataError
+from edge.frame import Frame
+from edge.sources.base import FrameError, SourceExhausted
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+RECORDING_INDEX = "frames.jsonl"
+
+
+def decode_image(data: bytes, name: str) -> tuple[np.ndarray, str]:
+    """Encoded image bytes → (Mono8 H×W or RGB8 H×W×3 uint8, "Mono8" | "RGB8").
+
+    Grayscale stays Mono8 rather than being tripled: the model's preprocessing decides how to
+    expand channels, and a Mono8 camera replayed from disk must look like that camera.
+    """
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputDataError(f"{name}: not a readable image (cv2.imdecode failed on {len(data)} bytes)")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise InputDataError(f"{name}: pixel type {image.dtype} is not supported, expected 8 or 16 bit")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return np.ascontiguousarray(image), "Mono8"
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "RGB8"
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), "RGB8"
+    raise InputDataError(f"{name}: image shape {image.shape} is neither grayscale nor colour")
+
+
+def _read_recording(index_path: Path) -> list[dict]:
+    entries = []
+    for line_number, line in enumerate(index_path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            entries.append(
+                {
+                    "file": index_path.parent / str(record["file"]),
+                    "frame_id": int(record["frame_id"]),
+                    "device_timestamp_ns": int(record.get("device_timestamp_ns", 0)),
+                }
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputDataError(
+                f"{index_path}:{line_number}: expected a JSON object with 'file' and 'frame_id' ({error})"
+            ) from error
+    return entries
+
+
+class FolderSource:
+    def __init__(self, path: str | Path, fps: float | None = None, loop: bool = False, source_id: str | None = None):
+        if fps is not None and fps <= 0:
+            raise ConfigError(f"folder source fps must be > 0, got {fps}")
+        self.path = Path(path)
+        self.fps = fps
+        self.loop = loop
+        self.source_id = source_id or f"folder:{self.path}"
+        self._entries: list[dict] = []
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self._position = 0
+        self._passes = 0
+        self._id_span = 0
+        self._last_frame_id: int | None = None
+        self._next_due: float | None = None
+        self._stats = {"frames": 0, "dropped": 0, "timeouts": 0, "incomplete": 0, "reconnects": 0,
+                       "frame_errors": 0, "passes": 0}
+
+    def open(self) -> None:
+        if not self.path.is_dir():
+            raise ConfigError(f"folder source {self.path}: not a directory")
+        index_path = self.path / RECORDING_INDEX
+        if index_path.is_file():
+            entries = _read_recording(index_path)
+            self.recording = True
+        else:
+            files = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = [{"file": p, "frame_id": i, "device_timestamp_ns": 0} for i, p in enumerate(files)]
+            self.recording = False
+        if not entries:
+            raise InputDataError(
+                f"folder source {self.path}: no images ({', '.join(IMAGE_SUFFIXES)}) and no {RECORDING_INDEX}"
+            )
+        self._reset_counters()
+        self._entries = entries
+        # Looped passes shift ids by the span of one pass so ids keep increasing.
+        self._id_span = max(e["frame_id"] for e in entries) + 1
+        log.info("folder source %s: %d frames%s", self.path, len(entries), " (recording)" if self.recording else "")
+
+    def _pace(self) -> None:
+        if self.fps is None:
+            return
+        period = 1.0 / self.fps
+        now = time.monotonic()
+        if self._next_due is None or now - self._next_due > period:
+            # Fell behind by more than a period (or first frame): restart the schedule rather
+            # than bursting frames to catch up.
+            self._next_due = now
+        elif self._next_due > now:
+            time.sleep(self._next_due - now)
+        self._next_due += period
+
+    def read(self, timeout_s: float) -> Frame:
+        if not self._entries:
+            raise SourceExhausted(f"folder source {self.path} is not open")
+        if self._position >= len(self._entries):
+            if not self.loop:
+                raise SourceExhausted(f"folder source {self.path}: all {len(self._entries)} frames read")
+            self._position = 0
+            self._passes += 1
+            self._stats["passes"] = self._passes
+        entry = self._entries[self._position]
+        self._position += 1
+        frame_id = entry["frame_id"] + self._passes * self._id_span
+        self._pace()
+        if self._last_frame_id is not None and frame_id > self._last_frame_id + 1:
+            self._stats["dropped"] += frame_id - self._last_frame_id - 1
+        self._last_frame_id = frame_id
+        try:
+            data = entry["file"].read_bytes()
+            image, pixel_format = decode_image(data, str(entry["file"]))
+        except (OSError, InputDataError) as error:
+            self._stats["frame_errors"] += 1
+            raise FrameError(f"folder source: {error}", frame_id=frame_id) from error
+        self._stats["frames"] += 1
+        return Frame(
+            frame_id=frame_id,
+            source_id=self.source_id,
+            pixel_format=pixel_format,
+            image=image,
+            receive_ns=time.monotonic_ns(),
+            device_timestamp_ns=entry["device_timestamp_ns"],
+            meta={"file": str(entry["file"])},
+        )
+
+    def stats(self) -> dict:
+        return dict(self._stats)
+
+    def close(self) -> None:
+        self._entries = []

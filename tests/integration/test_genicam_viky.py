@@ -1,0 +1,179 @@
+"""The genicam source and `hlgfa camera` against the real simulated GenTL producer (viky.cti)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from edge.cli import main
+from edge.errors import ConfigError
+from edge.sources.base import SourceUnavailable
+
+pytestmark = pytest.mark.genicam
+
+
+def _viky_path() -> Path | None:
+    if importlib.util.find_spec("harvesters") is None:
+        return None
+    spec = importlib.util.find_spec("genicam")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "viky.cti"
+    return path if path.is_file() else None
+
+
+VIKY = _viky_path()
+if VIKY is None:
+    pytest.skip("needs harvesters and the genicam package's viky.cti", allow_module_level=True)
+
+from edge.sources.folder import FolderSource  # noqa: E402
+from edge.sources.genicam import GenicamSource  # noqa: E402
+
+
+@pytest.fixture
+def make_source():
+    opened = []
+
+    def make(**kwargs):
+        kwargs.setdefault("cti", VIKY)
+        source = GenicamSource(**kwargs)
+        opened.append(source)
+        return source
+
+    yield make
+    for source in opened:
+        source.close()
+
+
+def test_camera_list_shows_the_three_viky_devices(capsys):
+    assert main(["camera", "list", "--cti", str(VIKY)]) == 0
+    out = capsys.readouterr().out
+    assert "producer" in out and "viky.cti" in out
+    assert "interface VikyTL_ITF_UnivIF" in out
+    for serial, name in ((0, "red"), (1, "green"), (2, "blue")):
+        assert f"serial={serial} " in out and f"id=VikyTL_DEV_{name}" in out
+
+
+def test_open_by_serial_apply_settings_and_grab_monotonic_frames(make_source):
+    source = make_source(device="1", settings={"Width": 320, "PixelFormat": "Mono8", "AcquisitionFrameRate": 200})
+    source.open()
+    node_map = source.acquirer.remote_device.node_map
+    assert node_map.Width.value == 320 and node_map.AcquisitionFrameRate.value == 200.0
+    assert source.acquirer.device.module.serial_number == "1"
+    frames = [source.read(2.0) for _ in range(5)]
+    assert all(f.pixel_format == "Mono8" and f.image.shape == (400, 320) for f in frames)
+    ids = [f.frame_id for f in frames]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert frames[0].meta["source_pixel_format"] == "Mono8"
+    # Frames are copies: the producer reuses its buffers, ours must not change underneath.
+    first = frames[0].image.copy()
+    source.read(2.0)
+    assert (frames[0].image == first).all()
+    assert source.stats()["frames"] == 6
+
+
+def test_default_format_rgba8_becomes_rgb8_and_close_open_continues_ids(make_source):
+    source = make_source(device="VikyTL_DEV_blue", settings={"AcquisitionFrameRate": 200})
+    source.open()
+    frame = source.read(2.0)
+    assert frame.pixel_format == "RGB8" and frame.image.shape == (400, 400, 3)
+    before = source.read(2.0).frame_id
+    source.close()
+    source.close()
+    source.open()
+    after = source.read(2.0).frame_id
+    assert after > before
+    assert source.stats()["frames"] == 1
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"Witdh": 320}, r"'Witdh' does not exist.*did you mean Width"),
+        ({"PixelFormat": "Mono16"}, r"PixelFormat: 'Mono16' is not one of RGBa8, Mono8"),
+        ({"Width": 5000}, r"Width: 5000 is outside 100..800"),
+        ({"AcquisitionFrameRate": "fast"}, r"AcquisitionFrameRate: 'fast' is not a number"),
+        ({"AcquisitionMode": "Continuous"}, r"AcquisitionMode is not writable \(access mode RO\)"),
+        ({"AcquisitionStart": 1}, r"AcquisitionStart is a command"),
+    ],
+)
+def test_bad_settings_fail_at_open_naming_the_node(make_source, settings, message):
+    source = make_source(device="0", settings=settings)
+    with pytest.raises(ConfigError, match=message):
+        source.open()
+    assert source.acquirer is None
+
+
+def test_software_trigger_needs_trigger_nodes_viky_lacks(make_source):
+    with pytest.raises(ConfigError, match="trigger=software needs GenICam node TriggerMode"):
+        make_source(device="0", trigger="software").open()
+
+
+def test_unknown_device_lists_the_available_ones(make_source):
+    with pytest.raises(SourceUnavailable, match=r"no device .*'cam-42'.*serial='0'"):
+        make_source(device="cam-42").open()
+
+
+def test_missing_producer_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        GenicamSource(cti=tmp_path / "none.cti").open()
+
+
+def test_device_loss_raises_unavailable_then_recovers(make_source):
+    source = make_source(device="2", settings={"AcquisitionFrameRate": 200}, reconnect_backoff_initial_s=0.05)
+    source.open()
+    last = source.read(2.0).frame_id
+    source.acquirer.destroy()  # what a pulled cable looks like from above harvesters
+    with pytest.raises(SourceUnavailable, match="destroyed"):
+        source.read(2.0)
+    frame = None
+    for _ in range(10):
+        try:
+            frame = source.read(2.0)
+            break
+        except SourceUnavailable:
+            continue
+    assert frame is not None, "the source did not come back"
+    assert frame.frame_id > last
+    stats = source.stats()
+    assert stats["lost"] == 1 and stats["reconnects"] == 1
+    assert source.read(2.0).frame_id > frame.frame_id
+
+
+def test_camera_grab_writes_pngs_and_jsonl_that_replay(tmp_path, capsys):
+    out = tmp_path / "rec"
+    code = main(["camera", "grab", "--cti", str(VIKY), "--device", "0", "--set", "AcquisitionFrameRate=200",
+                 "--set", "PixelFormat=Mono8", "--count", "4", "--out", str(out)])
+    assert code == 0
+    records = [json.loads(line) for line in (out / "frames.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and len(list(out.glob("*.png"))) == 4
+    assert all(r["pixel_format"] == "Mono8" and r["source_pixel_format"] == "Mono8" for r in records)
+    image = cv2.imread(str(out / records[0]["file"]), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (400, 400)
+
+    replay = FolderSource(out)
+    replay.open()
+    replayed = [replay.read(1.0) for _ in range(4)]
+    assert [f.frame_id for f in replayed] == [r["frame_id"] for r in records]
+    assert (replayed[0].image == image).all()
+
+    # A second grab into the same folder would mix two recordings.
+    assert main(["camera", "grab", "--cti", str(VIKY), "--count", "1", "--out", str(out)]) == 78
+    assert "already holds a recording" in capsys.readouterr().err
+
+
+def test_fetch_timeouts_are_counted_and_repeated_ones_mean_device_lost(make_source):
+    # At 1 frame/s a 10 ms fetch cannot succeed twice in a row.
+    source = make_source(device="0", settings={"AcquisitionFrameRate": 1}, reconnect_after_timeouts=2)
+    source.open()
+    messages = []
+    for _ in range(2):
+        with pytest.raises(SourceUnavailable) as error:
+            source.read(0.01)
+        messages.append(str(error.value))
+    assert "no frame within 0.01 s" in messages[0]
+    assert "2 fetch timeouts of 0.01 s in a row" in messages[1]
+    assert source.stats()["timeouts"] == 2 and source.stats()["lost"] == 1
+    assert source.acquirer is None

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from calibrate.augment import add_point_noise, add_stripe_noise  # noqa: E402
+from calibrate.backbones import build_backbone  # noqa: E402
+from calibrate.model import HLGFA, HLGFAConfig  # noqa: E402
+from calibrate.model_io import load_model  # noqa: E402
+from calibrate.train import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model():
+    return HLGFA(build_backbone("efficientnet-lite0"), HLGFAConfig(image_size=128))
+
+
+def test_forward_gives_one_map_and_one_score_per_image(model):
+    maps, scores = model.eval()(torch.zeros(2, 3, 128, 128))
+    assert maps.shape == (2, 128, 128) and maps.dtype == torch.float32
+    assert scores.shape == (2,) and scores.dtype == torch.float32
+    assert torch.isfinite(maps).all()
+
+
+def test_backbone_is_frozen_and_stays_in_eval_mode(model):
+    model.train()
+    assert not model.backbone.training
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    assert all(p.requires_grad for p in model.learned_parameters())
+
+
+def test_a_training_step_changes_only_the_module(model):
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    module_before = [p.clone() for p in model.learned_parameters()]
+    optimizer = torch.optim.Adam(model.learned_parameters(), lr=1e-2)
+    hr, lr = model.features(torch.randn(2, 3, 128, 128))
+    assert not any(f.requires_grad for f in hr + lr)
+    refined, _ = model.align(hr, lr)
+    loss = model.alignment_loss(refined, hr)
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(backbone_before[k], v) for k, v in model.backbone.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(module_before, model.learned_parameters()))
+
+
+def test_untrained_module_is_the_identity_so_good_views_align():
+    # FiLM and the residual branch start at zero: the refined LR features are the LR features.
+    model = HLGFA(build_backbone("efficientnet-lite0"), HLGFAConfig(image_size=128))
+    hr, lr = model.features(torch.randn(1, 3, 128, 128))
+    refined, _ = model.align(hr, lr)
+    assert all(torch.allclose(r, l) for r, l in zip(refined, lr))
+
+
+def test_point_noise_injects_sparse_specks(elpv_images):
+    import cv2
+
+    image = cv2.imread(str(elpv_images["good"][0]), cv2.IMREAD_GRAYSCALE)
+    noisy = add_point_noise(image, np.random.default_rng(0), count_range=(20, 21))
+    changed = noisy != image
+    count, _ = cv2.connectedComponents(changed.astype(np.uint8))
+    assert 0 < changed.mean() < 0.01  # sparse
+    assert count - 1 >= 10  # many isolated specks (a few may touch)
+
+
+def test_stripe_noise_injects_thin_elongated_lines(elpv_images):
+    import cv2
+
+    image = cv2.imread(str(elpv_images["good"][0]), cv2.IMREAD_GRAYSCALE)
+    noisy = add_stripe_noise(image, np.random.default_rng(3), count_range=(1, 2))
+    changed = (np.abs(noisy.astype(int) - image) > 10).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(changed)
+    largest = stats[1:, cv2.CC_STAT_AREA].argmax() + 1
+    width, height = stats[largest, cv2.CC_STAT_WIDTH], stats[largest, cv2.CC_STAT_HEIGHT]
+    assert max(width, height) > 50  # long
+    assert stats[largest, cv2.CC_STAT_AREA] < 0.2 * width * height + 4 * max(width, height)  # thin
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path, elpv_good_dir):
+    first = train(elpv_good_dir, tmp_path / "a", epochs=1, image_size=64, seed=3, max_images=8, progress=False)
+    second = train(elpv_good_dir, tmp_path / "b", epochs=1, image_size=64, seed=3, max_images=8, progress=False)
+    assert first.model_hash == second.model_hash
+
+
+def test_model_directory_round_trips(tiny_model_dir):
+    model, info = load_model(tiny_model_dir)
+    assert info.description["architecture"]["image_size"] == 128
+    assert info.description["training"]["train_files"]
+    with torch.no_grad():
+        maps, scores = model(torch.zeros(1, 3, 128, 128))
+    assert maps.shape == (1, 128, 128)

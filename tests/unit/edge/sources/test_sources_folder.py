@@ -1,0 +1,105 @@
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.errors import ConfigError, InputDataError
+from edge.sources.base import FrameError, SourceExhausted
+from edge.sources.folder import FolderSource
+
+ELPV_IMAGES = Path(__import__("elpv_dataset").__file__).parent / "data" / "images"
+
+
+@pytest.fixture
+def elpv_folder(tmp_path):
+    images = sorted(ELPV_IMAGES.glob("*.png"))[:3]
+    if len(images) < 3:
+        pytest.skip(f"elpv-dataset images not found under {ELPV_IMAGES}")
+    for index, image in enumerate(images):
+        shutil.copy(image, tmp_path / f"cell_{index}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path
+
+
+def test_reads_real_grayscale_images_in_name_order_as_mono8(elpv_folder):
+    source = FolderSource(elpv_folder)
+    source.open()
+    frames = [source.read(1.0) for _ in range(3)]
+    with pytest.raises(SourceExhausted):
+        source.read(1.0)
+    assert [f.frame_id for f in frames] == [0, 1, 2]
+    assert [Path(f.meta["file"]).name for f in frames] == ["cell_0.png", "cell_1.png", "cell_2.png"]
+    expected = cv2.imread(str(elpv_folder / "cell_1.png"), cv2.IMREAD_GRAYSCALE)
+    assert frames[1].pixel_format == "Mono8" and frames[1].image.shape == (300, 300)
+    assert np.array_equal(frames[1].image, expected)
+    assert source.stats()["frames"] == 3
+
+
+def test_colour_image_becomes_rgb8(tmp_path):
+    bgr = np.zeros((4, 5, 3), np.uint8)
+    bgr[:] = (10, 20, 30)
+    cv2.imwrite(str(tmp_path / "a.png"), bgr)
+    source = FolderSource(tmp_path)
+    source.open()
+    frame = source.read(1.0)
+    assert frame.pixel_format == "RGB8"
+    assert frame.image[0, 0].tolist() == [30, 20, 10]
+
+
+def test_corrupt_file_is_a_frame_error_naming_it_and_the_next_read_continues(elpv_folder):
+    (elpv_folder / "cell_1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    source = FolderSource(elpv_folder)
+    source.open()
+    assert source.read(1.0).frame_id == 0
+    with pytest.raises(FrameError, match="cell_1.png") as error:
+        source.read(1.0)
+    assert error.value.frame_id == 1
+    assert source.read(1.0).frame_id == 2
+    assert source.stats()["frame_errors"] == 1
+
+
+def test_loop_keeps_frame_ids_increasing(elpv_folder):
+    source = FolderSource(elpv_folder, loop=True)
+    source.open()
+    ids = [source.read(1.0).frame_id for _ in range(7)]
+    assert ids == [0, 1, 2, 3, 4, 5, 6]
+    assert source.stats()["passes"] == 2
+
+
+def test_empty_folder_fails_at_open(tmp_path):
+    (tmp_path / "readme.md").write_text("x")
+    with pytest.raises(InputDataError, match="no images"):
+        FolderSource(tmp_path).open()
+
+
+def test_missing_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a directory"):
+        FolderSource(tmp_path / "nope").open()
+
+
+def test_recording_replay_reuses_ids_and_timestamps_and_counts_gaps(tmp_path):
+    for frame_id in (5, 6, 9):
+        cv2.imwrite(str(tmp_path / f"f{frame_id}.png"), np.full((2, 2), frame_id, np.uint8))
+    lines = [{"frame_id": i, "device_timestamp_ns": 1000 * i, "receive_ns": 1, "pixel_format": "Mono8",
+              "file": f"f{i}.png"} for i in (5, 6, 9)]
+    (tmp_path / "frames.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    source = FolderSource(tmp_path)
+    source.open()
+    frames = [source.read(1.0) for _ in range(3)]
+    assert [(f.frame_id, f.device_timestamp_ns, int(f.image[0, 0])) for f in frames] == [
+        (5, 5000, 5), (6, 6000, 6), (9, 9000, 9)]
+    assert source.stats()["dropped"] == 2
+
+
+def test_bad_recording_index_names_the_line(tmp_path):
+    (tmp_path / "frames.jsonl").write_text('{"file": "a.png", "frame_id": 0}\nnot json\n')
+    with pytest.raises(InputDataError, match="frames.jsonl:2"):
+        FolderSource(tmp_path).open()
+
+
+def test_fps_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="fps"):
+        FolderSource(tmp_path, fps=0)
