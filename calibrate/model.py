@@ -53,6 +53,9 @@ class HLGFAConfig:
 class FittedConstants:
     """Fitted on normal images after training; part of the model hash."""
 
+    # Per-level mean discrepancy on normals: levels are combined after dividing by it, so a
+    # level that aligns poorly everywhere cannot drown the others (empty: plain mean).
+    level_scale: list[float] = field(default_factory=list)
     # Per-level mean structure instability on normals: makes the reliability weight scale-free.
     instability_scale: list[float] = field(default_factory=list)
     reliability_strength: float = 0.0
@@ -163,10 +166,11 @@ class HLGFA(nn.Module):
         hr, lr = self.features(images)
         refined, structures = self.align(hr, lr)
         size = images.shape[-2:]
+        scales = self.fitted.level_scale or [1.0] * len(hr)
         discrepancies = [
-            F.interpolate((1 - F.cosine_similarity(r, h, dim=1)).unsqueeze(1), size=size, mode="bilinear",
+            F.interpolate((1 - F.cosine_similarity(r, h, dim=1)).unsqueeze(1) / scale, size=size, mode="bilinear",
                           align_corners=False)
-            for r, h in zip(refined, hr)]
+            for r, h, scale in zip(refined, hr, scales)]
         instability = None
         if self.config.use_structure and self.fitted.instability_scale:
             instability = torch.stack([

@@ -1,6 +1,7 @@
 """Writes and reads the model directory (format in `edge.model_dir`) for torch users."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,8 +24,7 @@ def save_model(model: HLGFA, directory: str | Path, backbone_weights: str | None
         "backbone": {"name": model.backbone.name, "weights_file": backbone_weights, "strides": list(model.config.strides)},
         "preprocess": PreprocessSpec(model.config.image_size).to_dict(),
         "architecture": model.config.to_dict(),
-        "fitted": {"instability_scale": model.fitted.instability_scale,
-                   "reliability_strength": model.fitted.reliability_strength},
+        "fitted": asdict(model.fitted),
         "training": training,
     }
     description["hash"] = compute_model_hash(description, temp_weights)

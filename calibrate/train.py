@@ -66,26 +66,34 @@ def cache_features(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch
 
 
 @torch.no_grad()
-def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> FittedConstants:
-    """Instability scale per level, then the reliability strength that best flattens normal maps.
+def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int,
+                  level_weighting: bool = True) -> FittedConstants:
+    """Fitted from normal images only, after training:
 
-    Objective, from normals only: the mean image score (max of the map) relative to the mean map
-    level. Spurious peaks on good parts raise it; a uniform rescaling does not change it.
+    1. per-level mean discrepancy (levels are combined scale-free);
+    2. per-level mean structure instability (the reliability weight is scale-free);
+    3. the reliability strength that best flattens normal maps. Objective: the mean image score
+       (max of the map) relative to the mean map level. Spurious peaks on good parts raise it; a
+       uniform rescaling does not change it.
     """
     model.fitted = FittedConstants()
-    if not model.config.use_structure:
+    batches = [to_batch(images[start:start + batch_size], spec) for start in range(0, len(images), batch_size)]
+    level_sums, instability_sums = None, None
+    for batch in batches:
+        hr, lr = model.features(batch)
+        refined, structures = model.align(hr, lr)
+        levels = [float((1 - torch.nn.functional.cosine_similarity(r, h, dim=1)).mean()) * len(batch)
+                  for r, h in zip(refined, hr)]
+        level_sums = levels if level_sums is None else [a + b for a, b in zip(level_sums, levels)]
+        if model.config.use_structure:
+            sums = [float(local_instability(s).mean()) * len(batch) for s in structures]
+            instability_sums = sums if instability_sums is None else [a + b for a, b in zip(instability_sums, sums)]
+    if level_weighting:
+        model.fitted.level_scale = [t / len(images) + 1e-12 for t in level_sums]
+    if not (model.config.use_structure and model.config.use_reliability):
         return model.fitted
-    raw, totals = [], None
-    for start in range(0, len(images), batch_size):
-        hr, lr = model.features(to_batch(images[start:start + batch_size], spec))
-        _, structures = model.align(hr, lr)
-        sums = [float(local_instability(s).mean()) * len(s) for s in structures]
-        totals = sums if totals is None else [a + b for a, b in zip(totals, sums)]
-    model.fitted.instability_scale = [t / len(images) + 1e-12 for t in totals]
-    for start in range(0, len(images), batch_size):
-        raw.append(model.raw_maps(to_batch(images[start:start + batch_size], spec)))
-    if not model.config.use_reliability:
-        return model.fitted
+    model.fitted.instability_scale = [t / len(images) + 1e-12 for t in instability_sums]
+    raw = [model.raw_maps(batch) for batch in batches]
     best = None
     for strength in RELIABILITY_GRID:
         maxima, means = [], []
@@ -105,7 +113,7 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: in
           backbone: str = "efficientnet-lite0", backbone_weights: str | None = None, seed: int = 0,
           batch_size: int = 8, learning_rate: float = 1e-3, augment_fraction: float = 0.5,
           holdout: float = 0.0, max_images: int | None = None, progress: bool = True,
-          config_overrides: dict | None = None) -> ModelInfo:
+          config_overrides: dict | None = None, level_weighting: bool = True) -> ModelInfo:
     """Train on the good images under `data` and write the model directory `out`."""
     started = time.perf_counter()
     rng = seed_everything(seed)
@@ -113,8 +121,9 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: in
     if image_size % (16 * config.lr_factor) != 0:
         raise ConfigError(f"--image-size {image_size}: must be a multiple of {16 * config.lr_factor} "
                           f"(stride 16 at the low-resolution view)")
-    if epochs < 1:
-        raise ConfigError(f"--epochs {epochs}: expected ≥ 1")
+    if epochs < 0:
+        raise ConfigError(f"--epochs {epochs}: expected ≥ 0 (0 keeps the module at its identity start: "
+                          f"the plain HR/LR feature distance, a baseline)")
     folder = training_folder(data)
     all_paths = list_images(folder)
     paths, held_out = split_holdout(all_paths, holdout, seed)
@@ -126,11 +135,11 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: in
     model = HLGFA(build_backbone(backbone, config.strides, backbone_weights), config)
     log.info("training on %d good images from %s (%d held out)", len(paths), folder, len(held_out))
     images = load_resized(paths, image_size)
-    hr_cache, lr_cache = cache_features(model, images, spec, batch_size, progress)
+    hr_cache, lr_cache = cache_features(model, images, spec, batch_size, progress) if epochs else ([], [])
 
     optimizer = torch.optim.Adam(model.learned_parameters(), lr=learning_rate)
     steps_per_epoch = (len(images) + batch_size - 1) // batch_size
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
     model.aligners.train()
     history = []
     for epoch in range(epochs):
@@ -161,8 +170,8 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: in
         history.append(total / len(images))
         log.info("epoch %d/%d: alignment loss %.5f", epoch + 1, epochs, history[-1])
     model.eval()
-    fit_images = images[rng.permutation(len(images))[:min(len(images), 64)]]
-    fitted = fit_constants(model, fit_images, spec, batch_size)
+    fit_images = images[np.random.default_rng(seed).permutation(len(images))[:min(len(images), 64)]]
+    fitted = fit_constants(model, fit_images, spec, batch_size, level_weighting)
     training = {
         "data": str(Path(data).resolve()), "train_files": [p.name for p in paths],
         "held_out_files": [p.name for p in held_out], "epochs": epochs, "seed": seed,
@@ -172,3 +181,22 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: in
     }
     log.info("fitted reliability strength %.2f", fitted.reliability_strength)
     return save_model(model, out, backbone_weights, training)
+
+
+def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | None = None,
+          level_weighting: bool = True, batch_size: int = 8) -> ModelInfo:
+    """The same trained module with its inference-time options changed and constants refitted
+    on the same normal images: ablations of inference-only parts without retraining."""
+    from calibrate.model_io import load_model
+
+    model, info = load_model(model_dir)
+    model.config = replace(model.config, **(config_overrides or {}))
+    training = dict(info.description["training"])
+    folder = training_folder(training["data"])
+    names = set(training["train_files"])
+    paths = [p for p in list_images(folder) if p.name in names]
+    images = load_resized(paths, model.config.image_size)
+    fit_images = images[np.random.default_rng(training["seed"]).permutation(len(images))[:min(len(images), 64)]]
+    fit_constants(model, fit_images, PreprocessSpec(model.config.image_size), batch_size, level_weighting)
+    training["refit_from"] = info.model_hash
+    return save_model(model, out, info.description["backbone"].get("weights_file"), training)

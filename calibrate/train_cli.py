@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-images", type=int, help="train on at most this many images (quick trials)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="architecture override, e.g. detail_channels=0 (JSON values); repeatable")
+    parser.add_argument("--augment-fraction", type=float, default=0.5,
+                        help="fraction of training images given point/stripe noise each epoch")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=run)
 
@@ -44,9 +47,13 @@ def parse_overrides(pairs: list[str]) -> dict:
 def run(args) -> int:
     from calibrate.train import train
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     info = train(args.data, args.out, epochs=args.epochs, image_size=args.image_size, backbone=args.backbone,
                  backbone_weights=args.backbone_weights, seed=args.seed, batch_size=args.batch_size,
-                 holdout=args.holdout, max_images=args.max_images, progress=not args.no_progress,
+                 holdout=args.holdout, augment_fraction=args.augment_fraction, max_images=args.max_images, progress=not args.no_progress,
                  config_overrides=parse_overrides(args.set))
     print(json.dumps({"model": str(info.directory), "hash": info.model_hash,
                       "seconds": info.description["training"]["seconds"]}))

@@ -1,0 +1,310 @@
+"""`hlgfa calibrate`: score good parts (and optionally defects) and fit the thresholds file.
+
+Nothing is written until everything is fitted: a failure at any step leaves the old thresholds
+file and report as they were. The report is rendered into a temporary folder first; the
+thresholds are written atomically; then the report folder is moved into place.
+"""
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import BackendError, ConfigError, InputDataError, ModelFileError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+BATCH = 16
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "calibrate", help="fit image and region thresholds on good parts at a target false-reject rate",
+        description="Score good images (and optionally defect images) with the model and write a thresholds "
+                    "file bound to the model's hash.")
+    parser.add_argument("--model", required=True, help="model directory (output of `hlgfa train`)")
+    parser.add_argument("--normals", required=True,
+                        help="folder of good images (png/jpg/bmp/tif) or a `hlgfa camera grab` recording")
+    parser.add_argument("--defects", help="folder of defect images (subfolders are defect classes)")
+    parser.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate (default 0.01)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="confidence of the FRR bound (default 0.95)")
+    parser.add_argument("--policy", default="frr", help="frr | f1 | cost:R (R = escape cost vs false reject)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    parser.add_argument("--onnx", help="ONNX file (default: MODEL_DIR/model.onnx)")
+    parser.add_argument("--engine", help="TensorRT engine; its sha256 is recorded in the thresholds file")
+    parser.add_argument("--out", required=True, help="thresholds JSON to write")
+    parser.add_argument("--force", action="store_true", help="overwrite --out and --report")
+    parser.add_argument("--report", help="folder for the HTML report and plots")
+    parser.add_argument("--no-region-rule", action="store_true", help="fit the image threshold only")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tail-fit bootstrap")
+    parser.set_defaults(handler=handle)
+
+
+@dataclass
+class Scored:
+    paths: list[Path]
+    scores: np.ndarray
+    maps: np.ndarray
+    classes: list[str] = field(default_factory=list)
+
+
+def list_images(folder: str | Path, what: str, classes: bool = False) -> tuple[list[Path], list[str]]:
+    """Image files in `folder` (sorted; with `classes`, also one level of class subfolders)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputDataError(f"{what} folder {folder}: does not exist or is not a folder")
+    def images_in(directory: Path) -> list[Path]:
+        return sorted(p for p in directory.iterdir()
+                      if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = images_in(folder)
+    labels = [folder.name] * len(paths)
+    if classes:
+        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if sub.name == "good":
+                raise InputDataError(f"{what} folder {folder}: has a 'good' subfolder; point --defects at the "
+                                     f"defect images only")
+            found = images_in(sub)
+            paths += found
+            labels += [sub.name] * len(found)
+    if not paths:
+        raise InputDataError(f"{what} folder {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return paths, labels
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Mono8 (H×W) or RGB8 (H×W×3), as the runtime's frames are."""
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise InputDataError(f"image {path}: cannot be read (damaged or not an image)")
+    if image.dtype != np.uint8:
+        raise InputDataError(f"image {path}: {image.dtype} pixels, expected 8-bit (Mono8 or RGB8)")
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 1:
+        return image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    raise InputDataError(f"image {path}: shape {image.shape}, expected grayscale or colour")
+
+
+def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarray, np.ndarray]:
+    from edge.preprocess import preprocess
+
+    batch_size = max(1, min(BATCH, int(getattr(backend, "max_batch", 1))))
+    size = spec.image_size
+    maps = np.empty((len(paths), size, size), dtype=np.float32)
+    scores = np.empty(len(paths), dtype=np.float64)
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images = []
+        for path in chunk:
+            image = read_image(path)
+            images.append(image)
+        try:
+            batch = preprocess(images, spec)
+        except InputDataError as error:
+            raise InputDataError(f"{what} {chunk}: {error}") from error
+        try:
+            batch_maps, batch_scores = backend.infer(batch)
+        except BackendError as error:
+            raise BackendError(f"{what} {chunk[0]}…: {error}") from error
+        batch_maps = np.asarray(batch_maps)
+        batch_scores = np.asarray(batch_scores).reshape(-1)
+        if batch_maps.shape != (len(chunk), size, size) or batch_scores.shape != (len(chunk),):
+            raise BackendError(f"backend returned maps {batch_maps.shape} and scores {batch_scores.shape} for "
+                               f"{len(chunk)} images; expected {(len(chunk), size, size)} and {(len(chunk),)}")
+        for index, path in enumerate(chunk):
+            if not (np.isfinite(batch_scores[index]) and np.isfinite(batch_maps[index]).all()):
+                raise BackendError(f"{what} {path}: the model returned non-finite values; refusing to calibrate")
+        maps[start:start + len(chunk)] = batch_maps
+        scores[start:start + len(chunk)] = batch_scores
+        log.info("scored %d/%d %s", start + len(chunk), len(paths), what)
+    return scores, maps
+
+
+def check_out(path: Path, force: bool, model_hash: str | None = None) -> None:
+    """Refuse to overwrite without --force, and say when the old file belongs to another model."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ConfigError(f"--out {path}: is a folder, expected a JSON file path")
+    if force:
+        return
+    note = ""
+    try:
+        old = json.loads(path.read_text())
+        if model_hash and isinstance(old, dict) and old.get("model_hash") not in (None, model_hash):
+            note = f" (it is bound to another model, {str(old['model_hash'])[:12]})"
+    except (OSError, ValueError):
+        note = " (and is not a readable thresholds file)"
+    raise ConfigError(f"--out {path}: already exists{note}; pass --force to overwrite it")
+
+
+def check_report_dir(path: Path | None, force: bool) -> None:
+    if path is None or not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"--report {path}: exists and is not a folder")
+    if any(path.iterdir()) and not force:
+        raise ConfigError(f"--report {path}: exists and is not empty; pass --force to replace it")
+
+
+def make_version(content: dict) -> str:
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{digest}"
+
+
+def fit_all(normal: Scored, defect: Scored | None, target_frr: float, confidence: float, policy: str,
+            seed: int, region_rule: bool) -> tuple[float, dict, object, list[str]]:
+    """Every statistic, before anything is written. Returns (threshold, details, region, warnings)."""
+    from calibrate import thresholds_fit as tf
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", tf.SmallSampleWarning)
+        image_fit = tf.fit_image_threshold(normal.scores, target_frr, confidence, seed=seed)
+    notes = [str(w.message) for w in caught if issubclass(w.category, tf.SmallSampleWarning)]
+    choice = tf.choose_threshold(policy, image_fit, normal.scores, None if defect is None else defect.scores)
+    notes += list(choice.warnings)
+    details = {"image": image_fit.to_details(), "policy": choice.to_details()}
+    if defect is not None:
+        per_class = {}
+        for name in sorted(set(defect.classes)):
+            mask = np.array([c == name for c in defect.classes])
+            escapes = int((defect.scores[mask] <= choice.threshold).sum())
+            per_class[name] = {"n": int(mask.sum()), "escapes": escapes, "escape_rate": escapes / int(mask.sum())}
+        details["policy"]["escape_by_class"] = per_class
+    region = None
+    if region_rule:
+        from edge.thresholds import RegionRule
+
+        fit = tf.fit_region_rule(normal.maps, target_frr)
+        details["region"] = fit.to_details()
+        if fit.min_area_px > normal.maps.shape[1] * normal.maps.shape[2] // 2:
+            details["region"]["dropped"] = ("the minimum area exceeds half the map: the normals' maps are "
+                                            "anomalous over large areas, so a region rule would never fire usefully")
+        else:
+            region = RegionRule(fit.pixel_threshold, fit.min_area_px)
+    else:
+        details["region"] = {"dropped": "--no-region-rule"}
+    from edge.decide import largest_region_area
+
+    combined = normal.scores > choice.threshold
+    if region is not None:
+        combined |= np.array([largest_region_area(m, region.pixel_threshold) >= region.min_area_px
+                              for m in normal.maps])
+    details["combined_calibration_rejects"] = int(combined.sum())
+    details["warnings"] = notes
+    return choice.threshold, details, region, notes
+
+
+def handle(args) -> int:
+    from calibrate.thresholds_fit import check_target, parse_policy
+    from edge.backends.base import open_backend
+    from edge.model_dir import file_sha256, load_model_info
+    from edge.thresholds import Thresholds, parse_thresholds, write_json_atomic
+
+    # Cheap checks first: a bad flag should not cost minutes of scoring.
+    check_target(args.target_frr, args.confidence)
+    parse_policy(args.policy)
+    out = Path(args.out)
+    report_dir = Path(args.report) if args.report else None
+    info = load_model_info(args.model)
+    check_out(out, args.force, info.model_hash)
+    check_report_dir(report_dir, args.force)
+    normal_paths, _ = list_images(args.normals, "normals")
+    from calibrate.thresholds_fit import MIN_NORMALS
+
+    if len(normal_paths) < MIN_NORMALS:
+        raise InputDataError(f"normals folder {args.normals}: {len(normal_paths)} images, need at least "
+                             f"{MIN_NORMALS} good parts to calibrate")
+    defect_paths, defect_classes = list_images(args.defects, "defects", classes=True) if args.defects else ([], [])
+    if args.policy != "frr" and not defect_paths:
+        raise ConfigError(f"policy {args.policy!r} needs defect images (--defects DIR); only 'frr' works without")
+    engine_sha = None
+    options = {}
+    if args.onnx:
+        if not Path(args.onnx).is_file():
+            raise ModelFileError(f"--onnx {args.onnx}: does not exist")
+        options["onnx"] = args.onnx
+    if args.engine:
+        if not Path(args.engine).is_file():
+            raise ModelFileError(f"--engine {args.engine}: does not exist")
+        options["engine"] = args.engine
+        engine_sha = file_sha256(Path(args.engine))
+
+    backend = open_backend(args.backend, info.directory, **options)
+    try:
+        backend_hash = getattr(backend, "model_hash", None)
+        if backend_hash and backend_hash != info.model_hash:
+            raise ModelFileError(f"backend {backend.kind} runs model {backend_hash[:12]}, but {info.directory} is "
+                                 f"model {info.model_hash[:12]}; re-export the ONNX/engine from this model")
+        spec = info.preprocess
+        scores, maps = score_images(backend, spec, normal_paths, "normal image")
+        normal = Scored(normal_paths, scores, maps)
+        defect = None
+        if defect_paths:
+            scores, maps = score_images(backend, spec, defect_paths, "defect image")
+            defect = Scored(defect_paths, scores, maps, defect_classes)
+    finally:
+        backend.close()
+
+    threshold, details, region, notes = fit_all(normal, defect, args.target_frr, args.confidence, args.policy,
+                                                args.seed, not args.no_region_rule)
+    details.update({"created_by": "hlgfa calibrate", "created_utc": datetime.now(timezone.utc).isoformat(),
+                    "backend": backend.kind, "seed": args.seed, "normals": str(Path(args.normals).resolve()),
+                    "n_normals": len(normal_paths), "defects": str(Path(args.defects).resolve()) if args.defects
+                    else None, "n_defects": len(defect_paths),
+                    "normal_scores": {"min": float(normal.scores.min()), "median": float(np.median(normal.scores)),
+                                      "max": float(normal.scores.max())}})
+    content = Thresholds(model_hash=info.model_hash, image_threshold=float(threshold), version="pending",
+                         region=region, engine_sha256=engine_sha, policy=args.policy, details=details)
+    data = content.to_dict()
+    data.pop("version")
+    data["version"] = make_version(data)
+    parse_thresholds(json.loads(json.dumps(data)), f"fitted thresholds for {out}")  # same check as the daemon
+
+    for note in notes:
+        print(f"hlgfa calibrate: WARNING: {note}", file=sys.stderr)
+    staged = None
+    if report_dir is not None:
+        from calibrate.report import write_report
+
+        report_dir.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.", dir=report_dir.parent))
+        try:
+            write_report(staged, data, normal, defect)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+    try:
+        check_out(out, args.force, info.model_hash)  # again: another run may have written it meanwhile
+        write_json_atomic(out, data, overwrite=args.force)
+    except BaseException:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if staged is not None:
+        if report_dir.exists():
+            shutil.rmtree(report_dir)
+        staged.rename(report_dir)
+    image = details["image"]
+    print(f"wrote {out}: image threshold {threshold:.6g} ({details['policy']['policy']}; "
+          f"{image['method']}, FRR {image['frr_point']:.3%} [{image['frr_ci'][0]:.3%}, {image['frr_ci'][1]:.3%}] "
+          f"at {args.confidence:.0%}, upper bound {image['frr_upper']:.3%})"
+          + (f", region {region.min_area_px} px above {region.pixel_threshold:.6g}" if region else "")
+          + (f"; escape rate {details['policy']['escape_rate']:.2%}" if defect is not None else "")
+          + (f"; report {report_dir}/index.html" if report_dir else ""))
+    return 0

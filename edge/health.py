@@ -1,0 +1,313 @@
+"""Daemon health: the systemd notify protocol and Prometheus metrics, for one camera's pipeline.
+
+The pipeline calls one object, `Health`, and never talks to systemd or Prometheus itself:
+
+    health = Health(camera="line1", metrics_port=9101)
+    health.model_info(model_hash=..., thresholds_version=..., backend="tensorrt")
+    health.ready()                              # after the backend's warm-up inference
+    loop:
+        health.frame_done("ok", {"preprocess": 0.002, "infer": 0.011, "decide": 0.001})
+        health.frame_done("fault", {...}, fault_kind="timeout")
+        health.fault("source_lost")             # a fault that belongs to no single frame
+        health.dropped(1); health.queue_depth("infer", 3)
+        health.tick()                           # ~every 100 ms: watchdog ping + STATUS= when due
+    health.stopping(); ...; health.close()
+
+`tick()` must be called from the loop whose stall should count as a hang: the watchdog ping
+is the proof that this loop still turns. A loop that is alive but idle (no trigger, no
+parts on the line) still ticks, so an idle line is never mistaken for a hang.
+
+The notify protocol is spoken directly (a datagram to the AF_UNIX socket named in
+NOTIFY_SOCKET) rather than through python-systemd or sdnotify: it is a dozen lines, and a
+Jetson image then needs no libsystemd bindings. With NOTIFY_SOCKET unset (a terminal, a
+test, a container without systemd) every notification is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+VERDICTS = ("ok", "reject", "fault")
+SEND_TIMEOUT_S = 0.25  # for READY/RELOADING/STOPPING only; far below the 5 s ping interval
+
+# Per-stage latency on a Jetson runs from ~1 ms (decide) to ~200 ms (a large model end to
+# end); the buckets are dense there and have a few wide ones above to show stalls.
+LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.010, 0.020, 0.030, 0.050, 0.075, 0.100,
+                     0.150, 0.200, 0.300, 0.500, 1.0, 2.5)
+
+
+class SystemdNotifier:
+    """sd_notify(3) over the datagram socket systemd passes in NOTIFY_SOCKET.
+
+    `environ` defaults to os.environ; it is read once, here, so a notifier's target does not
+    change under it.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None):
+        env = os.environ if environ is None else environ
+        self._address = _notify_address(env.get("NOTIFY_SOCKET", ""))
+        self._watchdog_s = _watchdog_timeout_s(env)
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._warned = False
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    def notify(self, *assignments: str, wait: bool = False) -> bool:
+        """Send one datagram of `KEY=value` lines; True when it was sent.
+
+        A manager that stops reading (stuck, or mid daemon-reexec) fills the socket, and the
+        pipeline loop must not stall behind it: pings and status are dropped at once then
+        (pings missed for all of WatchdogSec= restart the daemon, the right outcome). State
+        changes (`wait=True`) are worth a short wait.
+        """
+        if self._address is None:
+            return False
+        payload = "\n".join(assignments).encode("utf-8")
+        with self._lock:
+            try:
+                if self._socket is None:
+                    self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                # 0.0 makes the socket non-blocking (with a timeout set, Python polls and retries
+                # even a MSG_DONTWAIT send).
+                self._socket.settimeout(SEND_TIMEOUT_S if wait else 0.0)
+                self._socket.sendto(payload, self._address)
+            except OSError as error:
+                # A lost notification must not take the inspection down; if systemd stops
+                # hearing watchdog pings it restarts us anyway, which is the right outcome.
+                if not self._warned:
+                    log.warning("sd_notify to %r failed: %s (further failures are not logged)",
+                                self._address, error)
+                    self._warned = True
+                return False
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        return self.notify("READY=1", *_status_line(status), wait=True)
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def status(self, text: str) -> bool:
+        return self.notify(*_status_line(text))
+
+    def stopping(self, status: str | None = None) -> bool:
+        return self.notify("STOPPING=1", *_status_line(status), wait=True)
+
+    def reloading(self, status: str | None = None) -> bool:
+        # MONOTONIC_USEC lets systemd ≥253 (Type=notify-reload) tell this reload from an
+        # earlier one; older managers ignore the unknown field. READY=1 ends the reload.
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={monotonic_usec}", *_status_line(status), wait=True)
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds between WATCHDOG=1 pings (half of WatchdogSec=), or None when not asked for."""
+        if self._watchdog_s is None or self._address is None:
+            return None
+        return self._watchdog_s / 2.0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+
+
+def _status_line(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    # A newline would end the assignment and start a bogus one.
+    return ("STATUS=" + " ".join(text.splitlines()),)
+
+
+def _notify_address(value: str) -> str | bytes | None:
+    if not value:
+        return None
+    if value.startswith("@"):
+        return b"\0" + value[1:].encode("utf-8")  # Linux abstract namespace
+    if value.startswith("/"):
+        return value
+    # systemd ≥254 may also pass "vsock:…"; we would never send READY=1 and be killed at
+    # TimeoutStartSec with no hint why, so refuse loudly instead.
+    raise ConfigError(f"NOTIFY_SOCKET={value!r}: expected an absolute AF_UNIX path or an '@' abstract "
+                      "socket name; other transports are not supported")
+
+
+def _watchdog_timeout_s(env: Mapping[str, str]) -> float | None:
+    usec = env.get("WATCHDOG_USEC", "")
+    if not usec:
+        return None
+    pid = env.get("WATCHDOG_PID", "")
+    if pid:
+        if not pid.isdigit():
+            raise ConfigError(f"WATCHDOG_PID={pid!r}: expected a process id")
+        if int(pid) != os.getpid():
+            return None  # meant for another process (e.g. a wrapper that exec'd us under a new pid)
+    if not usec.isdigit() or int(usec) == 0:
+        raise ConfigError(f"WATCHDOG_USEC={usec!r}: expected a positive whole number of microseconds")
+    return int(usec) / 1e6
+
+
+@dataclass
+class MetricsServer:
+    """A running Prometheus endpoint; `port` is the bound port (useful when 0 was asked for)."""
+
+    address: str
+    port: int
+    _server: object
+    _thread: threading.Thread
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5.0)
+
+
+def start_metrics_server(port: int, address: str, registry) -> MetricsServer:
+    """Serve `registry` at http://address:port/metrics in a daemon thread."""
+    from prometheus_client import start_http_server
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"metrics port {port}: expected 0..65535")
+    try:
+        server, thread = start_http_server(port, addr=address, registry=registry)
+    except OSError as error:
+        # Two camera instances configured with the same port is the usual cause; restarting
+        # would not fix it, so it is a configuration error (exit 78, no restart loop).
+        raise ConfigError(f"metrics endpoint {address}:{port}: cannot listen ({error}); "
+                          "expected a free port, one per camera instance") from error
+    return MetricsServer(address, server.server_port, server, thread)
+
+
+class Health:
+    """Counters, the systemd watchdog and the metrics endpoint of one camera's pipeline."""
+
+    def __init__(self, camera: str, metrics_port: int | None = None, metrics_address: str = "127.0.0.1",
+                 notifier: SystemdNotifier | None = None, status_interval_s: float = 2.0):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+        self.camera = camera
+        self.notifier = notifier if notifier is not None else SystemdNotifier()
+        self._status_interval_s = status_interval_s
+        self._watchdog_interval_s = self.notifier.watchdog_interval()
+        self._next_watchdog = 0.0
+        self._next_status = 0.0
+        self._counts = {verdict: 0 for verdict in VERDICTS}
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+        # Our own registry: the global one would collide across pipelines in one process
+        # (tests, a multi-camera bench) and would also carry process metrics twice.
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._frames = Counter("hlgfa_frames", "Frames that reached a verdict.", registry=r)
+        self._verdicts = Counter("hlgfa_verdicts", "Frames by verdict.", ["verdict"], registry=r)
+        self._faults = Counter("hlgfa_faults", "Faults by kind (frame faults and others).", ["reason_kind"],
+                               registry=r)
+        self._dropped_frames = Counter("hlgfa_dropped_frames", "Frames dropped because a queue was full.",
+                                       registry=r)
+        self._queue_depth = Gauge("hlgfa_queue_depth", "Frames waiting per pipeline stage.", ["stage"],
+                                  registry=r)
+        self._latency = Histogram("hlgfa_latency_seconds", "Time spent per pipeline stage.", ["stage"],
+                                  buckets=LATENCY_BUCKETS_S, registry=r)
+        self._info = Info("hlgfa_model", "Model and thresholds in use.", registry=r)
+        self._info.info({"camera": camera})
+        # Children are looked up once: labels() takes a lock and builds a key on every call.
+        # Creating the verdict children now also exports zeros, so rate() works from the start.
+        self._verdict_children = {verdict: self._verdicts.labels(verdict=verdict) for verdict in VERDICTS}
+        self._latency_children: dict[str, object] = {}
+
+        self.metrics: MetricsServer | None = None
+        if metrics_port is not None:
+            self.metrics = start_metrics_server(metrics_port, metrics_address, self.registry)
+            log.info("metrics for %s at http://%s:%d/metrics", camera, metrics_address, self.metrics.port)
+
+    def model_info(self, **fields: str) -> None:
+        """Publish e.g. model_hash=, thresholds_version=, backend= (again after a reload)."""
+        self._info.info({"camera": self.camera, **{key: str(value) for key, value in fields.items()}})
+
+    def frame_done(self, verdict: str, latency_s_by_stage: Mapping[str, float],
+                   fault_kind: str | None = None) -> None:
+        """One call per frame that got its verdict. A fault verdict names its kind."""
+        verdict = getattr(verdict, "value", verdict)
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict {verdict!r}: expected one of {VERDICTS}")
+        if (verdict == "fault") != (fault_kind is not None):
+            raise ValueError(f"verdict {verdict!r} with fault_kind={fault_kind!r}: a fault verdict needs "
+                             "a fault_kind, and only a fault verdict may have one")
+        with self._lock:
+            self._counts[verdict] += 1
+        self._frames.inc()
+        self._verdict_children[verdict].inc()
+        if fault_kind is not None:
+            self._faults.labels(reason_kind=fault_kind).inc()
+        for stage, seconds in latency_s_by_stage.items():
+            if math.isfinite(seconds) and seconds >= 0:
+                child = self._latency_children.get(stage)
+                if child is None:
+                    child = self._latency_children[stage] = self._latency.labels(stage=stage)
+                child.observe(seconds)
+
+    def fault(self, kind: str) -> None:
+        """A fault that is not one frame's verdict: a lost camera, a failed reload."""
+        self._faults.labels(reason_kind=kind).inc()
+
+    def dropped(self, n: int = 1) -> None:
+        if n < 0:
+            raise ValueError(f"dropped frames {n}: expected ≥ 0")
+        with self._lock:
+            self._dropped += n
+        self._dropped_frames.inc(n)
+
+    def queue_depth(self, stage: str, n: int) -> None:
+        self._queue_depth.labels(stage=stage).set(n)
+
+    def status_text(self) -> str:
+        with self._lock:
+            counts, dropped = dict(self._counts), self._dropped
+        total = sum(counts.values())
+        return (f"{self.camera}: {total} frames, ok {counts['ok']}, reject {counts['reject']}, "
+                f"fault {counts['fault']}, dropped {dropped}")
+
+    def tick(self, now: float | None = None) -> None:
+        """Ping the watchdog and refresh STATUS= when each is due; cheap to call often."""
+        now = time.monotonic() if now is None else now
+        if self._watchdog_interval_s is not None and now >= self._next_watchdog:
+            self.notifier.watchdog()
+            self._next_watchdog = now + self._watchdog_interval_s
+        if now >= self._next_status:
+            self.notifier.status(self.status_text())
+            self._next_status = now + self._status_interval_s
+
+    def ready(self) -> None:
+        """The backend has warmed up and the first frame can be taken."""
+        self.notifier.ready(self.status_text())
+        self._next_watchdog = 0.0  # ping on the next tick, whatever happened before
+
+    def reloading(self) -> None:
+        self.notifier.reloading(f"{self.camera}: reloading thresholds")
+
+    def reloaded(self) -> None:
+        self.notifier.ready(self.status_text())
+
+    def stopping(self) -> None:
+        self.notifier.stopping(f"{self.camera}: stopping, finishing frames in flight")
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+        self.notifier.close()
