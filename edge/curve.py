@@ -1,0 +1,129 @@
+"""CURVE keys for the ZeroMQ output: encryption plus authentication of subscribers.
+
+Key files are pyzmq's own format (`zmq.auth.create_certificates`): NAME.key holds the public key,
+NAME.key_secret the public and the secret key. The publisher (server) loads its secret file and a
+directory of allowed client public keys; pyzmq's ThreadAuthenticator (ZAP) rejects every client whose
+key is not there. An empty or missing allowed-keys directory is a configuration error, not
+"allow nobody" or "allow all": both would be a silent surprise on the line.
+
+`hlgfa keys generate DIR [--name NAME]` writes a key pair.
+"""
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServerCurve:
+    """Publisher side: its own secret key file and the directory of allowed subscriber public keys."""
+
+    secret_key_file: Path
+    allowed_clients_dir: Path
+
+
+@dataclass(frozen=True)
+class ClientCurve:
+    """Subscriber side: its own secret key file and the publisher's public key file."""
+
+    secret_key_file: Path
+    server_public_key_file: Path
+
+
+def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) from a NAME.key_secret file; refuses a public-only file."""
+    import zmq.auth
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"CURVE secret key file {path}: does not exist (create one with `hlgfa keys generate DIR`)")
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"CURVE secret key file {path}: not a zmq certificate ({error})") from None
+    if not secret:
+        raise ConfigError(f"CURVE secret key file {path}: holds only a public key; use the NAME.key_secret file")
+    return public, secret
+
+
+def load_public_key(path: str | Path) -> bytes:
+    import zmq.auth
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"CURVE public key file {path}: does not exist")
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (ValueError, OSError) as error:
+        raise ConfigError(f"CURVE public key file {path}: not a zmq certificate ({error})") from None
+    return public
+
+
+def check_allowed_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"CURVE allowed-clients directory {path}: does not exist")
+    if not any(path.glob("*.key")):
+        raise ConfigError(f"CURVE allowed-clients directory {path}: holds no *.key public key files, so no "
+                          "subscriber could connect; copy each subscriber's NAME.key there")
+    return path
+
+
+def start_authenticator(context, curve: ServerCurve):
+    """Start pyzmq's ZAP authenticator on `context`, allowing only the keys in the directory.
+
+    The keys are read once here; restart the daemon after adding a subscriber key.
+    """
+    from zmq.auth.thread import ThreadAuthenticator
+
+    allowed = check_allowed_dir(curve.allowed_clients_dir)
+    authenticator = ThreadAuthenticator(context)
+    authenticator.start()
+    authenticator.configure_curve(domain="*", location=str(allowed))
+    return authenticator
+
+
+def apply_server(socket, curve: ServerCurve) -> None:
+    public, secret = load_keypair(curve.secret_key_file)
+    socket.curve_secretkey = secret
+    socket.curve_publickey = public
+    socket.curve_server = True
+
+
+def apply_client(socket, curve: ClientCurve) -> None:
+    public, secret = load_keypair(curve.secret_key_file)
+    socket.curve_secretkey = secret
+    socket.curve_publickey = public
+    socket.curve_serverkey = load_public_key(curve.server_public_key_file)
+
+
+def generate(directory: str | Path, name: str) -> tuple[Path, Path]:
+    import zmq.auth
+
+    directory = Path(directory)
+    public_file, secret_file = directory / f"{name}.key", directory / f"{name}.key_secret"
+    for existing in (public_file, secret_file):
+        if existing.exists():
+            raise ConfigError(f"{existing}: already exists; refusing to overwrite a key")
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(directory, name)
+    Path(secret).chmod(0o600)
+    return Path(public), Path(secret)
+
+
+def _generate_handler(args: argparse.Namespace) -> int:
+    public, secret = generate(args.directory, args.name)
+    print(f"public key  {public}  (give to the other side)")
+    print(f"secret key  {secret}  (keep here, mode 600)")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("keys", help="manage CURVE keys for the ZeroMQ output")
+    actions = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = actions.add_parser("generate", help="write NAME.key and NAME.key_secret into DIR")
+    gen.add_argument("directory", metavar="DIR")
+    gen.add_argument("--name", default="server", help="file name stem (default: server)")
+    gen.set_defaults(handler=_generate_handler)

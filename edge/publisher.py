@@ -1,0 +1,419 @@
+"""ZeroMQ output of the daemon: decisions, maps, heartbeats and faults on a PUB socket, plus an
+acknowledged channel (ROUTER) for the PLC bridge. docs/PROTOCOL.md is the integrator's view.
+
+Threading: ZeroMQ sockets are not thread-safe, so one I/O thread owns every network socket (PUB,
+ROUTER). Callers (the pipeline loop, a watchdog) encode in their own thread, take `_lock`, assign the
+per-topic sequence number and hand the frames to the I/O thread over an inproc PAIR socket that is only
+used under that lock. Numbering and handing over under one lock keeps wire order == seq order.
+Nothing a caller does waits on the network: the hand-over is non-blocking and an overrun is counted
+and reported in the next heartbeat.
+
+Heartbeats are driven by the pipeline's loop (`maybe_heartbeat(counters)` every iteration), not by a
+timer thread: a heartbeat then proves the *pipeline* is alive, not just this publisher, so a hung
+pipeline goes silent and the bridge fails safe. The loop must come round at least once per period
+(source fetch timeouts ≤ `heartbeat_period_s`).
+"""
+
+import collections
+import logging
+import math
+import secrets
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from edge import wire
+from edge.curve import ServerCurve, apply_server, start_authenticator
+from edge.errors import ConfigError, HlgfaError
+
+log = logging.getLogger(__name__)
+
+# Commands on the inproc hand-over (first frame).
+_PUB, _DECISION, _QUIT = b"P", b"D", b"Q"
+# Verbs on the reliable channel (first frame after the ROUTER identity).
+HELLO, DECISION, ACK = b"HELLO", b"DECISION", b"ACK"
+
+
+class PublishError(HlgfaError):
+    """The publisher cannot send any more (its I/O thread stopped or it was closed)."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class PublisherConfig:
+    """Settings of one camera's output. The defaults are the documented production values.
+
+    sndhwm: per-subscriber queue on the PUB socket, in messages (a multipart message counts once).
+      1000 ≈ 10 s of decision+map traffic at 50 fps, ≈ 64 MiB worst case with 256×256 uint8 maps per
+      stalled subscriber; past it ZeroMQ drops for that subscriber only and the subscriber sees the gap
+      from sequence numbers. Large enough to ride out a subscriber's GC pause, small enough for a Jetson.
+    linger_ms: how long close() lets queued messages (the final "stopping" heartbeat, the last decision)
+      leave; bounded so a systemd stop never hangs on an absent subscriber.
+    reliable_capacity: unacknowledged decisions kept for the bridge; beyond it the oldest is evicted
+      and a fault is published for it (never silent).
+    """
+
+    camera: str
+    endpoint: str = "tcp://127.0.0.1:5555"
+    reliable_endpoint: str | None = None
+    curve: ServerCurve | None = None
+    heartbeat_period_s: float = 1.0
+    map_size: tuple[int, int] | None = (256, 256)
+    map_dtype: str = "uint8"
+    map_value_range: tuple[float, float] | None = None
+    sndhwm: int = 1000
+    linger_ms: int = 500
+    reliable_capacity: int = 1000
+    ack_timeout_s: float = 0.25
+    reliable_hwm: int = 1000
+
+    def check(self) -> None:
+        wire.check_camera(self.camera)
+        if not (math.isfinite(self.heartbeat_period_s) and self.heartbeat_period_s > 0):
+            raise ConfigError(f"heartbeat_period_s {self.heartbeat_period_s!r}: expected a positive number")
+        if self.map_dtype not in wire.MAP_DTYPES:
+            raise ConfigError(f"map_dtype {self.map_dtype!r}: expected one of {', '.join(wire.MAP_DTYPES)}")
+        for name in ("sndhwm", "reliable_capacity", "reliable_hwm"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} {getattr(self, name)!r}: expected ≥ 1")
+        if self.linger_ms < 0 or not self.ack_timeout_s > 0:
+            raise ConfigError("linger_ms must be ≥ 0 and ack_timeout_s > 0")
+
+
+def make_decision(camera: str, frame, score: float, verdict, threshold: float, thresholds_version: str,
+                  model_hash: str, decision_ns: int | None = None) -> wire.Decision:
+    """A wire.Decision from an edge.frame.Frame and an edge.decide.Verdict (duck-typed)."""
+    decision_ns = time.monotonic_ns() if decision_ns is None else decision_ns
+    finite = score is not None and math.isfinite(score)
+    return wire.Decision(
+        camera=camera, frame_id=int(frame.frame_id), verdict=verdict.verdict, reason=verdict.reason,
+        score=float(score) if finite else None, threshold=float(threshold),
+        device_timestamp_ns=int(frame.device_timestamp_ns), receive_ns=int(frame.receive_ns),
+        decision_ns=int(decision_ns), latency_ms=(decision_ns - frame.receive_ns) / 1e6,
+        model_hash=model_hash, thresholds_version=thresholds_version,
+        region_px=int(getattr(verdict, "largest_region_px", 0)))
+
+
+@dataclass
+class _Pending:
+    seq: int
+    frame_id: int
+    frames: list
+    first_sent_ns: int = 0
+    last_sent_ns: int = 0
+    attempts: int = 0
+
+
+class Publisher:
+    def __init__(self, config: PublisherConfig):
+        import zmq
+
+        config.check()
+        self.config = config
+        self.camera = config.camera
+        self.session = secrets.token_hex(8)
+        self._zmq = zmq
+        self._lock = threading.Lock()
+        self._seqs = {kind: 0 for kind in wire.KINDS}
+        self._started_ns = time.monotonic_ns()
+        self._next_heartbeat_ns = self._started_ns
+        self._last_counters = wire.Counters()
+        self._overruns = 0
+        self._closed = False
+        self._authenticator = None
+        self.ack_rtts_ns: collections.deque = collections.deque(maxlen=100_000)
+        self._reliable_stats: dict | None = None
+        self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
+        self._peer: bytes | None = None
+        self._rel_counts = {"acked": 0, "resent": 0, "evicted": 0}
+
+        self._context = zmq.Context()
+        try:
+            if config.curve is not None:
+                self._authenticator = start_authenticator(self._context, config.curve)
+            self._pub = self._make_socket(zmq.PUB, config.endpoint, config.sndhwm)
+            self.endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._router = None
+            self.reliable_endpoint = None
+            if config.reliable_endpoint is not None:
+                self._router = self._make_socket(zmq.ROUTER, config.reliable_endpoint, config.reliable_hwm)
+                # Sending to a vanished bridge must raise, not vanish: we then keep the decision pending.
+                self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                self.reliable_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
+                self._reliable_stats = self._stats_snapshot()
+            inproc = f"inproc://hlgfa-publisher-{self.session}"
+            self._back = self._context.socket(zmq.PAIR)
+            self._back.linger = 0
+            self._back.rcvhwm = 0
+            self._back.bind(inproc)
+            self._front = self._context.socket(zmq.PAIR)
+            self._front.linger = 0
+            self._front.sndhwm = 100_000
+            self._front.connect(inproc)
+        except Exception:
+            if self._authenticator is not None:
+                self._authenticator.stop()  # before destroy: it owns sockets in this context
+            self._context.destroy(linger=0)
+            raise
+        self._thread = threading.Thread(target=self._run, name=f"zmq-publisher-{self.camera}", daemon=True)
+        self._thread.start()
+        log.info("publishing camera %s on %s (reliable: %s, CURVE: %s, session %s)", self.camera, self.endpoint,
+                 self.reliable_endpoint, config.curve is not None, self.session)
+
+    def _make_socket(self, kind, endpoint: str, hwm: int):
+        zmq = self._zmq
+        sock = self._context.socket(kind)
+        sock.sndhwm = hwm
+        sock.linger = self.config.linger_ms
+        # ZMTP heartbeats: a subscriber whose host vanished (cable, power) is dropped within ~3 s and its
+        # queue freed, instead of holding HWM messages until TCP gives up many minutes later.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+        if self.config.curve is not None:
+            apply_server(sock, self.config.curve)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as error:
+            sock.close(linger=0)
+            raise ConfigError(f"cannot bind ZeroMQ endpoint {endpoint!r}: {error} "
+                              "(expected e.g. tcp://127.0.0.1:5555, tcp://eth0:5555 or tcp://*:5555, port free)") from None
+        return sock
+
+    # ------------------------------------------------------------------------- caller-side API
+
+    def publish_decision(self, decision: wire.Decision, anomaly_map: np.ndarray | None = None) -> wire.Decision:
+        """Publish a decision (and its map, when given and maps are on). Returns it with session/seq set."""
+        if decision.camera != self.camera:
+            raise wire.WireError(f"decision for camera {decision.camera!r} given to the publisher of {self.camera!r}")
+        map_message = None
+        if anomaly_map is not None:
+            map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.config.map_size,
+                                        self.config.map_dtype, self.config.map_value_range)
+        with self._lock:
+            decision = self._stamp(decision)
+            frames = wire.encode(decision)
+            self._handover([_DECISION, str(decision.seq).encode(), str(decision.frame_id).encode(), *frames])
+            if map_message is not None:
+                self._handover([_PUB, *wire.encode(self._stamp(map_message))])
+        return decision
+
+    def publish_fault(self, code: str, message: str, frame_id: int | None = None) -> wire.Fault:
+        fault = wire.Fault(self.camera, code, message, frame_id)
+        with self._lock:
+            fault = self._stamp(fault)
+            self._handover([_PUB, *wire.encode(fault)])
+        return fault
+
+    def maybe_heartbeat(self, counters: wire.Counters) -> bool:
+        """Send a heartbeat if one is due. Call on every pipeline iteration; cheap when none is due."""
+        now = time.monotonic_ns()
+        if now < self._next_heartbeat_ns:
+            return False
+        period_ns = int(self.config.heartbeat_period_s * 1e9)
+        # Fixed schedule (no drift); after a stall longer than a period, restart it from now.
+        self._next_heartbeat_ns += period_ns
+        if self._next_heartbeat_ns <= now:
+            self._next_heartbeat_ns = now + period_ns
+        self.heartbeat(counters)
+        return True
+
+    def heartbeat(self, counters: wire.Counters | None = None, state: str = "running") -> wire.Heartbeat:
+        if counters is not None:
+            self._last_counters = counters
+        with self._lock:
+            beat = wire.Heartbeat(
+                self.camera, self.config.heartbeat_period_s, (time.monotonic_ns() - self._started_ns) / 1e9,
+                self._last_counters, seqs={k: v for k, v in self._seqs.items() if k != wire.HEARTBEAT},
+                state=state, reliable=self._reliable_stats, overruns=self._overruns)
+            beat = self._stamp(beat)
+            self._handover([_PUB, *wire.encode(beat)])
+        return beat
+
+    def close(self) -> None:
+        """Send a final "stopping" heartbeat, then let queued messages leave for at most linger_ms."""
+        if self._closed:
+            return
+        try:
+            if self._thread.is_alive():
+                self.heartbeat(state="stopping")
+                with self._lock:
+                    self._handover([_QUIT])
+        except PublishError:
+            pass
+        self._closed = True
+        self._thread.join(timeout=self.config.linger_ms / 1000 + 5)
+        if self._thread.is_alive():
+            log.error("publisher I/O thread of camera %s did not stop; leaving its context open", self.camera)
+            return
+        self._front.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+        self._context.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def reliable_stats(self) -> dict | None:
+        return self._reliable_stats
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _stamp(self, message):
+        kind = wire.kind_of(message)
+        self._seqs[kind] += 1
+        return replace(message, session=self.session, seq=self._seqs[kind], wall_ns=time.time_ns())
+
+    def _handover(self, frames: list) -> None:
+        if self._closed or not self._thread.is_alive():
+            raise PublishError(f"publisher of camera {self.camera!r} is closed or its I/O thread stopped; "
+                               "nothing more can be sent")
+        try:
+            self._front.send_multipart(frames, flags=self._zmq.NOBLOCK)
+        except self._zmq.Again:
+            self._overruns += 1
+
+    def _run(self) -> None:
+        zmq = self._zmq
+        poller = zmq.Poller()
+        poller.register(self._back, zmq.POLLIN)
+        if self._router is not None:
+            poller.register(self._router, zmq.POLLIN)
+        running = True
+        try:
+            while running:
+                events = dict(poller.poll(self._poll_timeout_ms()))
+                if self._back in events:
+                    running = self._drain_commands()
+                if self._router is not None:
+                    if self._router in events:
+                        self._drain_router()
+                    self._resend_due()
+                    self._reliable_stats = self._stats_snapshot()
+        except Exception:  # a bug here must be loud: the next publish raises PublishError
+            log.exception("publisher I/O thread of camera %s failed", self.camera)
+        finally:
+            self._pub.close(linger=self.config.linger_ms)
+            if self._router is not None:
+                self._router.close(linger=self.config.linger_ms)
+            self._back.close(linger=0)
+
+    def _poll_timeout_ms(self) -> int:
+        if self._router is None or self._peer is None or not self._pending:
+            return 1000
+        timeout_ns = int(self.config.ack_timeout_s * 1e9)
+        due = min(p.last_sent_ns + timeout_ns for p in self._pending.values())
+        return max(0, math.ceil((due - time.monotonic_ns()) / 1e6))
+
+    def _drain_commands(self) -> bool:
+        zmq = self._zmq
+        while True:
+            try:
+                frames = self._back.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            command = frames[0]
+            if command == _QUIT:
+                return False
+            if command == _PUB:
+                self._pub.send_multipart(frames[1:])
+            elif command == _DECISION:
+                seq, frame_id, message = int(frames[1]), int(frames[2]), frames[3:]
+                self._pub.send_multipart(message)
+                if self._router is not None:
+                    self._add_pending(_Pending(seq, frame_id, message))
+
+    def _add_pending(self, pending: _Pending) -> None:
+        if len(self._pending) >= self.config.reliable_capacity:
+            _, evicted = self._pending.popitem(last=False)
+            self._rel_counts["evicted"] += 1
+            # Goes through the normal hand-over so it gets its own seq in order; the bridge sees it on
+            # the fault topic and as a gap in the reliable channel's decision seqs.
+            try:
+                self.publish_fault("reliable_buffer_full",
+                                   f"decision seq {evicted.seq} (frame {evicted.frame_id}) evicted unacknowledged: "
+                                   f"{self.config.reliable_capacity} decisions pending, bridge "
+                                   f"{'connected' if self._peer else 'not connected'}", evicted.frame_id)
+            except PublishError:
+                log.error("camera %s: decision seq %d evicted unacknowledged while closing", self.camera, evicted.seq)
+        self._pending[pending.seq] = pending
+        self._send_pending(pending)
+
+    def _send_pending(self, pending: _Pending) -> None:
+        zmq = self._zmq
+        if self._peer is None:
+            return
+        try:
+            self._router.send_multipart([self._peer, DECISION, *pending.frames], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pending.last_sent_ns = time.monotonic_ns()  # bridge's queue full: retry after ack_timeout_s
+            return
+        except zmq.ZMQError as error:
+            if error.errno == zmq.EHOSTUNREACH:
+                log.warning("reliable bridge of camera %s disconnected; keeping %d decisions pending",
+                            self.camera, len(self._pending))
+                self._peer = None
+                return
+            raise
+        now = time.monotonic_ns()
+        if pending.attempts:
+            self._rel_counts["resent"] += 1
+        else:
+            pending.first_sent_ns = now
+        pending.attempts += 1
+        pending.last_sent_ns = now
+
+    def _drain_router(self) -> None:
+        zmq = self._zmq
+        while True:
+            try:
+                frames = self._router.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 2:
+                continue
+            identity, verb = frames[0], frames[1]
+            if verb == HELLO:
+                if identity != self._peer:
+                    log.info("reliable bridge of camera %s connected; sending %d pending decisions",
+                             self.camera, len(self._pending))
+                    self._peer = identity
+                    for pending in list(self._pending.values()):
+                        self._send_pending(pending)
+            elif verb == ACK and len(frames) == 3:
+                self._on_ack(frames[2])
+            else:
+                log.warning("reliable channel of camera %s: ignoring a message with verb %r", self.camera, verb[:20])
+
+    def _on_ack(self, body: bytes) -> None:
+        try:
+            session, _, seq = body.decode("ascii").partition(":")
+            seq = int(seq)
+        except (UnicodeDecodeError, ValueError):
+            log.warning("reliable channel of camera %s: malformed ACK %r (expected b'SESSION:SEQ')", self.camera, body[:60])
+            return
+        if session != self.session:
+            return  # an ACK for a previous run of this publisher
+        pending = self._pending.pop(seq, None)
+        if pending is not None:
+            self._rel_counts["acked"] += 1
+            self.ack_rtts_ns.append(time.monotonic_ns() - pending.first_sent_ns)
+
+    def _resend_due(self) -> None:
+        if self._peer is None or not self._pending:
+            return
+        cutoff = time.monotonic_ns() - int(self.config.ack_timeout_s * 1e9)
+        for pending in list(self._pending.values()):
+            if pending.last_sent_ns <= cutoff:
+                self._send_pending(pending)
+                if self._peer is None:
+                    return
+
+    def _stats_snapshot(self) -> dict:
+        return {"pending": len(self._pending), "capacity": self.config.reliable_capacity,
+                "bridge_connected": self._peer is not None, **self._rel_counts}

@@ -1,0 +1,325 @@
+"""The ZeroMQ output over real sockets on random loopback ports.
+
+No sleeps to wait for late subscribers: each test repeats heartbeats until the subscriber has seen
+one (the slow-joiner handshake). Every receive has a timeout, and a module-wide pytest timeout turns
+a leaked socket (a hanging context.term) into a failure.
+"""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from edge import wire
+from edge.cli import main
+from edge.curve import ClientCurve, ServerCurve, generate
+from edge.publisher import Publisher, PublisherConfig, PublishError
+from edge.subscriber import Gap, ReliableClient, Restart, Subscriber
+
+pytestmark = pytest.mark.timeout(30)
+
+LOOPBACK = "tcp://127.0.0.1:*"
+
+
+@pytest.fixture
+def make_publisher():
+    made = []
+
+    def make(**overrides):
+        settings = dict(camera="cam1", endpoint=LOOPBACK, map_size=(64, 64), linger_ms=100)
+        settings.update(overrides)
+        publisher = Publisher(PublisherConfig(**settings))
+        made.append(publisher)
+        return publisher
+
+    yield make
+    for publisher in made:
+        publisher.close()
+
+
+@pytest.fixture
+def make_subscriber():
+    made = []
+
+    def make(*args, **kwargs):
+        subscriber = Subscriber(*args, **kwargs)
+        made.append(subscriber)
+        return subscriber
+
+    yield make
+    for subscriber in made:
+        subscriber.close()
+
+
+def handshake(publisher, subscriber, deadline_s: float = 10.0) -> wire.Heartbeat:
+    """Send heartbeats until the subscriber receives one: from then on, nothing is lost to slow joining."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        publisher.heartbeat()
+        message = subscriber.recv(timeout=0.02)
+        while message is not None:
+            if isinstance(message, wire.Heartbeat) and message.session == publisher.session:
+                return message
+            message = subscriber.recv(timeout=0.02)
+    pytest.fail(f"no heartbeat from {publisher.endpoint} within {deadline_s} s")
+
+
+def drain(subscriber, until, timeout_s: float = 10.0) -> list:
+    """Receive until `until(message)` is true; fail if the stream goes quiet first."""
+    received = []
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        message = subscriber.recv(timeout=0.5)
+        if message is None:
+            continue
+        received.append(message)
+        if until(message):
+            return received
+    pytest.fail(f"stream ended after {len(received)} messages without the expected one")
+
+
+def decision(frame_id: int, verdict: str = "ok", camera: str = "cam1") -> wire.Decision:
+    return wire.Decision(camera, frame_id, verdict, "" if verdict == "ok" else "score above threshold",
+                         0.2 if verdict == "ok" else 0.9, 0.5, 0, 1_000, 2_000_000, 2.0, "f" * 64, "v1")
+
+
+def test_decisions_maps_and_faults_arrive_in_order_with_sequence_numbers(make_publisher, make_subscriber):
+    publisher = make_publisher()
+    subscriber = make_subscriber(publisher.endpoint, cameras=["cam1"])
+    handshake(publisher, subscriber)
+    rng = np.random.default_rng(1)
+    for frame_id in range(1, 6):
+        publisher.publish_decision(decision(frame_id, "reject" if frame_id == 3 else "ok"),
+                                   rng.random((128, 128), dtype=np.float32))
+    publisher.publish_fault("camera_lost", "no frame for 2 s")
+    beat = publisher.heartbeat(wire.Counters(frames=5, ok=4, reject=1))
+    got = drain(subscriber, lambda m: isinstance(m, wire.Heartbeat) and m.seq == beat.seq)
+    decisions = [m for m in got if isinstance(m, wire.Decision)]
+    maps = [m for m in got if isinstance(m, wire.MapMessage)]
+    assert [d.frame_id for d in decisions] == [1, 2, 3, 4, 5]
+    assert [d.seq for d in decisions] == [1, 2, 3, 4, 5]
+    assert [d.verdict for d in decisions] == ["ok", "ok", "reject", "ok", "ok"]
+    assert all(d.session == publisher.session for d in got)
+    assert [m.frame_id for m in maps] == [1, 2, 3, 4, 5] and maps[0].data.shape == (64, 64)
+    assert [m.code for m in got if isinstance(m, wire.Fault)] == ["camera_lost"]
+    assert got[-1].counters.reject == 1 and got[-1].seqs == {"decision": 5, "map": 5, "fault": 1}
+    assert sum(subscriber.lost.values()) == 0 and subscriber.pop_events() == []
+
+
+def test_topic_filter_selects_kinds(make_publisher, make_subscriber):
+    publisher = make_publisher()
+    subscriber = make_subscriber(publisher.endpoint, cameras=["cam1"], topics=("decision", "heartbeat"))
+    handshake(publisher, subscriber)
+    publisher.publish_decision(decision(1), np.zeros((8, 8), np.float32))
+    publisher.publish_fault("x", "y")
+    beat = publisher.heartbeat()
+    got = drain(subscriber, lambda m: isinstance(m, wire.Heartbeat) and m.seq == beat.seq)
+    assert [type(m) for m in got] == [wire.Decision, wire.Heartbeat]
+    # the heartbeat says one fault and one map were sent, but we never asked for them: not a loss
+    assert sum(subscriber.lost.values()) == 0
+
+
+def test_stalled_subscriber_never_blocks_the_publisher_and_its_losses_are_counted(make_publisher, make_subscriber):
+    publisher = make_publisher(sndhwm=5, map_size=(256, 256))
+    # maps too: PUB filters on the publisher's side, so only subscribed kinds fill the queue
+    stalled = make_subscriber(publisher.endpoint, cameras=["cam1"], rcvhwm=5)
+    handshake(publisher, stalled)
+    sent = 400  # × (decision + 64 KiB map): far beyond both HWMs and the kernel's loopback buffers
+    payload = np.random.default_rng(2).random((256, 256), dtype=np.float32)
+    for frame_id in range(1, sent + 1):
+        publisher.publish_decision(decision(frame_id), payload)
+    # A fresh subscriber is served although the stalled one still holds a full queue.
+    fresh = make_subscriber(publisher.endpoint, cameras=["cam1"], topics=("decision", "heartbeat"))
+    handshake(publisher, fresh)
+    publisher.publish_decision(decision(sent + 1))
+    got = drain(fresh, lambda m: isinstance(m, wire.Decision))
+    assert got[-1].frame_id == sent + 1 and got[-1].seq == sent + 1
+    # The stalled subscriber wakes up: what it missed is counted exactly, not guessed.
+    end = time.monotonic() + 10
+    received = []
+    while time.monotonic() < end:
+        publisher.heartbeat()
+        message = stalled.recv(timeout=0.05)
+        while message is not None:
+            received.append(message)
+            message = stalled.recv(timeout=0.01)
+        if stalled._last.get(("cam1", "decision")) == sent + 1:
+            break
+    decisions = [m for m in received if isinstance(m, wire.Decision)]
+    lost = stalled.lost[("cam1", "decision")]
+    assert lost > 0, "HWM never dropped anything: the test did not stall the subscriber"
+    assert len(decisions) + lost == sent + 1
+    gaps = [e for e in stalled.pop_events() if isinstance(e, Gap) and e.kind == "decision"]
+    assert sum(g.lost for g in gaps) == lost
+
+
+def test_close_with_a_stalled_subscriber_returns_and_refuses_further_sends(make_publisher, make_subscriber):
+    publisher = make_publisher(sndhwm=5, map_size=(256, 256), linger_ms=100)
+    stalled = make_subscriber(publisher.endpoint, rcvhwm=5)
+    handshake(publisher, stalled)
+    payload = np.ones((256, 256), np.float32)
+    for frame_id in range(1, 201):
+        publisher.publish_decision(decision(frame_id), payload)
+    publisher.close()  # bounded by linger_ms; the module timeout fails it if it hangs
+    assert not publisher._thread.is_alive()
+    with pytest.raises(PublishError, match="closed"):
+        publisher.publish_decision(decision(201))
+
+
+def test_publisher_restart_is_reported_as_restart_not_loss(make_publisher, make_subscriber):
+    first = make_publisher()
+    endpoint = first.endpoint
+    subscriber = make_subscriber(endpoint, cameras=["cam1"])
+    handshake(first, subscriber)
+    first.publish_decision(decision(1))
+    drain(subscriber, lambda m: isinstance(m, wire.Decision))
+    first.close()
+    second = make_publisher(endpoint=endpoint)
+    assert second.session != first.session
+    handshake(second, subscriber)
+    events = subscriber.pop_events()
+    assert Restart("cam1", first.session, second.session) in events
+    # the handshake's first heartbeats may have gone out before the reconnect: counted as heartbeat
+    # gaps, never as lost decisions
+    assert subscriber.lost[("cam1", "decision")] == 0
+
+
+def test_curve_lets_authorised_subscribers_in_and_keeps_others_out(tmp_path, make_publisher, make_subscriber):
+    generate(tmp_path / "server", "server")
+    generate(tmp_path / "allowed", "line-plc")
+    generate(tmp_path / "stranger", "stranger")
+    (tmp_path / "clients").mkdir()
+    (tmp_path / "clients" / "line-plc.key").write_bytes((tmp_path / "allowed" / "line-plc.key").read_bytes())
+    publisher = make_publisher(curve=ServerCurve(tmp_path / "server" / "server.key_secret", tmp_path / "clients"))
+    server_key = tmp_path / "server" / "server.key"
+
+    stranger = make_subscriber(publisher.endpoint,
+                               curve=ClientCurve(tmp_path / "stranger" / "stranger.key_secret", server_key))
+    monitor = stranger.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    plain = make_subscriber(publisher.endpoint)
+    allowed = make_subscriber(publisher.endpoint,
+                              curve=ClientCurve(tmp_path / "allowed" / "line-plc.key_secret", server_key))
+    handshake(publisher, allowed)
+    for frame_id in range(1, 11):
+        publisher.publish_decision(decision(frame_id))
+    beat = publisher.heartbeat()
+    got = drain(allowed, lambda m: isinstance(m, wire.Heartbeat) and m.seq == beat.seq)
+    assert [m.frame_id for m in got if isinstance(m, wire.Decision)] == list(range(1, 11))
+    # The ZAP authenticator said no to the stranger's key (an event, not an absence in time).
+    assert monitor.poll(5000), "the stranger's handshake was never rejected"
+    event = recv_monitor_message(monitor)
+    assert event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    stranger.socket.disable_monitor()
+    monitor.close(linger=0)
+    assert stranger.recv(timeout=0.2) is None
+    assert plain.recv(timeout=0.2) is None
+
+
+def test_curve_without_allowed_keys_is_a_config_error(tmp_path):
+    generate(tmp_path, "server")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="holds no \\*.key public key files"):
+        Publisher(PublisherConfig("cam1", endpoint=LOOPBACK,
+                                  curve=ServerCurve(tmp_path / "server.key_secret", tmp_path / "empty")))
+
+
+def test_binding_a_taken_endpoint_names_it(make_publisher):
+    first = make_publisher()
+    with pytest.raises(Exception, match=f"cannot bind ZeroMQ endpoint '{first.endpoint}'") as caught:
+        make_publisher(endpoint=first.endpoint)
+    assert caught.value.exit_code == 78
+
+
+# --------------------------------------------------------------------------------- reliable channel
+
+def test_reliable_channel_buffers_until_the_bridge_connects_and_stops_after_ack(make_publisher):
+    publisher = make_publisher(reliable_endpoint=LOOPBACK, ack_timeout_s=0.05)
+    for frame_id in (1, 2, 3):  # no bridge yet: kept, not lost
+        publisher.publish_decision(decision(frame_id))
+    with ReliableClient(publisher.reliable_endpoint) as bridge:
+        first = [bridge.recv(timeout=5) for _ in range(3)]
+        assert [d.seq for d in first] == [1, 2, 3]
+        bridge.ack(first[0])
+        bridge.ack(first[2])
+        # seq 2 is unacknowledged: it is sent again (and skipped by the client as already delivered)
+        end = time.monotonic() + 5
+        while bridge.duplicates == 0 and time.monotonic() < end:
+            assert bridge.recv(timeout=0.1) is None
+        assert bridge.duplicates >= 1
+        bridge.ack(first[1])
+        publisher.publish_decision(decision(4))
+        fourth = bridge.recv(timeout=5)
+        assert fourth.seq == 4
+        bridge.ack(fourth)
+        end = time.monotonic() + 5
+        while (publisher.reliable_stats() or {}).get("pending") != 0 and time.monotonic() < end:
+            bridge.recv(timeout=0.05)
+        stats = publisher.reliable_stats()
+        assert stats["pending"] == 0 and stats["acked"] == 4 and stats["resent"] >= 1 and stats["evicted"] == 0
+
+
+def test_full_reliable_buffer_is_a_published_fault(make_publisher, make_subscriber):
+    publisher = make_publisher(reliable_endpoint=LOOPBACK, reliable_capacity=2)
+    subscriber = make_subscriber(publisher.endpoint, topics=("fault", "heartbeat"))
+    handshake(publisher, subscriber)
+    for frame_id in (1, 2, 3):
+        publisher.publish_decision(decision(frame_id))
+    fault = drain(subscriber, lambda m: isinstance(m, wire.Fault))[-1]
+    assert fault.code == "reliable_buffer_full" and fault.frame_id == 1 and "seq 1" in fault.message
+    with ReliableClient(publisher.reliable_endpoint) as bridge:
+        assert [bridge.recv(timeout=5).seq for _ in range(2)] == [2, 3]
+    assert publisher.reliable_stats()["evicted"] == 1
+
+
+def test_bridge_restart_receives_unacknowledged_decisions(make_publisher):
+    publisher = make_publisher(reliable_endpoint=LOOPBACK, ack_timeout_s=10)
+    publisher.publish_decision(decision(1))
+    with ReliableClient(publisher.reliable_endpoint) as bridge:
+        assert bridge.recv(timeout=5).seq == 1  # dies before acknowledging
+    with ReliableClient(publisher.reliable_endpoint) as bridge:
+        again = bridge.recv(timeout=5)  # the new identity's HELLO triggers an immediate resend
+        assert again.seq == 1
+        bridge.ack(again)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+def test_cli_subscribe_prints_json_lines_and_saves_maps(make_publisher, tmp_path, capsys):
+    publisher = make_publisher()
+    result = {}
+    argv = ["subscribe", "--connect", publisher.endpoint, "--camera", "cam1", "--count", "3", "--json",
+            "--save-maps", str(tmp_path / "maps"), "--timeout", "10"]
+    thread = threading.Thread(target=lambda: result.setdefault("rc", main(argv)))
+    thread.start()
+    frame_id = 0
+    end = time.monotonic() + 20
+    while thread.is_alive() and time.monotonic() < end:  # keep publishing until the CLI has its count
+        frame_id += 1
+        publisher.publish_decision(decision(frame_id, "reject"), np.ones((32, 32), np.float32))
+        thread.join(timeout=0.02)
+    thread.join(timeout=5)
+    assert result.get("rc") == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    decisions = [line for line in lines if line["type"] == "decision"]
+    assert len(decisions) == 3 and all(d["verdict"] == "reject" and d["camera"] == "cam1" for d in decisions)
+    pngs = list((tmp_path / "maps").glob("cam1_*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_cli_subscribe_times_out_with_unavailable_exit_code(capsys):
+    with zmq.Context() as context, context.socket(zmq.REP) as placeholder:  # a port nobody publishes on
+        placeholder.linger = 0
+        placeholder.bind(LOOPBACK)
+        endpoint = placeholder.getsockopt_string(zmq.LAST_ENDPOINT)
+        assert main(["subscribe", "--connect", endpoint, "--timeout", "0.2"]) == 69
+    assert "no message from" in capsys.readouterr().err
+
+
+def test_cli_keys_generate_refuses_to_overwrite(tmp_path, capsys):
+    assert main(["keys", "generate", str(tmp_path), "--name", "cam1"]) == 0
+    assert (tmp_path / "cam1.key").is_file() and (tmp_path / "cam1.key_secret").stat().st_mode & 0o777 == 0o600
+    assert main(["keys", "generate", str(tmp_path), "--name", "cam1"]) == 78

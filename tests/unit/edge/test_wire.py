@@ -1,0 +1,162 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from edge import wire
+from edge.wire import WireError
+
+SESSION = "0123456789abcdef"
+
+
+def _decision(**overrides) -> wire.Decision:
+    values = dict(camera="cam1", frame_id=42, verdict="reject", reason="score 0.9 > threshold 0.5", score=0.9,
+                  threshold=0.5, device_timestamp_ns=123, receive_ns=1_000, decision_ns=5_001_000, latency_ms=5.0,
+                  model_hash="ab" * 32, thresholds_version="2024-01-01", region_px=17, session=SESSION, seq=3,
+                  wall_ns=1_700_000_000_000_000_000)
+    values.update(overrides)
+    return wire.Decision(**values)
+
+
+def _heartbeat() -> wire.Heartbeat:
+    return wire.Heartbeat("cam1", 1.0, 12.5, wire.Counters(frames=10, ok=7, reject=2, fault=1, dropped=0),
+                          seqs={"decision": 10, "map": 10, "fault": 1}, state="running",
+                          reliable={"pending": 0, "capacity": 1000}, overruns=0, session=SESSION, seq=9, wall_ns=5)
+
+
+@pytest.mark.parametrize("message", [
+    _decision(),
+    _decision(verdict="ok", reason=""),
+    _decision(verdict="fault", reason="backend timeout", score=None, threshold=None),
+    _heartbeat(),
+    wire.Fault("cam1", "camera_lost", "no frame for 2 s", None, SESSION, 1, 7),
+    wire.Fault("cam1", "backend_error", "CUDA error", 12, SESSION, 2, 7),
+])
+def test_round_trip_of_every_kind_is_exact(message):
+    frames = wire.encode(message)
+    assert len(frames) == 2
+    assert wire.decode(frames) == message
+
+
+def test_non_finite_score_of_a_fault_travels_as_null():
+    frames = wire.encode(_decision(verdict="fault", reason="non-finite score nan", score=math.nan))
+    assert json.loads(frames[1])["score"] is None
+    assert wire.decode(frames).score is None
+
+
+@pytest.mark.parametrize("score", [math.nan, math.inf, None])
+def test_an_ok_or_reject_without_a_finite_score_is_refused(score):
+    with pytest.raises(WireError, match="only a fault may lack a finite score"):
+        wire.encode(_decision(verdict="ok", score=score))
+
+
+def test_topics_end_in_slash_so_cam1_never_matches_cam10():
+    assert wire.topic("decision", "cam1") == b"decision.cam1/"
+    assert not wire.topic("decision", "cam10").startswith(wire.subscription_prefix("decision", "cam1"))
+    assert wire.topic("decision", "cam10").startswith(wire.subscription_prefix("decision", None))
+    assert not wire.topic("decision", "cam1").startswith(wire.subscription_prefix("map", None))
+
+
+@pytest.mark.parametrize("camera", ["cam.1", "cam/1", "", "c" * 65, "kamera ü"])
+def test_camera_names_that_would_break_topics_are_refused(camera):
+    with pytest.raises(WireError, match="camera name"):
+        wire.topic("decision", camera)
+
+
+def test_uint8_map_round_trip_keeps_shape_scale_and_values():
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.0, 2.0, size=(64, 48)).astype(np.float32)
+    message = wire.make_map("cam1", 5, values, size=None, dtype="uint8", value_range=(0.0, 2.0))
+    message = wire.MapMessage(**{**message.__dict__, "session": SESSION, "seq": 1})
+    frames = wire.encode(message)
+    assert len(frames) == 3 and len(frames[2]) == 64 * 48
+    header = json.loads(frames[1])
+    assert header["shape"] == [64, 48] and header["dtype"] == "uint8" and header["value_range"] == [0.0, 2.0]
+    decoded = wire.decode(frames)
+    np.testing.assert_array_equal(decoded.data, message.data)
+    np.testing.assert_allclose(decoded.values(), values, atol=2.0 / 255)
+
+
+def test_float16_map_is_resized_and_little_endian():
+    values = np.linspace(0, 1, 128 * 128, dtype=np.float32).reshape(1, 128, 128)
+    message = wire.make_map("cam1", 5, values, size=(32, 16), dtype="float16")
+    assert message.data.shape == (32, 16) and message.dtype == "float16"
+    message = wire.MapMessage(**{**message.__dict__, "session": SESSION, "seq": 1})
+    frames = wire.encode(message)
+    assert frames[2] == message.data.astype("<f2").tobytes()
+    decoded = wire.decode(frames)
+    np.testing.assert_array_equal(decoded.data, message.data)
+    assert decoded.value_range is None
+
+
+def test_uint8_map_with_non_finite_values_is_clipped_not_refused():
+    values = np.array([[0.0, np.nan], [np.inf, 1.0]], dtype=np.float32)
+    message = wire.make_map("cam1", 1, values, size=None, value_range=(0.0, 1.0))
+    assert message.data.tolist() == [[0, 0], [255, 255]]
+
+
+def test_to_json_dict_leaves_pixels_out():
+    message = wire.make_map("cam1", 1, np.zeros((4, 4)), size=None)
+    record = wire.to_json_dict(message)
+    assert record["type"] == "map" and record["shape"] == [4, 4] and "data" not in record
+    json.dumps(record)
+
+
+def _good_decision_frames():
+    return wire.encode(_decision())
+
+
+def _with_header(**changes):
+    frames = _good_decision_frames()
+    header = json.loads(frames[1])
+    for key, value in changes.items():
+        if value is KeyError:
+            del header[key]
+        else:
+            header[key] = value
+    return [frames[0], json.dumps(header).encode()]
+
+
+def _map_frames():
+    message = wire.make_map("cam1", 1, np.zeros((4, 4)), size=None)
+    return wire.encode(wire.MapMessage(**{**message.__dict__, "session": SESSION, "seq": 1}))
+
+
+@pytest.mark.parametrize("frames, expected", [
+    ([b"decision.cam1/"], "expected \\[topic, header\\]"),
+    ([b"decision.cam1", b"{}"], "expected '<kind>.<camera>/'"),
+    ([b"status.cam1/", b"{}"], "kind one of"),
+    ([b"decision.cam1/", b"\xff"], "not UTF-8 JSON"),
+    ([b"decision.cam1/", b"[1, 2]"], "expected an object"),
+    ([b"decision.cam1/", b"{}", b"extra"], "3 frames, expected 2"),
+    (_with_header(schema=2), "schema 2, this decoder reads schema 1"),
+    (_with_header(camera="cam2"), "header camera 'cam2' does not match the topic"),
+    (_with_header(kind="map"), "header kind 'map' does not match"),
+    (_with_header(verdict="maybe"), "verdict 'maybe'"),
+    (_with_header(score=None), "field 'score' is None"),
+    (_with_header(frame_id="42"), "field 'frame_id' is '42' \\(str\\), expected int"),
+    (_with_header(frame_id=True), "field 'frame_id' is True"),
+    (_with_header(seq=0), "seq 0, expected ≥ 1"),
+    (_with_header(session="xyz"), "session 'xyz'"),
+    (_with_header(model_hash=KeyError), "header lacks field 'model_hash'"),
+    (_map_frames()[:2], "2 frames, expected 3"),
+    (_map_frames()[:2] + [b"\x00" * 15], "payload of 15 bytes, expected 16 for uint8 4×4"),
+])
+def test_malformed_messages_raise_an_error_naming_the_fault(frames, expected):
+    with pytest.raises(WireError, match=expected) as caught:
+        wire.decode(frames)
+    if frames and frames[0].endswith(b"/") and b"." in frames[0]:
+        assert "topic" in str(caught.value)
+
+
+def test_map_header_with_bad_shape_is_refused():
+    frames = _map_frames()
+    header = json.loads(frames[1])
+    header["shape"] = [4, -4]
+    with pytest.raises(WireError, match="map shape"):
+        wire.decode([frames[0], json.dumps(header).encode(), frames[2]])
+
+
+def test_wire_error_is_a_data_error_with_sysexits_code():
+    assert WireError("x").exit_code == 65
