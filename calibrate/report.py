@@ -37,7 +37,7 @@ def plot_histogram(path: Path, normal_scores, defect_scores, threshold: float, f
     ax.set_ylabel("images")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -59,7 +59,7 @@ def plot_roc(path: Path, normal_scores, defect_scores, threshold: float) -> floa
     ax.set_ylabel("defects caught")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return auc
 
@@ -90,7 +90,7 @@ def plot_overlays(path: Path, image_paths, scores, maps, region: dict | None) ->
         ax.axis("off")
         names.append(str(image_paths[index]))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return names
 

@@ -1,0 +1,115 @@
+"""`hlgfa calibrate` end to end on the session's tiny model and real EL images."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.cli import main
+from edge.thresholds import load_thresholds
+
+
+@pytest.fixture(scope="module")
+def normals_dir(tmp_path_factory, elpv_images):
+    # Good cells the tiny model was not trained on (it used the first 24), some saved as colour
+    # BMP to exercise the colour path.
+    folder = tmp_path_factory.mktemp("normals")
+    for index, path in enumerate(elpv_images["good"][24:54]):
+        if index % 5 == 0:
+            image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            cv2.imwrite(str(folder / f"{path.stem}.bmp"), cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))
+        else:
+            shutil.copy(path, folder / path.name)
+    (folder / "frames.jsonl").write_text("{}\n")  # a `camera grab` recording carries this beside the PNGs
+    return folder
+
+
+@pytest.fixture(scope="module")
+def defects_dir(tmp_path_factory, elpv_images):
+    folder = tmp_path_factory.mktemp("defects")
+    (folder / "cracked").mkdir()
+    for path in elpv_images["defect"][:10]:
+        shutil.copy(path, folder / "cracked" / path.name)
+    return folder
+
+
+def run(*args):
+    return main(["calibrate", "--backend", "torch", *map(str, args)])
+
+
+def test_calibrate_writes_a_bound_versioned_file_and_report(tiny_model_dir, normals_dir, defects_dir, tmp_path,
+                                                            capsys):
+    from edge.model_dir import load_model_info
+
+    out, report = tmp_path / "thresholds.json", tmp_path / "report"
+    code = run("--model", tiny_model_dir, "--normals", normals_dir, "--defects", defects_dir, "--target-frr",
+               "0.05", "--policy", "f1", "--out", out, "--report", report)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    info = load_model_info(tiny_model_dir)
+    thresholds = load_thresholds(out, expected_model_hash=info.model_hash)
+    assert thresholds.policy == "f1"
+    assert thresholds.version.endswith(thresholds.version.split("-")[-1]) and len(thresholds.version) > 20
+    details = thresholds.details
+    assert details["n_normals"] == 30 and details["n_defects"] == 10
+    assert details["image"]["method"] == "gpd-tail"  # 30 normals are too few for 5 %: warned
+    assert "WARNING" in captured.err and "needs at least 200 normals" in captured.err
+    assert set(details["policy"]["escape_by_class"]) == {"cracked"}
+    assert thresholds.region is not None and thresholds.region.min_area_px >= 1
+    page = (report / "index.html").read_text()
+    assert "data:image/png;base64," in page and thresholds.version in page
+    assert {"hist.png", "roc.png", "top_normals.png"} <= {p.name for p in report.iterdir()}
+
+    # Never overwritten without --force; with it, a new version.
+    before = out.read_text()
+    assert run("--model", tiny_model_dir, "--normals", normals_dir, "--out", out) == 78
+    assert "already exists" in capsys.readouterr().err and out.read_text() == before
+    assert run("--model", tiny_model_dir, "--normals", normals_dir, "--out", out, "--force",
+               "--no-region-rule") == 0
+    assert json.loads(out.read_text())["version"] != json.loads(before)["version"]
+    assert load_thresholds(out).region is None
+
+
+def test_errors_leave_nothing_written(tiny_model_dir, normals_dir, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run("--model", tiny_model_dir, "--normals", empty, "--out", out) == 65
+    assert "no images" in capsys.readouterr().err
+
+    broken = tmp_path / "broken"
+    shutil.copytree(normals_dir, broken)
+    (broken / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    report = tmp_path / "report"
+    assert run("--model", tiny_model_dir, "--normals", broken, "--out", out, "--report", report) == 65
+    assert "zz_truncated.png" in capsys.readouterr().err
+    assert not out.exists() and not report.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(normals_dir.glob("*.png"))[:5]:
+        shutil.copy(path, few / path.name)
+    assert run("--model", tiny_model_dir, "--normals", few, "--out", out) == 65
+    assert "need at least 20" in capsys.readouterr().err
+
+    assert run("--model", tiny_model_dir, "--normals", normals_dir, "--out", out, "--target-frr", "0.5") == 78
+    assert "(0, 0.5)" in capsys.readouterr().err
+    assert run("--model", tiny_model_dir, "--normals", normals_dir, "--out", out, "--policy", "f1") == 78
+    assert "needs defect images" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_file_for_another_model_is_named(tiny_model_dir, normals_dir, tmp_path, capsys):
+    out = tmp_path / "t.json"
+    out.write_text(json.dumps({"format": "hlgfa-thresholds/1", "model_hash": "0" * 64, "version": "v",
+                               "image_threshold": 1.0}))
+    assert run("--model", tiny_model_dir, "--normals", normals_dir, "--out", out) == 78
+    assert "bound to another model, 000000000000" in capsys.readouterr().err
+    from edge.errors import ConfigError
+    from edge.model_dir import load_model_info
+
+    with pytest.raises(ConfigError, match="recalibrate"):
+        load_thresholds(out, expected_model_hash=load_model_info(tiny_model_dir).model_hash)
