@@ -30,6 +30,10 @@ class HLGFAConfig:
     # The detail prior is a deliberate bottleneck: wide enough to carry local alignment cues,
     # too narrow to copy HR through (the identity trap). 0 disables it.
     detail_channels: int = 8
+    # Residual branch of the gated correction: hidden width as a fraction of the level's
+    # channels, and how many depthwise 3×3 layers (each widens its receptive field by 2).
+    residual_width: float = 0.5
+    residual_depth: int = 1
     use_reliability: bool = True
     smoothing_sigma: float = 4.0  # pixels at image_size 256, scaled with image_size
     score: str = "max"  # or "topk": mean of the top `topk_fraction` pixels
@@ -82,11 +86,11 @@ class LevelAligner(nn.Module):
             self.detail_proj = nn.Conv2d(channels, self.detail_channels, 1)
         fused = channels + max(self.detail_channels, 0)
         self.gate = nn.Conv2d(fused, channels, 1)
-        hidden = max(channels // 2, 16)
-        self.residual = nn.Sequential(
-            nn.Conv2d(fused, hidden, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, 1))
+        hidden = max(int(channels * config.residual_width), 16)
+        layers = [nn.Conv2d(fused, hidden, 1), nn.ReLU(inplace=True)]
+        for _ in range(config.residual_depth):
+            layers += [nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.ReLU(inplace=True)]
+        self.residual = nn.Sequential(*layers, nn.Conv2d(hidden, channels, 1))
         nn.init.zeros_(self.residual[-1].weight)
         nn.init.zeros_(self.residual[-1].bias)
 

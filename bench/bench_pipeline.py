@@ -1,0 +1,328 @@
+"""End-to-end cost of the inspection pipeline, and a zero-loss soak of the pipeline and the wire.
+
+    .venv/bin/python bench/bench_pipeline.py [--model DIR --onnx FILE --images DIR] [--frames 300]
+                                             [--soak-frames 100000] [--soak-fps 2000] [--skip-soak]
+
+Without --model it trains the tiny test model (128 px, 2 epochs on 24 good elpv cells) and exports it.
+
+1. bare: the ONNX Runtime backend alone, batch 1, on the frames already preprocessed (frames/s).
+2. throughput: `Daemon` (folder source looping over the same images, overload "block", batch 1, maps on)
+   as fast as it goes for --frames frames; frames/s vs bare (the ratio the pipeline keeps).
+3. latency: the same, the source paced at half the bare rate so frames do not queue; per frame,
+   receive → decision (the publish call) and receive → a subscriber's recv, minus that frame's own
+   `backend.infer` time (measured around the call by a wrapper): p50/p99 added by the pipeline.
+4. soak: --soak-frames tiny frames (16×16 Mono8, synthetic) through the real Pipeline, Publisher and
+   wire with a trivial backend; a subscriber in another process counts decisions and gaps.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge import wire  # noqa: E402
+
+
+def tiny_model(work: Path):
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import elpv_labels
+    from calibrate.train import train
+    from engines.export import export_onnx
+
+    rows = elpv_labels()
+    good = sorted(p for p, prob in rows if prob == 0.0)
+    defect = sorted(p for p, prob in rows if prob == 1.0)
+    (work / "good").mkdir()
+    (work / "line").mkdir()
+    for path in good[:24]:
+        shutil.copy(path, work / "good" / path.name)
+    for index, path in enumerate(good[24:40] + defect[:8]):
+        shutil.copy(path, work / "line" / f"{index:03d}_{path.name}")
+    train(work / "good", work / "model", epochs=2, image_size=128, seed=0, batch_size=8, progress=False)
+    return work / "model", export_onnx(work / "model", work / "model.onnx"), work / "line"
+
+
+class Gated:
+    def __init__(self, source, gate):
+        self._s, self._gate, self.source_id = source, gate, source.source_id
+
+    def open(self):
+        self._s.open()
+
+    def read(self, timeout_s):
+        self._gate.wait(60)
+        return self._s.read(timeout_s)
+
+    def stats(self):
+        return self._s.stats()
+
+    def close(self):
+        self._s.close()
+
+
+class TimedBackend:
+    def __init__(self, backend):
+        self._b = backend
+        self.kind, self.model_hash, self.image_size, self.max_batch = (backend.kind, backend.model_hash,
+                                                                        backend.image_size, backend.max_batch)
+        self.durations: list[float] = []
+
+    def infer(self, batch):
+        start = time.perf_counter()
+        out = self._b.infer(batch)
+        self.durations.append(time.perf_counter() - start)
+        return out
+
+    def warmup(self):
+        self._b.warmup()
+
+    def close(self):
+        self._b.close()
+
+
+def bare_fps(model, onnx, images, frames: int) -> tuple[float, float]:
+    import cv2
+
+    from edge.backends.base import open_backend
+    from edge.model_dir import load_model_info
+    from edge.preprocess import preprocess
+
+    info = load_model_info(model)
+    backend = open_backend("onnxruntime", model, onnx=onnx, max_batch=1, threads=1)
+    backend.warmup()
+    tensors = [preprocess([cv2.imread(str(p), cv2.IMREAD_UNCHANGED)], info.preprocess) for p in sorted(images.iterdir())]
+    durations = []
+    start = time.perf_counter()
+    for index in range(frames):
+        t = time.perf_counter()
+        backend.infer(tensors[index % len(tensors)])
+        durations.append(time.perf_counter() - t)
+    wall = time.perf_counter() - start
+    backend.close()
+    return frames / wall, float(np.median(durations)) * 1000
+
+
+def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None):
+    import socket
+
+    from edge.config import build_config
+    from edge.daemon import Daemon
+    from edge.subscriber import Subscriber
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    source = {"kind": "folder", "path": str(images), "loop": True, **({"fps": fps} if fps else {})}
+    config = build_config(None, [(k.split("."), v) for k, v in {
+        "model": str(model), "thresholds": str(thresholds), "source": source, "backend.kind": "onnxruntime",
+        "backend.onnx": str(onnx), "backend.threads": 1, "pipeline.max_frames": frames,
+        "pipeline.deadline_ms": 60_000, "publish.endpoint": endpoint}.items()])
+    timed = []
+    gate = threading.Event()
+    daemon = Daemon(config, backend_wrapper=lambda b: timed.append(TimedBackend(b)) or timed[-1],
+                    source_wrapper=lambda source: Gated(source, gate))
+    subscriber = Subscriber(endpoint, topics=("decision", "heartbeat"))
+    received = {}
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run()))
+    thread.start()
+    # No frame before the subscription is live (a slow joiner would miss the first decisions).
+    while not isinstance(subscriber.recv(timeout=60), wire.Heartbeat):
+        pass
+    gate.set()
+    start = time.perf_counter()
+    while len(received) < frames:
+        message = subscriber.recv(timeout=30)
+        if message is None:
+            break
+        if isinstance(message, wire.Decision):
+            received[message.frame_id] = (message, time.monotonic_ns())
+    wall = time.perf_counter() - start
+    thread.join(60)
+    subscriber.close()
+    durations = timed[-1].durations[1:]  # [0] is the warm-up
+    decisions = [received[k] for k in sorted(received)]
+    n = min(len(decisions), len(durations))
+    added_publish = [decisions[i][0].latency_ms - durations[i] * 1000 for i in range(n)]
+    added_recv = [(decisions[i][1] - decisions[i][0].receive_ns) / 1e6 - durations[i] * 1000 for i in range(n)]
+    return {"code": result.get("code"), "frames": len(received), "fps": len(received) / wall,
+            "faults": sum(1 for d, _ in decisions if d.verdict == "fault"),
+            "added_to_publish_ms": added_publish, "added_to_subscriber_ms": added_recv,
+            "infer_ms_median": float(np.median(durations)) * 1000}
+
+
+SUBSCRIBER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[3])
+from edge import wire
+from edge.subscriber import Subscriber
+sub = Subscriber(sys.argv[1], topics=("decision", "heartbeat"), rcvhwm=100000)
+print("ready", flush=True)
+want = int(sys.argv[2]); ids = set(); dup = 0
+while len(ids) < want:
+    m = sub.recv(timeout=30)
+    if m is None: break
+    if isinstance(m, wire.Decision):
+        if m.frame_id in ids: dup += 1
+        ids.add(m.frame_id)
+print(len(ids), dup, sum(sub.lost.values()), flush=True)
+"""
+
+
+class SyntheticSource:
+    """`count` 16×16 Mono8 frames from memory at `fps` (None: as fast as asked)."""
+
+    source_id = "synthetic"
+
+    def __init__(self, count: int, fps: float | None):
+        self.count, self.period, self.next = count, (1 / fps if fps else 0), 0
+        self.image = np.random.default_rng(0).integers(0, 255, (16, 16), dtype=np.uint8)
+        self.due = None
+
+    def open(self):
+        pass
+
+    def read(self, timeout_s):
+        from edge.frame import Frame
+        from edge.sources.base import SourceExhausted
+
+        if self.next >= self.count:
+            raise SourceExhausted("done")
+        if self.period:
+            now = time.perf_counter()
+            self.due = now if self.due is None else self.due + self.period
+            if self.due > now:
+                time.sleep(self.due - now)
+        self.next += 1
+        return Frame(self.next - 1, "synthetic", "Mono8", self.image, time.monotonic_ns())
+
+    def stats(self):
+        return {"frames": self.next}
+
+    def close(self):
+        pass
+
+
+class TrivialBackend:
+    kind, model_hash, image_size, max_batch = "trivial", "0" * 64, 16, 8
+
+    def infer(self, batch):
+        maps = batch.mean(axis=1)
+        return maps, maps.reshape(len(batch), -1).mean(axis=1)
+
+    def warmup(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def soak(frames: int, fps: float | None) -> dict:
+    import socket
+
+    from edge.health import Health
+    from edge.pipeline import Pipeline, PipelineOptions
+    from edge.preprocess import PreprocessSpec
+    from edge.publisher import Publisher, PublisherConfig
+    from edge.thresholds import Thresholds
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    child = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, endpoint, str(frames), str(ROOT)],
+                             stdout=subprocess.PIPE, text=True)
+    child.stdout.readline()
+    publisher = Publisher(PublisherConfig(camera="soak", endpoint=endpoint, map_size=None))
+    # The child subscribed before we bound; wait for its subscription to arrive (first heartbeat seen there
+    # is not observable here, so wait until the PUB socket has a peer by sending heartbeats for a moment).
+    for _ in range(10):
+        publisher.heartbeat(wire.Counters())
+        time.sleep(0.05)
+    health = Health("soak")
+    thresholds = Thresholds(model_hash="0" * 64, image_threshold=0.0, version="soak")
+    pipeline = Pipeline(SyntheticSource(frames, fps), TrivialBackend(), None, PreprocessSpec(16), thresholds,
+                        publisher, health, "soak", "0" * 64,
+                        PipelineOptions(overload="block", deadline_ms=60_000, max_batch=8, maps=False))
+    start = time.perf_counter()
+    cpu0 = time.process_time()
+    pipeline.start()
+    while not pipeline.done:
+        publisher.maybe_heartbeat(pipeline.counters())
+        time.sleep(0.05)
+    wall = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    pipeline.finish(10)
+    publisher.heartbeat(pipeline.counters(), state="stopping")
+    publisher.close()
+    health.close()
+    got, dup, lost = (int(x) for x in child.communicate(timeout=120)[0].split())
+    c = pipeline.counters()
+    return {"frames": frames, "decided": c.frames, "faults": c.fault, "received": got, "duplicates": dup,
+            "lost_seq": lost, "fps": frames / wall, "cpu_ms_per_frame": 1000 * cpu / frames}
+
+
+def pct(values, q):
+    return round(float(np.percentile(values, q)), 3)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model")
+    parser.add_argument("--onnx")
+    parser.add_argument("--images")
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--soak-frames", type=int, default=100_000)
+    parser.add_argument("--soak-fps", type=float, default=2000)
+    parser.add_argument("--skip-soak", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from edge.model_dir import load_model_info
+    from edge.thresholds import Thresholds, write_json_atomic
+
+    work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
+    try:
+        if args.model:
+            model, onnx, images = Path(args.model), Path(args.onnx), Path(args.images)
+        else:
+            model, onnx, images = tiny_model(work)
+        info = load_model_info(model)
+        thresholds = work / "thresholds.json"
+        write_json_atomic(thresholds, Thresholds(model_hash=info.model_hash, image_threshold=1.0, version="b").to_dict())
+        out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+               "load_average": os.getloadavg()}
+        fps_bare, infer_ms = bare_fps(model, onnx, images, args.frames)
+        out["bare"] = {"fps": round(fps_bare, 1), "infer_ms_median": round(infer_ms, 3)}
+        through = run_daemon(model, onnx, thresholds, images, args.frames, None)
+        out["throughput"] = {"fps": round(through["fps"], 1), "ratio": round(through["fps"] / fps_bare, 3),
+                             "frames": through["frames"], "faults": through["faults"], "exit": through["code"]}
+        paced = run_daemon(model, onnx, thresholds, images, args.frames, fps_bare / 2)
+        out["latency_paced_at_half_bare"] = {
+            "infer_ms_median": round(paced["infer_ms_median"], 3),
+            "added_to_publish_ms_p50": pct(paced["added_to_publish_ms"], 50),
+            "added_to_publish_ms_p99": pct(paced["added_to_publish_ms"], 99),
+            "added_to_subscriber_ms_p50": pct(paced["added_to_subscriber_ms"], 50),
+            "added_to_subscriber_ms_p99": pct(paced["added_to_subscriber_ms"], 99),
+            "frames": paced["frames"], "faults": paced["faults"]}
+        if not args.skip_soak:
+            out["soak"] = {k: round(v, 3) if isinstance(v, float) else v
+                           for k, v in soak(args.soak_frames, args.soak_fps or None).items()}
+        out["load_average_after"] = os.getloadavg()
+        print(json.dumps(out, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""`hlgfa run`: one camera's inspection daemon, from a `DaemonConfig` to exit status.
+
+Start-up order is chosen so that every refusal happens before READY=1 and before the camera
+starts: model directory (exit 66 if damaged) → thresholds bound to that model (exit 78 if fitted
+on another) → publisher (78 if the endpoint cannot be bound) → health/metrics (78 if the port is
+taken) → backend opened and warmed up (70) → source (78 for a bad setting; an absent camera is not
+a refusal: it is reported on the fault topic and retried) → pipeline → READY=1.
+
+The main thread owns signals and the watchdog: it pings systemd and sends heartbeats only while
+every stage is alive and none is stuck, so a hung stage makes both stop and the PLC bridge and
+systemd each fail safe on their own. SIGTERM/SIGINT: stop acquiring, finish the frames in flight
+(publishing a "shutdown" fault for any that cannot finish within drain_timeout_s), a last heartbeat,
+exit 0. SIGHUP: reload the thresholds file atomically (a file that fails to load or is bound to
+another model keeps the old thresholds and is published as a fault).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Callable
+
+from edge.config import DaemonConfig
+from edge.errors import HlgfaError, ModelFileError
+from edge.pipeline import Pipeline, PipelineOptions
+from edge.sources.base import SourceUnavailable
+
+log = logging.getLogger(__name__)
+
+LOOP_PERIOD_S = 0.05  # main loop: watchdog, heartbeats, signals, queue gauges
+
+
+def publisher_config(config: DaemonConfig, image_size: int):
+    from edge.curve import ServerCurve
+    from edge.publisher import PublisherConfig
+
+    p = config.publish
+    curve = None
+    if p.curve_secret_key is not None:
+        curve = ServerCurve(p.curve_secret_key, p.curve_allowed_clients)
+    map_size = (image_size, image_size) if p.map_size == "model" else tuple(p.map_size)
+    return PublisherConfig(
+        camera=config.camera, endpoint=p.endpoint, reliable_endpoint=p.reliable_endpoint, curve=curve,
+        heartbeat_period_s=p.heartbeat_period_s, map_size=map_size, map_dtype=p.map_format,
+        map_value_range=None if p.map_value_range is None else tuple(p.map_value_range),
+        sndhwm=p.sndhwm, linger_ms=p.linger_ms, reliable_capacity=p.reliable_capacity,
+        ack_timeout_s=p.ack_timeout_s)
+
+
+def pipeline_options(config: DaemonConfig) -> PipelineOptions:
+    pl, b = config.pipeline, config.backend
+    read_timeout = getattr(config.source, "timeout_s", None) or pl.read_timeout_s
+    return PipelineOptions(
+        acquire_queue=pl.acquire_queue, infer_queue=pl.infer_queue, output_queue=pl.output_queue,
+        deadline_ms=pl.deadline_ms, max_batch=b.max_batch, max_batch_wait_ms=pl.max_batch_wait_ms,
+        overload=config.overload_policy, stall_timeout_s=pl.stall_timeout_s,
+        source_fault_repeat_s=pl.source_fault_repeat_s, read_timeout_s=read_timeout,
+        max_frames=pl.max_frames, restart_after_failures=b.restart_after_failures,
+        max_restarts=b.max_restarts, restart_window_s=b.restart_window_s, maps=config.publish.maps)
+
+
+def backend_options(config: DaemonConfig) -> dict:
+    b = config.backend
+    options = {"max_batch": b.max_batch}
+    for key in ("onnx", "engine", "threads"):
+        if getattr(b, key) is not None:
+            options[key] = getattr(b, key)
+    return options
+
+
+class Daemon:
+    """`Daemon(config).run()` → exit status. `backend_wrapper(backend) -> backend` wraps every
+    backend the daemon opens and `source_wrapper(source) -> source` its source (tests inject faults
+    and hold frames back with them; `hlgfa run` passes neither)."""
+
+    def __init__(self, config: DaemonConfig, backend_wrapper: Callable | None = None,
+                 source_wrapper: Callable | None = None):
+        self.config = config
+        self.backend_wrapper = backend_wrapper
+        self.source_wrapper = source_wrapper
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.pipeline: Pipeline | None = None
+        self.publisher = None
+        self.health = None
+        self.ready = threading.Event()  # set after READY=1 (tests wait on it)
+        self.shutdown_faults = 0
+
+    # Signal handlers only set flags: the main loop acts on them within LOOP_PERIOD_S.
+    def request_stop(self, *_) -> None:
+        self._stop.set()
+
+    def request_reload(self, *_) -> None:
+        self._reload.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    def _open_backend(self, model_hash: str):
+        from edge.backends.base import open_backend
+
+        backend = open_backend(self.config.backend.kind, self.config.model, **backend_options(self.config))
+        if backend.model_hash != model_hash:
+            backend.close()
+            raise ModelFileError(f"backend {backend.kind}: serves model {backend.model_hash[:12]}, but {self.config.model} "
+                                 f"is {model_hash[:12]}; rebuild it (`hlgfa engine ensure`) or fix backend.onnx/engine")
+        if self.backend_wrapper is not None:
+            backend = self.backend_wrapper(backend)
+        backend.warmup()
+        return backend
+
+    def run(self) -> int:
+        from edge.health import Health
+        from edge.model_dir import load_model_info
+        from edge.publisher import Publisher
+        from edge.sources.factory import build_source
+        from edge.thresholds import load_thresholds
+
+        config = self.config
+        info = load_model_info(config.model)
+        thresholds = load_thresholds(config.thresholds_path, info.model_hash)
+        spec = info.preprocess
+        closers: list[Callable[[], None]] = []
+        code = 0
+        try:
+            self.publisher = Publisher(publisher_config(config, spec.image_size))
+            closers.append(self.publisher.close)
+            self.health = Health(config.camera, config.health.metrics_port, config.health.metrics_address)
+            closers.append(self.health.close)
+            backend = self._open_backend(info.model_hash)
+            closers.append(lambda: self.pipeline.backend.close() if self.pipeline else backend.close())
+            source = build_source(config.source)
+            if self.source_wrapper is not None:
+                source = self.source_wrapper(source)
+            source_open = True
+            try:
+                source.open()
+            except SourceUnavailable as error:
+                # An absent camera at start is the same condition as one lost later: report and retry.
+                source_open = False
+                log.warning("camera %s: source not available at start (%s); retrying", config.camera, error)
+            closers.append(source.close)
+            self.pipeline = Pipeline(
+                source, backend, lambda: self._open_backend(info.model_hash), spec, thresholds, self.publisher,
+                self.health, config.camera, info.model_hash, pipeline_options(config), source_open=source_open)
+            self.health.model_info(model_hash=info.model_hash, thresholds_version=thresholds.version,
+                                   backend=getattr(backend, "kind", "?"))
+            self.pipeline.start()
+            self.health.ready()
+            self.ready.set()
+            log.info("camera %s: inspecting with %s backend, model %s, thresholds %s (%s)", config.camera,
+                     getattr(backend, "kind", "?"), info.model_hash[:12], thresholds.version, config.thresholds_path)
+            code = self._loop(info.model_hash)
+        finally:
+            if self.pipeline is not None:
+                self.health.stopping()
+                self.shutdown_faults = self.pipeline.finish(config.pipeline.drain_timeout_s)
+                if self.pipeline.fatal is not None and code == 0:
+                    code = self.pipeline.fatal[0]
+                try:
+                    self.publisher.heartbeat(self.pipeline.counters(), state="stopping")
+                except HlgfaError as error:
+                    log.error("camera %s: last heartbeat not sent: %s", config.camera, error)
+                counters = self.pipeline.counters()
+                log.info("camera %s: stopped after %d frames read, %d decided (ok %d, reject %d, fault %d, dropped %d)",
+                         config.camera, self.pipeline.reads, counters.frames, counters.ok, counters.reject, counters.fault,
+                         counters.dropped)
+            for close in reversed(closers):
+                try:
+                    close()
+                except Exception as error:  # closing must go on: the other resources still need releasing
+                    log.warning("camera %s: while closing: %s", config.camera, error)
+        return code
+
+    def _loop(self, model_hash: str) -> int:
+        pipeline, health, publisher = self.pipeline, self.health, self.publisher
+        while True:
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_thresholds(model_hash)
+            if self._stop.is_set():
+                log.info("camera %s: stop requested; finishing frames in flight", self.config.camera)
+                return 0
+            healthy, problems = pipeline.health_state()
+            if healthy:
+                health.tick()
+                publisher.maybe_heartbeat(pipeline.counters())
+            else:
+                # No more watchdog pings or heartbeats: systemd and the PLC bridge both fail safe.
+                log.error("camera %s: pipeline unhealthy: %s", self.config.camera, "; ".join(problems))
+                return pipeline.fatal[0] if pipeline.fatal is not None else 70
+            if pipeline.done:
+                return 0
+            for stage, depth in pipeline.queue_depths().items():
+                health.queue_depth(stage, depth)
+            self._stop.wait(LOOP_PERIOD_S)
+
+    def _reload_thresholds(self, model_hash: str) -> None:
+        from edge.thresholds import load_thresholds
+
+        old = self.pipeline.thresholds
+        self.health.reloading()
+        try:
+            new = load_thresholds(self.config.thresholds_path, model_hash)
+        except HlgfaError as error:
+            self.pipeline.report_fault("thresholds_reload_failed", f"{error}; keeping thresholds version {old.version}")
+        else:
+            self.pipeline.set_thresholds(new)
+            self.health.model_info(model_hash=model_hash, thresholds_version=new.version,
+                                   backend=getattr(self.pipeline.backend, "kind", "?"))
+            log.info("camera %s: thresholds reloaded: version %s → %s (image threshold %.4g)", self.config.camera,
+                     old.version, new.version, new.image_threshold)
+        self.health.reloaded()

@@ -1,0 +1,132 @@
+"""`hlgfa run` (the daemon) and `hlgfa config check FILE`.
+
+Flags override the file key by key. The named flags cover what is set most often; `--set KEY=VALUE`
+(repeatable, dotted key, TOML value) reaches every other key, so each key is settable from the
+command line without a flag list that drifts from the config models.
+"""
+
+import argparse
+import json
+import sys
+
+from edge.config import DaemonConfig, build_config, parse_override
+from edge.errors import ConfigError
+
+# flag dest → dotted config key
+_FLAG_KEYS = {
+    "camera": "camera", "model": "model", "thresholds": "thresholds",
+    "publish": "publish.endpoint", "reliable": "publish.reliable_endpoint",
+    "max_frames": "pipeline.max_frames", "deadline_ms": "pipeline.deadline_ms", "overload": "pipeline.overload",
+    "backend": "backend.kind", "onnx": "backend.onnx", "engine": "backend.engine",
+    "max_batch": "backend.max_batch", "threads": "backend.threads",
+    "metrics_port": "health.metrics_port",
+}
+
+
+def _overrides(args: argparse.Namespace) -> list:
+    from pathlib import Path
+
+    from edge.sources.factory import parse_spec
+
+    overrides = []
+    if getattr(args, "source", None) is not None:
+        # A flag replaces the whole [source] table: mixing a file's genicam keys into a folder
+        # source would only produce "unknown key" errors. --set source.KEY refines it afterwards.
+        overrides.append((["source"], parse_spec(args.source)))
+    for dest, key in _FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            if dest in ("model", "thresholds", "onnx", "engine"):
+                value = str(Path(value).expanduser().resolve())
+            overrides.append((key.split("."), value))
+    # --set last, so it can refine what a named flag set (e.g. --source folder:DIR --set source.loop=true).
+    overrides.extend(parse_override(text) for text in args.set or ())
+    return overrides
+
+
+def _config(args: argparse.Namespace) -> DaemonConfig:
+    return build_config(getattr(args, "config", None), _overrides(args))
+
+
+def check_files(config: DaemonConfig) -> list[str]:
+    """What a start would refuse besides the schema: the model directory and its thresholds file."""
+    from edge.model_dir import load_model_info
+    from edge.thresholds import load_thresholds
+
+    info = load_model_info(config.model)
+    thresholds = load_thresholds(config.thresholds_path, info.model_hash)
+    return [f"model {config.model}: hash {info.model_hash[:12]}, image size {info.preprocess.image_size}",
+            f"thresholds {config.thresholds_path}: version {thresholds.version}, image threshold "
+            f"{thresholds.image_threshold:.6g}{', region rule' if thresholds.region else ''}"]
+
+
+def _print_resolved(config: DaemonConfig, notes: list[str]) -> None:
+    print(json.dumps(config.resolved(), indent=2))
+    for note in notes:
+        print(f"# {note}", file=sys.stderr)
+
+
+def _run_handler(args: argparse.Namespace) -> int:
+    if args.config is None and args.model is None:
+        raise ConfigError("hlgfa run: give --config FILE, or at least --model, --source and --publish")
+    config = _config(args)
+    if args.check:
+        _print_resolved(config, check_files(config))
+        return 0
+    from edge.daemon import Daemon
+
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def _check_handler(args: argparse.Namespace) -> int:
+    config = build_config(args.file, _overrides(args))
+    notes = [] if args.schema_only else check_files(config)
+    _print_resolved(config, notes)
+    print(f"config {args.file}: OK", file=sys.stderr)
+    return 0
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="set any config key, dotted, TOML value (e.g. pipeline.deadline_ms=200); repeatable")
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser(
+        "run", help="run the inspection daemon for one camera",
+        description="Run the inspection daemon: camera → model → decision → ZeroMQ. Flags override the "
+                    "config file's keys (docs/CONFIG.md). SIGTERM stops after the frames in flight, "
+                    "SIGHUP reloads the thresholds file.")
+    run.add_argument("--config", type=str, default=None, metavar="FILE", help="TOML config file")
+    run.add_argument("--check", action="store_true",
+                     help="validate the config, model and thresholds, print the resolved config, and exit")
+    run.add_argument("--camera", help="camera name used in topics ([A-Za-z0-9_-])")
+    run.add_argument("--model", metavar="MODEL_DIR")
+    run.add_argument("--thresholds", metavar="FILE", help="default: MODEL_DIR/thresholds.json")
+    run.add_argument("--source", metavar="SPEC", help="folder:DIR, opencv:INDEX|URL|FILE, genicam[:SERIAL]")
+    run.add_argument("--publish", metavar="ENDPOINT", help="PUB endpoint to bind, e.g. tcp://127.0.0.1:5555")
+    run.add_argument("--reliable", metavar="ENDPOINT", help="acknowledged channel endpoint for the PLC bridge")
+    run.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    run.add_argument("--backend", choices=("auto", "onnxruntime", "torch", "tensorrt"))
+    run.add_argument("--onnx", metavar="FILE")
+    run.add_argument("--engine", metavar="FILE")
+    run.add_argument("--max-batch", type=int, metavar="N")
+    run.add_argument("--threads", type=int, metavar="N")
+    run.add_argument("--deadline-ms", type=float, metavar="MS")
+    run.add_argument("--overload", choices=("fault", "block"))
+    run.add_argument("--metrics-port", type=int, metavar="PORT")
+    _add_set(run)
+    run.set_defaults(handler=_run_handler)
+
+    config = subparsers.add_parser("config", help="check a daemon config file")
+    actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = actions.add_parser("check", help="validate FILE (exit 78 naming the key), print the resolved config",
+                               description="Validate a daemon config: schema (unknown keys, types, ranges, "
+                                           "with the offending key and line), then the model directory and "
+                                           "that the thresholds file is bound to that model.")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--schema-only", action="store_true", help="skip the model and thresholds checks")
+    _add_set(check)
+    check.set_defaults(handler=_check_handler)

@@ -1,0 +1,417 @@
+"""`hlgfa run` end to end: real images, the tiny trained model, real sockets on random loopback ports.
+
+Most tests run the daemon in a thread of this process (one torch import, one model load); the signal
+test runs it as a subprocess and sends real SIGHUP/SIGTERM. The source is held back by a gate until
+the subscriber has seen a heartbeat, so no decision is published before the subscription is live
+(instead of sleeping and hoping).
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge import wire
+from edge.config import build_config
+from edge.daemon import Daemon
+from edge.decide import decide
+from edge.preprocess import preprocess
+from edge.subscriber import ReliableClient, Subscriber
+from edge.thresholds import RegionRule, Thresholds, load_thresholds, write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[2]
+RECV_S = 60.0  # generous: a loaded 2-core machine; a hang fails instead of blocking for ever
+
+
+def free_endpoint() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory, tiny_model_dir) -> Path:
+    pytest.importorskip("onnxruntime")
+    from engines.export import export_onnx
+
+    return export_onnx(tiny_model_dir, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def bare_backend(tiny_model_dir, onnx_file):
+    from edge.backends.base import open_backend
+
+    backend = open_backend("onnxruntime", tiny_model_dir, onnx=onnx_file, max_batch=1, threads=1)
+    yield backend
+    backend.close()
+
+
+def _scores(backend, info, paths):
+    import cv2
+
+    out = {}
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        maps, scores = backend.infer(preprocess([image], info.preprocess))
+        out[path.name] = (float(scores[0]), maps[0])
+    return out
+
+
+@pytest.fixture(scope="module")
+def line_images(tmp_path_factory, elpv_images) -> Path:
+    """12 frames the model never trained on: 8 good cells and 4 defective ones."""
+    folder = tmp_path_factory.mktemp("line")
+    chosen = elpv_images["good"][24:32] + elpv_images["defect"][:4]
+    for index, path in enumerate(chosen):
+        shutil.copy(path, folder / f"{index:03d}_{path.name}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, tiny_model_dir, onnx_file, bare_backend, elpv_images, line_images):
+    """A thresholds file for the tiny model (image threshold at the median score of the line frames, so
+    both verdicts occur, plus a region rule) and the bare backend's (score, map) for every line frame."""
+    from edge.model_dir import load_model_info
+
+    info = load_model_info(tiny_model_dir)
+    expected = _scores(bare_backend, info, sorted(line_images.iterdir()))
+    scores = [score for score, _ in expected.values()]
+    maps = np.stack([m for _, m in expected.values()])
+    thresholds = Thresholds(model_hash=info.model_hash, image_threshold=float(np.median(scores)), version="t1",
+                            region=RegionRule(float(np.quantile(maps, 0.995)), 40))
+    data = thresholds.to_dict()
+    path = tmp_path_factory.mktemp("thresholds") / "thresholds.json"
+    write_json_atomic(path, data)
+    return {"path": path, "data": data, "info": info, "expected": expected, "onnx": onnx_file,
+            "thresholds": load_thresholds(path, info.model_hash)}
+
+
+class GatedSource:
+    """Delegates to the real source; read() waits until the test opens the gate."""
+
+    def __init__(self, source, gate: threading.Event):
+        self._source, self._gate = source, gate
+        self.source_id = source.source_id
+
+    def open(self):
+        self._source.open()
+
+    def read(self, timeout_s):
+        assert self._gate.wait(RECV_S), "the test never opened the gate"
+        return self._source.read(timeout_s)
+
+    def stats(self):
+        return self._source.stats()
+
+    def close(self):
+        self._source.close()
+
+
+class Running:
+    """A daemon in a thread plus a subscriber that collects every message until the daemon stops."""
+
+    def __init__(self, overrides: dict, backend_wrapper=None, reliable: bool = False, extra_subscriber=None):
+        overrides = {"publish.endpoint": free_endpoint(), "backend.kind": "onnxruntime", "backend.threads": 1,
+                     "pipeline.deadline_ms": 120_000, "publish.heartbeat_period_s": 0.2, **overrides}
+        if reliable:
+            overrides["publish.reliable_endpoint"] = free_endpoint()
+        self.config = build_config(None, [(key.split("."), value) for key, value in overrides.items()])
+        self.endpoint = self.config.publish.endpoint
+        self.gate = threading.Event()
+        self.daemon = Daemon(self.config, backend_wrapper=backend_wrapper,
+                             source_wrapper=lambda source: GatedSource(source, self.gate))
+        self.subscriber = Subscriber(self.endpoint, cameras=[self.config.camera])
+        self.messages: list = []
+        self.code = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self._wait_for(lambda m: isinstance(m, wire.Heartbeat))
+        self.gate.set()
+
+    def _run(self):
+        self.code = self.daemon.run()
+
+    def _wait_for(self, predicate):
+        deadline = time.monotonic() + RECV_S
+        while time.monotonic() < deadline:
+            message = self.subscriber.recv(timeout=1.0)
+            if message is not None:
+                self.messages.append(message)
+                if predicate(message):
+                    return message
+            elif self.code is not None and not self.thread.is_alive():
+                raise AssertionError(f"daemon ended with {self.code} before the expected message")
+        raise AssertionError("expected message did not arrive within RECV_S")
+
+    def collect_until_stopped(self) -> int:
+        self._wait_for(lambda m: isinstance(m, wire.Heartbeat) and m.state == "stopping")
+        self.thread.join(RECV_S)
+        assert not self.thread.is_alive(), "daemon did not stop"
+        # Drain what is still buffered (the publisher's own closing heartbeat).
+        while (message := self.subscriber.recv(timeout=0.5)) is not None:
+            self.messages.append(message)
+        self.subscriber.close()
+        return self.code
+
+    def wait_exit(self) -> int:
+        self.thread.join(RECV_S)
+        assert not self.thread.is_alive(), "daemon did not stop"
+        self.subscriber.close()
+        return self.code
+
+    def of(self, cls):
+        return [m for m in self.messages if isinstance(m, cls)]
+
+
+def _base(tiny_model_dir, calibrated, line_images, **more):
+    return {"model": str(tiny_model_dir), "thresholds": str(calibrated["path"]), "backend.onnx": str(calibrated["onnx"]),
+            "source": {"kind": "folder", "path": str(line_images)}, **more}
+
+
+def _one_decision_per_frame(run: Running, frame_ids):
+    decisions = run.of(wire.Decision)
+    assert sorted(d.frame_id for d in decisions) == sorted(frame_ids), "a frame was lost or decided twice"
+    assert run.subscriber.lost == {}, f"messages lost on the wire: {dict(run.subscriber.lost)}"
+    return {d.frame_id: d for d in decisions}
+
+
+def test_every_frame_one_decision_matching_decide(tiny_model_dir, calibrated, line_images):
+    run = Running(_base(tiny_model_dir, calibrated, line_images, camera="line1"))
+    assert run.collect_until_stopped() == 0
+    names = sorted(p.name for p in line_images.iterdir())
+    by_id = _one_decision_per_frame(run, range(len(names)))
+    verdicts = set()
+    for frame_id, name in enumerate(names):
+        score, anomaly_map = calibrated["expected"][name]
+        expected = decide(score, anomaly_map, calibrated["thresholds"])
+        got = by_id[frame_id]
+        assert (got.verdict, got.reason) == (expected.verdict, expected.reason), name
+        assert got.score == pytest.approx(score, rel=1e-5)
+        assert got.thresholds_version == "t1" and got.model_hash == calibrated["info"].model_hash
+        verdicts.add(got.verdict)
+    assert verdicts == {"ok", "reject"}
+    maps = run.of(wire.MapMessage)
+    assert sorted(m.frame_id for m in maps) == list(range(len(names)))
+    assert maps[0].data.shape == (256, 256) and maps[0].data.dtype == np.uint8
+    last = [h for h in run.of(wire.Heartbeat) if h.state == "stopping"][0]
+    assert (last.counters.frames, last.counters.ok + last.counters.reject) == (len(names), len(names))
+    assert run.of(wire.Fault) == []
+
+
+def test_corrupt_image_is_a_fault_for_that_frame(tmp_path, tiny_model_dir, calibrated, line_images):
+    folder = tmp_path / "frames"
+    shutil.copytree(line_images, folder)
+    names = sorted(p.name for p in folder.iterdir())
+    (folder / names[3]).write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 10)
+    run = Running(_base(tiny_model_dir, calibrated, folder))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(len(names)))
+    assert by_id[3].verdict == "fault" and by_id[3].reason.startswith("frame_error:") and by_id[3].score is None
+    assert all(by_id[i].verdict != "fault" for i in by_id if i != 3)
+    faults = run.of(wire.Fault)
+    assert [(f.code, f.frame_id) for f in faults] == [("frame_error", 3)]
+
+
+class FailingBackend:
+    """The real backend, raising on the batches whose 1-based numbers are in `fail_on` (or all)."""
+
+    def __init__(self, backend, fail_on=None, delay_s=0.0):
+        self._backend, self.fail_on, self.delay_s = backend, fail_on, delay_s
+        self.kind, self.model_hash = backend.kind, backend.model_hash
+        self.image_size, self.max_batch = backend.image_size, backend.max_batch
+        self.calls = 0
+
+    def infer(self, batch):
+        self.calls += 1
+        if self.fail_on is None or self.calls in self.fail_on:
+            raise RuntimeError(f"injected failure on batch {self.calls}")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self._backend.infer(batch)
+
+    def warmup(self):
+        self._backend.warmup()  # through the real backend: the injected count starts at the first frame
+
+    def close(self):
+        self._backend.close()
+
+
+def test_backend_exception_faults_its_batch_and_the_daemon_goes_on(tiny_model_dir, calibrated, line_images):
+    run = Running(_base(tiny_model_dir, calibrated, line_images),
+                  backend_wrapper=lambda b: FailingBackend(b, fail_on={3, 4}))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(12))
+    faulted = sorted(i for i, d in by_id.items() if d.verdict == "fault")
+    assert faulted == [2, 3]
+    assert "injected failure" in by_id[2].reason and by_id[2].reason.startswith("backend:")
+    assert [(f.code, f.frame_id) for f in run.of(wire.Fault)] == [("backend", 2), ("backend", 3)]
+
+
+def test_backend_that_keeps_failing_is_restarted_then_the_daemon_exits_nonzero(tiny_model_dir, calibrated, line_images):
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{
+        "backend.restart_after_failures": 2, "backend.max_restarts": 1}),
+        backend_wrapper=lambda b: FailingBackend(b, fail_on=None))
+    assert run.collect_until_stopped() == 70
+    decisions = run.of(wire.Decision)
+    ids = [d.frame_id for d in decisions]
+    assert len(ids) == len(set(ids)) and all(d.verdict == "fault" for d in decisions)
+    codes = [f.code for f in run.of(wire.Fault) if f.frame_id is None]
+    assert codes == ["backend_restarted", "backend_failed"]
+    assert run.daemon.pipeline.reads == len(ids), "a frame read before the exit has no decision"
+
+
+def test_frames_past_their_deadline_are_faults(tiny_model_dir, calibrated, line_images):
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{"pipeline.deadline_ms": 50, "pipeline.max_frames": 4}),
+                  backend_wrapper=lambda b: FailingBackend(b, fail_on=set(), delay_s=0.2))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(4))
+    assert all(d.verdict == "fault" and d.reason.startswith("deadline:") for d in by_id.values())
+
+
+def test_overload_faults_frames_instead_of_dropping_them(tiny_model_dir, calibrated, line_images):
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{
+        "pipeline.overload": "fault", "pipeline.acquire_queue": 1, "pipeline.infer_queue": 1}),
+        backend_wrapper=lambda b: FailingBackend(b, fail_on=set(), delay_s=0.3))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(12))
+    overloaded = [d for d in by_id.values() if d.reason.startswith("overload:")]
+    assert overloaded and all(d.verdict == "fault" for d in overloaded)
+    last = [h for h in run.of(wire.Heartbeat) if h.state == "stopping"][0]
+    assert last.counters.dropped == len(overloaded) and last.counters.frames == 12
+
+
+def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken(
+        tmp_path, tiny_model_dir, calibrated, line_images):
+    path = tmp_path / "thresholds.json"
+    write_json_atomic(path, calibrated["data"])
+    run = Running(_base(tiny_model_dir, calibrated, line_images, thresholds=str(path),
+                        source={"kind": "folder", "path": str(line_images), "loop": True, "fps": 20}))
+    run._wait_for(lambda m: isinstance(m, wire.Decision))
+    path.write_text("{ not json")
+    run.daemon.request_reload()
+    fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
+    assert fault.code == "thresholds_reload_failed" and "not valid JSON" in fault.message and "t1" in fault.message
+    write_json_atomic(path, {**calibrated["data"], "model_hash": "0" * 64}, overwrite=True)
+    run.daemon.request_reload()
+    fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
+    assert fault.code == "thresholds_reload_failed" and "fitted on model" in fault.message
+    write_json_atomic(path, {**calibrated["data"], "version": "t2", "image_threshold": 1e9, "region": None},
+                      overwrite=True)
+    run.daemon.request_reload()
+    first_t2 = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.thresholds_version == "t2")
+    run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first_t2.frame_id + 2)
+    run.daemon.request_stop()
+    assert run.collect_until_stopped() == 0
+    decisions = run.of(wire.Decision)
+    assert [d.frame_id for d in decisions] == list(range(len(decisions)))
+    versions = [d.thresholds_version for d in decisions]
+    assert versions == sorted(versions), "a t1 decision came after the switch to t2"
+    assert all(d.verdict == "ok" for d in decisions if d.thresholds_version == "t2")
+    assert all(d.verdict != "fault" for d in decisions)
+
+
+def test_a_subscriber_that_stops_reading_blocks_nothing(tiny_model_dir, calibrated, line_images):
+    """PUB drops for the stalled subscriber alone; it can count every loss from sequence numbers, and the
+    PLC bridge on the acknowledged channel still gets every decision."""
+    import zmq
+
+    many = {"source": {"kind": "folder", "path": str(line_images), "loop": True, "fps": 30},
+            "publish.sndhwm": 5, "publish.map_format": "float16", "publish.map_size": [512, 512]}
+    endpoint = free_endpoint()
+    context = zmq.Context()
+    stalled = Subscriber(endpoint, rcvhwm=1, context=context)  # connected from the start, reads only at the end
+    try:
+        run = Running(_base(tiny_model_dir, calibrated, line_images, **many, **{"publish.endpoint": endpoint}),
+                      reliable=True)
+        bridge = ReliableClient(run.config.publish.reliable_endpoint, context=context)
+        got = []
+        while len(got) < 60:
+            decision = bridge.recv(timeout=RECV_S)
+            assert decision is not None, f"reliable channel stalled after {len(got)} decisions"
+            bridge.ack(decision)
+            got.append(decision.frame_id)
+        bridge.close()
+        assert got == list(range(60))
+        # Catch up while the daemon still runs: the next heartbeat's seqs reveal what was dropped.
+        deadline = time.monotonic() + RECV_S
+        while sum(stalled.lost.values()) == 0 and time.monotonic() < deadline:
+            stalled.recv(timeout=0.5)
+        assert sum(stalled.lost.values()) > 0
+        run.daemon.request_stop()
+        # The daemon's own test subscriber did not read either: only the acked channel is complete.
+        assert run.wait_exit() == 0
+        assert run.daemon.pipeline.counters().frames >= 60
+    finally:
+        stalled.close()
+        context.term()
+
+
+def test_thresholds_for_another_model_refuse_to_start(tmp_path, tiny_model_dir, calibrated, line_images):
+    from edge.cli import main
+
+    path = tmp_path / "other.json"
+    write_json_atomic(path, {**calibrated["data"], "model_hash": "f" * 64})
+    code = main(["run", "--model", str(tiny_model_dir), "--thresholds", str(path), "--source", f"folder:{line_images}",
+                 "--publish", free_endpoint(), "--backend", "onnxruntime", "--onnx", str(calibrated["onnx"])])
+    assert code == 78
+
+
+def test_signals_in_a_subprocess_sighup_invalid_then_sigterm_loses_nothing(tmp_path, tiny_model_dir, calibrated,
+                                                                        line_images):
+    path = tmp_path / "thresholds.json"
+    write_json_atomic(path, calibrated["data"])
+    endpoint = free_endpoint()
+    subscriber = Subscriber(endpoint)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--model", str(tiny_model_dir), "--thresholds", str(path),
+         "--source", f"folder:{line_images}", "--publish", endpoint, "--backend", "onnxruntime",
+         "--onnx", str(calibrated["onnx"]), "--threads", "1",
+         "--deadline-ms", "120000", "--set", "source.loop=true", "--set", "source.fps=20"],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    messages = []
+    try:
+        def until(predicate):
+            deadline = time.monotonic() + RECV_S
+            while time.monotonic() < deadline:
+                message = subscriber.recv(timeout=1.0)
+                if message is not None:
+                    messages.append(message)
+                    if predicate(message):
+                        return message
+                assert process.poll() is None or message is not None, f"daemon exited {process.returncode}"
+            raise AssertionError("expected message did not arrive")
+
+        until(lambda m: isinstance(m, wire.Decision) and m.frame_id >= 3)
+        path.write_text("[]")
+        process.send_signal(signal.SIGHUP)
+        fault = until(lambda m: isinstance(m, wire.Fault))
+        assert fault.code == "thresholds_reload_failed"
+        target = fault_frame(messages) + 2
+        until(lambda m: isinstance(m, wire.Decision) and m.frame_id >= target)
+        process.send_signal(signal.SIGTERM)
+        until(lambda m: isinstance(m, wire.Heartbeat) and m.state == "stopping")
+        _, stderr = process.communicate(timeout=RECV_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        subscriber.close()
+    assert process.returncode == 0, stderr
+    decisions = [m for m in messages if isinstance(m, wire.Decision)]
+    ids = [d.frame_id for d in decisions]
+    assert ids == list(range(len(ids))), "lost or duplicated decisions"
+    assert all(d.verdict != "fault" and d.thresholds_version == "t1" for d in decisions)
+    assert f"stopped after {len(ids)} frames read, {len(ids)} decided" in stderr
+
+
+def fault_frame(messages) -> int:
+    return max(m.frame_id for m in messages if isinstance(m, wire.Decision))
