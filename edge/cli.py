@@ -15,8 +15,17 @@ import sys
 from edge.errors import HlgfaError
 
 SUBCOMMAND_MODULES = (
+    "edge.subscriber",
+    "edge.curve",
     "calibrate.train_cli",
     "calibrate.evaluate_cli",
+    "calibrate.calibrate_cli",
+    "edge.sources.cli",
+    "edge.systemd_cli",
+    "edge.daemon_cli",
+    "engines.export_cli",
+    "engines.engine_cli",
+    "calibrate.demo",
 )
 
 
