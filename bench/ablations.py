@@ -1,7 +1,7 @@
 """HLGFA ablations on an MVTec-layout dataset: what each part of the method is worth.
 
     python -m bench.ablations --data ../shared/datasets/magnetic_tile --work runs/ablations \
-        --default-model runs/default [--epochs 10] [--only NAME ...]
+        [--default-model DIR] [--epochs 6] [--only NAME ...]
 
 Training variants retrain the module with one part removed; inference variants refit the
 constants of the default model with one option changed (no retraining needed). Every variant
@@ -18,11 +18,13 @@ from calibrate.evaluate import evaluate
 from calibrate.train import refit, train
 
 TRAINING_VARIANTS = {
+    "default": {},
     "no detail prior": {"config_overrides": {"detail_channels": 0}},
     "wide detail prior (128 ch)": {"config_overrides": {"detail_channels": 128}},
     "no structure prior (no FiLM, no reliability)": {"config_overrides": {"use_structure": False}},
     "no noise augmentation": {"augment_fraction": 0.0},
     "HR/LR feature distance, no learned module": {"epochs": 0},
+    "+ per-channel feature standardisation": {"config_overrides": {"standardize_features": True}},
 }
 INFERENCE_VARIANTS = {
     "no reliability weighting": {"config_overrides": {"use_reliability": False}},
@@ -41,8 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True)
     parser.add_argument("--work", required=True)
-    parser.add_argument("--default-model", required=True, help="the default model, trained with --holdout as usual")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--default-model", help="default model for the inference variants (default: WORK/default)")
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--holdout", type=float, default=0.2)
     parser.add_argument("--only", nargs="*")
     args = parser.parse_args()
@@ -50,17 +52,15 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     results = work / "results.jsonl"
-    default = Path(args.default_model)
-    jobs = [("default", None)] + [(n, ("train", o)) for n, o in TRAINING_VARIANTS.items()] + \
+    default = Path(args.default_model) if args.default_model else work / "default"
+    jobs = [(n, ("train", o)) for n, o in TRAINING_VARIANTS.items()] + \
            [(n, ("refit", o)) for n, o in INFERENCE_VARIANTS.items()]
     for name, job in jobs:
         if args.only and name not in args.only:
             continue
-        slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
+        slug = "default" if name == "default" else "".join(c if c.isalnum() else "_" for c in name)[:40]
         began = time.perf_counter()
-        if job is None:
-            model = default
-        elif job[0] == "train":
+        if job[0] == "train":
             options = dict(job[1])
             model = train(args.data, work / slug, epochs=options.pop("epochs", args.epochs), holdout=args.holdout,
                           progress=False, **options).directory

@@ -66,6 +66,27 @@ def cache_features(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch
 
 
 @torch.no_grad()
+def fit_feature_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> None:
+    """Per-channel mean/std of each level's HR features over normal images."""
+    sums, squares, count = None, None, 0
+    for start in range(0, len(images), batch_size):
+        features = model.backbone(to_batch(images[start:start + batch_size], spec))
+        batch_sums = [f.double().sum(dim=(0, 2, 3)) for f in features]
+        batch_squares = [(f.double() ** 2).sum(dim=(0, 2, 3)) for f in features]
+        count_add = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
+        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
+        squares = batch_squares if squares is None else [a + b for a, b in zip(squares, batch_squares)]
+        count = count_add if not count else [a + b for a, b in zip(count, count_add)]
+    means = [s / n for s, n in zip(sums, count)]
+    stds = [torch.sqrt(torch.clamp(q / n - m ** 2, min=0)) for q, n, m in zip(squares, count, means)]
+    # A floor relative to the level's typical spread: a nearly dead channel must not have its
+    # rare small activations blown up into the largest differences.
+    stds = [torch.clamp(s, min=0.1 * float(s.mean()) + 1e-6) for s in stds]
+    model.fitted.feature_mean = [[round(float(v), 7) for v in m] for m in means]
+    model.fitted.feature_std = [[round(float(v), 7) for v in s] for s in stds]
+
+
+@torch.no_grad()
 def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int,
                   level_weighting: bool = True) -> FittedConstants:
     """Fitted from normal images only, after training:
@@ -76,7 +97,7 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
        (max of the map) relative to the mean map level. Spurious peaks on good parts raise it; a
        uniform rescaling does not change it.
     """
-    model.fitted = FittedConstants()
+    model.fitted = FittedConstants(feature_mean=model.fitted.feature_mean, feature_std=model.fitted.feature_std)
     batches = [to_batch(images[start:start + batch_size], spec) for start in range(0, len(images), batch_size)]
     level_sums, instability_sums = None, None
     for batch in batches:
@@ -135,6 +156,8 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: in
     model = HLGFA(build_backbone(backbone, config.strides, backbone_weights), config)
     log.info("training on %d good images from %s (%d held out)", len(paths), folder, len(held_out))
     images = load_resized(paths, image_size)
+    if config.standardize_features:
+        fit_feature_statistics(model, images[np.random.default_rng(seed).permutation(len(images))[:64]], spec, batch_size)
     hr_cache, lr_cache = cache_features(model, images, spec, batch_size, progress) if epochs else ([], [])
 
     optimizer = torch.optim.Adam(model.learned_parameters(), lr=learning_rate)

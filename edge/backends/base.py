@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.errors import BackendError
+from edge.errors import BackendError, HlgfaError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def open_backend(kind: str, model_dir, **options) -> Backend:
         for candidate in AUTO_ORDER:
             try:
                 backend = open_backend(candidate, model_dir, **options)
-            except BackendError as error:
+            except HlgfaError as error:  # a missing engine or ONNX file too: try the next backend
                 reasons.append(f"{candidate}: {error}")
                 continue
             log.info("backend auto: chose %s%s", candidate,

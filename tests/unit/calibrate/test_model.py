@@ -12,7 +12,7 @@ from calibrate.train import train  # noqa: E402
 
 @pytest.fixture(scope="module")
 def model():
-    return HLGFA(build_backbone("efficientnet-lite0"), HLGFAConfig(image_size=128))
+    return HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(image_size=128))
 
 
 def test_forward_gives_one_map_and_one_score_per_image(model):
@@ -45,7 +45,7 @@ def test_a_training_step_changes_only_the_module(model):
 
 def test_untrained_module_is_the_identity_so_good_views_align():
     # FiLM and the residual branch start at zero: the refined LR features are the LR features.
-    model = HLGFA(build_backbone("efficientnet-lite0"), HLGFAConfig(image_size=128))
+    model = HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(image_size=128))
     hr, lr = model.features(torch.randn(1, 3, 128, 128))
     refined, _ = model.align(hr, lr)
     assert all(torch.allclose(r, l) for r, l in zip(refined, lr))

@@ -1,0 +1,109 @@
+"""CPU latency per frame, torch vs ONNX Runtime (FP32, optionally the FP16 graph), side by side in one run.
+
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_backends.py --model MODEL_DIR --onnx FILE.onnx \
+        [--onnx-fp16 FILE.onnx] [--threads 2] [--batch 1] [--iters 40]
+
+The backends run interleaved (one call each per round, in rotating order), so a shared,
+loaded machine slows them alike and the ratio stays meaningful even when the absolute
+numbers do not. Input: real images from --images (default the model's training folder is not
+known, so the magnetic tile test set when present, else random normal input).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def load_batch(images: Path | None, size: int, batch: int) -> np.ndarray:
+    from edge.model_dir import load_model_info  # noqa: F401 - keeps the import order of the runtime
+    from edge.preprocess import PreprocessSpec, preprocess
+
+    if images is not None and images.is_dir():
+        from calibrate.dataset import list_images, read_image
+
+        paths = list_images(images)[:batch]
+        if len(paths) == batch:
+            return preprocess([read_image(p) for p in paths], PreprocessSpec(size))
+    return np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--onnx", required=True)
+    parser.add_argument("--onnx-fp16")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--images", type=Path, default=Path("../shared/datasets/magnetic_tile/test/good"))
+    parser.add_argument("--backends", default="torch,onnxruntime",
+                        help="comma list of torch, onnxruntime, onnxruntime-spin (ORT with spinning threads)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    import torch
+
+    from edge.backends.base import open_backend
+    from edge.model_dir import load_model_info
+
+    torch.set_num_threads(args.threads)
+    info = load_model_info(args.model)
+    size = info.preprocess.image_size
+    batch = load_batch(args.images, size, args.batch)
+    openers = {
+        "torch": lambda: open_backend("torch", args.model, max_batch=args.batch, threads=args.threads),
+        "onnxruntime": lambda: open_backend("onnxruntime", args.model, onnx=args.onnx, max_batch=args.batch,
+                                            threads=args.threads),
+        "onnxruntime-spin": lambda: open_backend("onnxruntime", args.model, onnx=args.onnx, max_batch=args.batch,
+                                                 threads=args.threads, spinning=True),
+    }
+    backends = {name: openers[name]() for name in args.backends.split(",")}
+    if args.onnx_fp16:
+        backends["onnxruntime-fp16graph"] = open_backend("onnxruntime", args.model, onnx=args.onnx_fp16,
+                                                         max_batch=args.batch, threads=args.threads)
+    names = list(backends)
+    for name in names:
+        for _ in range(args.warmup):
+            backends[name].infer(batch)
+    times = {name: [] for name in names}
+    for round_index in range(args.iters):
+        order = names[round_index % len(names):] + names[:round_index % len(names)]
+        for name in order:
+            began = time.perf_counter()
+            backends[name].infer(batch)
+            times[name].append((time.perf_counter() - began) * 1000 / args.batch)
+    for backend in backends.values():
+        backend.close()
+
+    def summary(values):
+        ordered = sorted(values)
+        return {"median_ms": round(statistics.median(ordered), 2),
+                "p90_ms": round(ordered[int(0.9 * (len(ordered) - 1))], 2),
+                "min_ms": round(ordered[0], 2)}
+
+    results = {name: summary(values) for name, values in times.items()}
+    for name in names:
+        if "torch" in results:
+            results[name]["ratio_to_torch"] = round(results[name]["median_ms"] / results["torch"]["median_ms"], 3)
+    meta = {"image_size": size, "batch": args.batch, "threads": args.threads, "iters": args.iters,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average": os.getloadavg(),
+            "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__}
+    print(f"per frame at {size}², batch {args.batch}, {args.threads} threads, {args.iters} interleaved rounds")
+    print(f"{'backend':24s} {'median ms':>10s} {'p90 ms':>8s} {'min ms':>8s} {'÷ torch':>8s}")
+    for name in names:
+        r = results[name]
+        print(f"{name:24s} {r['median_ms']:10.2f} {r['p90_ms']:8.2f} {r['min_ms']:8.2f} {r.get('ratio_to_torch', float('nan')):8.3f}")
+    print(json.dumps(meta))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "meta": meta}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""ONNX Runtime backend: the exported graph on CPU (CUDA / TensorRT execution providers when present).
+
+The ONNX file carries the hash of the model it was exported from (`hlgfa.model_hash` in its
+metadata); it must equal the model directory's, so thresholds calibrated for one model are
+never applied to another model's scores.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge.backends.base import check_batch
+from edge.errors import BackendError, ModelFileError
+from edge.model_dir import load_model_info
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("anomaly_map", "score")
+# Best first; CPU is always there. The TensorRT EP builds its own engine at first run (slow);
+# it is used only when asked for, the tensorrt backend being the way to run TensorRT.
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _reexport_hint(model_dir, onnx_path) -> str:
+    return f"re-export with `hlgfa export --model {model_dir} --out {onnx_path}`"
+
+
+class OnnxRuntimeBackend:
+    kind = "onnxruntime"
+
+    def __init__(self, model_dir, onnx=None, max_batch: int = 8, threads: int | None = None,
+                 providers: tuple[str, ...] | None = None, spinning: bool = False, **_):
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise BackendError(f"onnxruntime backend: onnxruntime is not installed ({error}); "
+                               f"pip install -c constraints.txt '.[onnx]'") from error
+        info = load_model_info(model_dir)
+        path = Path(onnx) if onnx else info.default_onnx
+        if not path.is_file():
+            raise ModelFileError(f"onnxruntime backend: ONNX file {path} does not exist; {_reexport_hint(model_dir, path)}")
+        self.image_size = info.preprocess.image_size
+        self.max_batch = max_batch
+        self.model_hash = info.model_hash
+        self.onnx_path = path
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads spin by default; on a line box the same cores acquire and
+        # preprocess the next frame, and spinning threads steal them (measured: BENCHMARKS.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        available = onnxruntime.get_available_providers()
+        wanted = providers or DEFAULT_PROVIDERS
+        chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=chosen)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ModelFileError(f"onnxruntime backend: cannot load ONNX file {path} ({type(error).__name__}: "
+                                 f"{str(error).strip()[:300]}); the file is truncated or not an ONNX model; "
+                                 f"{_reexport_hint(model_dir, path)}") from error
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        exported_hash = metadata.get("hlgfa.model_hash")
+        if exported_hash is None:
+            raise ModelFileError(f"onnxruntime backend: ONNX file {path} has no hlgfa.model_hash metadata "
+                                 f"(not written by `hlgfa export`); {_reexport_hint(model_dir, path)}")
+        if exported_hash != info.model_hash:
+            raise ModelFileError(
+                f"onnxruntime backend: ONNX file {path} was exported from model {exported_hash[:12]}, but model "
+                f"directory {info.directory} is {info.model_hash[:12]}; {_reexport_hint(model_dir, path)}")
+        inputs = [value.name for value in self.session.get_inputs()]
+        outputs = [value.name for value in self.session.get_outputs()]
+        if inputs != [INPUT_NAME] or tuple(outputs) != OUTPUT_NAMES:
+            raise ModelFileError(f"onnxruntime backend: ONNX file {path} has inputs {inputs} and outputs {outputs}, "
+                                 f"expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}")
+        self.precision = metadata.get("hlgfa.precision", "fp32")
+        self.providers = self.session.get_providers()
+        log.info("onnxruntime backend: %s (%s) on %s", path, self.precision, ", ".join(self.providers))
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.session is None:
+            raise BackendError("onnxruntime backend: infer() after close()")
+        batch = check_batch(batch, self.image_size, self.max_batch, self.kind)
+        try:
+            maps, scores = self.session.run(None, {INPUT_NAME: batch})
+        except Exception as error:
+            raise BackendError(f"onnxruntime backend: inference on {self.onnx_path} failed: {error}") from error
+        return maps, scores
+
+    def warmup(self) -> None:
+        self.infer(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
+
+    def close(self) -> None:
+        self.session = None
+
+
+def open(model_dir, **options) -> OnnxRuntimeBackend:  # noqa: A001 - the backend registry's entry point
+    return OnnxRuntimeBackend(model_dir, **options)

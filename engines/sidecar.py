@@ -1,0 +1,72 @@
+"""The JSON written beside every TensorRT engine, and the one rule that says when it is stale.
+
+An engine is a device-specific build artefact: it is valid for one TensorRT version, one GPU
+model (compute capability) and one model. `NAME.plan` gets `NAME.plan.json`; everything that
+loads or ensures an engine compares it with what is running, and a mismatch means "rebuild".
+Pure JSON and comparisons: testable without TensorRT.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from edge.errors import ModelFileError
+
+SIDECAR_FORMAT = "hlgfa-engine/1"
+# What makes an engine unusable when it differs: TensorRT refuses (or silently mis-runs) a plan
+# from another version or GPU architecture; another model means other answers.
+MATCH_KEYS = ("tensorrt_version", "compute_capability", "gpu_name", "model_hash")
+
+
+def sidecar_path(engine_path) -> Path:
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".json")
+
+
+def timing_cache_path(engine_path) -> Path:
+    engine_path = Path(engine_path)
+    return engine_path.with_name(engine_path.name + ".timing-cache")
+
+
+def build_command(onnx_path, engine_path, max_batch, model_dir=None) -> str:
+    command = f"hlgfa engine build --onnx {onnx_path} --out {engine_path} --max-batch {max_batch}"
+    return command + (f" --model {model_dir}" if model_dir else "")
+
+
+def write_sidecar(engine_path, data: dict) -> Path:
+    path = sidecar_path(engine_path)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps({"format": SIDECAR_FORMAT, **data}, indent=2, sort_keys=True) + "\n")
+    os.replace(temp, path)
+    return path
+
+
+def read_sidecar(engine_path) -> dict:
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise ModelFileError(f"engine {engine_path}: no sidecar {path} (written by `hlgfa engine build`); "
+                             f"rebuild the engine with `hlgfa engine build`")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"engine sidecar {path}: not valid JSON ({error}); rebuild with `hlgfa engine build`") from error
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ModelFileError(f"engine sidecar {path}: format {found!r}, expected {SIDECAR_FORMAT!r}")
+    return data
+
+
+def mismatches(sidecar: dict, running: dict, *, max_batch: int | None = None, onnx_sha256: str | None = None) -> list[str]:
+    """Why the engine described by `sidecar` cannot serve `running` (empty: it can).
+
+    running: tensorrt_version, compute_capability, gpu_name, model_hash (what is here now).
+    """
+    reasons = []
+    for key in MATCH_KEYS:
+        if key in running and sidecar.get(key) != running[key]:
+            reasons.append(f"{key} is {running[key]!r} here, the engine was built for {sidecar.get(key)!r}")
+    if max_batch is not None and int(sidecar.get("max_batch", 0)) < max_batch:
+        reasons.append(f"max_batch {max_batch} is asked for, the engine was built for ≤ {sidecar.get('max_batch')}")
+    if onnx_sha256 is not None and sidecar.get("onnx_sha256") != onnx_sha256:
+        reasons.append("the ONNX file changed since the engine was built (sha256 differs)")
+    return reasons

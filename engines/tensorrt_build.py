@@ -1,0 +1,161 @@
+"""ONNX → TensorRT engine (plan), with its sidecar and a timing cache kept beside it.
+
+TensorRT 11 is strongly typed only: precision comes from the graph's own types, so an FP16
+engine needs the FP16 graph (`hlgfa export --fp16`). TensorRT 10 (JetPack 6 ships 10.3) builds
+the FP16 graph strongly typed as well; an FP32 graph there gets the weak-typing FP16 builder
+flag unless --fp32 is given, so an FP32 export still yields a fast engine on a Jetson.
+
+tensorrt and pycuda are imported inside the functions: this module is imported by the CLI on
+machines without a GPU.
+"""
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from edge.errors import BackendError, ConfigError, ModelFileError
+from edge.model_dir import file_sha256, load_model_info
+from engines.sidecar import build_command, timing_cache_path, write_sidecar
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("anomaly_map", "score")
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError as error:
+        raise BackendError(f"TensorRT is not installed ({error}); on a Jetson install JetPack's python3-libnvinfer, "
+                           f"elsewhere pip install -c constraints.txt '.[tensorrt]'") from error
+    return tensorrt
+
+
+def trt_major(trt) -> int:
+    return int(trt.__version__.split(".")[0])
+
+
+def running_environment(trt=None) -> dict:
+    """TensorRT version, GPU name and compute capability of device 0, as the sidecar records them."""
+    trt = trt or import_tensorrt()
+    try:
+        import pycuda.driver as cuda
+    except ImportError as error:
+        raise BackendError(f"pycuda is not installed ({error}); pip install -c constraints.txt '.[tensorrt]'") from error
+    try:
+        cuda.init()
+        device = cuda.Device(0)
+        major, minor = device.compute_capability()
+        name = device.name()
+    except cuda.Error as error:
+        raise BackendError(f"no usable CUDA device ({error})") from error
+    return {"tensorrt_version": trt.__version__, "gpu_name": name, "compute_capability": f"{major}.{minor}"}
+
+
+def read_onnx_metadata(onnx_path: Path) -> dict:
+    try:
+        import onnx
+    except ImportError as error:
+        raise BackendError(f"reading {onnx_path} needs the onnx package ({error}); "
+                           f"pip install -c constraints.txt '.[tensorrt]'") from error
+    if not onnx_path.is_file():
+        raise ModelFileError(f"ONNX file {onnx_path} does not exist; export it with `hlgfa export --model MODEL_DIR`")
+    try:
+        proto = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise ModelFileError(f"ONNX file {onnx_path}: cannot be read ({error}); it is truncated or not ONNX; "
+                             f"re-export with `hlgfa export`") from error
+    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    if "hlgfa.model_hash" not in metadata:
+        raise ModelFileError(f"ONNX file {onnx_path}: no hlgfa.model_hash metadata (not written by `hlgfa export`)")
+    return metadata
+
+
+def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: int = 1024, model_dir=None,
+                 fp32: bool = False) -> dict:
+    """Build `out` from `onnx_path`; writes the engine, its sidecar and the timing cache. Returns the sidecar."""
+    onnx_path, out = Path(onnx_path), Path(out)
+    trt = import_tensorrt()  # first: on a box without TensorRT, say so before anything else
+    metadata = read_onnx_metadata(onnx_path)
+    if model_dir is not None:
+        info = load_model_info(model_dir)
+        if info.model_hash != metadata["hlgfa.model_hash"]:
+            raise ModelFileError(
+                f"ONNX file {onnx_path} was exported from model {metadata['hlgfa.model_hash'][:12]}, but model "
+                f"directory {model_dir} is {info.model_hash[:12]}; re-export with "
+                f"`hlgfa export --model {model_dir} --out {onnx_path}`")
+    size = int(metadata["hlgfa.image_size"])
+    max_batch = max_batch or int(metadata.get("hlgfa.max_batch", 8))
+    if max_batch < 1:
+        raise ConfigError(f"--max-batch {max_batch}: expected ≥ 1")
+    graph_precision = metadata.get("hlgfa.precision", "fp32")
+
+    environment = running_environment(trt)
+    major = trt_major(trt)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Strong typing is unconditional in TensorRT 11 (the flag is accepted and ignored) and opt-in in 10.
+    strongly_typed = major >= 11 or graph_precision == "fp16" or fp32
+    flags = 0
+    if strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ModelFileError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if strongly_typed:
+        precision = "fp16" if graph_precision == "fp16" else "fp32"
+        if major >= 11 and graph_precision != "fp16":
+            log.warning("TensorRT %s is strongly typed: %s is an FP32 graph, so this is an FP32 engine; "
+                        "export with --fp16 for an FP16 engine", trt.__version__, onnx_path)
+    else:
+        config.set_flag(trt.BuilderFlag.FP16)
+        precision = "fp16 (builder flag)"
+    profile = builder.create_optimization_profile()
+    opt = min(max_batch, 1 if max_batch < 4 else max_batch // 2)
+    profile.set_shape(INPUT_NAME, (1, 3, size, size), (opt, 3, size, size), (max_batch, 3, size, size))
+    config.add_optimization_profile(profile)
+
+    cache_path = timing_cache_path(out)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=True)
+    log.info("building %s from %s (TensorRT %s, %s, batch 1..%d, workspace %d MB)", out, onnx_path,
+             trt.__version__, precision, max_batch, workspace_mb)
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BackendError(f"TensorRT {trt.__version__} failed to build {onnx_path} (see the TensorRT log above)")
+    seconds = time.perf_counter() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = out.with_name(f".{out.name}.tmp")
+    with open(temp, "wb") as handle:
+        handle.write(memoryview(serialized))
+    os.replace(temp, out)
+    cache_temp = cache_path.with_name(f".{cache_path.name}.tmp")
+    with open(cache_temp, "wb") as handle:
+        handle.write(memoryview(config.get_timing_cache().serialize()))
+    os.replace(cache_temp, cache_path)
+    sidecar = {
+        **environment,
+        "model_hash": metadata["hlgfa.model_hash"],
+        "onnx": str(onnx_path),
+        "onnx_sha256": file_sha256(onnx_path),
+        "graph_precision": graph_precision,
+        "precision": precision,
+        "strongly_typed": strongly_typed,
+        "image_size": size,
+        "max_batch": max_batch,
+        "inputs": {INPUT_NAME: ["batch", 3, size, size]},
+        "outputs": {OUTPUT_NAMES[0]: ["batch", size, size], OUTPUT_NAMES[1]: ["batch"]},
+        "engine_sha256": file_sha256(out),
+        "build_seconds": round(seconds, 1),
+        "rebuild": build_command(onnx_path, out, max_batch, model_dir),
+    }
+    write_sidecar(out, sidecar)
+    log.info("built %s in %.0f s", out, seconds)
+    return sidecar

@@ -1,0 +1,91 @@
+"""The onnxruntime backend against the torch reference, on real images and the tiny trained model."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from edge.backends.base import open_backend  # noqa: E402
+from edge.errors import BackendError, ModelFileError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_with_onnx(tiny_model_dir, tmp_path_factory):
+    """A copy of the tiny model with its default MODEL/model.onnx (the shared fixture stays untouched)."""
+    from engines.export import export_onnx
+
+    copy = tmp_path_factory.mktemp("ort") / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    export_onnx(copy, max_batch=4)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def real_batch(model_with_onnx, elpv_images):
+    from calibrate.dataset import read_image
+    from edge.model_dir import load_model_info
+    from edge.preprocess import preprocess
+
+    spec = load_model_info(model_with_onnx).preprocess
+    return preprocess([read_image(p) for p in elpv_images["defect"][:2] + elpv_images["good"][40:41]], spec)
+
+
+def test_matches_torch_at_batch_1_and_3(model_with_onnx, real_batch):
+    reference = open_backend("torch", model_with_onnx, max_batch=4)
+    backend = open_backend("onnxruntime", model_with_onnx, max_batch=4, threads=1)
+    try:
+        backend.warmup()
+        assert backend.kind == "onnxruntime" and backend.image_size == real_batch.shape[-1]
+        maps, scores = backend.infer(real_batch)
+        ref_maps, ref_scores = reference.infer(real_batch)
+        assert maps.dtype == np.float32 and maps.shape == ref_maps.shape
+        assert scores.dtype == np.float32 and scores.shape == (3,)
+        assert np.abs(maps - ref_maps).max() <= 1e-3
+        assert list(np.argsort(scores)) == list(np.argsort(ref_scores))
+        single_maps, single_scores = backend.infer(real_batch[1:2])
+        assert np.abs(single_maps[0] - maps[1]).max() <= 1e-4
+        assert single_scores.shape == (1,)
+    finally:
+        backend.close()
+        reference.close()
+
+
+def test_wrong_shape_dtype_and_batch_are_refused(model_with_onnx, real_batch):
+    backend = open_backend("onnxruntime", model_with_onnx, max_batch=2)
+    with pytest.raises(BackendError, match="float32"):
+        backend.infer(real_batch.astype(np.float64))
+    with pytest.raises(BackendError, match="shape"):
+        backend.infer(real_batch[:, :, :64, :64])
+    with pytest.raises(BackendError, match="batch of 3"):
+        backend.infer(real_batch)
+    backend.close()
+    with pytest.raises(BackendError, match="after close"):
+        backend.infer(real_batch[:1])
+
+
+def test_missing_and_truncated_onnx(model_with_onnx, tmp_path):
+    missing = tmp_path / "absent.onnx"
+    with pytest.raises(ModelFileError, match="does not exist.*hlgfa export"):
+        open_backend("onnxruntime", model_with_onnx, onnx=missing)
+    truncated = tmp_path / "truncated.onnx"
+    data = (model_with_onnx / "model.onnx").read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelFileError, match="truncated.*hlgfa export"):
+        open_backend("onnxruntime", model_with_onnx, onnx=truncated)
+
+
+def test_onnx_of_another_model_is_refused(model_with_onnx, tmp_path):
+    from edge.model_dir import compute_model_hash
+
+    other = tmp_path / "other"
+    shutil.copytree(model_with_onnx, other)
+    description = json.loads((other / "model.json").read_text())
+    description["fitted"]["reliability_strength"] = 1.5
+    description["hash"] = compute_model_hash(description, other / "module.pt")
+    (other / "model.json").write_text(json.dumps(description))
+    with pytest.raises(ModelFileError, match="exported from model .*re-export with `hlgfa export --model"):
+        open_backend("onnxruntime", other)

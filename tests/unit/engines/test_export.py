@@ -1,0 +1,102 @@
+"""`hlgfa export` on the session's tiny trained model: a valid, deterministic, self-describing graph."""
+
+import json
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from edge.errors import ConfigError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    from engines.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("export")
+    return {"fp32": export_onnx(tiny_model_dir, folder / "fp32.onnx", max_batch=4),
+            "fp16": export_onnx(tiny_model_dir, folder / "fp16.onnx", fp16=True, max_batch=4)}
+
+
+def io_signature(proto):
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    return ({v.name: (v.type.tensor_type.elem_type, dims(v)) for v in proto.graph.input},
+            {v.name: (v.type.tensor_type.elem_type, dims(v)) for v in proto.graph.output})
+
+
+def test_graph_passes_checker_and_carries_metadata(exported, tiny_model_dir):
+    from edge.model_dir import load_model_info
+    from engines.export import metadata_of
+
+    info = load_model_info(tiny_model_dir)
+    proto = onnx.load(exported["fp32"])
+    onnx.checker.check_model(proto, full_check=True)
+    size = info.preprocess.image_size
+    inputs, outputs = io_signature(proto)
+    f32 = onnx.TensorProto.FLOAT
+    assert inputs == {"images": (f32, ["batch", 3, size, size])}
+    assert outputs == {"anomaly_map": (f32, ["batch", size, size]), "score": (f32, ["batch"])}
+    meta = metadata_of(proto)
+    assert meta["hlgfa.model_hash"] == info.model_hash
+    assert meta["hlgfa.image_size"] == str(size)
+    assert meta["hlgfa.precision"] == "fp32"
+    assert meta["hlgfa.max_batch"] == "4"
+    assert json.loads(meta["hlgfa.preprocess"]) == info.description["preprocess"]
+    # The constant-folding pass left no run-time computation of pads.
+    assert {node.op_type for node in proto.graph.node}.isdisjoint({"Constant", "ConstantOfShape", "Identity", "Transpose"})
+    # The backbone's zero "same" pads are fused into its convs; only the smoothing's reflect pad is left.
+    pads = [node for node in proto.graph.node if node.op_type == "Pad"]
+    assert [next(a.s for a in node.attribute if a.name == "mode") for node in pads] == [b"reflect"]
+
+
+def test_cli_export_is_deterministic(exported, tiny_model_dir, tmp_path):
+    from edge.cli import main
+
+    again = tmp_path / "again.onnx"
+    assert main(["export", "--model", str(tiny_model_dir), "--out", str(again), "--max-batch", "4"]) == 0
+    assert again.read_bytes() == exported["fp32"].read_bytes()
+
+
+def test_fp16_graph_is_mixed_precision_with_fp32_io_and_close(exported, tiny_model_dir, elpv_images):
+    from scipy.stats import spearmanr
+
+    from calibrate.dataset import read_image
+    from edge.model_dir import load_model_info
+    from edge.preprocess import preprocess
+    from engines.export import metadata_of
+
+    proto = onnx.load(exported["fp16"])
+    onnx.checker.check_model(proto, full_check=True)
+    assert metadata_of(proto)["hlgfa.precision"] == "fp16"
+    assert io_signature(proto) == io_signature(onnx.load(exported["fp32"]))
+    half = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert sum(np.prod(i.dims) for i in half) > 0.9 * sum(np.prod(i.dims) for i in proto.graph.initializer)
+    # The cosine/smoothing/score tail stays FP32: the reductions read FP32 tensors.
+    casts_to_fp32 = [n for n in proto.graph.node if n.op_type == "Cast"
+                     and n.attribute[0].i == onnx.TensorProto.FLOAT]
+    assert casts_to_fp32
+
+    spec = load_model_info(tiny_model_dir).preprocess
+    paths = elpv_images["good"][30:33] + elpv_images["defect"][:5]
+    batch = preprocess([read_image(p) for p in paths], spec)
+    full = ort.InferenceSession(str(exported["fp32"]), providers=["CPUExecutionProvider"])
+    mixed = ort.InferenceSession(str(exported["fp16"]), providers=["CPUExecutionProvider"])
+    maps32, scores32 = full.run(None, {"images": batch})
+    maps16, scores16 = mixed.run(None, {"images": batch})
+    assert maps16.dtype == np.float32 and maps16.shape == maps32.shape
+    assert np.abs(maps16 - maps32).max() <= 0.02 * (maps32.max() - maps32.min())
+    assert spearmanr(scores16, scores32).statistic >= 0.95
+
+
+def test_bad_options_are_refused(tiny_model_dir, tmp_path):
+    from engines.export import export_onnx
+
+    with pytest.raises(ConfigError, match="--opset 9"):
+        export_onnx(tiny_model_dir, tmp_path / "x.onnx", opset=9)
+    with pytest.raises(ConfigError, match="--max-batch 0"):
+        export_onnx(tiny_model_dir, tmp_path / "x.onnx", max_batch=0)
+    assert not (tmp_path / "x.onnx").exists()
