@@ -28,6 +28,7 @@ TRAINING_VARIANTS = {
 }
 INFERENCE_VARIANTS = {
     "no reliability weighting": {"config_overrides": {"use_reliability": False}},
+    "reliability weighting forced to strength 1": {"reliability_strength": 1.0},
     "no level weighting (plain mean of levels)": {"level_weighting": False},
     "score = mean of top 1 % pixels": {"config_overrides": {"score": "topk"}},
 }

@@ -207,7 +207,7 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: in
 
 
 def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | None = None,
-          level_weighting: bool = True, batch_size: int = 8) -> ModelInfo:
+          level_weighting: bool = True, reliability_strength: float | None = None, batch_size: int = 8) -> ModelInfo:
     """The same trained module with its inference-time options changed and constants refitted
     on the same normal images: ablations of inference-only parts without retraining."""
     from calibrate.model_io import load_model
@@ -221,5 +221,7 @@ def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | No
     images = load_resized(paths, model.config.image_size)
     fit_images = images[np.random.default_rng(training["seed"]).permutation(len(images))[:min(len(images), 64)]]
     fit_constants(model, fit_images, PreprocessSpec(model.config.image_size), batch_size, level_weighting)
+    if reliability_strength is not None:
+        model.fitted.reliability_strength = reliability_strength
     training["refit_from"] = info.model_hash
     return save_model(model, out, info.description["backbone"].get("weights_file"), training)
