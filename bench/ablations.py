@@ -25,6 +25,8 @@ TRAINING_VARIANTS = {
     "no noise augmentation": {"augment_fraction": 0.0},
     "HR/LR feature distance, no learned module": {"epochs": 0},
     "+ per-channel feature standardisation": {"config_overrides": {"standardize_features": True}},
+    "learned reliability (expected discrepancy from the structure prior)": {"config_overrides": {"reliability": "learned"}},
+    "3 epochs": {"epochs": 3},
 }
 INFERENCE_VARIANTS = {
     "no reliability weighting": {"config_overrides": {"use_reliability": False}},

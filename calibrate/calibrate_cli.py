@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import BackendError, ConfigError, InputDataError, ModelFileError
+from edge.imageio import read_image
 
 log = logging.getLogger(__name__)
 
@@ -78,26 +79,6 @@ def list_images(folder: str | Path, what: str, classes: bool = False) -> tuple[l
     if not paths:
         raise InputDataError(f"{what} folder {folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     return paths, labels
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Mono8 (H×W) or RGB8 (H×W×3), as the runtime's frames are."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None or image.size == 0:
-        raise InputDataError(f"image {path}: cannot be read (damaged or not an image)")
-    if image.dtype != np.uint8:
-        raise InputDataError(f"image {path}: {image.dtype} pixels, expected 8-bit (Mono8 or RGB8)")
-    if image.ndim == 2:
-        return image
-    if image.ndim == 3 and image.shape[2] == 1:
-        return image[:, :, 0]
-    if image.ndim == 3 and image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise InputDataError(f"image {path}: shape {image.shape}, expected grayscale or colour")
 
 
 def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarray, np.ndarray]:

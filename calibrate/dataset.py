@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from edge.errors import InputDataError
+from edge.imageio import read_image  # noqa: F401 - re-exported for the dataset's users
 
 log = logging.getLogger(__name__)
 
@@ -49,29 +50,6 @@ def list_images(folder: str | Path) -> list[Path]:
         raise InputDataError(f"image folder {folder}: no images (expected files ending in "
                              f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
     return images
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file → Mono8 (H×W) or RGB8 (H×W×3); 16-bit images are scaled to 8 bit."""
-    path = Path(path)
-    try:
-        encoded = np.fromfile(path, dtype=np.uint8)
-    except OSError as error:
-        raise InputDataError(f"image {path}: cannot be read ({error})") from error
-    image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if encoded.size else None
-    if image is None:
-        raise InputDataError(f"image {path}: not a readable image (corrupt, truncated or not an image format)")
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    if image.dtype != np.uint8:
-        raise InputDataError(f"image {path}: pixel type {image.dtype}, expected 8- or 16-bit")
-    if image.ndim == 3 and image.shape[2] == 4:
-        image = image[:, :, :3]
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    elif image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    return np.ascontiguousarray(image)
 
 
 def read_mask(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calibrate.backbones import STRIDES, FrozenBackbone
+from calibrate.backbones import FrozenBackbone
 
 
 @dataclass
@@ -40,6 +40,10 @@ class HLGFAConfig:
     # otherwise a few high-magnitude channels dominate the cosine and the rest are never compared.
     standardize_features: bool = False
     use_reliability: bool = True
+    # "gradient": reliability falls where the structure prior's local gradient is high.
+    # "learned": a small head on the structure prior predicts, from normal images, the
+    # discrepancy to expect at each position; the map is divided by that expectation.
+    reliability: str = "gradient"
     smoothing_sigma: float = 4.0  # pixels at image_size 256, scaled with image_size
     score: str = "max"  # or "topk": mean of the top `topk_fraction` pixels
     topk_fraction: float = 0.01
@@ -101,6 +105,14 @@ class LevelAligner(nn.Module):
         self.residual = nn.Sequential(*layers, nn.Conv2d(hidden, channels, 1))
         nn.init.zeros_(self.residual[-1].weight)
         nn.init.zeros_(self.residual[-1].bias)
+        if self.use_structure and config.use_reliability and config.reliability == "learned":
+            self.expected_discrepancy = nn.Sequential(
+                nn.Conv2d(channels, 16, 1), nn.ReLU(inplace=True), nn.Conv2d(16, 1, 3, padding=1))
+
+    def log_expected_discrepancy(self, structure: torch.Tensor) -> torch.Tensor:
+        """log E[discrepancy] per position (N×1×h×w), from the structure prior alone. Detached:
+        learning what to expect must not change how the features are aligned."""
+        return self.expected_discrepancy(structure.detach())
 
     def structure_prior(self, hr: torch.Tensor) -> torch.Tensor | None:
         if not self.use_structure:
@@ -192,7 +204,11 @@ class HLGFA(nn.Module):
                           align_corners=False)
             for r, h, scale in zip(refined, hr, scales)]
         instability = None
-        if self.config.use_structure and self.fitted.instability_scale:
+        if self.learned_reliability:
+            instability = torch.stack([
+                F.interpolate(aligner.log_expected_discrepancy(s), size=size, mode="bilinear", align_corners=False)
+                for aligner, s in zip(self.aligners, structures)]).mean(dim=0)
+        elif self.config.use_structure and self.fitted.instability_scale:
             instability = torch.stack([
                 F.interpolate(local_instability(s), size=size, mode="bilinear", align_corners=False) / scale
                 for s, scale in zip(structures, self.fitted.instability_scale)]).mean(dim=0)
@@ -209,7 +225,10 @@ class HLGFA(nn.Module):
                reliability_strength: float) -> tuple[torch.Tensor, torch.Tensor]:
         anomaly = torch.stack(discrepancies).mean(dim=0)
         if self.config.use_reliability and instability is not None and reliability_strength > 0:
-            anomaly = anomaly / (1 + reliability_strength * instability)
+            if self.learned_reliability:
+                anomaly = anomaly * torch.exp(-reliability_strength * instability)
+            else:
+                anomaly = anomaly / (1 + reliability_strength * instability)
         anomaly = self.smooth(anomaly).squeeze(1)
         flat = anomaly.flatten(1)
         if self.config.score == "topk":
@@ -223,6 +242,21 @@ class HLGFA(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         discrepancies, instability = self.raw_maps(images)
         return self.finish(discrepancies, instability, self.fitted.reliability_strength)
+
+    @property
+    def learned_reliability(self) -> bool:
+        return self.config.use_structure and self.config.use_reliability and self.config.reliability == "learned"
+
+    def reliability_loss(self, refined: list[torch.Tensor], hr: list[torch.Tensor],
+                         structures: list[torch.Tensor]) -> torch.Tensor:
+        """Exponential negative log-likelihood of the observed discrepancy d given its predicted
+        mean s: d/s + log s, minimised at s = E[d | structure]."""
+        losses = []
+        for aligner, r, h, structure in zip(self.aligners, refined, hr, structures):
+            observed = (1 - F.cosine_similarity(r, h, dim=1)).unsqueeze(1).detach()
+            log_expected = aligner.log_expected_discrepancy(structure)
+            losses.append((observed * torch.exp(-log_expected) + log_expected).mean())
+        return torch.stack(losses).mean()
 
     def learned_parameters(self):
         return self.aligners.parameters()

@@ -23,6 +23,8 @@ from edge.preprocess import PreprocessSpec, as_rgb8, normalize, resize_rgb8
 log = logging.getLogger(__name__)
 
 RELIABILITY_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Exponent on the learned expectation: 1 divides by it, 0 ignores it.
+LEARNED_RELIABILITY_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -113,10 +115,11 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
         model.fitted.level_scale = [t / len(images) + 1e-12 for t in level_sums]
     if not (model.config.use_structure and model.config.use_reliability):
         return model.fitted
-    model.fitted.instability_scale = [t / len(images) + 1e-12 for t in instability_sums]
+    if not model.learned_reliability:
+        model.fitted.instability_scale = [t / len(images) + 1e-12 for t in instability_sums]
     raw = [model.raw_maps(batch) for batch in batches]
     best = None
-    for strength in RELIABILITY_GRID:
+    for strength in (LEARNED_RELIABILITY_GRID if model.learned_reliability else RELIABILITY_GRID):
         maxima, means = [], []
         for discrepancies, instability in raw:
             anomaly, score = model.finish(discrepancies, instability, strength)
@@ -130,7 +133,7 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
     return model.fitted
 
 
-def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: int = 256,
+def train(data: str | Path, out: str | Path, *, epochs: int = 6, image_size: int = 256,
           backbone: str = "efficientnet-lite0", backbone_weights: str | None = None, seed: int = 0,
           batch_size: int = 8, learning_rate: float = 1e-3, augment_fraction: float = 0.5,
           holdout: float = 0.0, max_images: int | None = None, progress: bool = True,
@@ -181,8 +184,10 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 20, image_size: in
                 for level in range(len(hr)):
                     hr[level][augmented] = noisy_hr[level]
                     lr[level][augmented] = noisy_lr[level]
-            refined, _ = model.align(hr, lr)
+            refined, structures = model.align(hr, lr)
             loss = model.alignment_loss(refined, hr)
+            if model.learned_reliability:
+                loss = loss + model.reliability_loss(refined, hr, structures)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

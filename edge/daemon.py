@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from typing import Callable
 
 from edge.config import DaemonConfig

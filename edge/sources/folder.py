@@ -10,42 +10,16 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 
 from edge.errors import ConfigError, InputDataError
 from edge.frame import Frame
+from edge.imageio import decode_image
 from edge.sources.base import FrameError, SourceExhausted
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 RECORDING_INDEX = "frames.jsonl"
-
-
-def decode_image(data: bytes, name: str) -> tuple[np.ndarray, str]:
-    """Encoded image bytes → (Mono8 H×W or RGB8 H×W×3 uint8, "Mono8" | "RGB8").
-
-    Grayscale stays Mono8 rather than being tripled: the model's preprocessing decides how to
-    expand channels, and a Mono8 camera replayed from disk must look like that camera.
-    """
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InputDataError(f"{name}: not a readable image (cv2.imdecode failed on {len(data)} bytes)")
-    if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise InputDataError(f"{name}: pixel type {image.dtype} is not supported, expected 8 or 16 bit")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        return np.ascontiguousarray(image), "Mono8"
-    if image.ndim == 3 and image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "RGB8"
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), "RGB8"
-    raise InputDataError(f"{name}: image shape {image.shape} is neither grayscale nor colour")
 
 
 def _read_recording(index_path: Path) -> list[dict]:

@@ -4,7 +4,6 @@ import json
 import shutil
 
 import cv2
-import numpy as np
 import pytest
 
 from edge.cli import main
