@@ -27,6 +27,7 @@ TRAINING_VARIANTS = {
     "+ per-channel feature standardisation": {"config_overrides": {"standardize_features": True}},
     "learned reliability (expected discrepancy from the structure prior)": {"config_overrides": {"reliability": "learned"}},
     "3 epochs": {"epochs": 3},
+    "2 epochs": {"epochs": 2},
 }
 INFERENCE_VARIANTS = {
     "no reliability weighting": {"config_overrides": {"use_reliability": False}},

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     parser.add_argument("--calibration-cells", type=int, default=200, help="held-out good cells to calibrate on")
     parser.add_argument("--replay-good", type=int, default=150)
     parser.add_argument("--replay-defective", type=int, default=150)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--target-frr", type=float, default=0.05)
     parser.add_argument("--line-rate", type=float, default=10.0,

@@ -133,7 +133,7 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
     return model.fitted
 
 
-def train(data: str | Path, out: str | Path, *, epochs: int = 6, image_size: int = 256,
+def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int = 256,
           backbone: str = "efficientnet-lite0", backbone_weights: str | None = None, seed: int = 0,
           batch_size: int = 8, learning_rate: float = 1e-3, augment_fraction: float = 0.5,
           holdout: float = 0.0, max_images: int | None = None, progress: bool = True,

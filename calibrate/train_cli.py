@@ -7,7 +7,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("train", help="train HLGFA on good images (MVTec layout or a folder)")
     parser.add_argument("--data", required=True, help="MVTec category root (uses train/good) or a folder of good images")
     parser.add_argument("--out", required=True, help="model directory to write")
-    parser.add_argument("--epochs", type=int, default=6,
+    parser.add_argument("--epochs", type=int, default=3,
                         help="more is not better: alignment keeps improving on defects too (measured, BENCHMARKS.md)")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--backbone", default="efficientnet-lite0",
