@@ -118,7 +118,8 @@ class GatedSource:
 class Running:
     """A daemon in a thread plus a subscriber that collects every message until the daemon stops."""
 
-    def __init__(self, overrides: dict, backend_wrapper=None, reliable: bool = False, extra_subscriber=None):
+    def __init__(self, overrides: dict, backend_wrapper=None, reliable: bool = False, extra_subscriber=None,
+                 source_wrapper=None):
         overrides = {"publish.endpoint": free_endpoint(), "backend.kind": "onnxruntime", "backend.threads": 1,
                      "pipeline.deadline_ms": 120_000, "publish.heartbeat_period_s": 0.2, **overrides}
         if reliable:
@@ -127,7 +128,8 @@ class Running:
         self.endpoint = self.config.publish.endpoint
         self.gate = threading.Event()
         self.daemon = Daemon(self.config, backend_wrapper=backend_wrapper,
-                             source_wrapper=lambda source: GatedSource(source, self.gate))
+                             source_wrapper=lambda source: GatedSource(
+                                 source if source_wrapper is None else source_wrapper(source), self.gate))
         self.subscriber = Subscriber(self.endpoint, cameras=[self.config.camera])
         self.messages: list = []
         self.code = None
@@ -415,3 +417,83 @@ def test_signals_in_a_subprocess_sighup_invalid_then_sigterm_loses_nothing(tmp_p
 
 def fault_frame(messages) -> int:
     return max(m.frame_id for m in messages if isinstance(m, wire.Decision))
+
+
+def _viky_path() -> Path | None:
+    import importlib.util
+
+    if importlib.util.find_spec("harvesters") is None:
+        return None
+    spec = importlib.util.find_spec("genicam")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "viky.cti"
+    return path if path.is_file() else None
+
+
+class UnpluggableSource:
+    """Delegates to the real genicam source; once `unplug` is set, the next read() first destroys the
+    ImageAcquirer (what a pulled cable looks like from above harvesters). Done in the reading thread,
+    so the destroy never races a fetch in progress."""
+
+    def __init__(self, source):
+        self.source = source
+        self.source_id = source.source_id
+        self.unplug = threading.Event()
+        self._unplugged = False
+
+    def open(self):
+        self.source.open()
+
+    def read(self, timeout_s):
+        if self.unplug.is_set() and not self._unplugged:
+            self._unplugged = True
+            self.source.acquirer.destroy()
+        return self.source.read(timeout_s)
+
+    def stats(self):
+        return self.source.stats()
+
+    def close(self):
+        self.source.close()
+
+
+@pytest.mark.genicam
+def test_genicam_camera_lost_is_a_fault_then_decisions_resume_after_reconnect(tiny_model_dir, calibrated, line_images):
+    viky = _viky_path()
+    if viky is None:
+        pytest.skip("needs harvesters and the genicam package's viky.cti")
+    handle = {}
+
+    def wrap(source):
+        handle["source"] = UnpluggableSource(source)
+        return handle["source"]
+
+    # "block": a camera faster than the tiny model overruns its own buffers, not our verdicts, so every
+    # decision before and after the loss is a real one.
+    camera = {"kind": "genicam", "cti": str(viky), "device": "2", "settings": {"AcquisitionFrameRate": 20},
+              "reconnect_backoff_initial_s": 0.05}
+    run = Running(_base(tiny_model_dir, calibrated, line_images, camera="viky2", source=camera,
+                        **{"pipeline.overload": "block"}), source_wrapper=wrap)
+    source = handle["source"]
+    run._wait_for(lambda m: isinstance(m, wire.Decision) and len(run.of(wire.Decision)) >= 3)
+    source.unplug.set()
+    fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
+    assert fault.code == "source_unavailable" and fault.frame_id is None
+    assert "genicam:2" in fault.message and "destroyed" in fault.message and "reconnecting" in fault.message
+    last_before = max(d.frame_id for d in run.of(wire.Decision))
+    assert run.thread.is_alive(), "the daemon ended on a lost camera"
+    resumed = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id > last_before)
+    run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id > resumed.frame_id)
+    stats = source.stats()
+    assert stats["lost"] == 1 and stats["reconnects"] == 1
+    run.daemon.request_stop()
+    assert run.collect_until_stopped() == 0
+    decisions = run.of(wire.Decision)
+    ids = [d.frame_id for d in decisions]
+    assert len(ids) == len(set(ids)) == run.daemon.pipeline.reads, "a frame read has no decision, or two"
+    assert run.subscriber.lost == {}, f"messages lost on the wire: {dict(run.subscriber.lost)}"
+    # Only the stop may fault frames (those still in flight); the camera loss itself faults none.
+    assert all(d.verdict != "fault" or d.reason.startswith("shutdown:") for d in decisions)
+    assert [f.code for f in run.of(wire.Fault) if f.frame_id is None] == ["source_unavailable"]
+    assert any(d.verdict != "fault" and d.frame_id > last_before for d in decisions)
