@@ -26,6 +26,19 @@ DEFAULT_ONNX = "model.onnx"
 HASHED_KEYS = ("backbone", "preprocess", "architecture", "fitted")
 
 
+def read_format_json(path: Path, expected_format: str, what: str, remedy: str) -> dict:
+    """A JSON object whose "format" key names its layout version, or a ModelFileError saying
+    what is wrong with `what` and how to fix it (`remedy`)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFileError(f"{what} {path}: not valid JSON ({error}); {remedy}") from error
+    if not isinstance(data, dict) or data.get("format") != expected_format:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ModelFileError(f"{what} {path}: format {found!r}, expected {expected_format!r}; {remedy}")
+    return data
+
+
 def compute_model_hash(description: dict, weights_path: Path) -> str:
     digest = hashlib.sha256()
     canonical = {key: description.get(key) for key in HASHED_KEYS}
@@ -72,13 +85,8 @@ def load_model_info(directory: str | Path, verify_hash: bool = True) -> ModelInf
         raise ModelFileError(f"model directory {directory}: does not exist (expected the output of `hlgfa train`)")
     if not json_path.is_file():
         raise ModelFileError(f"model directory {directory}: no {MODEL_JSON} (expected the output of `hlgfa train`)")
-    try:
-        description = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"{json_path}: not valid JSON ({error}); the file is damaged, retrain or restore it") from error
-    if not isinstance(description, dict) or description.get("format") != MODEL_FORMAT:
-        found = description.get("format") if isinstance(description, dict) else type(description).__name__
-        raise ModelFileError(f"{json_path}: format {found!r}, expected {MODEL_FORMAT!r}")
+    description = read_format_json(json_path, MODEL_FORMAT, "model description",
+                                   "the file is damaged or from another version: retrain or restore it")
     missing = [key for key in (*HASHED_KEYS, "hash") if key not in description]
     if missing:
         raise ModelFileError(f"{json_path}: missing keys {missing}")

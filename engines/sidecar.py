@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from edge.errors import ModelFileError
+from edge.model_dir import read_format_json
 
 SIDECAR_FORMAT = "hlgfa-engine/1"
 # What makes an engine unusable when it differs: TensorRT refuses (or silently mis-runs) a plan
@@ -46,14 +47,7 @@ def read_sidecar(engine_path) -> dict:
     if not path.is_file():
         raise ModelFileError(f"engine {engine_path}: no sidecar {path} (written by `hlgfa engine build`); "
                              f"rebuild the engine with `hlgfa engine build`")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"engine sidecar {path}: not valid JSON ({error}); rebuild with `hlgfa engine build`") from error
-    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-        found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ModelFileError(f"engine sidecar {path}: format {found!r}, expected {SIDECAR_FORMAT!r}")
-    return data
+    return read_format_json(path, SIDECAR_FORMAT, "engine sidecar", "rebuild with `hlgfa engine build`")
 
 
 def mismatches(sidecar: dict, running: dict, *, max_batch: int | None = None, onnx_sha256: str | None = None) -> list[str]:
