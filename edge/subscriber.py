@@ -56,7 +56,28 @@ def _timeout_ms(timeout: float | None) -> int | None:
     return int(timeout * 1000)
 
 
-class Subscriber:
+class _Client:
+    """What both client sockets share: one socket, and a context that is ours or the caller's."""
+
+    socket: object
+    _context: object
+    _own_context: bool
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        if self._own_context:
+            # destroy, not term: also closes sockets a caller made on it (e.g. a monitor), so a
+            # forgotten one cannot hang shutdown
+            self._context.destroy(linger=0)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Subscriber(_Client):
     """`Subscriber(endpoint, cameras=["cam1"], topics=("decision", "heartbeat"), curve=None)`.
 
     cameras None subscribes to every camera. `recv(timeout)` returns a decoded message or None on
@@ -140,21 +161,9 @@ class Subscriber:
             self._events.append(Gap(camera, kind, session, last, lost))
         self._last[key] = now_through if last is None else max(last, now_through)
 
-    def close(self) -> None:
-        self.socket.close(linger=0)
-        if self._own_context:
-            # destroy, not term: also closes sockets a caller made on it (e.g. a monitor), so a
-            # forgotten one cannot hang shutdown
-            self._context.destroy(linger=0)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
-class ReliableClient:
+class ReliableClient(_Client):
     """The bridge side of the acknowledged channel (a DEALER).
 
     `recv(timeout)` returns the next decision not delivered before (resends after a lost ACK are
@@ -232,18 +241,6 @@ class ReliableClient:
             self._seen[key] = True
         self.socket.send_multipart([ACK, f"{decision.session}:{decision.seq}".encode("ascii")])
 
-    def close(self) -> None:
-        self.socket.close(linger=0)
-        if self._own_context:
-            # destroy, not term: also closes sockets a caller made on it (e.g. a monitor), so a
-            # forgotten one cannot hang shutdown
-            self._context.destroy(linger=0)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # -------------------------------------------------------------------------------- hlgfa subscribe

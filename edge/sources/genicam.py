@@ -37,6 +37,17 @@ TRIGGER_MODES = ("free", "software", "hardware")
 _WRITABLE = {"RW", "WO"}
 
 
+def simulated_producer() -> Path | None:
+    """The genicam wheel's simulated producer (viky.cti) when it and harvesters are installed."""
+    if importlib.util.find_spec("harvesters") is None:
+        return None
+    spec = importlib.util.find_spec("genicam")
+    if spec is None or not spec.origin:
+        return None
+    viky = Path(spec.origin).parent / "viky.cti"
+    return viky if viky.is_file() else None
+
+
 def default_cti_files() -> list[str]:
     """The GenTL producers to load when the config names none.
 
@@ -49,12 +60,8 @@ def default_cti_files() -> list[str]:
         found.extend(sorted(glob.glob(os.path.join(directory, "*.cti"))))
     if found:
         return found
-    spec = importlib.util.find_spec("genicam")
-    if spec is not None and spec.origin:
-        viky = Path(spec.origin).parent / "viky.cti"
-        if viky.is_file():
-            return [str(viky)]
-    return []
+    viky = simulated_producer()
+    return [str(viky)] if viky else []
 
 
 def resolve_cti_files(cti: str | Path | None) -> list[str]:

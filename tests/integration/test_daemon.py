@@ -423,16 +423,6 @@ def fault_frame(messages) -> int:
     return max(m.frame_id for m in messages if isinstance(m, wire.Decision))
 
 
-def _viky_path() -> Path | None:
-    import importlib.util
-
-    if importlib.util.find_spec("harvesters") is None:
-        return None
-    spec = importlib.util.find_spec("genicam")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "viky.cti"
-    return path if path.is_file() else None
 
 
 class UnpluggableSource:
@@ -467,7 +457,9 @@ class UnpluggableSource:
                          "exception' inside harvesters/viky when the acquirer is destroyed under the running daemon); "
                          "passes otherwise. Re-enable once run in a subprocess or the abort is understood.")
 def test_genicam_camera_lost_is_a_fault_then_decisions_resume_after_reconnect(tiny_model_dir, calibrated, line_images):
-    viky = _viky_path()
+    from edge.sources.genicam import simulated_producer
+
+    viky = simulated_producer()
     if viky is None:
         pytest.skip("needs harvesters and the genicam package's viky.cti")
     handle = {}

@@ -1,8 +1,6 @@
 """The genicam source and `hlgfa camera` against the real simulated GenTL producer (viky.cti)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import cv2
 import pytest
@@ -10,21 +8,11 @@ import pytest
 from edge.cli import main
 from edge.errors import ConfigError
 from edge.sources.base import SourceUnavailable
+from edge.sources.genicam import simulated_producer
 
 pytestmark = pytest.mark.genicam
 
-
-def _viky_path() -> Path | None:
-    if importlib.util.find_spec("harvesters") is None:
-        return None
-    spec = importlib.util.find_spec("genicam")
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "viky.cti"
-    return path if path.is_file() else None
-
-
-VIKY = _viky_path()
+VIKY = simulated_producer()
 if VIKY is None:
     pytest.skip("needs harvesters and the genicam package's viky.cti", allow_module_level=True)
 
