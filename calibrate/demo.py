@@ -212,7 +212,7 @@ def inspect(out: Path, model: Path, onnx_path: Path, thresholds: Path, manifest:
 
 
 def report(result: dict) -> int:
-    from sklearn.metrics import roc_auc_score
+    from calibrate.metrics import image_auroc
 
     decisions, labels = result["decisions"], result["labels"]
     total = len(labels)
@@ -222,11 +222,12 @@ def report(result: dict) -> int:
     good = [v for v, y in zip(verdicts, labels) if y == 0]
     bad = [v for v, y in zip(verdicts, labels) if y == 1]
     latencies = np.array([d.latency_ms for d in decisions.values()])
+    auroc = image_auroc(np.array([y for _, y in scored]), np.array([s for s, _ in scored])) if scored else None
     rows = [
         ("frames replayed", f"{total}"),
         ("decisions received", f"{len(decisions)} (missing {total - len(decisions)})"),
         ("ok / reject / fault", f"{verdicts.count('ok')} / {verdicts.count('reject')} / {verdicts.count('fault')}"),
-        ("image AUROC vs labels", f"{roc_auc_score([y for _, y in scored], [s for s, _ in scored]):.3f}" if scored else "n/a"),
+        ("image AUROC vs labels", f"{auroc:.3f}" if auroc is not None else "n/a (scores of one class only)"),
         ("false-reject rate (good cells rejected)", f"{good.count('reject') / max(len(good), 1):.3f} ({good.count('reject')}/{len(good)})"),
         ("escape rate (defective cells passed)", f"{bad.count('ok') / max(len(bad), 1):.3f} ({bad.count('ok')}/{len(bad)})"),
         ("fault reasons", ", ".join(sorted({decisions[i].reason.split(':')[0] for i in decisions
