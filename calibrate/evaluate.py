@@ -17,7 +17,7 @@ from calibrate.dataset import read_image, read_mask, evaluation_samples
 from calibrate.metrics import image_auroc, pixel_auroc, pro_score
 from edge.backends.base import open_backend
 from edge.model_dir import load_model_info
-from edge.preprocess import as_rgb8, preprocess, resize_rgb8
+from edge.preprocess import preprocess, resize_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def score_samples(backend, samples, spec, batch_size: int, progress: bool = True
             else:
                 masks.append(np.zeros((size, size), bool) if sample.label == 0 else None)
         batch = preprocess(images, spec)
-        thumbnails.extend(resize_rgb8(as_rgb8(image), size) for image in images)
+        thumbnails.extend(resize_rgb8(image, size) for image in images)
         began = time.perf_counter()
         batch_maps, batch_scores = backend.infer(batch)
         infer_seconds += time.perf_counter() - began

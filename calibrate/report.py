@@ -69,7 +69,7 @@ def plot_overlays(path: Path, image_paths, scores, maps, region: dict | None) ->
     import cv2
 
     from calibrate.calibrate_cli import read_image
-    from edge.preprocess import as_rgb8, resize_rgb8
+    from edge.preprocess import resize_rgb8
 
     plt = _pyplot()
     order = np.argsort(scores)[::-1][:TOP_NORMALS]
@@ -78,7 +78,7 @@ def plot_overlays(path: Path, image_paths, scores, maps, region: dict | None) ->
     names = []
     for ax, index in zip(axes[0], order):
         size = maps.shape[1]
-        image = resize_rgb8(as_rgb8(read_image(image_paths[index])), size)
+        image = resize_rgb8(read_image(image_paths[index]), size)
         ax.imshow(image)
         ax.imshow(maps[index], cmap="jet", alpha=0.45, vmin=float(np.min(maps)), vmax=vmax)
         if region:

@@ -18,7 +18,7 @@ from calibrate.model import HLGFA, FittedConstants, HLGFAConfig, local_instabili
 from calibrate.model_io import save_model
 from edge.errors import ConfigError, InputDataError
 from edge.model_dir import ModelInfo
-from edge.preprocess import PreprocessSpec, as_rgb8, normalize, resize_rgb8
+from edge.preprocess import PreprocessSpec, normalize, resize_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def split_holdout(paths: list[Path], holdout_fraction: float, seed: int) -> tupl
 
 
 def load_resized(paths: list[Path], size: int) -> np.ndarray:
-    return np.stack([resize_rgb8(as_rgb8(read_image(p), str(p)), size) for p in paths])
+    return np.stack([resize_rgb8(read_image(p), size, str(p)) for p in paths])
 
 
 def to_batch(images: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Image → network input. The one preprocessing used by training, evaluation and the line."""
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import cv2
@@ -29,22 +30,22 @@ class PreprocessSpec:
         return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]))
 
 
-def as_rgb8(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Mono8 → replicated RGB8; RGB8 passes through. Anything else is refused by name."""
+def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Mono8 (H×W or H×W×1) or RGB8 (H×W×3) as H×W or H×W×3; anything else is refused by name."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         dtype = getattr(image, "dtype", type(image).__name__)
         raise InputDataError(f"{name}: expected a uint8 array (Mono8 or RGB8), got dtype {dtype}")
-    if image.ndim == 2:
-        return np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim == 3 and image.shape[2] == 3:
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
         return image
     if image.ndim == 3 and image.shape[2] == 1:
-        return np.repeat(image, 3, axis=2)
+        return image[:, :, 0]
     raise InputDataError(f"{name}: expected H×W (Mono8) or H×W×3 (RGB8), got shape {image.shape}")
 
 
-def resize_rgb8(image: np.ndarray, size: int) -> np.ndarray:
-    """Squash to size×size: area averaging when shrinking (antialiased), bilinear when enlarging."""
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Squash to size×size, keeping the channels: area averaging when shrinking (antialiased),
+    bilinear when enlarging. Channels are resized independently, so resizing Mono8 and then
+    replicating equals replicating and then resizing, at a third of the work."""
     height, width = image.shape[:2]
     if height == 0 or width == 0:
         raise InputDataError(f"image: empty image of shape {image.shape}")
@@ -52,17 +53,42 @@ def resize_rgb8(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+def resize_rgb8(image: np.ndarray, size: int, name: str = "image") -> np.ndarray:
+    """Mono8/RGB8 of any size → size×size×3 RGB8 (what training caches and overlays show)."""
+    resized = resize_square(check_image(image, name), size)
+    return np.repeat(resized[:, :, None], 3, axis=2) if resized.ndim == 2 else resized
+
+
+@lru_cache(maxsize=8)
+def _lookup_table(spec: PreprocessSpec) -> np.ndarray:
+    """3×256 float32: (level/255 − mean)/std for every uint8 level and channel, evaluated in float32
+    step by step, as torchvision-style per-pixel arithmetic would (the training path's numbers)."""
+    levels = np.arange(256, dtype=np.float32)[None, :] * np.float32(1.0 / 255.0)
+    levels = levels - np.asarray(spec.mean, dtype=np.float32)[:, None]
+    levels /= np.asarray(spec.std, dtype=np.float32)[:, None]
+    return levels
+
+
+def normalize_into(resized: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -> None:
+    """size×size (Mono8) or size×size×3 (RGB8) → `out` (3×size×size float32), ImageNet-normalised.
+    A table lookup per channel (cv2.LUT, which releases the GIL): on the line this runs for every
+    frame, beside inference."""
+    table = _lookup_table(spec)
+    planes = [resized] * 3 if resized.ndim == 2 else cv2.split(resized)
+    for channel, plane in enumerate(planes):
+        out[channel] = cv2.LUT(plane, table[channel])
+
+
 def normalize(rgb8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """size×size×3 uint8 → 3×size×size float32, ImageNet-normalised."""
-    scaled = rgb8.astype(np.float32) * (1.0 / 255.0)
-    scaled -= np.asarray(spec.mean, dtype=np.float32)
-    scaled /= np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(scaled.transpose(2, 0, 1))
+    out = np.empty((3,) + rgb8.shape[:2], dtype=np.float32)
+    normalize_into(rgb8, spec, out)
+    return out
 
 
 def preprocess(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
     """A batch of Mono8/RGB8 images of any size → N×3×S×S float32."""
     batch = np.empty((len(images), 3, spec.image_size, spec.image_size), dtype=np.float32)
     for index, image in enumerate(images):
-        batch[index] = normalize(resize_rgb8(as_rgb8(image, f"image {index}"), spec.image_size), spec)
+        normalize_into(resize_square(check_image(image, f"image {index}"), spec.image_size), spec, batch[index])
     return batch

@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from edge.errors import InputDataError
+from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, preprocess
+
+SPEC = PreprocessSpec(64)
+
+
+def expected_level(level: int) -> np.ndarray:
+    return (level / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+
+
+@pytest.mark.parametrize("level", [0, 1, 128, 254, 255])
+def test_uniform_mono_image_normalises_to_the_imagenet_formula(level):
+    batch = preprocess([np.full((100, 80), level, np.uint8)], SPEC)
+    assert batch.shape == (1, 3, 64, 64) and batch.dtype == np.float32
+    assert np.allclose(batch[0].mean(axis=(1, 2)), expected_level(level), atol=1e-6)
+    assert np.ptp(batch[0], axis=(1, 2)).max() == 0
+
+
+def test_mono_and_its_replicated_rgb_give_identical_tensors():
+    mono = np.random.default_rng(0).integers(0, 256, (300, 500), dtype=np.uint8)
+    rgb = np.repeat(mono[:, :, None], 3, axis=2)
+    single_channel = mono[:, :, None]
+    reference = preprocess([rgb], SPEC)
+    assert np.array_equal(preprocess([mono], SPEC), reference)
+    assert np.array_equal(preprocess([single_channel], SPEC), reference)
+
+
+def test_rgb_channels_keep_their_order():
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 255, 0, 128
+    channels = preprocess([image], SPEC)[0, :, 0, 0]
+    assert np.allclose(channels, [expected_level(255)[0], expected_level(0)[1], expected_level(128)[2]], atol=1e-6)
+
+
+def test_shrinking_averages_areas_so_fine_detail_does_not_alias():
+    checkerboard = (np.indices((256, 256)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    red = preprocess([checkerboard], SPEC)[0, 0]
+    assert np.allclose(red, (127.5 / 255 - IMAGENET_MEAN[0]) / IMAGENET_STD[0], atol=0.01)
+
+
+def test_batch_of_different_sizes():
+    images = [np.zeros((30, 40), np.uint8), np.full((700, 500, 3), 255, np.uint8)]
+    batch = preprocess(images, SPEC)
+    assert np.allclose(batch[0].mean(axis=(1, 2)), expected_level(0), atol=1e-6)
+    assert np.allclose(batch[1].mean(axis=(1, 2)), expected_level(255), atol=1e-6)
+
+
+@pytest.mark.parametrize("image, expected", [
+    (np.zeros((8, 8), np.uint16), "dtype uint16"),
+    (np.zeros((8, 8, 4), np.uint8), "shape (8, 8, 4)"),
+    (np.zeros((0, 8), np.uint8), "empty image"),
+    ([[0, 1]], "dtype list"),
+])
+def test_bad_images_are_refused_with_what_was_expected(image, expected):
+    with pytest.raises(InputDataError, match="expected|empty") as error:
+        preprocess([np.zeros((8, 8), np.uint8), image], SPEC)
+    assert expected in str(error.value)
