@@ -13,6 +13,12 @@ Trouble maps onto the protocol in `edge.sources.base`:
 - any other failure while fetching (device removed, acquirer destroyed) → the device is lost:
   `SourceUnavailable` now, reconnection inside later `read()` calls with capped exponential
   backoff, settings re-applied, acquisition restarted.
+
+The daemon reads in its acquire thread but opens and closes in its main thread, and closes after
+a join that may time out. A close overlapping a read closed the GenTL producer under the fetch or
+the reconnect in progress (seen with viky: the fetch fails with ClosedException, the reconnect
+runs on a reset Harvester); so `open`, `read` and `close` hold one lock, and a closed source
+never touches GenTL again.
 """
 
 import difflib
@@ -235,6 +241,7 @@ class GenicamSource:
         self._harvester = None
         self._ia = None
         self._opened = False
+        self._gentl_lock = threading.Lock()
         self._last_frame_id = -1
         self._pending: deque[Frame] = deque()
         self._stats = self._new_stats()
@@ -323,7 +330,11 @@ class GenicamSource:
             log.debug("destroying image acquirer failed: %s", error)
 
     def open(self) -> None:
-        self.close()
+        with self._gentl_lock:
+            self._open()
+
+    def _open(self) -> None:
+        self._teardown()
         Harvester = import_harvesters()
         cti_files = resolve_cti_files(self.cti)
         self._harvester = Harvester()
@@ -336,7 +347,7 @@ class GenicamSource:
         try:
             self._connect()
         except BaseException:
-            self.close()
+            self._teardown()
             raise
         self._opened = True
 
@@ -369,6 +380,10 @@ class GenicamSource:
     # -- acquisition --------------------------------------------------------------------------
 
     def read(self, timeout_s: float) -> Frame:
+        with self._gentl_lock:
+            return self._read(timeout_s)
+
+    def _read(self, timeout_s: float) -> Frame:
         from genicam.gentl import TimeoutException
 
         if not self._opened:
@@ -468,6 +483,11 @@ class GenicamSource:
         return dict(self._stats)
 
     def close(self) -> None:
+        """Waits for a read in progress in another thread (at most its timeout plus one reconnect)."""
+        with self._gentl_lock:
+            self._teardown()
+
+    def _teardown(self) -> None:
         self._opened = False
         self._destroy(self._ia)
         self._ia = None

@@ -1,6 +1,8 @@
 """The genicam source and `hlgfa camera` against the real simulated GenTL producer (viky.cti)."""
 
 import json
+import threading
+import time
 
 import cv2
 import pytest
@@ -128,6 +130,40 @@ def test_device_loss_raises_unavailable_then_recovers(make_source):
     stats = source.stats()
     assert stats["lost"] == 1 and stats["reconnects"] == 1
     assert source.read(2.0).frame_id > frame.frame_id
+
+
+@pytest.mark.parametrize("unplugged", [False, True], ids=["fetching", "reconnecting"])
+def test_close_from_another_thread_waits_for_the_read_in_progress(make_source, unplugged):
+    """The daemon closes from its main thread while its acquire thread may still be in read()."""
+    source = make_source(device="0", settings={"AcquisitionFrameRate": 2}, reconnect_backoff_initial_s=0.3)
+    source.open()
+    outcomes = []
+
+    def reader():
+        if unplugged:
+            source.acquirer.destroy()
+        while True:
+            try:
+                source.read(2.0)
+                outcomes.append("frame")
+            except SourceUnavailable as error:
+                outcomes.append(str(error))
+                if "is not open" in str(error):
+                    return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    # Not needed for correctness, only to make the close likely to land inside a fetch (2 frames/s) or
+    # inside the reconnect backoff (0.3 s), where an unguarded close breaks the read.
+    time.sleep(0.2)
+    source.close()
+    thread.join(10.0)
+    assert not thread.is_alive(), outcomes
+    assert outcomes[-1].endswith("is not open")
+    allowed_before = ("frame", "image acquirer was destroyed", "next reconnect in") if unplugged else ("frame",)
+    assert all(any(word in outcome for word in allowed_before) for outcome in outcomes[:-1]), outcomes
+    assert source.acquirer is None
+    assert source.stats()["lost"] == int(unplugged)
 
 
 def test_camera_grab_writes_pngs_and_jsonl_that_replay(tmp_path, capsys):
