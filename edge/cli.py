@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from edge.errors import HlgfaError
 
@@ -44,11 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
-    except HlgfaError as error:
-        print(f"hlgfa {args.command}: error: {error}", file=sys.stderr)
+    except (HlgfaError, KeyboardInterrupt) as error:
+        return exit_status(args.command, error)
+
+
+def exit_status(command: str, error: BaseException) -> int:
+    """Report `error`, which ended `hlgfa COMMAND`, and return the status the process exits with:
+    an `HlgfaError`'s own code, 130 for Ctrl-C, and 1 with the traceback for anything else (a bug),
+    as the interpreter itself would."""
+    if isinstance(error, HlgfaError):
+        print(f"hlgfa {command}: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
+    if isinstance(error, KeyboardInterrupt):
         return 130
+    traceback.print_exception(error)
+    return 1
 
 
 if __name__ == "__main__":

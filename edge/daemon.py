@@ -10,7 +10,8 @@ The main thread owns signals and the watchdog: it pings systemd and sends heartb
 every stage is alive and none is stuck, so a hung stage makes both stop and the PLC bridge and
 systemd each fail safe on their own. SIGTERM/SIGINT: stop acquiring, finish the frames in flight
 (publishing a "shutdown" fault for any that cannot finish within drain_timeout_s), a last heartbeat,
-exit 0. SIGHUP: reload the thresholds file atomically (a file that fails to load or is bound to
+exit 0. A stage still inside a call past drain_timeout_s keeps the backend or source it uses open;
+`hlgfa run` (edge.daemon_cli) then ends the process without the interpreter's teardown. SIGHUP: reload the thresholds file atomically (a file that fails to load or is bound to
 another model keeps the old thresholds and is published as a fault).
 """
 
@@ -131,7 +132,7 @@ class Daemon:
             self.health = Health(config.camera, config.health.metrics_port, config.health.metrics_address)
             closers.append(self.health.close)
             backend = self._open_backend(info.model_hash)
-            closers.append(lambda: self.pipeline.backend.close() if self.pipeline else backend.close())
+            closers.append(lambda: self._close_unless_in_use(self.pipeline.backend if self.pipeline else backend, "infer"))
             source = build_source(config.source)
             if self.source_wrapper is not None:
                 source = self.source_wrapper(source)
@@ -142,7 +143,7 @@ class Daemon:
                 # An absent camera at start is the same condition as one lost later: report and retry.
                 source_open = False
                 log.warning("camera %s: source not available at start (%s); retrying", config.camera, error)
-            closers.append(source.close)
+            closers.append(lambda: self._close_unless_in_use(source, "acquire"))
             self.pipeline = Pipeline(
                 source, backend, lambda: self._open_backend(info.model_hash), spec, thresholds, self.publisher,
                 self.health, config.camera, info.model_hash, pipeline_options(config), source_open=source_open)
@@ -174,6 +175,17 @@ class Daemon:
                 except Exception as error:  # closing must go on: the other resources still need releasing
                     log.warning("camera %s: while closing: %s", config.camera, error)
         return code
+
+    def _close_unless_in_use(self, part, stage: str) -> None:
+        """Close `part` (the backend, the source) unless pipeline stage `stage` is still inside a call
+        on it, past the drain timeout: closing a session, device buffers or a camera under a running
+        call can crash the process, or block its exit behind a call that does not return. The
+        process exit releases such a part instead (see `edge.daemon_cli`)."""
+        if self.pipeline is not None and stage in self.pipeline.running_stages():
+            log.warning("camera %s: %s stage still inside a call; %s left open for the process exit to release",
+                        self.config.camera, stage, type(part).__name__)
+            return
+        part.close()
 
     def _loop(self, model_hash: str) -> int:
         pipeline, health, publisher = self.pipeline, self.health, self.publisher

@@ -7,10 +7,16 @@ command line without a flag list that drifts from the config models.
 
 import argparse
 import json
+import logging
+import os
 import sys
+import threading
 
+from edge.cli import exit_status
 from edge.config import DaemonConfig, build_config, parse_override
 from edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # flag dest → dotted config key
 _FLAG_KEYS = {
@@ -77,7 +83,37 @@ def _run_handler(args: argparse.Namespace) -> int:
 
     daemon = Daemon(config)
     daemon.install_signal_handlers()
-    return daemon.run()
+    ours_before = set(threading.enumerate())
+    try:
+        code = daemon.run()
+    except (Exception, KeyboardInterrupt) as error:
+        code = exit_status("run", error)
+    _leave_now_if_threads_remain({thread for thread in threading.enumerate() if thread not in ours_before}, code)
+    return code
+
+
+def _leave_now_if_threads_remain(threads: set, code: int) -> None:
+    """End the process with `code` at once when threads the daemon started are still alive.
+
+    Such a thread is still inside a call that outlasted the drain timeout: an onnxruntime or
+    TensorRT inference, a GenTL fetch. A normal exit finalises the interpreter under it; when the
+    call returns and the thread asks for the GIL, the interpreter ends it with pthread_exit, whose
+    unwinding through the library's C++ frames calls std::terminate, and the process dies with
+    SIGABRT instead of `code`. A supervisor would then count a clean stop as a crash. Everything
+    that matters has happened by now (every frame read has its decision, the last heartbeat and
+    the publisher's queue are flushed, the parts not in use are closed), so only the interpreter's
+    own teardown is skipped. This belongs here, at the process's entry point, not in `Daemon`:
+    a `Daemon` run inside another process (the tests) must not end that process.
+    """
+    alive = sorted(thread.name for thread in threads if thread.is_alive())
+    if not alive:
+        return
+    log.error("threads still running at exit: %s; exiting with %d without interpreter teardown",
+              ", ".join(alive), code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _check_handler(args: argparse.Namespace) -> int:

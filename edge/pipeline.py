@@ -150,6 +150,11 @@ class Pipeline:
         """Every stage has ended (the source ran out, max_frames, or a stop request)."""
         return all(stage.finished for stage in self._stages.values())
 
+    def running_stages(self) -> list[str]:
+        """Stages whose thread has not ended; after `finish()`, those still inside a call (an
+        inference, a camera read) that outlasted the drain timeout."""
+        return [stage.name for stage in self._stages.values() if stage.thread is not None and stage.thread.is_alive()]
+
     def finish(self, timeout_s: float) -> int:
         """Stop, let frames in flight finish for up to `timeout_s`, then fault whatever is left.
         Returns the number of frames faulted as "shutdown"."""

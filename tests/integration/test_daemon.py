@@ -1,12 +1,13 @@
 """`hlgfa run` end to end: real images, the tiny trained model, real sockets on random loopback ports.
 
 Most tests run the daemon in a thread of this process (one torch import, one model load); the signal
-test runs it as a subprocess and sends real SIGHUP/SIGTERM. The source is held back by a gate until
-the subscriber has seen a heartbeat, so no decision is published before the subscription is live
-(instead of sleeping and hoping).
+tests run it as a subprocess (`DaemonProcess`) and send real SIGHUP/SIGTERM. The source is held back
+by a gate until the subscriber has seen a heartbeat, so no decision is published before the
+subscription is live (instead of sleeping and hoping).
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,10 +32,14 @@ ROOT = Path(__file__).resolve().parents[2]
 RECV_S = 60.0  # generous: a loaded 2-core machine; a hang fails instead of blocking for ever
 
 
-def free_endpoint() -> str:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+        return sock.getsockname()[1]
+
+
+def free_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +99,21 @@ def calibrated(tmp_path_factory, tiny_model_dir, onnx_file, bare_backend, elpv_i
             "thresholds": load_thresholds(path, info.model_hash)}
 
 
+def receive_until(subscriber, messages: list, predicate, exit_code):
+    """Receive into `messages` until one satisfies `predicate`, and return it. `exit_code()` is the
+    daemon's exit status, None while it runs: a daemon that ended fails the wait at once."""
+    deadline = time.monotonic() + RECV_S
+    while time.monotonic() < deadline:
+        message = subscriber.recv(timeout=1.0)
+        if message is not None:
+            messages.append(message)
+            if predicate(message):
+                return message
+        elif (code := exit_code()) is not None:
+            raise AssertionError(f"daemon ended with {code} before the expected message")
+    raise AssertionError("expected message did not arrive within RECV_S")
+
+
 class GatedSource:
     """Delegates to the real source; read() waits until the test opens the gate."""
 
@@ -145,16 +165,8 @@ class Running:
         self.code = self.daemon.run()
 
     def _wait_for(self, predicate):
-        deadline = time.monotonic() + RECV_S
-        while time.monotonic() < deadline:
-            message = self.subscriber.recv(timeout=1.0)
-            if message is not None:
-                self.messages.append(message)
-                if predicate(message):
-                    return message
-            elif self.code is not None and not self.thread.is_alive():
-                raise AssertionError(f"daemon ended with {self.code} before the expected message")
-        raise AssertionError("expected message did not arrive within RECV_S")
+        return receive_until(self.subscriber, self.messages, predicate,
+                             lambda: None if self.thread.is_alive() else self.code)
 
     def collect_until_stopped(self) -> int:
         self._wait_for(lambda m: isinstance(m, wire.Heartbeat) and m.state == "stopping")
@@ -383,57 +395,120 @@ def test_thresholds_for_another_model_refuse_to_start(tmp_path, tiny_model_dir, 
     assert code == 78
 
 
+class DaemonProcess:
+    """`hlgfa run` as its own process (`python -m edge.cli`, what the console script runs) with a
+    subscriber on its PUB endpoint; `until(predicate)` collects messages until one matches."""
+
+    def __init__(self, tiny_model_dir, calibrated, thresholds: Path, *flags: str):
+        self.endpoint = free_endpoint()
+        self.subscriber = Subscriber(self.endpoint)
+        self.messages: list = []
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "run", "--model", str(tiny_model_dir), "--thresholds", str(thresholds),
+             "--publish", self.endpoint, "--backend", "onnxruntime", "--onnx", str(calibrated["onnx"]),
+             "--threads", "1", "--deadline-ms", "120000", *flags],
+            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+
+    def until(self, predicate):
+        return receive_until(self.subscriber, self.messages, predicate, self.process.poll)
+
+    def terminate(self) -> str:
+        """SIGTERM; wait for the exit; collect what is still buffered. Returns the daemon's stderr."""
+        self.process.send_signal(signal.SIGTERM)
+        _, stderr = self.process.communicate(timeout=RECV_S)
+        while (message := self.subscriber.recv(timeout=0.5)) is not None:
+            self.messages.append(message)
+        return stderr
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.subscriber.close()
+
+    def of(self, cls):
+        return [m for m in self.messages if isinstance(m, cls)]
+
+
 def test_signals_in_a_subprocess_sighup_invalid_then_sigterm_loses_nothing(tmp_path, tiny_model_dir, calibrated,
                                                                         line_images):
     path = tmp_path / "thresholds.json"
     write_json_atomic(path, calibrated["data"])
-    endpoint = free_endpoint()
-    subscriber = Subscriber(endpoint)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "run", "--model", str(tiny_model_dir), "--thresholds", str(path),
-         "--source", f"folder:{line_images}", "--publish", endpoint, "--backend", "onnxruntime",
-         "--onnx", str(calibrated["onnx"]), "--threads", "1",
-         "--deadline-ms", "120000", "--set", "source.loop=true", "--set", "source.fps=20"],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    messages = []
+    daemon = DaemonProcess(tiny_model_dir, calibrated, path, "--source", f"folder:{line_images}",
+                           "--set", "source.loop=true", "--set", "source.fps=20")
     try:
-        def until(predicate):
-            deadline = time.monotonic() + RECV_S
-            while time.monotonic() < deadline:
-                message = subscriber.recv(timeout=1.0)
-                if message is not None:
-                    messages.append(message)
-                    if predicate(message):
-                        return message
-                assert process.poll() is None or message is not None, f"daemon exited {process.returncode}"
-            raise AssertionError("expected message did not arrive")
-
-        until(lambda m: isinstance(m, wire.Decision) and m.frame_id >= 3)
+        daemon.until(lambda m: isinstance(m, wire.Decision) and m.frame_id >= 3)
         path.write_text("[]")
-        process.send_signal(signal.SIGHUP)
-        fault = until(lambda m: isinstance(m, wire.Fault))
+        daemon.process.send_signal(signal.SIGHUP)
+        fault = daemon.until(lambda m: isinstance(m, wire.Fault))
         assert fault.code == "thresholds_reload_failed"
-        target = fault_frame(messages) + 2
-        until(lambda m: isinstance(m, wire.Decision) and m.frame_id >= target)
-        process.send_signal(signal.SIGTERM)
-        until(lambda m: isinstance(m, wire.Heartbeat) and m.state == "stopping")
-        _, stderr = process.communicate(timeout=RECV_S)
+        target = fault_frame(daemon.messages) + 2
+        daemon.until(lambda m: isinstance(m, wire.Decision) and m.frame_id >= target)
+        stderr = daemon.terminate()
     finally:
-        if process.poll() is None:
-            process.kill()
-        subscriber.close()
-    assert process.returncode == 0, stderr
-    decisions = [m for m in messages if isinstance(m, wire.Decision)]
-    ids = [d.frame_id for d in decisions]
+        daemon.close()
+    assert daemon.process.returncode == 0, stderr
+    assert [h.state for h in daemon.of(wire.Heartbeat)][-1] == "stopping"
+    _every_read_frame_decided(daemon, stderr)
+    assert all(d.verdict != "fault" and d.thresholds_version == "t1" for d in daemon.of(wire.Decision))
+    assert "still running at exit" not in stderr
+
+
+def _every_read_frame_decided(daemon: DaemonProcess, stderr: str) -> None:
+    """Every frame the daemon says it read has exactly one decision on the wire."""
+    ids = [d.frame_id for d in daemon.of(wire.Decision)]
     # A SUB socket may join after the first frame or two (the daemon is another process, with no
     # hook to hold its source back): from the first decision received on, nothing may be missing.
     assert ids[0] <= 2 and ids == list(range(ids[0], ids[0] + len(ids))), "lost or duplicated decisions"
-    assert sum(subscriber.lost.values()) == 0
-    assert all(d.verdict != "fault" and d.thresholds_version == "t1" for d in decisions)
+    assert sum(daemon.subscriber.lost.values()) == 0
     read = ids[-1] + 1
     assert f"stopped after {read} frames read, {read} decided" in stderr
+
+
+def test_sigterm_while_inference_runs_past_the_drain_timeout_exits_0_not_abort(tiny_model_dir, calibrated,
+                                                                            line_images):
+    """Frames are read faster than the model infers them, so large queues fill; at SIGTERM that backlog
+    (seconds of inference) outlasts drain_timeout_s, and the daemon exits while its infer stage is
+    still calling onnxruntime's session.run. Left to the interpreter, that thread is ended by
+    pthread_exit on its way back to the GIL and onnxruntime's C++ frames turn this into
+    std::terminate: SIGABRT (-6) instead of 0."""
+    port = free_port()
+    daemon = DaemonProcess(tiny_model_dir, calibrated, calibrated["path"], "--source", f"folder:{line_images}",
+                           "--set", "source.loop=true", "--overload", "block", "--set", "publish.maps=false",
+                           "--set", "pipeline.acquire_queue=200", "--set", "pipeline.infer_queue=200",
+                           "--set", "pipeline.drain_timeout_s=0.2", "--metrics-port", str(port))
+    try:
+        daemon.until(lambda m: isinstance(m, wire.Decision))
+        _wait_for_queue_depth(port, "infer", 190)
+        _wait_for_queue_depth(port, "preprocess", 190)
+        stderr = daemon.terminate()
+    finally:
+        daemon.close()
+    assert daemon.process.returncode == 0, stderr
+    _every_read_frame_decided(daemon, stderr)
+    shutdown = [d for d in daemon.of(wire.Decision) if d.verdict == "fault"]
+    assert shutdown and all(d.reason.startswith("shutdown:") for d in shutdown)
+    assert "threads still running at exit: infer-cam0" in stderr
+    # The backend stays open under the running inference: closed, the stage would fail on it and
+    # restart it in the middle of the shutdown.
+    assert [f.code for f in daemon.of(wire.Fault) if f.frame_id is None] == []
+
+
+def _wait_for_queue_depth(port: int, stage: str, depth: int) -> None:
+    """Until the daemon's metrics show at least `depth` frames waiting for `stage`."""
+    import urllib.request
+
+    line = re.compile(rf'^hlgfa_queue_depth{{stage="{stage}"}} ([0-9.e+]+)$', re.M)
+    deadline = time.monotonic() + RECV_S
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            found = line.search(response.read().decode())
+        if found and float(found.group(1)) >= depth:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the {stage} queue never held {depth} frames")
 
 
 def fault_frame(messages) -> int:
