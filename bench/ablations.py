@@ -30,6 +30,7 @@ TRAINING_VARIANTS = {
     "2 epochs": {"epochs": 2},
 }
 INFERENCE_VARIANTS = {
+    "cosine discrepancy (the paper's), not whitened": {"config_overrides": {"discrepancy": "cosine"}},
     "no reliability weighting": {"config_overrides": {"use_reliability": False}},
     "reliability weighting forced to strength 1": {"reliability_strength": 1.0},
     "no level weighting (plain mean of levels)": {"level_weighting": False},

@@ -286,7 +286,11 @@ def main():
     parser.add_argument("--soak-frames", type=int, default=100_000)
     parser.add_argument("--soak-fps", type=float, default=2000)
     parser.add_argument("--skip-soak", action="store_true")
+    parser.add_argument("--switch-interval-ms", type=float,
+                        help="Python's GIL switch interval for this run (default: the interpreter's, 5 ms)")
     args = parser.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1000)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from edge.model_dir import load_model_info
     from edge.thresholds import Thresholds, write_json_atomic
@@ -301,7 +305,7 @@ def main():
         thresholds = work / "thresholds.json"
         write_json_atomic(thresholds, Thresholds(model_hash=info.model_hash, image_threshold=1.0, version="b").to_dict())
         out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-               "load_average": os.getloadavg()}
+               "load_average": os.getloadavg(), "switch_interval_ms": sys.getswitchinterval() * 1000}
         fps_bare, infer_ms = bare_fps(model, onnx, images, args.frames)
         out["bare"] = {"fps": round(fps_bare, 1), "infer_ms_median": round(infer_ms, 3)}
         through = run_daemon(model, onnx, thresholds, images, args.frames, None)

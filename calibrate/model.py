@@ -39,6 +39,12 @@ class HLGFAConfig:
     # Standardise every backbone channel with its mean/std over normal images before alignment:
     # otherwise a few high-magnitude channels dominate the cosine and the rest are never compared.
     standardize_features: bool = False
+    # How the refined LR features and the HR features are compared, per position:
+    # "whitened": Mahalanobis distance of the alignment error (HR − refined LR) under its own mean
+    #   and covariance at that position, fitted on normal images — which channels legitimately
+    #   disagree, and by how much, differs across the part (edges, borders, texture direction);
+    # "cosine": 1 − cosine similarity, the paper's discrepancy (kept for the ablation).
+    discrepancy: str = "whitened"
     use_reliability: bool = True
     # "gradient": reliability falls where the structure prior's local gradient is high.
     # "learned": a small head on the structure prior predicts, from normal images, the
@@ -57,6 +63,8 @@ class HLGFAConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "HLGFAConfig":
         data = dict(data)
+        # Model directories written before the whitened discrepancy existed used the cosine.
+        data.setdefault("discrepancy", "cosine")
         data["strides"] = tuple(data["strides"])
         data["structure_dilations"] = tuple(data["structure_dilations"])
         return cls(**data)
@@ -80,8 +88,13 @@ class FittedConstants:
 class LevelAligner(nn.Module):
     """Refines LR features towards HR features at one level, guided by thin HR priors."""
 
-    def __init__(self, channels: int, config: HLGFAConfig):
+    def __init__(self, channels: int, config: HLGFAConfig, grid: int):
         super().__init__()
+        if config.discrepancy == "whitened":
+            # Fitted on normal images after training (train.fit_error_statistics); saved with the
+            # weights, so the model hash covers them. Identity until fitted.
+            self.register_buffer("error_mean", torch.zeros(channels, grid, grid))
+            self.register_buffer("error_precision", torch.eye(channels).repeat(grid * grid, 1, 1))
         self.use_structure = config.use_structure
         self.detail_channels = config.detail_channels
         if self.use_structure:
@@ -153,6 +166,15 @@ def local_instability(structure: torch.Tensor) -> torch.Tensor:
     return (grad_x.abs() + grad_y.abs()).mean(dim=1, keepdim=True)
 
 
+def whitened_distance(error: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Mahalanobis norm per position: error N×C×h×w, mean C×h×w, precision (h·w)×C×C → N×h×w.
+    One batched matrix product over positions (exports as MatMul)."""
+    batch, channels, height, width = error.shape
+    centred = (error - mean).flatten(2).permute(2, 0, 1)  # positions × N × C
+    squared = (torch.matmul(centred, precision) * centred).sum(dim=2)  # positions × N
+    return squared.clamp(min=0).sqrt().permute(1, 0).reshape(batch, height, width)
+
+
 class HLGFA(nn.Module):
     """HR batch (N×3×S×S, ImageNet-normalised) → (anomaly map N×S×S, image score N)."""
 
@@ -162,7 +184,10 @@ class HLGFA(nn.Module):
             raise ValueError(f"backbone taps strides {backbone.strides}, the config asks for {config.strides}")
         self.backbone = backbone
         self.config = config
-        self.aligners = nn.ModuleList(LevelAligner(backbone.channels[s], config) for s in config.strides)
+        if config.discrepancy not in ("whitened", "cosine"):
+            raise ValueError(f"discrepancy {config.discrepancy!r}: expected 'whitened' or 'cosine'")
+        self.aligners = nn.ModuleList(LevelAligner(backbone.channels[s], config, config.image_size // s)
+                                      for s in config.strides)
         sigma = config.smoothing_sigma * config.image_size / 256
         self.register_buffer("smoothing_kernel", gaussian_kernel1d(sigma), persistent=False)
         self.fitted = fitted or FittedConstants()
@@ -200,9 +225,9 @@ class HLGFA(nn.Module):
         size = images.shape[-2:]
         scales = self.fitted.level_scale or [1.0] * len(hr)
         discrepancies = [
-            F.interpolate((1 - F.cosine_similarity(r, h, dim=1)).unsqueeze(1) / scale, size=size, mode="bilinear",
+            F.interpolate(self.discrepancy(aligner, r, h).unsqueeze(1) / scale, size=size, mode="bilinear",
                           align_corners=False)
-            for r, h, scale in zip(refined, hr, scales)]
+            for aligner, r, h, scale in zip(self.aligners, refined, hr, scales)]
         instability = None
         if self.learned_reliability:
             instability = torch.stack([
@@ -213,6 +238,12 @@ class HLGFA(nn.Module):
                 F.interpolate(local_instability(s), size=size, mode="bilinear", align_corners=False) / scale
                 for s, scale in zip(structures, self.fitted.instability_scale)]).mean(dim=0)
         return discrepancies, instability
+
+    def discrepancy(self, aligner: LevelAligner, refined: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        """N×h×w: how far the refined LR features are from the HR features at each position."""
+        if self.config.discrepancy == "cosine":
+            return 1 - F.cosine_similarity(refined, hr, dim=1)
+        return whitened_distance(hr - refined, aligner.error_mean, aligner.error_precision)
 
     def smooth(self, maps: torch.Tensor) -> torch.Tensor:
         kernel = self.smoothing_kernel

@@ -88,10 +88,47 @@ def fit_feature_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpe
     model.fitted.feature_std = [[round(float(v), 7) for v in s] for s in stds]
 
 
+# Covariance shrinkage towards its mean variance: a position's covariance is estimated from as
+# many vectors as there are normal images, fewer than it has entries at the deeper level.
+ERROR_SHRINKAGE = 0.01
+
+
+@torch.no_grad()
+def fit_error_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> None:
+    """Per level and position: mean and (shrunk) inverse covariance of the alignment error
+    HR − refined LR over normal images — what the whitened discrepancy measures against."""
+    if model.config.discrepancy != "whitened":
+        return
+    sums, outer, count = None, None, 0
+    for start in range(0, len(images), batch_size):
+        hr, lr = model.features(to_batch(images[start:start + batch_size], spec))
+        refined, _ = model.align(hr, lr)
+        errors = [(h - r).double() for h, r in zip(hr, refined)]
+        batch_sums = [e.sum(dim=0) for e in errors]
+        batch_outer = [torch.einsum("nchw,ndhw->hwcd", e, e) for e in errors]
+        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
+        outer = batch_outer if outer is None else [a + b for a, b in zip(outer, batch_outer)]
+        count += len(errors[0])
+    if count < 2:
+        raise InputDataError(f"fitting the alignment error statistics: {count} normal images, need at least 2")
+    for aligner, total, products in zip(model.aligners, sums, outer):
+        channels, height, width = total.shape
+        mean = total / count
+        per_position = mean.permute(1, 2, 0)  # h × w × C
+        covariance = (products - count * per_position[..., :, None] * per_position[..., None, :]) / (count - 1)
+        covariance = covariance.reshape(height * width, channels, channels)
+        mean_variance = torch.diagonal(covariance, dim1=1, dim2=2).mean(dim=1)
+        identity = torch.eye(channels, dtype=covariance.dtype)
+        covariance = covariance + (ERROR_SHRINKAGE * mean_variance + 1e-12)[:, None, None] * identity
+        aligner.error_mean.copy_(mean.float())
+        aligner.error_precision.copy_(torch.linalg.inv(covariance).float())
+
+
 @torch.no_grad()
 def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int,
                   level_weighting: bool = True) -> FittedConstants:
-    """Fitted from normal images only, after training:
+    """Fitted from normal images only, after training (the alignment error statistics first, on
+    every training image, by `fit_error_statistics`):
 
     1. per-level mean discrepancy (levels are combined scale-free);
     2. per-level mean structure instability (the reliability weight is scale-free);
@@ -105,8 +142,8 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
     for batch in batches:
         hr, lr = model.features(batch)
         refined, structures = model.align(hr, lr)
-        levels = [float((1 - torch.nn.functional.cosine_similarity(r, h, dim=1)).mean()) * len(batch)
-                  for r, h in zip(refined, hr)]
+        levels = [float(model.discrepancy(aligner, r, h).mean()) * len(batch)
+                  for aligner, r, h in zip(model.aligners, refined, hr)]
         level_sums = levels if level_sums is None else [a + b for a, b in zip(level_sums, levels)]
         if model.config.use_structure:
             sums = [float(local_instability(s).mean()) * len(batch) for s in structures]
@@ -198,6 +235,7 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
         history.append(total / len(images))
         log.info("epoch %d/%d: alignment loss %.5f", epoch + 1, epochs, history[-1])
     model.eval()
+    fit_error_statistics(model, images, spec, batch_size)
     fit_images = images[np.random.default_rng(seed).permutation(len(images))[:min(len(images), 64)]]
     fitted = fit_constants(model, fit_images, spec, batch_size, level_weighting)
     training = {
@@ -218,14 +256,24 @@ def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | No
     from calibrate.model_io import load_model
 
     model, info = load_model(model_dir)
-    model.config = replace(model.config, **(config_overrides or {}))
+    config = replace(model.config, **(config_overrides or {}))
+    if config.discrepancy != model.config.discrepancy:
+        # The whitened discrepancy carries its statistics as buffers: rebuild, keep the trained weights.
+        rebuilt = HLGFA(model.backbone, config, model.fitted)
+        missing, unexpected = rebuilt.aligners.load_state_dict(model.aligners.state_dict(), strict=False)
+        if any(not key.rsplit(".", 1)[-1].startswith("error_") for key in missing + unexpected):
+            raise ConfigError(f"refit of {model_dir}: weights do not match the architecture ({missing + unexpected})")
+        model = rebuilt.eval()
+    model.config = config
     training = dict(info.description["training"])
     folder = training_folder(training["data"])
     names = set(training["train_files"])
     paths = [p for p in list_images(folder) if p.name in names]
     images = load_resized(paths, model.config.image_size)
+    spec = PreprocessSpec(model.config.image_size)
+    fit_error_statistics(model, images, spec, batch_size)
     fit_images = images[np.random.default_rng(training["seed"]).permutation(len(images))[:min(len(images), 64)]]
-    fit_constants(model, fit_images, PreprocessSpec(model.config.image_size), batch_size, level_weighting)
+    fit_constants(model, fit_images, spec, batch_size, level_weighting)
     if reliability_strength is not None:
         model.fitted.reliability_strength = reliability_strength
     training["refit_from"] = info.model_hash

@@ -5,9 +5,9 @@ torch = pytest.importorskip("torch")
 
 from calibrate.augment import add_point_noise, add_stripe_noise  # noqa: E402
 from calibrate.backbones import build_backbone  # noqa: E402
-from calibrate.model import HLGFA, HLGFAConfig  # noqa: E402
+from calibrate.model import HLGFA, HLGFAConfig, whitened_distance  # noqa: E402
 from calibrate.model_io import load_model  # noqa: E402
-from calibrate.train import train  # noqa: E402
+from calibrate.train import ERROR_SHRINKAGE, fit_error_statistics, to_batch, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,55 @@ def test_model_directory_round_trips(tiny_model_dir):
     with torch.no_grad():
         maps, scores = model(torch.zeros(1, 3, 128, 128))
     assert maps.shape == (1, 128, 128)
+
+
+def test_whitened_distance_is_the_mahalanobis_norm_at_each_position():
+    rng = np.random.default_rng(0)
+    batch, channels, height, width = 3, 5, 2, 4
+    error = rng.normal(size=(batch, channels, height, width))
+    mean = rng.normal(size=(channels, height, width))
+    factors = rng.normal(size=(height * width, channels, channels))
+    precision = factors @ factors.transpose(0, 2, 1) + np.eye(channels)
+    got = whitened_distance(*(torch.from_numpy(a).float() for a in (error, mean, precision))).numpy()
+    for n in range(batch):
+        for y in range(height):
+            for x in range(width):
+                v = error[n, :, y, x] - mean[:, y, x]
+                assert np.isclose(got[n, y, x], np.sqrt(v @ precision[y * width + x] @ v), rtol=1e-4)
+
+
+def test_error_statistics_are_the_mean_and_shrunk_inverse_covariance_of_normal_errors(elpv_images):
+    from calibrate.dataset import read_image
+    from edge.preprocess import PreprocessSpec, resize_rgb8
+
+    model = HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(image_size=64)).eval()
+    spec = PreprocessSpec(64)
+    images = np.stack([resize_rgb8(read_image(p), 64) for p in elpv_images["good"][:12]])
+    fit_error_statistics(model, images, spec, batch_size=5)
+    with torch.no_grad():
+        hr, lr = model.features(to_batch(images, spec))
+        refined, _ = model.align(hr, lr)
+    for aligner, h, r in zip(model.aligners, hr, refined):
+        errors = (h - r).double().numpy()  # N × C × h × w
+        assert np.allclose(aligner.error_mean.numpy(), errors.mean(axis=0), atol=1e-4)
+        channels = errors.shape[1]
+        vectors = errors[:, :, 1, 2]  # one position: row 1, column 2
+        covariance = np.cov(vectors, rowvar=False)
+        covariance += ERROR_SHRINKAGE * np.trace(covariance) / channels * np.eye(channels)
+        position = 1 * errors.shape[3] + 2
+        assert np.allclose(aligner.error_precision[position].numpy(), np.linalg.inv(covariance), rtol=1e-3, atol=1e-3)
+
+
+def test_whitened_map_is_low_on_the_normals_it_was_fitted_on_and_high_on_defects(tiny_model_dir, elpv_images):
+    from calibrate.dataset import read_image
+    from edge.preprocess import preprocess
+
+    model, info = load_model(tiny_model_dir)
+    assert info.description["architecture"]["discrepancy"] == "whitened"
+    trained = set(info.description["training"]["train_files"])
+    good = [p for p in elpv_images["good"] if p.name in trained][:8]
+    with torch.no_grad():
+        _, good_scores = model(torch.from_numpy(preprocess([read_image(p) for p in good], info.preprocess)))
+        _, defect_scores = model(torch.from_numpy(preprocess([read_image(p) for p in elpv_images["defect"][:8]],
+                                                             info.preprocess)))
+    assert float(defect_scores.median()) > float(good_scores.median())

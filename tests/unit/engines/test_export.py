@@ -46,8 +46,10 @@ def test_graph_passes_checker_and_carries_metadata(exported, tiny_model_dir):
     assert meta["hlgfa.precision"] == "fp32"
     assert meta["hlgfa.max_batch"] == "4"
     assert json.loads(meta["hlgfa.preprocess"]) == info.description["preprocess"]
-    # The constant-folding pass left no run-time computation of pads.
-    assert {node.op_type for node in proto.graph.node}.isdisjoint({"Constant", "ConstantOfShape", "Identity", "Transpose"})
+    # The constant-folding pass left nothing to compute from constants alone at run time (pads, shapes).
+    assert {node.op_type for node in proto.graph.node}.isdisjoint({"Constant", "ConstantOfShape", "Identity"})
+    constants = {init.name for init in proto.graph.initializer}
+    assert not [node.name for node in proto.graph.node if node.input and set(node.input) <= constants]
     # The backbone's zero "same" pads are fused into its convs: no Pad feeds a Conv any more. What is
     # left pads the smoothing (reflect) and the structure gradient (one row or column of zeros).
     pads = [node for node in proto.graph.node if node.op_type == "Pad"]
@@ -77,8 +79,12 @@ def test_fp16_graph_is_mixed_precision_with_fp32_io_and_close(exported, tiny_mod
     onnx.checker.check_model(proto, full_check=True)
     assert metadata_of(proto)["hlgfa.precision"] == "fp16"
     assert io_signature(proto) == io_signature(onnx.load(exported["fp32"]))
-    half = [i for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
-    assert sum(np.prod(i.dims) for i in half) > 0.9 * sum(np.prod(i.dims) for i in proto.graph.initializer)
+    # Every weight of the backbone and the aligners is FP16; the fitted error statistics feed the FP32 tail.
+    kinds = {i.name: i.data_type for i in proto.graph.initializer}
+    half_inputs = {name for node in proto.graph.node if node.name.startswith(("/backbone/", "/aligners."))
+                   for name in node.input if name in kinds}
+    half_kinds = [kinds[name] for name in half_inputs]
+    assert onnx.TensorProto.FLOAT16 in half_kinds and onnx.TensorProto.FLOAT not in half_kinds
     # The cosine/smoothing/score tail stays FP32: the reductions read FP32 tensors.
     casts_to_fp32 = [n for n in proto.graph.node if n.op_type == "Cast"
                      and n.attribute[0].i == onnx.TensorProto.FLOAT]
