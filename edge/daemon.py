@@ -162,7 +162,8 @@ class Daemon:
                 if self.pipeline.fatal is not None and code == 0:
                     code = self.pipeline.fatal[0]
                 try:
-                    self.publisher.heartbeat(self.pipeline.counters(), state="stopping")
+                    self.publisher.heartbeat(self.pipeline.counters(), state="stopping",
+                                             source=self.pipeline.source_status())
                 except HlgfaError as error:
                     log.error("camera %s: last heartbeat not sent: %s", config.camera, error)
                 counters = self.pipeline.counters()
@@ -199,7 +200,7 @@ class Daemon:
             healthy, problems = pipeline.health_state()
             if healthy:
                 health.tick()
-                publisher.maybe_heartbeat(pipeline.counters())
+                publisher.maybe_heartbeat(pipeline.counters(), pipeline.source_status())
             else:
                 # No more watchdog pings or heartbeats: systemd and the PLC bridge both fail safe.
                 log.error("camera %s: pipeline unhealthy: %s", self.config.camera, "; ".join(problems))

@@ -12,7 +12,8 @@ in the ledger is published as a fault ("shutdown"): nothing read is ever silentl
 
 Fault kinds (also the `reason_kind` label of `hlgfa_faults_total`): frame_error, preprocess,
 overload, deadline, backend, decide, shutdown. Faults not tied to a frame go to the fault topic:
-source_unavailable, backend_restarted, stage_stalled, thresholds_reload_failed.
+source_unavailable, backend_restarted, stage_stalled, thresholds_reload_failed. A triggered camera
+waiting for its trigger (`SourceIdle`) is not a fault: `source_status()` shows it in the heartbeats.
 
 Decisions are published in the order they are concluded, which is frame order except where a fault
 overtakes earlier frames (an overload fault is published at once): the header's frame id is the key.
@@ -34,7 +35,7 @@ from edge import wire
 from edge.decide import FAULT, OK, REJECT, decide
 from edge.frame import Frame
 from edge.preprocess import PreprocessSpec, preprocess
-from edge.sources.base import FrameError, SourceExhausted, SourceUnavailable
+from edge.sources.base import FrameError, SourceExhausted, SourceIdle, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ class Pipeline:
         self._counts = {"frames": 0, OK: 0, REJECT: 0, FAULT: 0, "dropped": 0}
         self.reads = 0
         self.fatal: tuple[int, str] | None = None  # (exit code, reason) once the pipeline cannot go on
-        self.source_available = True
+        self.source_state = "delivering"  # of the last read: see wire.SourceStatus
+        self._last_frame_at = time.monotonic()
         self.restarts: deque = deque()
         self._stages = {name: _Stage(name) for name in ("acquire", "preprocess", "infer", "output")}
         self._stalled_reported: set = set()
@@ -199,6 +201,9 @@ class Pipeline:
                     self._stalled_reported.add(stage.name)
                     self.report_fault("stage_stalled", problems[-1])
         return not problems, problems
+
+    def source_status(self) -> wire.SourceStatus:
+        return wire.SourceStatus(self.source_state, round(time.monotonic() - self._last_frame_at, 3))
 
     def queue_depths(self) -> dict[str, int]:
         return {"preprocess": self._pre_q.qsize(), "infer": self._infer_q.qsize(), "output": self._out_q.qsize()}
@@ -303,28 +308,37 @@ class Pipeline:
                 except SourceExhausted:
                     log.info("camera %s: source ended after %d frames", self.camera, self.reads)
                     break
+                except SourceIdle:
+                    # A triggered camera with no part before it, which answered: no fault, or a line
+                    # stopped for a break would flood the fault topic. Heartbeats show the idle time.
+                    stage.busy_since = None
+                    self._source_back("idle")
+                    continue
                 except SourceUnavailable as error:
                     stage.busy_since = None
                     now = time.monotonic()
-                    if self.source_available or last_fault is None or now - last_fault >= self.options.source_fault_repeat_s:
+                    if self.source_state != "unavailable" or now - last_fault >= self.options.source_fault_repeat_s:
                         self.report_fault("source_unavailable", str(error))
                         last_fault = now
-                    self.source_available = False
+                    self.source_state = "unavailable"
                     if not self._source_open:
                         self._stop.wait(backoff)
                         backoff = min(backoff * 2, 10.0)
                     continue
                 stage.busy_since = None
-                if not self.source_available:
-                    log.info("camera %s: source delivers frames again", self.camera)
-                    self.source_available = True
-                    last_fault = None
+                self._last_frame_at = time.monotonic()
+                self._source_back("delivering")
                 self.reads += 1
                 last_frame_id = frame.frame_id
                 self._pass_on(self._pre_q, self._register(frame), "acquire", "preprocess")
         finally:
             stage.busy_since = None
             self._put_end(self._pre_q)
+
+    def _source_back(self, state: str) -> None:
+        if self.source_state == "unavailable":
+            log.info("camera %s: source is back (%s)", self.camera, state)
+        self.source_state = state
 
     def _preprocess(self, stage: _Stage) -> None:
         while True:

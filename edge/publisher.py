@@ -121,6 +121,7 @@ class Publisher:
         self._started_ns = time.monotonic_ns()
         self._next_heartbeat_ns = self._started_ns
         self._last_counters = wire.Counters()
+        self._last_source: wire.SourceStatus | None = None
         self._overruns = 0
         self._closed = False
         self._authenticator = None
@@ -207,7 +208,7 @@ class Publisher:
             self._handover([_PUB, *wire.encode(fault)])
         return fault
 
-    def maybe_heartbeat(self, counters: wire.Counters) -> bool:
+    def maybe_heartbeat(self, counters: wire.Counters, source: wire.SourceStatus | None = None) -> bool:
         """Send a heartbeat if one is due. Call on every pipeline iteration; cheap when none is due."""
         now = time.monotonic_ns()
         if now < self._next_heartbeat_ns:
@@ -217,17 +218,21 @@ class Publisher:
         self._next_heartbeat_ns += period_ns
         if self._next_heartbeat_ns <= now:
             self._next_heartbeat_ns = now + period_ns
-        self.heartbeat(counters)
+        self.heartbeat(counters, source=source)
         return True
 
-    def heartbeat(self, counters: wire.Counters | None = None, state: str = "running") -> wire.Heartbeat:
+    def heartbeat(self, counters: wire.Counters | None = None, state: str = "running",
+                  source: wire.SourceStatus | None = None) -> wire.Heartbeat:
+        """`counters` and `source` left out repeat the last ones given (the closing heartbeat)."""
         if counters is not None:
             self._last_counters = counters
+        if source is not None:
+            self._last_source = source
         with self._lock:
             beat = wire.Heartbeat(
                 self.camera, self.config.heartbeat_period_s, (time.monotonic_ns() - self._started_ns) / 1e9,
                 self._last_counters, seqs={k: v for k, v in self._seqs.items() if k != wire.HEARTBEAT},
-                state=state, reliable=self._reliable_stats, overruns=self._overruns)
+                state=state, reliable=self._reliable_stats, overruns=self._overruns, source=self._last_source)
             beat = self._stamp(beat)
             self._handover([_PUB, *wire.encode(beat)])
         return beat

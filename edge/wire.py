@@ -33,6 +33,7 @@ SCHEMA_VERSION = 1
 DECISION, MAP, HEARTBEAT, FAULT = "decision", "map", "heartbeat", "fault"
 KINDS = (DECISION, MAP, HEARTBEAT, FAULT)
 VERDICTS = ("ok", "reject", "fault")
+SOURCE_STATES = ("delivering", "idle", "unavailable")
 MAP_DTYPES = {"uint8": np.dtype("u1"), "float16": np.dtype("<f2")}
 
 _CAMERA_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -143,6 +144,17 @@ class Counters:
 
 
 @dataclass(frozen=True)
+class SourceStatus:
+    """What the camera did last: "delivering" (a frame, or no read has ended yet), "idle" (it waits
+    for a hardware trigger and answers: not a fault), "unavailable" (lost, or no frame where one was
+    due: the fault topic says why); and the seconds since its last frame (since the start, before the
+    first)."""
+
+    state: str
+    last_frame_age_s: float
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """Proof of life at a fixed period. `seqs` holds the last seq published on each other topic of this
     camera, so a subscriber also notices losses that no later message would reveal."""
@@ -158,6 +170,7 @@ class Heartbeat:
     session: str = ""
     seq: int = 0
     wall_ns: int = 0
+    source: SourceStatus | None = None  # optional: absent from publishers that predate it
 
 
 @dataclass(frozen=True)
@@ -287,6 +300,13 @@ def encode(message: Message) -> list[bytes]:
     body = {f.name: getattr(message, f.name) for f in fields(message)}
     if isinstance(message, Heartbeat):
         body["counters"] = asdict(message.counters)
+        if message.source is None:
+            del body["source"]
+        else:
+            if message.source.state not in SOURCE_STATES:
+                raise WireError(f"heartbeat of camera {message.camera!r}: source state {message.source.state!r}, "
+                                f"expected one of {', '.join(SOURCE_STATES)}")
+            body["source"] = asdict(message.source)
     if isinstance(message, Decision):
         if message.verdict not in VERDICTS:
             raise WireError(f"decision for camera {message.camera!r} frame {message.frame_id}: verdict "
@@ -409,12 +429,18 @@ def decode(frames: list[bytes]) -> Message:
         for key, value in seqs.items():
             if key not in KINDS or isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise WireError(f"{where}: seqs entry {key!r}: {value!r}, expected a kind → integer ≥ 0")
+        source = _field(header, "source", dict, where, optional=True)
+        if source is not None:
+            state = _field(source, "state", str, f"{where} source")
+            if state not in SOURCE_STATES:
+                raise WireError(f"{where}: source state {state!r}, expected one of {', '.join(SOURCE_STATES)}")
+            source = SourceStatus(state, float(_field(source, "last_frame_age_s", _NUMBER, f"{where} source")))
         return Heartbeat(period_s=float(_field(header, "period_s", _NUMBER, where)),
                          uptime_s=float(_field(header, "uptime_s", _NUMBER, where)),
                          counters=Counters(**counters), seqs=seqs,
                          state=_field(header, "state", str, where),
                          reliable=_field(header, "reliable", dict, where, optional=True),
-                         overruns=_field(header, "overruns", int, where), **common)
+                         overruns=_field(header, "overruns", int, where), source=source, **common)
     frame_id = _field(header, "frame_id", int, where, optional=True)
     return Fault(code=_field(header, "code", str, where), message=_field(header, "message", str, where),
                  frame_id=frame_id, **common)

@@ -1,6 +1,6 @@
 """The protocol every frame source implements, and how it reports trouble.
 
-`read()` returns the next `Frame` or raises one of the three exceptions below; the pipeline
+`read()` returns the next `Frame` or raises one of the four exceptions below; the pipeline
 turns each into exactly one published outcome, so nothing a source meets goes unreported:
 
 - `FrameError`: this one frame is broken (unreadable file, incomplete buffer, unsupported
@@ -8,6 +8,10 @@ turns each into exactly one published outcome, so nothing a source meets goes un
 - `SourceUnavailable`: the device is gone or timed out. The pipeline publishes a fault event
   and calls `read()` again; the source reconnects inside `read()` with capped exponential
   backoff, raising `SourceUnavailable` again until it is back.
+- `SourceIdle`: no frame within the timeout, and none was due: the camera waits for a hardware
+  trigger (no part on the line) and the device has just proved it is still there. Not a fault:
+  the pipeline reads again and shows the idle time in its heartbeats. Only a source that can tell
+  "no trigger" from "no camera" raises it; a timeout it cannot explain is `SourceUnavailable`.
 - `SourceExhausted`: a replay reached its end (and does not loop). The pipeline drains and stops.
 """
 
@@ -24,6 +28,10 @@ class FrameError(HlgfaError):
 
 
 class SourceUnavailable(SourceError):
+    pass
+
+
+class SourceIdle(HlgfaError):
     pass
 
 

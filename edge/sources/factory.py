@@ -42,12 +42,14 @@ class GenicamSourceConfig(_Config):
     device: str | int | None = None
     # Any GenICam feature → value, applied in order at start-up and after every reconnect.
     settings: dict[str, bool | int | float | str] = Field(default_factory=dict)
+    # "hardware": no frame within timeout_s is an idle line, not a fault, while the device answers
+    # (docs/CONFIG.md, "Idle line or lost camera"); "free"/"software": a frame was due, so a fault.
     trigger: Literal["free", "software", "hardware"] = "free"
     trigger_source: str = "Line0"
     buffers: int = Field(default=4, ge=1)
     # How long the pipeline waits in read() for one frame (the source itself takes it per call).
     timeout_s: float = Field(default=1.0, gt=0)
-    reconnect_after_timeouts: int = Field(default=3, ge=1)
+    reconnect_after_timeouts: int = Field(default=3, ge=1)  # free/software trigger only
     reconnect_backoff_initial_s: float = Field(default=0.1, gt=0)
     reconnect_backoff_max_s: float = Field(default=5.0, gt=0)
 

@@ -5,9 +5,13 @@ Each source owns one `Harvester`: reconnecting is `destroy()` → `update()` →
 drops out take its neighbours down with it.
 
 Trouble maps onto the protocol in `edge.sources.base`:
-- fetch timeout → `SourceUnavailable`; in free-run/software trigger, `reconnect_after_timeouts`
-  timeouts in a row mean the device is treated as lost. In hardware trigger an idle line is
-  normal, so timeouts alone never force a reconnect there.
+- fetch timeout in free-run/software trigger → `SourceUnavailable` (a frame was due);
+  `reconnect_after_timeouts` timeouts in a row mean the device is treated as lost.
+- fetch timeout in hardware trigger → `SourceIdle` when the device still answers a read of
+  TriggerMode, bypassing GenApi's cache, and it still reads "On": an idle line is normal, and it
+  may stay idle for hours. A device that does not answer, or that answers "Off" (it was power
+  cycled and lost our settings), is lost: reconnect, settings re-applied. A fetch timeout alone
+  cannot tell the two apart: many producers time out quietly on a pulled cable.
 - incomplete buffer → `FrameError` (harvesters discards the buffer and fetches on; we count the
   discard through its INCOMPLETE_BUFFER callback and report it before the next good frame).
 - any other failure while fetching (device removed, acquirer destroyed) → the device is lost:
@@ -35,7 +39,7 @@ from pathlib import Path
 from edge import pixel_formats
 from edge.errors import ConfigError, InputDataError
 from edge.frame import Frame
-from edge.sources.base import FrameError, SourceUnavailable
+from edge.sources.base import FrameError, SourceIdle, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -401,8 +405,10 @@ class GenicamSource:
             buffer = ia.fetch(timeout=timeout_s)
         except TimeoutException:
             self._stats["timeouts"] += 1
+            if self.trigger == "hardware":
+                raise self._idle_or_lost(ia, timeout_s) from None
             self._consecutive_timeouts += 1
-            if self.trigger != "hardware" and self._consecutive_timeouts >= self.reconnect_after_timeouts:
+            if self._consecutive_timeouts >= self.reconnect_after_timeouts:
                 raise self._lose(f"{self._consecutive_timeouts} fetch timeouts of {timeout_s} s in a row") from None
             raise SourceUnavailable(f"genicam source {self.source_id}: no frame within {timeout_s} s") from None
         except Exception as error:
@@ -427,6 +433,19 @@ class GenicamSource:
             self._stats["frame_errors"] += 1
             raise FrameError(f"genicam source {self.source_id}: {missed} incomplete buffer(s) discarded")
         return frame
+
+    def _idle_or_lost(self, ia, timeout_s: float) -> SourceIdle | SourceUnavailable:
+        """No hardware trigger within the timeout: idle if the device is still there and still armed."""
+        try:
+            # verify=False, ignore_cache=True: a register read from the device, not GenApi's cached value
+            mode = ia.remote_device.node_map.TriggerMode.to_string(False, True)
+        except Exception as error:
+            return self._lose(f"no frame within {timeout_s} s and the device does not answer "
+                              f"({type(error).__name__}: {error})")
+        if mode != "On":
+            return self._lose(f"no frame within {timeout_s} s and TriggerMode reads {mode!r}, not 'On' "
+                              "(the camera was reset?)")
+        return SourceIdle(f"genicam source {self.source_id}: no hardware trigger within {timeout_s} s")
 
     def _frame_from(self, buffer) -> Frame:
         """Copy and convert inside the fetch: the pixels belong to the producer until requeued."""

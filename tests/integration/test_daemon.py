@@ -6,6 +6,7 @@ by a gate until the subscriber has seen a heartbeat, so no decision is published
 subscription is live (instead of sleeping and hoping).
 """
 
+import math
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from edge.config import build_config
 from edge.daemon import Daemon
 from edge.decide import decide
 from edge.preprocess import preprocess
+from edge.sources.base import SourceIdle, SourceUnavailable
 from edge.subscriber import ReliableClient, Subscriber
 from edge.thresholds import RegionRule, Thresholds, load_thresholds, write_json_atomic
 
@@ -114,25 +116,54 @@ def receive_until(subscriber, messages: list, predicate, exit_code):
     raise AssertionError("expected message did not arrive within RECV_S")
 
 
-class GatedSource:
-    """Delegates to the real source; read() waits until the test opens the gate."""
+class WrappedSource:
+    """Delegates to the real source; the wrappers below change what read() does."""
 
-    def __init__(self, source, gate: threading.Event):
-        self._source, self._gate = source, gate
+    def __init__(self, source):
+        self.source = source
         self.source_id = source.source_id
 
     def open(self):
-        self._source.open()
+        self.source.open()
+
+    def read(self, timeout_s):
+        return self.source.read(timeout_s)
+
+    def stats(self):
+        return self.source.stats()
+
+    def close(self):
+        self.source.close()
+
+
+class GatedSource(WrappedSource):
+    """read() waits until the test opens the gate."""
+
+    def __init__(self, source, gate: threading.Event):
+        super().__init__(source)
+        self._gate = gate
 
     def read(self, timeout_s):
         assert self._gate.wait(RECV_S), "the test never opened the gate"
-        return self._source.read(timeout_s)
+        return self.source.read(timeout_s)
 
-    def stats(self):
-        return self._source.stats()
 
-    def close(self):
-        self._source.close()
+class QuietSource(WrappedSource):
+    """The line stops while `quiet` is set: each read waits out its timeout, then raises `silence`,
+    what the camera's source raises for it: `SourceIdle` for a camera waiting for its hardware
+    trigger (the genicam source with trigger = "hardware" while the device answers, see
+    tests/unit/edge/sources/test_sources_genicam.py), `SourceUnavailable` for a free-running one."""
+
+    def __init__(self, source, silence: type):
+        super().__init__(source)
+        self.silence = silence
+        self.quiet = threading.Event()
+
+    def read(self, timeout_s):
+        if self.quiet.is_set():
+            time.sleep(timeout_s)
+            raise self.silence(f"no frame within {timeout_s} s")
+        return self.source.read(timeout_s)
 
 
 class Running:
@@ -317,6 +348,62 @@ def test_overload_faults_frames_instead_of_dropping_them(tiny_model_dir, calibra
     assert overloaded and all(d.verdict == "fault" for d in overloaded)
     last = [h for h in run.of(wire.Heartbeat) if h.state == "stopping"][0]
     assert last.counters.dropped == len(overloaded) and last.counters.frames == 12
+
+
+def _line_stops(tiny_model_dir, calibrated, line_images, silence: type):
+    """A daemon on a looping 20 frames/s replay whose line stops at the test's word: reads time out
+    every 0.1 s, and a fault not tied to a frame would be repeated every 0.3 s."""
+    handle = {}
+
+    def wrap(source):
+        handle["source"] = QuietSource(source, silence)
+        return handle["source"]
+
+    run = Running(_base(tiny_model_dir, calibrated, line_images,
+                        source={"kind": "folder", "path": str(line_images), "loop": True, "fps": 20},
+                        **{"pipeline.read_timeout_s": 0.1, "pipeline.source_fault_repeat_s": 0.3}),
+                  source_wrapper=wrap)
+    run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= 2)
+    return run, handle["source"]
+
+
+def _source_is(state: str, older_than_s: float = 0.0, younger_than_s: float = math.inf):
+    return lambda m: (isinstance(m, wire.Heartbeat) and m.source.state == state
+                      and older_than_s <= m.source.last_frame_age_s < younger_than_s)
+
+
+def test_a_triggered_camera_waiting_for_parts_is_idle_not_a_fault(tiny_model_dir, calibrated, line_images):
+    run, source = _line_stops(tiny_model_dir, calibrated, line_images, SourceIdle)
+    source.quiet.set()
+    run._wait_for(_source_is("idle", older_than_s=1.5))
+    source.quiet.clear()
+    run._wait_for(_source_is("delivering", younger_than_s=0.5))
+    run.daemon.request_stop()
+    assert run.collect_until_stopped() == 0
+    assert run.of(wire.Fault) == [], "an idle line raised faults"
+    decisions = _one_decision_per_frame(run, range(run.daemon.pipeline.reads))
+    assert all(d.verdict != "fault" for d in decisions.values())
+    idle = [h.source.last_frame_age_s for h in run.of(wire.Heartbeat) if h.source.state == "idle"]
+    assert len(idle) >= 5 and idle == sorted(idle), "heartbeats did not show the idle time growing"
+
+
+def test_a_free_running_camera_that_stops_sending_is_a_repeated_fault(tiny_model_dir, calibrated, line_images):
+    run, source = _line_stops(tiny_model_dir, calibrated, line_images, SourceUnavailable)
+    source.quiet.set()
+    first = run._wait_for(lambda m: isinstance(m, wire.Fault))
+    second = run._wait_for(lambda m: isinstance(m, wire.Fault))
+    run._wait_for(_source_is("unavailable", older_than_s=0.3))
+    source.quiet.clear()
+    run._wait_for(_source_is("delivering", younger_than_s=0.5))
+    run.daemon.request_stop()
+    assert run.collect_until_stopped() == 0
+    faults = run.of(wire.Fault)
+    assert {(f.code, f.frame_id) for f in faults} == {("source_unavailable", None)}
+    assert "no frame within 0.1 s" in first.message
+    # Repeated at source_fault_repeat_s, not at every read timeout (host clock: allow a little jitter).
+    assert (second.wall_ns - first.wall_ns) / 1e9 >= 0.25
+    decisions = _one_decision_per_frame(run, range(run.daemon.pipeline.reads))
+    assert all(d.verdict != "fault" for d in decisions.values())
 
 
 def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken(
@@ -517,24 +604,20 @@ def fault_frame(messages) -> int:
 
 
 
-class UnpluggableSource:
-    """Delegates to the real genicam source; once `unplug` is set, the next read() first destroys the
+class UnpluggableSource(WrappedSource):
+    """Over the real genicam source: once `unplug` is set, the next read() first destroys the
     ImageAcquirer (what a pulled cable looks like from above harvesters). Done in the reading thread,
     so the destroy never races a fetch in progress. Remembers the last frame delivered before the
     unplug and the frames read after the reconnect: decisions for earlier frames may still be in
     flight when the loss is reported, so only these show that inspection resumed."""
 
     def __init__(self, source):
-        self.source = source
-        self.source_id = source.source_id
+        super().__init__(source)
         self.unplug = threading.Event()
         self.last_before_unplug = None
         self.read_after_reconnect: set[int] = set()
         self._last_delivered = None
         self._unplugged = False
-
-    def open(self):
-        self.source.open()
 
     def read(self, timeout_s):
         if self.unplug.is_set() and not self._unplugged:
@@ -546,12 +629,6 @@ class UnpluggableSource:
         if self._unplugged and self.source.stats()["reconnects"]:
             self.read_after_reconnect.add(frame.frame_id)
         return frame
-
-    def stats(self):
-        return self.source.stats()
-
-    def close(self):
-        self.source.close()
 
 
 @pytest.mark.genicam

@@ -19,10 +19,11 @@ def _decision(**overrides) -> wire.Decision:
     return wire.Decision(**values)
 
 
-def _heartbeat() -> wire.Heartbeat:
+def _heartbeat(source: wire.SourceStatus | None = None) -> wire.Heartbeat:
     return wire.Heartbeat("cam1", 1.0, 12.5, wire.Counters(frames=10, ok=7, reject=2, fault=1, dropped=0),
                           seqs={"decision": 10, "map": 10, "fault": 1}, state="running",
-                          reliable={"pending": 0, "capacity": 1000}, overruns=0, session=SESSION, seq=9, wall_ns=5)
+                          reliable={"pending": 0, "capacity": 1000}, overruns=0, session=SESSION, seq=9, wall_ns=5,
+                          source=source)
 
 
 @pytest.mark.parametrize("message", [
@@ -30,6 +31,7 @@ def _heartbeat() -> wire.Heartbeat:
     _decision(verdict="ok", reason=""),
     _decision(verdict="fault", reason="backend timeout", score=None, threshold=None),
     _heartbeat(),
+    _heartbeat(wire.SourceStatus("idle", 312.5)),
     wire.Fault("cam1", "camera_lost", "no frame for 2 s", None, SESSION, 1, 7),
     wire.Fault("cam1", "backend_error", "CUDA error", 12, SESSION, 2, 7),
 ])
@@ -116,6 +118,33 @@ def _with_header(**changes):
         else:
             header[key] = value
     return [frames[0], json.dumps(header).encode()]
+
+
+def test_a_heartbeat_without_source_status_is_what_publishers_before_it_sent():
+    """`source` is an optional field added within schema 1: older headers lack it and still decode."""
+    frames = wire.encode(_heartbeat())
+    assert "source" not in json.loads(frames[1])
+    assert wire.decode(frames).source is None
+    with_source = json.loads(wire.encode(_heartbeat(wire.SourceStatus("delivering", 0.02)))[1])
+    assert with_source["schema"] == 1 and with_source["source"] == {"state": "delivering", "last_frame_age_s": 0.02}
+
+
+@pytest.mark.parametrize("source, expected", [
+    ({"state": "asleep", "last_frame_age_s": 1.0}, "source state 'asleep', expected one of delivering, idle"),
+    ({"state": "idle"}, "source: header lacks field 'last_frame_age_s'"),
+    ("idle", "field 'source' is 'idle'"),
+])
+def test_a_heartbeat_with_a_malformed_source_status_is_refused(source, expected):
+    frames = wire.encode(_heartbeat())
+    header = json.loads(frames[1])
+    header["source"] = source
+    with pytest.raises(WireError, match=expected):
+        wire.decode([frames[0], json.dumps(header).encode()])
+
+
+def test_an_unknown_source_state_is_not_encoded():
+    with pytest.raises(WireError, match="source state 'asleep'"):
+        wire.encode(_heartbeat(wire.SourceStatus("asleep", 1.0)))
 
 
 def _map_frames():
