@@ -33,7 +33,9 @@ class TorchHalfSplit:
         self._torch = torch
         model, info = load_model(model_dir)
         backbone = model.backbone.half()
-        model.aligners.half()
+        # Weights in half; the fitted error statistics stay FP32, as in the FP16 graph (they feed its FP32 tail).
+        for parameter in model.aligners.parameters():
+            parameter.data = parameter.data.half()
 
         def features(images):
             with torch.no_grad():
