@@ -140,3 +140,21 @@ def test_whitened_map_is_low_on_the_normals_it_was_fitted_on_and_high_on_defects
         _, defect_scores = model(torch.from_numpy(preprocess([read_image(p) for p in elpv_images["defect"][:8]],
                                                              info.preprocess)))
     assert float(defect_scores.median()) > float(good_scores.median())
+
+
+def test_model_directories_from_before_the_whitened_discrepancy_still_load_as_cosine(tmp_path, elpv_good_dir):
+    import json
+
+    from edge.model_dir import compute_model_hash
+
+    info = train(elpv_good_dir, tmp_path / "old", epochs=1, image_size=64, seed=0, max_images=8, progress=False,
+                 config_overrides={"discrepancy": "cosine"})
+    description = json.loads((info.directory / "model.json").read_text())
+    del description["architecture"]["discrepancy"]  # what the first format version wrote
+    description["hash"] = compute_model_hash(description, info.weights_path)
+    (info.directory / "model.json").write_text(json.dumps(description))
+    model, _ = load_model(info.directory)
+    assert model.config.discrepancy == "cosine"
+    with torch.no_grad():
+        maps, _ = model(torch.zeros(1, 3, 64, 64))
+    assert maps.shape == (1, 64, 64) and torch.isfinite(maps).all()
