@@ -21,7 +21,7 @@ from calibrate.dataset import evaluation_samples, list_images, read_image, train
 from calibrate.evaluate import compute_metrics, score_samples
 from calibrate.model import whitened_distance
 from calibrate.model_io import load_model
-from calibrate.train import ERROR_SHRINKAGE
+from calibrate.train import position_gaussians
 from edge.preprocess import preprocess
 
 
@@ -30,28 +30,6 @@ def hr_features(model, paths, spec, batch_size=8):
     for start in range(0, len(paths), batch_size):
         batch = preprocess([read_image(p) for p in paths[start:start + batch_size]], spec)
         yield model.backbone(torch.from_numpy(batch))
-
-
-def fit(model, paths, spec):
-    sums, outer, count = None, None, 0
-    for levels in hr_features(model, paths, spec):
-        levels = [f.double() for f in levels]
-        batch_sums = [f.sum(dim=0) for f in levels]
-        batch_outer = [torch.einsum("nchw,ndhw->hwcd", f, f) for f in levels]
-        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
-        outer = batch_outer if outer is None else [a + b for a, b in zip(outer, batch_outer)]
-        count += len(levels[0])
-    statistics = []
-    for total, products in zip(sums, outer):
-        channels, height, width = total.shape
-        mean = total / count
-        position = mean.permute(1, 2, 0)
-        covariance = ((products - count * position[..., :, None] * position[..., None, :]) / (count - 1)).reshape(
-            height * width, channels, channels)
-        spread = torch.diagonal(covariance, dim1=1, dim2=2).mean(dim=1)
-        covariance = covariance + (ERROR_SHRINKAGE * spread + 1e-12)[:, None, None] * torch.eye(channels, dtype=covariance.dtype)
-        statistics.append((mean.float(), torch.linalg.inv(covariance).float()))
-    return statistics
 
 
 class PositionGaussian:
@@ -86,7 +64,7 @@ def main() -> None:
     training = info.description["training"]
     names = set(training["train_files"])
     train_paths = [p for p in list_images(training_folder(training["data"])) if p.name in names]
-    baseline = PositionGaussian(model, fit(model, train_paths, spec))
+    baseline = PositionGaussian(model, position_gaussians(hr_features(model, train_paths, spec), "HR feature"))
     # Level weighting as the model's: each level divided by its mean on a seeded 64 of the normals.
     order = np.random.default_rng(training["seed"]).permutation(len(train_paths))[:64]
     sums = None

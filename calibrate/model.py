@@ -169,7 +169,7 @@ def local_instability(structure: torch.Tensor) -> torch.Tensor:
 def whitened_distance(error: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
     """Mahalanobis norm per position: error N×C×h×w, mean C×h×w, precision (h·w)×C×C → N×h×w.
     One batched matrix product over positions (exports as MatMul)."""
-    batch, channels, height, width = error.shape
+    batch, _, height, width = error.shape
     centred = (error - mean).flatten(2).permute(2, 0, 1)  # positions × N × C
     squared = (torch.matmul(centred, precision) * centred).sum(dim=2)  # positions × N
     return squared.clamp(min=0).sqrt().permute(1, 0).reshape(batch, height, width)

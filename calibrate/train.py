@@ -93,25 +93,21 @@ def fit_feature_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpe
 ERROR_SHRINKAGE = 0.01
 
 
-@torch.no_grad()
-def fit_error_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> None:
-    """Per level and position: mean and (shrunk) inverse covariance of the alignment error
-    HR − refined LR over normal images — what the whitened discrepancy measures against."""
-    if model.config.discrepancy != "whitened":
-        return
+def position_gaussians(batches, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per level and position, the mean and shrunk inverse covariance of vectors given as
+    batches of per-level N×C×h×w tensors: [(mean C×h×w, precision (h·w)×C×C)], float32."""
     sums, outer, count = None, None, 0
-    for start in range(0, len(images), batch_size):
-        hr, lr = model.features(to_batch(images[start:start + batch_size], spec))
-        refined, _ = model.align(hr, lr)
-        errors = [(h - r).double() for h, r in zip(hr, refined)]
-        batch_sums = [e.sum(dim=0) for e in errors]
-        batch_outer = [torch.einsum("nchw,ndhw->hwcd", e, e) for e in errors]
+    for levels in batches:
+        levels = [level.double() for level in levels]
+        batch_sums = [level.sum(dim=0) for level in levels]
+        batch_outer = [torch.einsum("nchw,ndhw->hwcd", level, level) for level in levels]
         sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
         outer = batch_outer if outer is None else [a + b for a, b in zip(outer, batch_outer)]
-        count += len(errors[0])
+        count += len(levels[0])
     if count < 2:
-        raise InputDataError(f"fitting the alignment error statistics: {count} normal images, need at least 2")
-    for aligner, total, products in zip(model.aligners, sums, outer):
+        raise InputDataError(f"fitting the {what} statistics: {count} normal images, need at least 2")
+    statistics = []
+    for total, products in zip(sums, outer):
         channels, height, width = total.shape
         mean = total / count
         per_position = mean.permute(1, 2, 0)  # h × w × C
@@ -120,8 +116,26 @@ def fit_error_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpec,
         mean_variance = torch.diagonal(covariance, dim1=1, dim2=2).mean(dim=1)
         identity = torch.eye(channels, dtype=covariance.dtype)
         covariance = covariance + (ERROR_SHRINKAGE * mean_variance + 1e-12)[:, None, None] * identity
-        aligner.error_mean.copy_(mean.float())
-        aligner.error_precision.copy_(torch.linalg.inv(covariance).float())
+        statistics.append((mean.float(), torch.linalg.inv(covariance).float()))
+    return statistics
+
+
+@torch.no_grad()
+def fit_error_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> None:
+    """Per level and position: mean and (shrunk) inverse covariance of the alignment error
+    HR − refined LR over normal images — what the whitened discrepancy measures against."""
+    if model.config.discrepancy != "whitened":
+        return
+
+    def errors():
+        for start in range(0, len(images), batch_size):
+            hr, lr = model.features(to_batch(images[start:start + batch_size], spec))
+            refined, _ = model.align(hr, lr)
+            yield [h - r for h, r in zip(hr, refined)]
+
+    for aligner, (mean, precision) in zip(model.aligners, position_gaussians(errors(), "alignment error")):
+        aligner.error_mean.copy_(mean)
+        aligner.error_precision.copy_(precision)
 
 
 @torch.no_grad()

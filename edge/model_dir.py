@@ -2,8 +2,9 @@
 
     MODEL_DIR/
       model.json      format, hash, backbone id, preprocessing, architecture, fitted constants
-      module.pt       weights of the learned alignment module only (the backbone is frozen
-                      and comes from its own package, identified in model.json)
+      module.pt       the learned alignment module's weights and, per level, the alignment
+                      error statistics its whitened discrepancy is fitted with (the backbone is
+                      frozen and comes from its own package, identified in model.json)
       model.onnx      optional: `hlgfa export` writes here by default
 
 The hash covers everything that changes the model's outputs (weights bytes and the canonical
