@@ -10,9 +10,10 @@ The main thread owns signals and the watchdog: it pings systemd and sends heartb
 every stage is alive and none is stuck, so a hung stage makes both stop and the PLC bridge and
 systemd each fail safe on their own. SIGTERM/SIGINT: stop acquiring, finish the frames in flight
 (publishing a "shutdown" fault for any that cannot finish within drain_timeout_s), a last heartbeat,
-exit 0. A stage still inside a call past drain_timeout_s keeps the backend or source it uses open;
-`hlgfa run` (edge.daemon_cli) then ends the process without the interpreter's teardown. SIGHUP: reload the thresholds file atomically (a file that fails to load or is bound to
-another model keeps the old thresholds and is published as a fault).
+exit 0. A stage still inside a call past drain_timeout_s keeps the backend or source it uses
+open; `hlgfa run` (edge.daemon_cli) then ends the process without the interpreter's teardown.
+SIGHUP: reload the thresholds file atomically (a file that fails to load or is bound to another
+model keeps the old thresholds and is published as a fault).
 """
 
 from __future__ import annotations
