@@ -24,8 +24,6 @@ def register(subparsers) -> None:
     build.add_argument("--max-batch", type=int, help="largest batch (default: the export's --max-batch)")
     build.add_argument("--workspace", type=int, default=1024, help="builder workspace in MB (default 1024)")
     build.add_argument("--model", help="model directory: refuse an ONNX exported from another model")
-    build.add_argument("--fp32", action="store_true",
-                       help="TensorRT 10 with an FP32 graph: build FP32 instead of using the FP16 builder flag")
     build.set_defaults(handler=run_build)
 
     check = commands.add_parser("check", help="does an engine match this TensorRT, this GPU and the model?")
@@ -48,7 +46,7 @@ def run_build(args) -> int:
     from engines.tensorrt_build import build_engine
 
     sidecar = build_engine(args.onnx, args.out, max_batch=args.max_batch, workspace_mb=args.workspace,
-                           model_dir=args.model, fp32=args.fp32)
+                           model_dir=args.model)
     print(f"{args.out}: {sidecar['precision']}, batch 1..{sidecar['max_batch']}, TensorRT "
           f"{sidecar['tensorrt_version']} on {sidecar['gpu_name']} (sm {sidecar['compute_capability']})")
     return 0

@@ -1,9 +1,11 @@
 """ONNX → TensorRT engine (plan), with its sidecar and a timing cache kept beside it.
 
-TensorRT 11 is strongly typed only: precision comes from the graph's own types, so an FP16
-engine needs the FP16 graph (`hlgfa export --fp16`). TensorRT 10 (JetPack 6 ships 10.3) builds
-the FP16 graph strongly typed as well; an FP32 graph there gets the weak-typing FP16 builder
-flag unless --fp32 is given, so an FP32 export still yields a fast engine on a Jetson.
+Every build is strongly typed: precision comes from the graph's own types, so an FP16 engine
+needs the FP16 graph (`hlgfa export --fp16`) and an FP32 graph gives an FP32 engine. TensorRT 11
+knows nothing else; TensorRT 10 (JetPack 6 ships 10.3) still offers the weak-typing FP16 builder
+flag, which we do not use: it lets TensorRT pick FP16 for any layer, including the FP32 tail of the
+graph (the whitened discrepancy's quadratic form, the smoothing sums), where FP16 overflows or
+loses the score's resolution. The FP16 graph keeps that tail FP32 by construction.
 
 tensorrt and pycuda are imported inside the functions: this module is imported by the CLI on
 machines without a GPU.
@@ -31,10 +33,6 @@ def import_tensorrt():
         raise BackendError(f"TensorRT is not installed ({error}); on a Jetson install JetPack's python3-libnvinfer, "
                            f"elsewhere pip install -c constraints.txt '.[tensorrt]'") from error
     return tensorrt
-
-
-def trt_major(trt) -> int:
-    return int(trt.__version__.split(".")[0])
 
 
 def running_environment(trt=None) -> dict:
@@ -73,8 +71,7 @@ def read_onnx_metadata(onnx_path: Path) -> dict:
     return metadata
 
 
-def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: int = 1024, model_dir=None,
-                 fp32: bool = False) -> dict:
+def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: int = 1024, model_dir=None) -> dict:
     """Build `out` from `onnx_path`; writes the engine, its sidecar and the timing cache. Returns the sidecar."""
     onnx_path, out = Path(onnx_path), Path(out)
     trt = import_tensorrt()  # first: on a box without TensorRT, say so before anything else
@@ -93,29 +90,19 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
     graph_precision = metadata.get("hlgfa.precision", "fp32")
 
     environment = running_environment(trt)
-    major = trt_major(trt)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     # Strong typing is unconditional in TensorRT 11 (the flag is accepted and ignored) and opt-in in 10.
-    strongly_typed = major >= 11 or graph_precision == "fp16" or fp32
-    flags = 0
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ModelFileError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if strongly_typed:
-        precision = "fp16" if graph_precision == "fp16" else "fp32"
-        if major >= 11 and graph_precision != "fp16":
-            log.warning("TensorRT %s is strongly typed: %s is an FP32 graph, so this is an FP32 engine; "
-                        "export with --fp16 for an FP16 engine", trt.__version__, onnx_path)
-    else:
-        config.set_flag(trt.BuilderFlag.FP16)
-        precision = "fp16 (builder flag)"
+    precision = "fp16" if graph_precision == "fp16" else "fp32"
+    if precision == "fp32":
+        log.warning("%s is an FP32 graph, so this is an FP32 engine; export with --fp16 for an FP16 engine", onnx_path)
     profile = builder.create_optimization_profile()
     opt = min(max_batch, 1 if max_batch < 4 else max_batch // 2)
     profile.set_shape(INPUT_NAME, (1, 3, size, size), (opt, 3, size, size), (max_batch, 3, size, size))
@@ -147,7 +134,7 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
         "onnx_sha256": file_sha256(onnx_path),
         "graph_precision": graph_precision,
         "precision": precision,
-        "strongly_typed": strongly_typed,
+        "strongly_typed": True,
         "image_size": size,
         "max_batch": max_batch,
         "inputs": {INPUT_NAME: ["batch", 3, size, size]},
