@@ -85,8 +85,9 @@ def _run_handler(args: argparse.Namespace) -> int:
 
     # The stage threads hand each frame on through the GIL; a thread woken by a finished inference
     # waits up to this interval for a thread running Python code to let go. 0.5 ms instead of
-    # CPython's 5 ms: added latency p50/p99 1.8/3.2 ms instead of 2.0/4.1 ms, throughput unchanged
-    # (BENCHMARKS.md, "Inspection daemon"). Process-wide, so set here, at the daemon's own entry.
+    # CPython's 5 ms: added latency p99 2.9 instead of 3.5 ms on average over four paired runs, a
+    # small gain, throughput unchanged (BENCHMARKS.md, "Inspection daemon"). Process-wide, so set
+    # here, at the daemon's own entry.
     sys.setswitchinterval(DAEMON_SWITCH_INTERVAL_S)
     daemon = Daemon(config)
     daemon.install_signal_handlers()
