@@ -340,15 +340,19 @@ class Pipeline:
             log.info("camera %s: source is back (%s)", self.camera, state)
         self.source_state = state
 
-    def _preprocess(self, stage: _Stage) -> None:
+    def _take(self, source: queue.Queue):
+        """The items of `source` until the end-of-stream marker, which is consumed."""
         while True:
             try:
-                item = self._pre_q.get(timeout=_POLL_S)
+                item = source.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
             if item is _END:
-                self._put_end(self._infer_q)
                 return
+            yield item
+
+    def _preprocess(self, stage: _Stage) -> None:
+        for item in self._take(self._pre_q):
             stage.busy_since = start = time.monotonic()
             if time.monotonic_ns() > item.deadline_ns:
                 self._fault(item, "deadline", f"not preprocessed within {self.options.deadline_ms:g} ms")
@@ -362,6 +366,7 @@ class Pipeline:
                     item.seconds["preprocess"] = time.monotonic() - start
                     self._pass_on(self._infer_q, item, "preprocess", "infer")
             stage.busy_since = None
+        self._put_end(self._infer_q)
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         batch, ended = [first], False
@@ -382,14 +387,7 @@ class Pipeline:
 
     def _infer(self, stage: _Stage) -> None:
         failures = 0
-        while True:
-            try:
-                first = self._infer_q.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if first is _END:
-                self._put_end(self._out_q)
-                return
+        for first in self._take(self._infer_q):
             batch, ended = self._gather(first)
             stage.busy_since = start = time.monotonic()
             now_ns = time.monotonic_ns()
@@ -429,8 +427,8 @@ class Pipeline:
                         self._to_output(_Result(item, float(scores[index]), maps[index]))
             stage.busy_since = None
             if ended:
-                self._put_end(self._out_q)
-                return
+                break
+        self._put_end(self._out_q)
 
     def _restart_backend(self, failures: int, message: str) -> None:
         now = time.monotonic()
@@ -461,13 +459,7 @@ class Pipeline:
                                          f"within {self.options.restart_window_s:g} s")
 
     def _output(self, stage: _Stage) -> None:
-        while True:
-            try:
-                result = self._out_q.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if result is _END:
-                return
+        for result in self._take(self._out_q):
             stage.busy_since = time.monotonic()
             self._conclude(result)
             stage.busy_since = None
