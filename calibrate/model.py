@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibrate.backbones import FrozenBackbone
+from edge.errors import ConfigError
+
+DISCREPANCIES = ("whitened", "cosine")
 
 
 @dataclass
@@ -53,6 +56,10 @@ class HLGFAConfig:
     smoothing_sigma: float = 4.0  # pixels at image_size 256, scaled with image_size
     score: str = "max"  # or "topk": mean of the top `topk_fraction` pixels
     topk_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.discrepancy not in DISCREPANCIES:
+            raise ConfigError(f"discrepancy={self.discrepancy!r}: expected one of {', '.join(DISCREPANCIES)}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -184,8 +191,6 @@ class HLGFA(nn.Module):
             raise ValueError(f"backbone taps strides {backbone.strides}, the config asks for {config.strides}")
         self.backbone = backbone
         self.config = config
-        if config.discrepancy not in ("whitened", "cosine"):
-            raise ValueError(f"discrepancy {config.discrepancy!r}: expected 'whitened' or 'cosine'")
         self.aligners = nn.ModuleList(LevelAligner(backbone.channels[s], config, config.image_size // s)
                                       for s in config.strides)
         sigma = config.smoothing_sigma * config.image_size / 256

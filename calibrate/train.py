@@ -249,6 +249,8 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
         history.append(total / len(images))
         log.info("epoch %d/%d: alignment loss %.5f", epoch + 1, epochs, history[-1])
     model.eval()
+    # From fresh FP32 features, not the FP16 training cache: the statistics must describe the
+    # errors the model computes at inference.
     fit_error_statistics(model, images, spec, batch_size)
     fit_images = images[np.random.default_rng(seed).permutation(len(images))[:min(len(images), 64)]]
     fitted = fit_constants(model, fit_images, spec, batch_size, level_weighting)

@@ -158,3 +158,11 @@ def test_model_directories_from_before_the_whitened_discrepancy_still_load_as_co
     with torch.no_grad():
         maps, _ = model(torch.zeros(1, 3, 64, 64))
     assert maps.shape == (1, 64, 64) and torch.isfinite(maps).all()
+
+
+def test_an_unknown_discrepancy_is_refused_by_name(tmp_path, elpv_good_dir):
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="discrepancy='mahalanobis': expected one of whitened, cosine"):
+        train(elpv_good_dir, tmp_path / "bad", epochs=1, image_size=64, max_images=4, progress=False,
+              config_overrides={"discrepancy": "mahalanobis"})
