@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_pipeline.py [--model DIR --onnx FILE --images DIR] [--frames 300] [--rounds 3]
                                              [--soak-frames 100000] [--soak-fps 2000] [--skip-soak]
-                                             [--switch-interval-ms MS]
+                                             [--switch-interval-ms MS] [--offloaded-infer-ms MS]
 
 Without --model it trains the tiny test model (128 px, 2 epochs on 24 good elpv cells) and exports it.
 
@@ -12,7 +12,13 @@ Without --model it trains the tiny test model (128 px, 2 epochs on 24 good elpv 
    end-to-end alternating for --rounds rounds.
 3. latency: the same, the source paced at half the bare rate so frames do not queue; per frame,
    receive → decision (the publish call) and receive → a subscriber's recv, minus that frame's own
-   `backend.infer` time (measured around the call by a wrapper): p50/p99 added by the pipeline.
+   `backend.infer` time (measured around the call by a wrapper): p50/p99 added by the pipeline, and
+   where it goes: stamps around each frame's preprocessing, inference and publish call give the
+   gaps between the stages (thread hand-offs) and each stage's own time.
+   With --offloaded-infer-ms, inference is replaced by a stand-in that holds each batch for that long
+   with the CPU idle and returns the real model's outputs for a blank frame: the pipeline's own cost
+   when inference runs elsewhere (a GPU), without the 2-core contention of CPU inference. Not a
+   GPU measurement: the pipeline's threads run on this machine's CPU.
 4. soak: --soak-frames tiny frames (16×16 Mono8, synthetic) through the real Pipeline, Publisher and
    wire with a trivial backend; a subscriber in another process counts decisions and gaps.
 """
@@ -35,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge import wire  # noqa: E402
+from edge.daemon_cli import DAEMON_SWITCH_INTERVAL_S  # noqa: E402
 
 
 def tiny_model(work: Path):
@@ -80,11 +87,14 @@ class TimedBackend:
         self.kind, self.model_hash, self.image_size, self.max_batch = (backend.kind, backend.model_hash,
                                                                         backend.image_size, backend.max_batch)
         self.durations: list[float] = []
+        self.spans_ns: list[tuple[int, int]] = []
 
     def infer(self, batch):
-        start = time.perf_counter()
+        start = time.monotonic_ns()
         out = self._b.infer(batch)
-        self.durations.append(time.perf_counter() - start)
+        end = time.monotonic_ns()
+        self.durations.append((end - start) / 1e9)
+        self.spans_ns.append((start, end))
         return out
 
     def warmup(self):
@@ -94,7 +104,30 @@ class TimedBackend:
         self._b.close()
 
 
-def bare_fps(model, onnx, images, frames: int) -> tuple[float, float]:
+class OffloadedStandIn:
+    """Holds each batch for `milliseconds` with the GIL released and the CPU idle, as a GPU engine
+    would, and returns the real backend's outputs for a blank frame (right shapes and dtypes)."""
+
+    def __init__(self, backend, milliseconds: float):
+        self._b, self._seconds = backend, milliseconds / 1000
+        self.kind, self.model_hash, self.image_size, self.max_batch = (backend.kind, backend.model_hash,
+                                                                        backend.image_size, backend.max_batch)
+        maps, scores = backend.infer(np.zeros((1, 3, backend.image_size, backend.image_size), np.float32))
+        self._map, self._score = np.asarray(maps)[0], np.asarray(scores).reshape(-1)[0]
+
+    def infer(self, batch):
+        time.sleep(self._seconds)
+        return (np.repeat(self._map[None], len(batch), axis=0),
+                np.full(len(batch), self._score, dtype=np.asarray(self._score).dtype))
+
+    def warmup(self):
+        pass
+
+    def close(self):
+        self._b.close()
+
+
+def bare_fps(model, onnx, images, frames: int, offloaded_ms: float | None = None) -> tuple[float, float]:
     import cv2
 
     from edge.backends.base import open_backend
@@ -104,6 +137,8 @@ def bare_fps(model, onnx, images, frames: int) -> tuple[float, float]:
     info = load_model_info(model)
     backend = open_backend("onnxruntime", model, onnx=onnx, max_batch=1, threads=1)
     backend.warmup()
+    if offloaded_ms:
+        backend = OffloadedStandIn(backend, offloaded_ms)
     tensors = [preprocess([cv2.imread(str(p), cv2.IMREAD_UNCHANGED)], info.preprocess) for p in sorted(images.iterdir())]
     durations = []
     start = time.perf_counter()
@@ -116,7 +151,60 @@ def bare_fps(model, onnx, images, frames: int) -> tuple[float, float]:
     return frames / wall, float(np.median(durations)) * 1000
 
 
-def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None):
+class StageStamps:
+    """Stamps (monotonic ns) around each preprocessing and publish call of the daemon's pipeline.
+    Instrumentation for this bench only: it wraps the functions the pipeline calls."""
+
+    def __init__(self):
+        from edge import pipeline, publisher
+
+        self.preprocess: list[tuple[int, int]] = []
+        self.publish: list[tuple[int, int]] = []
+        self._modules = (pipeline, publisher)
+        self._originals = (pipeline.preprocess, publisher.Publisher.publish_decision)
+        preprocess, publish_decision = self._originals
+
+        def timed_preprocess(images, spec):
+            start = time.monotonic_ns()
+            out = preprocess(images, spec)
+            self.preprocess.append((start, time.monotonic_ns()))
+            return out
+
+        def timed_publish(publisher_self, decision, anomaly_map=None):
+            start = time.monotonic_ns()
+            out = publish_decision(publisher_self, decision, anomaly_map)
+            self.publish.append((start, time.monotonic_ns()))
+            return out
+
+        pipeline.preprocess = timed_preprocess
+        publisher.Publisher.publish_decision = timed_publish
+
+    def restore(self):
+        pipeline, publisher = self._modules
+        pipeline.preprocess, publisher.Publisher.publish_decision = self._originals
+
+
+def stage_breakdown(decisions, stamps: StageStamps, infer_spans) -> dict:
+    """Per frame, in frame order (batch 1, no faults): the gaps and stages from receipt to the
+    subscriber's recv, p50/p99 in ms."""
+    n = min(len(decisions), len(stamps.preprocess), len(infer_spans), len(stamps.publish))
+    parts = {"receipt_to_preprocess": [], "preprocess": [], "preprocess_to_infer": [],
+             "infer_to_decision": [], "publish_call": [], "decision_to_subscriber": []}
+    for index in range(n):
+        decision, received_ns = decisions[index]
+        pre_start, pre_end = stamps.preprocess[index]
+        infer_start, infer_end = infer_spans[index]
+        publish_start, publish_end = stamps.publish[index]
+        for name, value in (("receipt_to_preprocess", pre_start - decision.receive_ns),
+                            ("preprocess", pre_end - pre_start), ("preprocess_to_infer", infer_start - pre_end),
+                            ("infer_to_decision", decision.decision_ns - infer_end),
+                            ("publish_call", publish_end - publish_start),
+                            ("decision_to_subscriber", received_ns - decision.decision_ns)):
+            parts[name].append(value / 1e6)
+    return {name: {"p50": pct(values, 50), "p99": pct(values, 99)} for name, values in parts.items() if values}
+
+
+def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, offloaded_ms: float | None = None):
     import socket
 
     from edge.config import build_config
@@ -133,8 +221,12 @@ def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None):
         "pipeline.deadline_ms": 60_000, "publish.endpoint": endpoint}.items()])
     timed = []
     gate = threading.Event()
-    daemon = Daemon(config, backend_wrapper=lambda b: timed.append(TimedBackend(b)) or timed[-1],
-                    source_wrapper=lambda source: Gated(source, gate))
+    def wrap(backend):
+        timed.append(TimedBackend(OffloadedStandIn(backend, offloaded_ms) if offloaded_ms else backend))
+        return timed[-1]
+
+    stamps = StageStamps()
+    daemon = Daemon(config, backend_wrapper=wrap, source_wrapper=lambda source: Gated(source, gate))
     subscriber = Subscriber(endpoint, topics=("decision", "heartbeat"))
     received = {}
     result = {}
@@ -154,16 +246,18 @@ def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None):
     wall = time.perf_counter() - start
     thread.join(60)
     subscriber.close()
+    stamps.restore()
     # One entry per frame, in frame order (batch 1): the warm-up goes to the wrapped backend directly.
     durations = timed[-1].durations
     decisions = [received[k] for k in sorted(received)]
     n = min(len(decisions), len(durations))
     added_publish = [decisions[i][0].latency_ms - durations[i] * 1000 for i in range(n)]
     added_recv = [(decisions[i][1] - decisions[i][0].receive_ns) / 1e6 - durations[i] * 1000 for i in range(n)]
-    return {"code": result.get("code"), "frames": len(received), "fps": len(received) / wall,
-            "faults": sum(1 for d, _ in decisions if d.verdict == "fault"),
+    faults = sum(1 for d, _ in decisions if d.verdict == "fault")
+    return {"code": result.get("code"), "frames": len(received), "fps": len(received) / wall, "faults": faults,
             "added_to_publish_ms": added_publish, "added_to_subscriber_ms": added_recv,
-            "infer_ms_median": float(np.median(durations)) * 1000}
+            "infer_ms_median": float(np.median(durations)) * 1000,
+            "stages_ms": stage_breakdown(decisions, stamps, timed[-1].spans_ns) if faults == 0 else None}
 
 
 SUBSCRIBER = r"""
@@ -290,11 +384,13 @@ def main():
     parser.add_argument("--soak-fps", type=float, default=2000)
     parser.add_argument("--skip-soak", action="store_true")
     parser.add_argument("--rounds", type=int, default=3, help="bare/end-to-end rounds; the paced run gets frames × rounds")
-    parser.add_argument("--switch-interval-ms", type=float,
-                        help="Python's GIL switch interval for this run (default: the interpreter's, 5 ms)")
+    parser.add_argument("--switch-interval-ms", type=float, default=DAEMON_SWITCH_INTERVAL_S * 1000,
+                        help="Python's GIL switch interval for this run (default: what `hlgfa run` sets, "
+                             f"{DAEMON_SWITCH_INTERVAL_S * 1000:g} ms; CPython's own is 5 ms)")
+    parser.add_argument("--offloaded-infer-ms", type=float,
+                        help="replace inference by a stand-in that holds each batch this long with the CPU idle")
     args = parser.parse_args()
-    if args.switch_interval_ms is not None:
-        sys.setswitchinterval(args.switch_interval_ms / 1000)
+    sys.setswitchinterval(args.switch_interval_ms / 1000)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from edge.model_dir import load_model_info
     from edge.thresholds import Thresholds, write_json_atomic
@@ -309,27 +405,29 @@ def main():
         thresholds = work / "thresholds.json"
         write_json_atomic(thresholds, Thresholds(model_hash=info.model_hash, image_threshold=1.0, version="b").to_dict())
         out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-               "load_average": os.getloadavg(), "switch_interval_ms": sys.getswitchinterval() * 1000}
+               "load_average": os.getloadavg(), "switch_interval_ms": sys.getswitchinterval() * 1000,
+               "offloaded_infer_ms": args.offloaded_infer_ms}
         # Bare and end-to-end alternate, so slow drifts of a shared machine hit both sides alike;
         # the ratio reported is the median of the per-round ratios.
         rounds = []
         for _ in range(args.rounds):
-            fps_bare, infer_ms = bare_fps(model, onnx, images, args.frames)
-            through = run_daemon(model, onnx, thresholds, images, args.frames, None)
+            fps_bare, infer_ms = bare_fps(model, onnx, images, args.frames, args.offloaded_infer_ms)
+            through = run_daemon(model, onnx, thresholds, images, args.frames, None, args.offloaded_infer_ms)
             rounds.append({"bare_fps": round(fps_bare, 1), "bare_infer_ms_median": round(infer_ms, 3),
                            "fps": round(through["fps"], 1), "ratio": round(through["fps"] / fps_bare, 3),
                            "frames": through["frames"], "faults": through["faults"], "exit": through["code"]})
         out["throughput_rounds"] = rounds
         out["throughput_ratio_median"] = float(np.median([r["ratio"] for r in rounds]))
         bare_median = float(np.median([r["bare_fps"] for r in rounds]))
-        paced = run_daemon(model, onnx, thresholds, images, args.frames * args.rounds, bare_median / 2)
+        paced = run_daemon(model, onnx, thresholds, images, args.frames * args.rounds, bare_median / 2,
+                           args.offloaded_infer_ms)
         out["latency_paced_at_half_bare"] = {
             "infer_ms_median": round(paced["infer_ms_median"], 3),
             "added_to_publish_ms_p50": pct(paced["added_to_publish_ms"], 50),
             "added_to_publish_ms_p99": pct(paced["added_to_publish_ms"], 99),
             "added_to_subscriber_ms_p50": pct(paced["added_to_subscriber_ms"], 50),
             "added_to_subscriber_ms_p99": pct(paced["added_to_subscriber_ms"], 99),
-            "frames": paced["frames"], "faults": paced["faults"]}
+            "frames": paced["frames"], "faults": paced["faults"], "stages_ms": paced["stages_ms"]}
         if not args.skip_soak:
             out["soak"] = {k: round(v, 3) if isinstance(v, float) else v
                            for k, v in soak(args.soak_frames, args.soak_fps or None).items()}

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 _END = object()  # end of stream, passed stage to stage after the last frame
 _POLL_S = 0.1    # how often an idle stage looks at its stop flag
+# Frames with this many times the model input's pixels get a warning: at 16× (1 MP for 256²) an area
+# resize costs about as much as the rest of the pipeline's own work (BENCHMARKS.md).
+OVERSIZED_FRAME_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -352,6 +355,7 @@ class Pipeline:
             yield item
 
     def _preprocess(self, stage: _Stage) -> None:
+        warned_size = False
         for item in self._take(self._pre_q):
             stage.busy_since = start = time.monotonic()
             if time.monotonic_ns() > item.deadline_ns:
@@ -362,11 +366,28 @@ class Pipeline:
                 except Exception as error:
                     self._fault(item, "preprocess", str(error))
                 else:
+                    if not warned_size:
+                        warned_size = self._warn_if_oversized(item.frame.image)
                     item.frame.image = None  # the tensor is all later stages need; free the pixels now
                     item.seconds["preprocess"] = time.monotonic() - start
                     self._pass_on(self._infer_q, item, "preprocess", "infer")
             stage.busy_since = None
         self._put_end(self._infer_q)
+
+    def _warn_if_oversized(self, image: np.ndarray) -> bool:
+        """Log once when frames are far larger than the model's input: the CPU then spends
+        milliseconds per frame averaging pixels away (BENCHMARKS.md, preprocessing by frame size)
+        that the camera can drop for free. True once the warning was given."""
+        height, width = image.shape[:2]
+        size = self.spec.image_size
+        if height * width < OVERSIZED_FRAME_FACTOR * size * size:
+            return False
+        log.warning("camera %s: frames of %d×%d px are %.0f× the model's %d×%d input; resizing them costs CPU "
+                    "time on every frame. Bin, decimate or crop on the camera (GenICam BinningHorizontal/"
+                    "BinningVertical, DecimationHorizontal/DecimationVertical or Width/Height/OffsetX/OffsetY "
+                    "in [source.settings]) so frames arrive nearer the model's size.",
+                    self.camera, width, height, height * width / (size * size), size, size)
+        return True
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         batch, ended = [first], False
@@ -403,7 +424,9 @@ class Pipeline:
                 live = []
             if live:
                 try:
-                    maps, scores = self.backend.infer(np.stack([item.tensor for item in live]))
+                    # A batch of one is a view, not a copy (3×S×S float32 per frame, on the latency path).
+                    batch = live[0].tensor[None] if len(live) == 1 else np.stack([item.tensor for item in live])
+                    maps, scores = self.backend.infer(batch)
                     maps, scores = np.asarray(maps), np.asarray(scores).reshape(-1)
                     if len(scores) != len(live) or len(maps) != len(live):
                         raise ValueError(f"backend returned {len(scores)} scores and {len(maps)} maps "

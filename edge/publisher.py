@@ -186,18 +186,21 @@ class Publisher:
     # ------------------------------------------------------------------------- caller-side API
 
     def publish_decision(self, decision: wire.Decision, anomaly_map: np.ndarray | None = None) -> wire.Decision:
-        """Publish a decision (and its map, when given and maps are on). Returns it with session/seq set."""
+        """Publish a decision, then its map (when given and maps are on). Returns it with session/seq set.
+
+        The decision leaves before the map is resized and encoded: the PLC waits on the verdict,
+        not on the picture (the map's work cost 0.85 ms p50 of the decision's latency: BENCHMARKS.md).
+        """
         if decision.camera != self.camera:
             raise wire.WireError(f"decision for camera {decision.camera!r} given to the publisher of {self.camera!r}")
-        map_message = None
-        if anomaly_map is not None:
-            map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.config.map_size,
-                                        self.config.map_dtype, self.config.map_value_range)
         with self._lock:
             decision = self._stamp(decision)
             frames = wire.encode(decision)
             self._handover([_DECISION, str(decision.seq).encode(), str(decision.frame_id).encode(), *frames])
-            if map_message is not None:
+        if anomaly_map is not None:
+            map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.config.map_size,
+                                        self.config.map_dtype, self.config.map_value_range)
+            with self._lock:
                 self._handover([_PUB, *wire.encode(self._stamp(map_message))])
         return decision
 

@@ -282,6 +282,27 @@ def test_corrupt_image_is_a_fault_for_that_frame(tmp_path, tiny_model_dir, calib
     assert [(f.code, f.frame_id) for f in faults] == [("frame_error", 3)]
 
 
+def test_frames_far_larger_than_the_model_input_are_decided_and_warned_about_once(
+        tmp_path, caplog, tiny_model_dir, calibrated, line_images):
+    import cv2
+
+    folder = tmp_path / "frames"
+    shutil.copytree(line_images, folder)
+    names = sorted(p.name for p in folder.iterdir())
+    side = calibrated["info"].preprocess.image_size * 5  # 25× the input's pixels: over the 16× limit
+    for name in names[2:4]:
+        image = cv2.imread(str(folder / name), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(folder / name), cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC))
+    with caplog.at_level("WARNING", logger="edge.pipeline"):
+        run = Running(_base(tiny_model_dir, calibrated, folder))
+        assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(len(names)))
+    assert all(decision.verdict != "fault" for decision in by_id.values())
+    warnings = [record.getMessage() for record in caplog.records if "resizing them costs" in record.getMessage()]
+    assert len(warnings) == 1 and f"frames of {side}×{side} px are 25×" in warnings[0], warnings
+    assert "Binning" in warnings[0]
+
+
 class FailingBackend:
     """The real backend, raising on the batches whose 1-based numbers are in `fail_on` (or all)."""
 
