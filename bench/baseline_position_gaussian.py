@@ -1,83 +1,155 @@
-"""Baseline for the whitened discrepancy: a Gaussian per position on the HR features alone.
+"""Baselines for the whitened discrepancy: which vectors, and how much covariance structure.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/baseline_position_gaussian.py --model MODEL_DIR \
-        --data ../shared/datasets/magnetic_tile
+        --data ../shared/datasets/magnetic_tile [--vectors hr|error|both] [--structure NAME|all]
 
 Same backbone, levels, image size, training images (the model's `train_files`), shrinkage, level
-weighting, smoothing and max score as the HLGFA model given; only the vectors differ: the HR
-features themselves instead of HLGFA's alignment error (HR − refined LR). No LR view and no
-learned module — PaDiM's idea at HLGFA's levels. It answers what the learned alignment adds once
-the discrepancy is whitened per position.
+weighting, smoothing and max score as the HLGFA model given; what varies:
+
+- `--vectors hr` (default): the HR features themselves — no LR view, no learned module, PaDiM's
+  idea at HLGFA's levels. It answers what the learned alignment adds once the discrepancy is
+  whitened. `error`: HLGFA's alignment error HR − refined LR (with `--structure full`, that is the
+  model's own whitened discrepancy).
+- `--structure`, from most to least per-position statistics (each a Mahalanobis norm):
+  `full` (default): mean and covariance per position (HLGFA's whitened discrepancy);
+  `shared-correlation`: mean and variance per position, one correlation matrix per level;
+  `diagonal`: mean and variance per position, channels independent;
+  `shared-covariance`: mean per position, one covariance per level;
+  `global`: one mean and one covariance per level.
+  The cheaper ones store C + C² instead of h·w·C² numbers per level and cost a 1×1 convolution.
+
+The vectors of the training and test images are computed once, so `all` scores every structure
+from one pass of the model.
 """
 
 import argparse
 import json
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from calibrate.dataset import evaluation_samples, list_images, read_image, training_folder
-from calibrate.evaluate import compute_metrics, score_samples
+from calibrate.dataset import evaluation_samples, list_images, read_image, read_mask, training_folder
+from calibrate.evaluate import compute_metrics
 from calibrate.model import whitened_distance
 from calibrate.model_io import load_model
-from calibrate.train import position_gaussians
+from calibrate.train import ERROR_SHRINKAGE, position_moments, shrunk_inverse
 from edge.preprocess import preprocess
+
+STRUCTURES = ("full", "shared-correlation", "diagonal", "shared-covariance", "global")
+VECTORS = ("hr", "error")
+BATCH = 8
 
 
 @torch.no_grad()
-def hr_features(model, paths, spec, batch_size=8):
-    for start in range(0, len(paths), batch_size):
-        batch = preprocess([read_image(p) for p in paths[start:start + batch_size]], spec)
-        yield model.backbone(torch.from_numpy(batch))
+def level_vectors(model, batch: np.ndarray) -> dict[str, list[torch.Tensor]]:
+    hr, lr = model.features(torch.from_numpy(batch))
+    refined, _ = model.align(hr, lr)
+    return {"hr": hr, "error": [h - r for h, r in zip(hr, refined)]}
 
 
-class PositionGaussian:
-    """The baseline as a backend (`infer`: batch → maps, scores), so `calibrate.evaluate` scores it."""
+def vectors_of(model, paths, spec) -> dict[str, list[torch.Tensor]]:
+    """Per kind, per level: N×C×h×w float32 for all `paths`."""
+    parts: dict[str, list[list[torch.Tensor]]] = {kind: [] for kind in VECTORS}
+    for start in range(0, len(paths), BATCH):
+        batch = preprocess([read_image(p) for p in paths[start:start + BATCH]], spec)
+        for kind, levels in level_vectors(model, batch).items():
+            parts[kind].append(levels)
+    return {kind: [torch.cat(level) for level in zip(*batches)] for kind, batches in parts.items()}
 
-    def __init__(self, model, statistics, scales=None):
-        self.model, self.statistics = model, statistics
-        self.scales = scales or [1.0] * len(statistics)
 
-    @torch.no_grad()
-    def levels(self, batch):
-        features = self.model.backbone(torch.from_numpy(batch))
-        return [whitened_distance(f, mean, precision) / scale
-                for f, (mean, precision), scale in zip(features, self.statistics, self.scales)]
+class Distance:
+    """One level's Mahalanobis norm under a covariance structure, fitted from per-position moments."""
 
-    @torch.no_grad()
-    def infer(self, batch):
-        size = batch.shape[-1]
-        combined = torch.stack([F.interpolate(level.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False)
-                                for level in self.levels(batch)]).mean(dim=0)
-        maps = self.model.smooth(combined).squeeze(1)
-        return maps.numpy(), maps.flatten(1).amax(dim=1).numpy()
+    def __init__(self, structure: str, mean: torch.Tensor, covariance: torch.Tensor):
+        channels, height, width = mean.shape
+        self.structure = structure
+        self.mean, self.scale, self.precision = mean, None, None
+        if structure == "full":
+            self.precision = shrunk_inverse(covariance)
+            return
+        variance = torch.diagonal(covariance, dim1=1, dim2=2)  # (h·w)×C
+        if structure == "diagonal":
+            floor = ERROR_SHRINKAGE * variance.mean(dim=1, keepdim=True) + 1e-12
+            self.scale = torch.sqrt(variance + floor).T.reshape(channels, height, width)
+        elif structure == "shared-correlation":
+            std = torch.sqrt(variance + 1e-12)
+            self.scale = std.T.reshape(channels, height, width)
+            self.precision = shrunk_inverse((covariance / (std[:, :, None] * std[:, None, :])).mean(dim=0))
+        elif structure == "shared-covariance":
+            self.precision = shrunk_inverse(covariance.mean(dim=0))
+        elif structure == "global":
+            position_means = mean.reshape(channels, -1).T  # (h·w)×C
+            spread = torch.cov(position_means.T, correction=0)
+            self.mean = position_means.mean(dim=0).reshape(channels, 1, 1)
+            self.precision = shrunk_inverse(covariance.mean(dim=0) + spread)
+        else:
+            raise ValueError(f"structure {structure!r}: expected one of {', '.join(STRUCTURES)}")
+
+    def __call__(self, vectors: torch.Tensor) -> torch.Tensor:
+        if self.structure == "full":
+            return whitened_distance(vectors, self.mean.float(), self.precision.float())
+        centred = vectors.double() - self.mean
+        if self.scale is not None:
+            centred = centred / self.scale
+        if self.precision is None:
+            return torch.sqrt((centred ** 2).sum(dim=1)).float()
+        return torch.sqrt(torch.einsum("nchw,cd,ndhw->nhw", centred, self.precision, centred).clamp(min=0)).float()
+
+
+def anomaly_maps(model, distances, level_scales, vectors, size: int) -> tuple[np.ndarray, np.ndarray]:
+    maps, scores = [], []
+    for start in range(0, len(vectors[0]), BATCH):
+        levels = [distance(level[start:start + BATCH]) / scale
+                  for distance, scale, level in zip(distances, level_scales, vectors)]
+        combined = torch.stack([F.interpolate(level.unsqueeze(1), size=(size, size), mode="bilinear",
+                                              align_corners=False) for level in levels]).mean(dim=0)
+        smoothed = model.smooth(combined).squeeze(1)
+        maps.append(smoothed.numpy())
+        scores.append(smoothed.flatten(1).amax(dim=1).numpy())
+    return np.concatenate(maps), np.concatenate(scores)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="an HLGFA model directory (its backbone, levels, training files)")
     parser.add_argument("--data", required=True)
+    parser.add_argument("--vectors", choices=VECTORS + ("both",), default="hr")
+    parser.add_argument("--structure", choices=STRUCTURES + ("all",), default="full")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     model, info = load_model(args.model)
     spec = info.preprocess
+    size = spec.image_size
     training = info.description["training"]
     names = set(training["train_files"])
     train_paths = [p for p in list_images(training_folder(training["data"])) if p.name in names]
-    baseline = PositionGaussian(model, position_gaussians(hr_features(model, train_paths, spec), "HR feature"))
-    # Level weighting as the model's: each level divided by its mean on a seeded 64 of the normals.
-    order = np.random.default_rng(training["seed"]).permutation(len(train_paths))[:64]
-    sums = None
-    for start in range(0, len(order), 8):
-        batch = preprocess([read_image(train_paths[i]) for i in order[start:start + 8]], spec)
-        means = [float(level.sum(dim=0).mean()) for level in baseline.levels(batch)]
-        sums = means if sums is None else [a + b for a, b in zip(sums, means)]
-    baseline.scales = [total / len(order) for total in sums]
     samples = evaluation_samples(args.data)
-    maps, scores, masks, _, _ = score_samples(baseline, samples, spec, batch_size=8, progress=False)
-    metrics = compute_metrics(samples, maps, scores, masks)
-    print(json.dumps({k: metrics[k] for k in ("image_auroc", "pixel_auroc", "pro")}
-                     | {"per_class_image_auroc": {c: v["image_auroc"] for c, v in metrics["per_class"].items()}}, indent=2))
+    masks = []
+    for sample in samples:
+        if sample.mask_path is None:
+            masks.append(np.zeros((size, size), bool) if sample.label == 0 else None)
+        else:
+            mask = read_mask(sample.mask_path, read_image(sample.path).shape)
+            masks.append(cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
+    train = vectors_of(model, train_paths, spec)
+    test = vectors_of(model, [s.path for s in samples], spec)
+    # Level weighting as the model's: each level divided by its mean on a seeded 64 of the normals.
+    order = torch.from_numpy(np.random.default_rng(training["seed"]).permutation(len(train_paths))[:64])
+    rows = []
+    for kind in VECTORS if args.vectors == "both" else (args.vectors,):
+        moments = position_moments(([level[i:i + BATCH] for level in train[kind]]
+                                    for i in range(0, len(train_paths), BATCH)), kind)
+        for structure in STRUCTURES if args.structure == "all" else (args.structure,):
+            distances = [Distance(structure, mean, covariance) for mean, covariance in moments]
+            level_scales = [float(distance(level[order]).mean()) for distance, level in zip(distances, train[kind])]
+            maps, scores = anomaly_maps(model, distances, level_scales, test[kind], size)
+            metrics = compute_metrics(samples, maps, scores, masks)
+            rows.append({"vectors": kind, "structure": structure,
+                         **{k: round(metrics[k], 4) for k in ("image_auroc", "pixel_auroc", "pro")},
+                         "per_class_image_auroc": {c: round(v["image_auroc"], 4) for c, v in metrics["per_class"].items()}})
+            print(json.dumps(rows[-1]), flush=True)
 
 
 if __name__ == "__main__":

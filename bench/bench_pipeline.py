@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_pipeline.py [--model DIR --onnx FILE --images DIR] [--frames 300] [--rounds 3]
                                              [--soak-frames 100000] [--soak-fps 2000] [--skip-soak]
                                              [--switch-interval-ms MS] [--offloaded-infer-ms MS]
+                                             [--frame-size HxW]
 
 Without --model it trains the tiny test model (128 px, 2 epochs on 24 good elpv cells) and exports it.
 
@@ -19,6 +20,10 @@ Without --model it trains the tiny test model (128 px, 2 epochs on 24 good elpv 
    with the CPU idle and returns the real model's outputs for a blank frame: the pipeline's own cost
    when inference runs elsewhere (a GPU), without the 2-core contention of CPU inference. Not a
    GPU measurement: the pipeline's threads run on this machine's CPU.
+   Preprocessing's cost depends on the frame's size, so a folder of images of many sizes (a
+   dataset) mixes size into the latency's spread; a camera delivers one size. --frame-size replays
+   the images scaled to one size (written as BMP, so decoding, which happens before receipt,
+   stays cheap). Added latency is reported with and without the frame's preprocessing.
 4. soak: --soak-frames tiny frames (16×16 Mono8, synthetic) through the real Pipeline, Publisher and
    wire with a trivial backend; a subscriber in another process counts decisions and gaps.
 """
@@ -252,10 +257,12 @@ def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, 
     decisions = [received[k] for k in sorted(received)]
     n = min(len(decisions), len(durations))
     added_publish = [decisions[i][0].latency_ms - durations[i] * 1000 for i in range(n)]
+    preprocess_ms = [(end - start) / 1e6 for start, end in stamps.preprocess[:n]]
     added_recv = [(decisions[i][1] - decisions[i][0].receive_ns) / 1e6 - durations[i] * 1000 for i in range(n)]
     faults = sum(1 for d, _ in decisions if d.verdict == "fault")
     return {"code": result.get("code"), "frames": len(received), "fps": len(received) / wall, "faults": faults,
             "added_to_publish_ms": added_publish, "added_to_subscriber_ms": added_recv,
+            "added_to_publish_beyond_preprocess_ms": [a - b for a, b in zip(added_publish, preprocess_ms)],
             "infer_ms_median": float(np.median(durations)) * 1000,
             "stages_ms": stage_breakdown(decisions, stamps, timed[-1].spans_ns) if faults == 0 else None}
 
@@ -370,6 +377,18 @@ def soak(frames: int, fps: float | None) -> dict:
             "lost_seq": lost, "fps": frames / wall, "cpu_ms_per_frame": 1000 * cpu / frames}
 
 
+def scaled_copies(images: Path, frame_size: str, out: Path) -> Path:
+    import cv2
+
+    height, width = (int(v) for v in frame_size.lower().split("x"))
+    out.mkdir()
+    for path in sorted(images.iterdir()):
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is not None:
+            cv2.imwrite(str(out / f"{path.stem}.bmp"), cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC))
+    return out
+
+
 def pct(values, q):
     return round(float(np.percentile(values, q)), 3)
 
@@ -387,6 +406,7 @@ def main():
     parser.add_argument("--switch-interval-ms", type=float, default=DAEMON_SWITCH_INTERVAL_S * 1000,
                         help="Python's GIL switch interval for this run (default: what `hlgfa run` sets, "
                              f"{DAEMON_SWITCH_INTERVAL_S * 1000:g} ms; CPython's own is 5 ms)")
+    parser.add_argument("--frame-size", help="HxW: replay the images scaled to this one size, as a camera delivers")
     parser.add_argument("--offloaded-infer-ms", type=float,
                         help="replace inference by a stand-in that holds each batch this long with the CPU idle")
     args = parser.parse_args()
@@ -401,12 +421,14 @@ def main():
             model, onnx, images = Path(args.model), Path(args.onnx), Path(args.images)
         else:
             model, onnx, images = tiny_model(work)
+        if args.frame_size:
+            images = scaled_copies(images, args.frame_size, work / "frames")
         info = load_model_info(model)
         thresholds = work / "thresholds.json"
         write_json_atomic(thresholds, Thresholds(model_hash=info.model_hash, image_threshold=1.0, version="b").to_dict())
         out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "load_average": os.getloadavg(), "switch_interval_ms": sys.getswitchinterval() * 1000,
-               "offloaded_infer_ms": args.offloaded_infer_ms}
+               "offloaded_infer_ms": args.offloaded_infer_ms, "frame_size": args.frame_size or "as in the folder"}
         # Bare and end-to-end alternate, so slow drifts of a shared machine hit both sides alike;
         # the ratio reported is the median of the per-round ratios.
         rounds = []
@@ -425,6 +447,8 @@ def main():
             "infer_ms_median": round(paced["infer_ms_median"], 3),
             "added_to_publish_ms_p50": pct(paced["added_to_publish_ms"], 50),
             "added_to_publish_ms_p99": pct(paced["added_to_publish_ms"], 99),
+            "added_to_publish_beyond_preprocess_ms_p50": pct(paced["added_to_publish_beyond_preprocess_ms"], 50),
+            "added_to_publish_beyond_preprocess_ms_p99": pct(paced["added_to_publish_beyond_preprocess_ms"], 99),
             "added_to_subscriber_ms_p50": pct(paced["added_to_subscriber_ms"], 50),
             "added_to_subscriber_ms_p99": pct(paced["added_to_subscriber_ms"], 99),
             "frames": paced["frames"], "faults": paced["faults"], "stages_ms": paced["stages_ms"]}

@@ -93,9 +93,9 @@ def fit_feature_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpe
 ERROR_SHRINKAGE = 0.01
 
 
-def position_gaussians(batches, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per level and position, the mean and shrunk inverse covariance of vectors given as
-    batches of per-level N×C×h×w tensors: [(mean C×h×w, precision (h·w)×C×C)], float32."""
+def position_moments(batches, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per level and position, the mean and covariance of vectors given as batches of per-level
+    N×C×h×w tensors: [(mean C×h×w, covariance (h·w)×C×C)], float64, unshrunk."""
     sums, outer, count = None, None, 0
     for levels in batches:
         levels = [level.double() for level in levels]
@@ -106,18 +106,27 @@ def position_gaussians(batches, what: str) -> list[tuple[torch.Tensor, torch.Ten
         count += len(levels[0])
     if count < 2:
         raise InputDataError(f"fitting the {what} statistics: {count} normal images, need at least 2")
-    statistics = []
+    moments = []
     for total, products in zip(sums, outer):
         channels, height, width = total.shape
         mean = total / count
         per_position = mean.permute(1, 2, 0)  # h × w × C
         covariance = (products - count * per_position[..., :, None] * per_position[..., None, :]) / (count - 1)
-        covariance = covariance.reshape(height * width, channels, channels)
-        mean_variance = torch.diagonal(covariance, dim1=1, dim2=2).mean(dim=1)
-        identity = torch.eye(channels, dtype=covariance.dtype)
-        covariance = covariance + (ERROR_SHRINKAGE * mean_variance + 1e-12)[:, None, None] * identity
-        statistics.append((mean.float(), torch.linalg.inv(covariance).float()))
-    return statistics
+        moments.append((mean, covariance.reshape(height * width, channels, channels)))
+    return moments
+
+
+def shrunk_inverse(covariance: torch.Tensor) -> torch.Tensor:
+    """Inverse of …×C×C covariances, each shrunk towards its mean variance by ERROR_SHRINKAGE."""
+    mean_variance = torch.diagonal(covariance, dim1=-2, dim2=-1).mean(dim=-1)
+    identity = torch.eye(covariance.shape[-1], dtype=covariance.dtype)
+    return torch.linalg.inv(covariance + (ERROR_SHRINKAGE * mean_variance + 1e-12)[..., None, None] * identity)
+
+
+def position_gaussians(batches, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per level and position, the mean and shrunk inverse covariance of vectors given as
+    batches of per-level N×C×h×w tensors: [(mean C×h×w, precision (h·w)×C×C)], float32."""
+    return [(mean.float(), shrunk_inverse(covariance).float()) for mean, covariance in position_moments(batches, what)]
 
 
 @torch.no_grad()

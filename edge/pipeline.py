@@ -41,8 +41,9 @@ log = logging.getLogger(__name__)
 
 _END = object()  # end of stream, passed stage to stage after the last frame
 _POLL_S = 0.1    # how often an idle stage looks at its stop flag
-# Frames with this many times the model input's pixels get a warning: at 16× (1 MP for 256²) an area
-# resize costs about as much as the rest of the pipeline's own work (BENCHMARKS.md).
+# Frames with this many times the model input's pixels get a warning: from 16× (1 MP for 256²) an
+# area resize costs 1 ms (whole-multiple sizes) to 7 ms and more (2.3 MP at a fractional factor),
+# as much as or more than the rest of the pipeline's own work (BENCHMARKS.md).
 OVERSIZED_FRAME_FACTOR = 16
 
 
@@ -376,8 +377,8 @@ class Pipeline:
 
     def _warn_if_oversized(self, image: np.ndarray) -> bool:
         """Log once when frames are far larger than the model's input: the CPU then spends
-        milliseconds per frame averaging pixels away (BENCHMARKS.md, preprocessing by frame size)
-        that the camera can drop for free. True once the warning was given."""
+        milliseconds per frame averaging pixels away that the camera can drop for free (5 MP: 15 ms
+        here; BENCHMARKS.md, preprocessing by frame size). True once the warning was given."""
         height, width = image.shape[:2]
         size = self.spec.image_size
         if height * width < OVERSIZED_FRAME_FACTOR * size * size:
@@ -385,8 +386,9 @@ class Pipeline:
         log.warning("camera %s: frames of %d×%d px are %.0f× the model's %d×%d input; resizing them costs CPU "
                     "time on every frame. Bin, decimate or crop on the camera (GenICam BinningHorizontal/"
                     "BinningVertical, DecimationHorizontal/DecimationVertical or Width/Height/OffsetX/OffsetY "
-                    "in [source.settings]) so frames arrive nearer the model's size.",
-                    self.camera, width, height, height * width / (size * size), size, size)
+                    "in [source.settings]) so frames arrive nearer the model's size, ideally with width and "
+                    "height whole multiples of %d (the resize's fast path).",
+                    self.camera, width, height, height * width / (size * size), size, size, size)
         return True
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:

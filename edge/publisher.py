@@ -189,7 +189,7 @@ class Publisher:
         """Publish a decision, then its map (when given and maps are on). Returns it with session/seq set.
 
         The decision leaves before the map is resized and encoded: the PLC waits on the verdict,
-        not on the picture (the map's work cost 0.85 ms p50 of the decision's latency: BENCHMARKS.md).
+        not on the picture.
         """
         if decision.camera != self.camera:
             raise wire.WireError(f"decision for camera {decision.camera!r} given to the publisher of {self.camera!r}")
