@@ -1,16 +1,25 @@
-"""Sustained frame rate and CPU cost of the genicam source against viky.cti.
+"""Sustained frame rate and CPU cost of the genicam source against viky.cti; memory over reconnects.
 
     .venv/bin/python bench/bench_camera.py [--seconds 5] [--rates 50 200] [--formats RGBa8 Mono8]
+    .venv/bin/python bench/bench_camera.py --reconnects 300
 
 For each (pixel format, AcquisitionFrameRate): frames/s delivered through `GenicamSource.read`
 (fetch + copy + conversion to RGB8/Mono8) against the rate set, and process CPU time per frame.
+
+With --reconnects N: the device stops streaming N times (`AcquisitionStop` through the acquirer,
+as a camera that hangs); each time the source declares it lost after one fetch timeout and
+reconnects. Reports the resident memory and the live Python objects (all, and acquirers and chunk
+adapters) after 10 warm-up reconnects and after N more: what a daemon on a flaky cable keeps.
 """
 
 import argparse
+import gc
 import json
+import os
 import platform
 import time
 
+from edge.sources.base import SourceUnavailable
 from edge.sources.genicam import GenicamSource
 
 
@@ -42,14 +51,65 @@ def measure(pixel_format: str, rate: float, seconds: float, cti: str | None) -> 
     }
 
 
+def resident_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def live_objects() -> dict:
+    from genicam.genapi import ChunkAdapter
+    from harvesters.core import ImageAcquirer
+
+    gc.collect()
+    objects = gc.get_objects()
+    return {"all": len(objects), "acquirers": sum(issubclass(type(o), ImageAcquirer) for o in objects),
+            "chunk_adapters": sum(issubclass(type(o), ChunkAdapter) for o in objects)}
+
+
+def reconnects(count: int, cti: str | None) -> dict:
+    source = GenicamSource(cti=cti, device=2, settings={"AcquisitionFrameRate": 200}, reconnect_after_timeouts=1,
+                           reconnect_backoff_initial_s=0.01)
+    source.open()
+
+    def lose_and_return(times: int) -> None:
+        for _ in range(times):
+            source.acquirer.stop()
+            while True:
+                try:
+                    source.read(0.05)
+                    break
+                except SourceUnavailable:
+                    continue
+
+    try:
+        source.read(2.0)
+        lose_and_return(10)
+        memory_before, objects_before = resident_mb(), live_objects()
+        start = time.perf_counter()
+        lose_and_return(count)
+        seconds = time.perf_counter() - start
+        memory_after, objects_after = resident_mb(), live_objects()
+        stats = source.stats()
+    finally:
+        source.close()
+    return {"reconnects": count, "seconds": round(seconds, 1), "rss_mb_before": round(memory_before, 1),
+            "rss_mb_after": round(memory_after, 1),
+            "rss_kb_per_reconnect": round((memory_after - memory_before) * 1024 / count, 1),
+            "objects_before": objects_before, "objects_after": objects_after, "source_stats": stats}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 200.0])
     parser.add_argument("--formats", nargs="+", default=["RGBa8", "Mono8"])
     parser.add_argument("--cti", default=None, help="default: viky.cti from the genicam package")
+    parser.add_argument("--reconnects", type=int, help="measure memory over this many reconnects instead")
     args = parser.parse_args()
     print(f"# {platform.machine()} {platform.processor() or ''} python {platform.python_version()}")
+    if args.reconnects:
+        print(json.dumps(reconnects(args.reconnects, args.cti)), flush=True)
+        return
     for pixel_format in args.formats:
         for rate in args.rates:
             print(json.dumps(measure(pixel_format, rate, args.seconds, args.cti)), flush=True)

@@ -126,6 +126,7 @@ class Pipeline:
         self._out_q: queue.Queue = queue.Queue(options.output_queue)
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._conclude_lock = threading.Lock()
         self._open: dict[int, _Item] = {}
         self._next_key = 0
         self._counts = {"frames": 0, OK: 0, REJECT: 0, FAULT: 0, "dropped": 0}
@@ -492,7 +493,15 @@ class Pipeline:
     # ------------------------------------------------------------------------- conclusion
 
     def _conclude(self, result: _Result) -> bool:
-        """Publish the one decision of `result.item`; False if that frame was already concluded."""
+        """Publish the one decision of `result.item`; False if that frame was already concluded.
+
+        One conclusion at a time, from taking the frame out of the ledger to publishing: at shutdown
+        the main thread faults what is left while the output stage may still be publishing the frame
+        before, and without this the later frame's decision could overtake it on the wire."""
+        with self._conclude_lock:
+            return self._conclude_one(result)
+
+    def _conclude_one(self, result: _Result) -> bool:
         item = result.item
         with self._lock:
             if self._open.pop(item.key, None) is None:

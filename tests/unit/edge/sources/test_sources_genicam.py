@@ -42,6 +42,9 @@ class ArmedCamera:
     def destroy(self) -> None:
         self.destroyed = True
 
+    def __exit__(self, *exc) -> None:  # how the source destroys an acquirer (see GenicamSource._destroy)
+        self.destroy()
+
 
 @pytest.fixture
 def open_source(tmp_path, monkeypatch, request):
