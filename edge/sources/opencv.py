@@ -2,9 +2,14 @@
 
 A file ends (`SourceExhausted`, or rewinds with `loop`); a live device or stream that stops
 delivering is reopened inside `read()` with capped exponential backoff, as the protocol asks.
+
+`open`, `read` and `close` hold one lock: a capture released while another thread reads from it
+crashes the process in native code (seen in the test for it). A close therefore waits for a read
+in progress, which on a stalled stream lasts as long as the backend's own read timeout.
 """
 
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +46,7 @@ class OpenCVSource:
         self._capture = None
         self._last_frame_id = -1
         self._stats = self._new_stats()
+        self._lock = threading.Lock()
 
     @staticmethod
     def _new_stats() -> dict:
@@ -63,11 +69,12 @@ class OpenCVSource:
     def open(self) -> None:
         if self.kind == "file" and not Path(self.target).is_file():
             raise ConfigError(f"opencv source: video file {self.target} does not exist")
-        self.close()
-        self._stats = self._new_stats()
-        self._capture = self._open_capture()
-        self._backoff = self._backoff_initial
-        self._next_attempt = 0.0
+        with self._lock:
+            self._release()
+            self._stats = self._new_stats()
+            self._capture = self._open_capture()
+            self._backoff = self._backoff_initial
+            self._next_attempt = 0.0
 
     def _reconnect(self, timeout_s: float) -> None:
         wait = self._next_attempt - time.monotonic()
@@ -86,6 +93,10 @@ class OpenCVSource:
         self._stats["reconnects"] += 1
 
     def read(self, timeout_s: float) -> Frame:
+        with self._lock:
+            return self._read(timeout_s)
+
+    def _read(self, timeout_s: float) -> Frame:
         import cv2
 
         if self._capture is None:
@@ -126,6 +137,10 @@ class OpenCVSource:
         return dict(self._stats)
 
     def close(self) -> None:
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         if self._capture is not None:
             self._capture.release()
             self._capture = None

@@ -53,3 +53,35 @@ def test_undecodable_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"not a video at all")
     with pytest.raises(SourceUnavailable, match="could not open file"):
         OpenCVSource(str(path)).open()
+
+
+def test_close_and_reopen_from_another_thread_never_break_a_read(video):
+    """The daemon's acquire stage reads while the main thread may close (shutdown) the source:
+    a read must see an open capture or a clear "not open", never a capture released under it."""
+    import threading
+
+    source = OpenCVSource(str(video), loop=True)
+    source.open()
+    errors, reads = [], 0
+    stop = threading.Event()
+
+    def reader():
+        nonlocal reads
+        while not stop.is_set():
+            try:
+                source.read(1.0)
+                reads += 1
+            except SourceExhausted:
+                pass  # closed: "not open"
+            except Exception as error:  # what an unserialised close causes
+                errors.append(repr(error))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    for _ in range(200):
+        source.close()
+        source.open()
+    stop.set()
+    thread.join(10)
+    source.close()
+    assert errors == [] and reads > 0
