@@ -12,7 +12,7 @@ Without --model it trains the tiny test model (128 px, 2 epochs on 24 good elpv 
    as fast as it goes for --frames frames; frames/s vs bare (the ratio the pipeline keeps), bare and
    end-to-end alternating for --rounds rounds.
 3. latency: the same, the source paced at half the bare rate so frames do not queue; per frame,
-   receive → decision (the publish call) and receive → a subscriber's recv, minus that frame's own
+   receive → decision (the publish call) and receive → recv in a subscriber process, minus that frame's own
    `backend.infer` time (measured around the call by a wrapper): p50/p99 added by the pipeline, and
    where it goes: stamps around each frame's preprocessing, inference and publish call give the
    gaps between the stages (thread hand-offs) and each stage's own time.
@@ -194,7 +194,7 @@ def stage_breakdown(decisions, stamps: StageStamps, infer_spans) -> dict:
     subscriber's recv, p50/p99 in ms."""
     n = min(len(decisions), len(stamps.preprocess), len(infer_spans), len(stamps.publish))
     parts = {"receipt_to_preprocess": [], "preprocess": [], "preprocess_to_infer": [],
-             "infer_to_decision": [], "publish_call": [], "decision_to_subscriber": []}
+             "infer_to_decision": [], "publish_call": [], "decision_to_subscriber_process": []}
     for index in range(n):
         decision, received_ns = decisions[index]
         pre_start, pre_end = stamps.preprocess[index]
@@ -204,9 +204,30 @@ def stage_breakdown(decisions, stamps: StageStamps, infer_spans) -> dict:
                             ("preprocess", pre_end - pre_start), ("preprocess_to_infer", infer_start - pre_end),
                             ("infer_to_decision", decision.decision_ns - infer_end),
                             ("publish_call", publish_end - publish_start),
-                            ("decision_to_subscriber", received_ns - decision.decision_ns)):
+                            ("decision_to_subscriber_process", received_ns - decision.decision_ns)):
             parts[name].append(value / 1e6)
     return {name: {"p50": pct(values, 50), "p99": pct(values, 99)} for name, values in parts.items() if values}
+
+
+# The subscriber of the throughput and latency runs: another process, as the PLC bridge is, so the
+# daemon's process holds only the daemon. CLOCK_MONOTONIC is one clock for all processes, so its
+# receive times compare with the daemon's stamps.
+LATENCY_SUBSCRIBER = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[3])
+from edge import wire
+from edge.subscriber import Subscriber
+sub = Subscriber(sys.argv[1], topics=("decision", "heartbeat"))
+want = int(sys.argv[2]); rows = []; joined = False
+while len(rows) < want:
+    m = sub.recv(timeout=60 if not rows else 30)
+    if m is None: break
+    if isinstance(m, wire.Heartbeat) and not joined:
+        joined = True; print("joined", flush=True)
+    elif isinstance(m, wire.Decision):
+        rows.append([m.frame_id, m.receive_ns, m.decision_ns, m.latency_ms, m.verdict, time.monotonic_ns()])
+print(json.dumps({"rows": rows, "lost": sum(sub.lost.values())}), flush=True)
+"""
 
 
 def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, offloaded_ms: float | None = None):
@@ -214,7 +235,6 @@ def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, 
 
     from edge.config import build_config
     from edge.daemon import Daemon
-    from edge.subscriber import Subscriber
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -226,41 +246,42 @@ def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, 
         "pipeline.deadline_ms": 60_000, "publish.endpoint": endpoint}.items()])
     timed = []
     gate = threading.Event()
+
     def wrap(backend):
         timed.append(TimedBackend(OffloadedStandIn(backend, offloaded_ms) if offloaded_ms else backend))
         return timed[-1]
 
     stamps = StageStamps()
     daemon = Daemon(config, backend_wrapper=wrap, source_wrapper=lambda source: Gated(source, gate))
-    subscriber = Subscriber(endpoint, topics=("decision", "heartbeat"))
-    received = {}
+    child = subprocess.Popen([sys.executable, "-c", LATENCY_SUBSCRIBER, endpoint, str(frames), str(ROOT)],
+                             stdout=subprocess.PIPE, text=True)
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run()))
     thread.start()
     # No frame before the subscription is live (a slow joiner would miss the first decisions).
-    while not isinstance(subscriber.recv(timeout=60), wire.Heartbeat):
-        pass
+    if child.stdout.readline().strip() != "joined":
+        raise RuntimeError("the subscriber process never saw a heartbeat")
     gate.set()
-    start = time.perf_counter()
-    while len(received) < frames:
-        message = subscriber.recv(timeout=30)
-        if message is None:
-            break
-        if isinstance(message, wire.Decision):
-            received[message.frame_id] = (message, time.monotonic_ns())
-    wall = time.perf_counter() - start
+    opened_ns = time.monotonic_ns()
+    report = json.loads(child.communicate(timeout=600)[0])
     thread.join(60)
-    subscriber.close()
     stamps.restore()
+
+    class Received:  # the decision fields the breakdown reads
+        def __init__(self, row):
+            self.frame_id, self.receive_ns, self.decision_ns, self.latency_ms, self.verdict, _ = row
+
+    decisions = [(Received(row), row[5]) for row in sorted(report["rows"])]
     # One entry per frame, in frame order (batch 1): the warm-up goes to the wrapped backend directly.
     durations = timed[-1].durations
-    decisions = [received[k] for k in sorted(received)]
     n = min(len(decisions), len(durations))
     added_publish = [decisions[i][0].latency_ms - durations[i] * 1000 for i in range(n)]
     preprocess_ms = [(end - start) / 1e6 for start, end in stamps.preprocess[:n]]
     added_recv = [(decisions[i][1] - decisions[i][0].receive_ns) / 1e6 - durations[i] * 1000 for i in range(n)]
     faults = sum(1 for d, _ in decisions if d.verdict == "fault")
-    return {"code": result.get("code"), "frames": len(received), "fps": len(received) / wall, "faults": faults,
+    wall = (max(received for _, received in decisions) - opened_ns) / 1e9 if decisions else float("nan")
+    return {"code": result.get("code"), "frames": len(decisions), "fps": len(decisions) / wall, "faults": faults,
+            "lost_on_the_wire": report["lost"],
             "added_to_publish_ms": added_publish, "added_to_subscriber_ms": added_recv,
             "added_to_publish_beyond_preprocess_ms": [a - b for a, b in zip(added_publish, preprocess_ms)],
             "infer_ms_median": float(np.median(durations)) * 1000,
@@ -437,7 +458,8 @@ def main():
             through = run_daemon(model, onnx, thresholds, images, args.frames, None, args.offloaded_infer_ms)
             rounds.append({"bare_fps": round(fps_bare, 1), "bare_infer_ms_median": round(infer_ms, 3),
                            "fps": round(through["fps"], 1), "ratio": round(through["fps"] / fps_bare, 3),
-                           "frames": through["frames"], "faults": through["faults"], "exit": through["code"]})
+                           "frames": through["frames"], "faults": through["faults"],
+                           "lost_on_the_wire": through["lost_on_the_wire"], "exit": through["code"]})
         out["throughput_rounds"] = rounds
         out["throughput_ratio_median"] = float(np.median([r["ratio"] for r in rounds]))
         bare_median = float(np.median([r["bare_fps"] for r in rounds]))
@@ -451,7 +473,8 @@ def main():
             "added_to_publish_beyond_preprocess_ms_p99": pct(paced["added_to_publish_beyond_preprocess_ms"], 99),
             "added_to_subscriber_ms_p50": pct(paced["added_to_subscriber_ms"], 50),
             "added_to_subscriber_ms_p99": pct(paced["added_to_subscriber_ms"], 99),
-            "frames": paced["frames"], "faults": paced["faults"], "stages_ms": paced["stages_ms"]}
+            "frames": paced["frames"], "faults": paced["faults"], "lost_on_the_wire": paced["lost_on_the_wire"],
+            "stages_ms": paced["stages_ms"]}
         if not args.skip_soak:
             out["soak"] = {k: round(v, 3) if isinstance(v, float) else v
                            for k, v in soak(args.soak_frames, args.soak_fps or None).items()}

@@ -1,12 +1,15 @@
 """ZeroMQ output of the daemon: decisions, maps, heartbeats and faults on a PUB socket, plus an
 acknowledged channel (ROUTER) for the PLC bridge. docs/PROTOCOL.md is the integrator's view.
 
-Threading: ZeroMQ sockets are not thread-safe, so one I/O thread owns every network socket (PUB,
-ROUTER). Callers (the pipeline loop, a watchdog) encode in their own thread, take `_lock`, assign the
-per-topic sequence number and hand the frames to the I/O thread over an inproc PAIR socket that is only
-used under that lock. Numbering and handing over under one lock keeps wire order == seq order.
-Nothing a caller does waits on the network: the hand-over is non-blocking and an overrun is counted
-and reported in the next heartbeat.
+Threading: ZeroMQ sockets are not thread-safe; a socket may be used by one thread at a time, with
+a memory barrier between threads, which a lock gives. Callers (the pipeline's stages, the main loop)
+encode in their own thread, take `_lock`, assign the per-topic sequence number and send on the PUB
+socket themselves, non-blocking (PUB drops for a subscriber at its HWM, it never waits): numbering and
+sending under one lock keeps wire order == seq order, and a decision leaves without waiting for
+another Python thread to be scheduled (a hop through an I/O thread cost it 0.5–1 ms under load:
+BENCHMARKS.md). The acknowledged channel (ROUTER) needs a loop of its own for acks and resends: an I/O
+thread owns it, and callers hand it each decision over an inproc PAIR socket, also under the lock.
+That hand-over is non-blocking too; an overrun is counted and reported in the next heartbeat.
 
 Heartbeats are driven by the pipeline's loop (`maybe_heartbeat(counters)` every iteration), not by a
 timer thread: a heartbeat then proves the *pipeline* is alive, not just this publisher, so a hung
@@ -30,8 +33,8 @@ from edge.errors import ConfigError, HlgfaError
 
 log = logging.getLogger(__name__)
 
-# Commands on the inproc hand-over (first frame).
-_PUB, _DECISION, _QUIT = b"P", b"D", b"Q"
+# Commands on the inproc hand-over to the I/O thread (first frame).
+_DECISION, _QUIT = b"D", b"Q"
 # Verbs on the reliable channel (first frame after the ROUTER identity).
 HELLO, DECISION, ACK = b"HELLO", b"DECISION", b"ACK"
 
@@ -196,19 +199,21 @@ class Publisher:
         with self._lock:
             decision = self._stamp(decision)
             frames = wire.encode(decision)
-            self._handover([_DECISION, str(decision.seq).encode(), str(decision.frame_id).encode(), *frames])
+            self._send(frames)
+            if self._router is not None:
+                self._handover([_DECISION, str(decision.seq).encode(), str(decision.frame_id).encode(), *frames])
         if anomaly_map is not None:
             map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.config.map_size,
                                         self.config.map_dtype, self.config.map_value_range)
             with self._lock:
-                self._handover([_PUB, *wire.encode(self._stamp(map_message))])
+                self._send(wire.encode(self._stamp(map_message)))
         return decision
 
     def publish_fault(self, code: str, message: str, frame_id: int | None = None) -> wire.Fault:
         fault = wire.Fault(self.camera, code, message, frame_id)
         with self._lock:
             fault = self._stamp(fault)
-            self._handover([_PUB, *wire.encode(fault)])
+            self._send(wire.encode(fault))
         return fault
 
     def maybe_heartbeat(self, counters: wire.Counters, source: wire.SourceStatus | None = None) -> bool:
@@ -237,7 +242,7 @@ class Publisher:
                 self._last_counters, seqs={k: v for k, v in self._seqs.items() if k != wire.HEARTBEAT},
                 state=state, reliable=self._reliable_stats, overruns=self._overruns, source=self._last_source)
             beat = self._stamp(beat)
-            self._handover([_PUB, *wire.encode(beat)])
+            self._send(wire.encode(beat))
         return beat
 
     def close(self) -> None:
@@ -245,17 +250,21 @@ class Publisher:
         if self._closed:
             return
         try:
-            if self._thread.is_alive():
-                self.heartbeat(state="stopping")
-                with self._lock:
-                    self._handover([_QUIT])
+            self.heartbeat(state="stopping")
         except PublishError:
             pass
-        self._closed = True
+        with self._lock:  # no caller is inside a send once this is set
+            if self._thread.is_alive():
+                try:
+                    self._handover([_QUIT])
+                except PublishError:
+                    pass
+            self._closed = True
         self._thread.join(timeout=self.config.linger_ms / 1000 + 5)
         if self._thread.is_alive():
             log.error("publisher I/O thread of camera %s did not stop; leaving its context open", self.camera)
             return
+        self._pub.close(linger=self.config.linger_ms)
         self._front.close(linger=0)
         if self._authenticator is not None:
             self._authenticator.stop()
@@ -276,6 +285,12 @@ class Publisher:
         kind = wire.kind_of(message)
         self._seqs[kind] += 1
         return replace(message, session=self.session, seq=self._seqs[kind], wall_ns=time.time_ns())
+
+    def _send(self, frames: list) -> None:
+        """On the PUB socket, from the caller's thread; the caller holds `_lock`."""
+        if self._closed:
+            raise PublishError(f"publisher of camera {self.camera!r} is closed; nothing more can be sent")
+        self._pub.send_multipart(frames, flags=self._zmq.NOBLOCK)
 
     def _handover(self, frames: list) -> None:
         if self._closed or not self._thread.is_alive():
@@ -306,7 +321,6 @@ class Publisher:
         except Exception:  # a bug here must be loud: the next publish raises PublishError
             log.exception("publisher I/O thread of camera %s failed", self.camera)
         finally:
-            self._pub.close(linger=self.config.linger_ms)
             if self._router is not None:
                 self._router.close(linger=self.config.linger_ms)
             self._back.close(linger=0)
@@ -328,13 +342,9 @@ class Publisher:
             command = frames[0]
             if command == _QUIT:
                 return False
-            if command == _PUB:
-                self._pub.send_multipart(frames[1:])
-            elif command == _DECISION:
+            if command == _DECISION:
                 seq, frame_id, message = int(frames[1]), int(frames[2]), frames[3:]
-                self._pub.send_multipart(message)
-                if self._router is not None:
-                    self._add_pending(_Pending(seq, frame_id, message))
+                self._add_pending(_Pending(seq, frame_id, message))
 
     def _add_pending(self, pending: _Pending) -> None:
         if len(self._pending) >= self.config.reliable_capacity:
