@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,17 @@ print(json.dumps({"rows": rows, "lost": sum(sub.lost.values())}), flush=True)
 """
 
 
+@dataclass(frozen=True)
+class ReceivedDecision:
+    """The header fields of a decision the subscriber process reported."""
+
+    frame_id: int
+    receive_ns: int
+    decision_ns: int
+    latency_ms: float
+    verdict: str
+
+
 def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, offloaded_ms: float | None = None):
     import socket
 
@@ -267,11 +279,7 @@ def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, 
     thread.join(60)
     stamps.restore()
 
-    class Received:  # the decision fields the breakdown reads
-        def __init__(self, row):
-            self.frame_id, self.receive_ns, self.decision_ns, self.latency_ms, self.verdict, _ = row
-
-    decisions = [(Received(row), row[5]) for row in sorted(report["rows"])]
+    decisions = [(ReceivedDecision(*row[:5]), row[5]) for row in sorted(report["rows"])]
     # One entry per frame, in frame order (batch 1): the warm-up goes to the wrapped backend directly.
     durations = timed[-1].durations
     n = min(len(decisions), len(durations))
