@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 
 _END = object()  # end of stream, passed stage to stage after the last frame
 _POLL_S = 0.1    # how often an idle stage looks at its stop flag
-# Frames with this many times the model input's pixels get a warning: from 16× (1 MP for 256²) an
-# area resize costs 1 ms (whole-multiple sizes) to 7 ms and more (2.3 MP at a fractional factor),
-# as much as or more than the rest of the pipeline's own work (BENCHMARKS.md).
+# Frames with this many times the model input's pixels get a warning: from 16× (1 MP for 256²) the
+# resize costs 0.8 ms (1.3 MP) to 3–4 ms (2.3–5 MP) and 8 ms (12 MP), as much as or more than the
+# rest of the pipeline's own work (BENCHMARKS.md).
 OVERSIZED_FRAME_FACTOR = 16
 
 
@@ -378,7 +378,7 @@ class Pipeline:
 
     def _warn_if_oversized(self, image: np.ndarray) -> bool:
         """Log once when frames are far larger than the model's input: the CPU then spends
-        milliseconds per frame averaging pixels away that the camera can drop for free (5 MP: 15 ms
+        milliseconds per frame averaging pixels away that the camera can drop for free (5 MP: 3.7 ms
         here; BENCHMARKS.md, preprocessing by frame size). True once the warning was given."""
         height, width = image.shape[:2]
         size = self.spec.image_size

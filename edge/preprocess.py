@@ -23,7 +23,7 @@ class PreprocessSpec:
 
     def to_dict(self) -> dict:
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "color": "RGB", "resize": "area-down/linear-up"}
+                "color": "RGB", "resize": "area-down (whole-factor blocks first from 2×)/linear-up"}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessSpec":
@@ -45,12 +45,28 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Squash to size×size, keeping the channels: area averaging when shrinking (antialiased),
     bilinear when enlarging. Channels are resized independently, so resizing Mono8 and then
-    replicating equals replicating and then resizing, at a third of the work."""
+    replicating equals replicating and then resizing, at a third of the work.
+
+    A frame at least twice the size in both directions, unless both are whole multiples of it, is
+    first averaged over k×k blocks (k the whole factor both allow; the last rows and columns padded
+    by repeating the edge, so no pixel is dropped), then area-resized from there. OpenCV's area
+    resize is several times faster per pixel at whole factors: a 5 MP frame takes 3.7 ms instead
+    of 15.7 (BENCHMARKS.md). Against one area resize the result differs by 0.1–0.8 grey levels on
+    average on real images (at most 14), 1.2–1.8 on pixel-level noise; training, calibration and
+    the line all resize through here, so they agree."""
     height, width = image.shape[:2]
     if height == 0 or width == 0:
         raise InputDataError(f"image: empty image of shape {image.shape}")
-    shrinking = height * width >= size * size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if height * width < size * size:
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    block = min(height // size, width // size)
+    if block >= 2 and (height % size or width % size):
+        pad_rows, pad_columns = -height % block, -width % block
+        if pad_rows or pad_columns:
+            image = cv2.copyMakeBorder(image, 0, pad_rows, 0, pad_columns, cv2.BORDER_REPLICATE)
+        image = cv2.resize(image, ((width + pad_columns) // block, (height + pad_rows) // block),
+                           interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def resize_rgb8(image: np.ndarray, size: int, name: str = "image") -> np.ndarray:

@@ -1,8 +1,9 @@
+import cv2
 import numpy as np
 import pytest
 
 from edge.errors import InputDataError
-from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, preprocess
+from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, preprocess, resize_square
 
 SPEC = PreprocessSpec(64)
 
@@ -58,3 +59,37 @@ def test_bad_images_are_refused_with_what_was_expected(image, expected):
     with pytest.raises(InputDataError, match="expected|empty") as error:
         preprocess([np.zeros((8, 8), np.uint8), image], SPEC)
     assert expected in str(error.value)
+
+
+def _textured(height: int, width: int) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return cv2.GaussianBlur(rng.integers(0, 256, (height, width), dtype=np.uint8), (0, 0), 1.5)
+
+
+@pytest.mark.parametrize("shape", [(300, 300), (511, 700), (1024, 1280), (512, 768)],
+                         ids=["under 2x", "under 2x one way", "whole factors", "whole factors 2x3"])
+def test_frames_without_block_averaging_are_one_area_resize(shape):
+    image = _textured(*shape)
+    expected = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(resize_square(image, 256), expected)
+
+
+@pytest.mark.parametrize("shape", [(600, 600), (1200, 1920), (2048, 2448), (513, 700)])
+def test_large_frames_averaged_in_blocks_first_stay_within_a_grey_level_of_one_area_resize(shape, elpv_images):
+    # A real solar cell scaled up to the sensor size: what a camera delivers.
+    cell = cv2.imread(str(elpv_images["good"][0]), cv2.IMREAD_GRAYSCALE)
+    image = cv2.resize(cell, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    single = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA).astype(int)
+    difference = np.abs(resize_square(image, 256).astype(int) - single)
+    assert difference.mean() < 1.0 and difference.max() <= 16
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_block_averaging_drops_no_pixel_at_the_padded_edges(channels):
+    # 1201×1923 with blocks of 4: one row and one column are padded; a bright last row and last
+    # column must still brighten the output's last row and column.
+    image = np.full((1201, 1923) + ((3,) if channels == 3 else ()), 50, np.uint8)
+    image[-1], image[:, -1] = 255, 255
+    out = resize_square(image, 256).astype(int)
+    assert out[-1].min() > 50 and out[:, -1].min() > 50
+    assert out[:-1, :-1].max() == 50
