@@ -406,10 +406,21 @@ def soak(frames: int, fps: float | None) -> dict:
             "lost_seq": lost, "fps": frames / wall, "cpu_ms_per_frame": 1000 * cpu / frames}
 
 
-def scaled_copies(images: Path, frame_size: str, out: Path) -> Path:
+def frame_size(text: str) -> tuple[int, int]:
+    """"HxW" → (height, width)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HEIGHTxWIDTH in pixels, e.g. 1024x1280") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: height and width must be at least 1")
+    return height, width
+
+
+def scaled_copies(images: Path, size: tuple[int, int], out: Path) -> Path:
     import cv2
 
-    height, width = (int(v) for v in frame_size.lower().split("x"))
+    height, width = size
     out.mkdir()
     for path in sorted(images.iterdir()):
         image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -435,7 +446,8 @@ def main():
     parser.add_argument("--switch-interval-ms", type=float, default=DAEMON_SWITCH_INTERVAL_S * 1000,
                         help="Python's GIL switch interval for this run (default: what `hlgfa run` sets, "
                              f"{DAEMON_SWITCH_INTERVAL_S * 1000:g} ms; CPython's own is 5 ms)")
-    parser.add_argument("--frame-size", help="HxW: replay the images scaled to this one size, as a camera delivers")
+    parser.add_argument("--frame-size", type=frame_size,
+                        help="HxW: replay the images scaled to this one size, as a camera delivers")
     parser.add_argument("--offloaded-infer-ms", type=float,
                         help="replace inference by a stand-in that holds each batch this long with the CPU idle")
     args = parser.parse_args()
@@ -457,7 +469,7 @@ def main():
         write_json_atomic(thresholds, Thresholds(model_hash=info.model_hash, image_threshold=1.0, version="b").to_dict())
         out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "load_average": os.getloadavg(), "switch_interval_ms": sys.getswitchinterval() * 1000,
-               "offloaded_infer_ms": args.offloaded_infer_ms, "frame_size": args.frame_size or "as in the folder"}
+               "offloaded_infer_ms": args.offloaded_infer_ms, "frame_size": "x".join(map(str, args.frame_size)) if args.frame_size else "as in the folder"}
         # Bare and end-to-end alternate, so slow drifts of a shared machine hit both sides alike;
         # the ratio reported is the median of the per-round ratios.
         rounds = []
