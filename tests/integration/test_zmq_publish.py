@@ -110,6 +110,40 @@ def test_decisions_maps_and_faults_arrive_in_order_with_sequence_numbers(make_pu
     assert sum(subscriber.lost.values()) == 0 and subscriber.pop_events() == []
 
 
+def test_threads_publishing_at_once_keep_each_topic_in_sequence_order(make_publisher, make_subscriber):
+    """The pipeline's stages and the main loop publish from their own threads, each sending on the
+    PUB socket itself: numbering and sending under one lock must keep wire order == seq order."""
+    publisher = make_publisher(sndhwm=10_000)
+    subscriber = make_subscriber(publisher.endpoint, cameras=["cam1"])
+    handshake(publisher, subscriber)
+    map_ = np.random.default_rng(2).random((32, 32), dtype=np.float32)
+
+    def decisions(first: int):
+        for frame_id in range(first, 400, 2):
+            publisher.publish_decision(decision(frame_id), map_)
+
+    def faults():
+        for index in range(200):
+            publisher.publish_fault("frame_error", f"corrupt frame {index}")
+
+    threads = [threading.Thread(target=target, args=args)
+               for target, args in ((decisions, (0,)), (decisions, (1,)), (faults, ()))]
+    for thread in threads:
+        thread.start()
+    for _ in range(50):
+        publisher.heartbeat()
+    for thread in threads:
+        thread.join(10)
+    beat = publisher.heartbeat()
+    got = drain(subscriber, lambda m: isinstance(m, wire.Heartbeat) and m.seq == beat.seq)
+    for kind in (wire.Decision, wire.MapMessage, wire.Fault):
+        seqs = [m.seq for m in got if isinstance(m, kind)]
+        assert seqs == list(range(1, len(seqs) + 1)), f"{kind.__name__} seqs out of order or missing"
+    assert sorted(m.frame_id for m in got if isinstance(m, wire.Decision)) == list(range(400))
+    assert sum(isinstance(m, wire.Fault) for m in got) == 200
+    assert sum(subscriber.lost.values()) == 0
+
+
 def test_topic_filter_selects_kinds(make_publisher, make_subscriber):
     publisher = make_publisher()
     subscriber = make_subscriber(publisher.endpoint, cameras=["cam1"], topics=("decision", "heartbeat"))
