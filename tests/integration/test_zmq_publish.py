@@ -289,10 +289,13 @@ def test_reliable_channel_buffers_until_the_bridge_connects_and_stops_after_ack(
         fourth = bridge.recv(timeout=5)
         assert fourth.seq == 4
         bridge.ack(fourth)
+        # The I/O thread refreshes the stats at the end of each round: "pending 0" alone can still be
+        # the round before decision 4 was added, so wait for the ack of 4 to be counted too.
         end = time.monotonic() + 5
-        while (publisher.reliable_stats() or {}).get("pending") != 0 and time.monotonic() < end:
-            bridge.recv(timeout=0.05)
         stats = publisher.reliable_stats()
+        while (stats["pending"], stats["acked"]) != (0, 4) and time.monotonic() < end:
+            bridge.recv(timeout=0.05)
+            stats = publisher.reliable_stats()
         assert stats["pending"] == 0 and stats["acked"] == 4 and stats["resent"] >= 1 and stats["evicted"] == 0
 
 
