@@ -4,7 +4,7 @@
         --data ../shared/datasets/magnetic_tile [--vectors hr|error|both] [--structure NAME|all]
 
 Same backbone, levels, image size, training images (the model's `train_files`), shrinkage, level
-weighting, smoothing and max score as the HLGFA model given; what varies:
+weighting, smoothing and image score (the model's `finish`) as the HLGFA model given; what varies:
 
 - `--vectors hr` (default): the HR features themselves — no LR view, no learned module, PaDiM's
   idea at HLGFA's levels. It answers what the learned alignment adds once the discrepancy is
@@ -98,16 +98,17 @@ class Distance:
         return torch.sqrt(torch.einsum("nchw,cd,ndhw->nhw", centred, self.precision, centred).clamp(min=0)).float()
 
 
+@torch.no_grad()
 def anomaly_maps(model, distances, level_scales, vectors, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own combination of levels, smoothing and image score (`HLGFA.finish`), no reliability."""
     maps, scores = [], []
     for start in range(0, len(vectors[0]), BATCH):
-        levels = [distance(level[start:start + BATCH]) / scale
+        levels = [F.interpolate((distance(level[start:start + BATCH]) / scale).unsqueeze(1), size=(size, size),
+                                mode="bilinear", align_corners=False)
                   for distance, scale, level in zip(distances, level_scales, vectors)]
-        combined = torch.stack([F.interpolate(level.unsqueeze(1), size=(size, size), mode="bilinear",
-                                              align_corners=False) for level in levels]).mean(dim=0)
-        smoothed = model.smooth(combined).squeeze(1)
-        maps.append(smoothed.numpy())
-        scores.append(smoothed.flatten(1).amax(dim=1).numpy())
+        anomaly, score = model.finish(levels, None, 0.0)
+        maps.append(anomaly.numpy())
+        scores.append(score.numpy())
     return np.concatenate(maps), np.concatenate(scores)
 
 

@@ -72,14 +72,16 @@ def reconnects(count: int, cti: str | None) -> dict:
     source.open()
 
     def lose_and_return(times: int) -> None:
-        for _ in range(times):
+        for done in range(times):
             source.acquirer.stop()
-            while True:
+            for _ in range(100):  # a reconnect takes a few reads; 100 means it is not coming back
                 try:
                     source.read(0.05)
                     break
                 except SourceUnavailable:
                     continue
+            else:
+                raise SystemExit(f"the device did not come back after reconnect {done + 1}: {source.stats()}")
 
     try:
         source.read(2.0)

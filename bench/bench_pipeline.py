@@ -270,14 +270,20 @@ def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, 
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run()))
     thread.start()
-    # No frame before the subscription is live (a slow joiner would miss the first decisions).
-    if child.stdout.readline().strip() != "joined":
-        raise RuntimeError("the subscriber process never saw a heartbeat")
-    gate.set()
-    opened_ns = time.monotonic_ns()
-    report = json.loads(child.communicate(timeout=600)[0])
-    thread.join(60)
-    stamps.restore()
+    try:
+        # No frame before the subscription is live (a slow joiner would miss the first decisions).
+        if child.stdout.readline().strip() != "joined":
+            raise RuntimeError(f"the subscriber process on {endpoint} saw no heartbeat within 60 s")
+        gate.set()
+        opened_ns = time.monotonic_ns()
+        report = json.loads(child.communicate(timeout=600)[0])
+    finally:
+        # On any failure above, stop the daemon too: its gated source would otherwise hold the bench.
+        daemon.request_stop()
+        gate.set()
+        thread.join(60)
+        child.kill()
+        stamps.restore()
 
     decisions = [(ReceivedDecision(*row[:5]), row[5]) for row in sorted(report["rows"])]
     # One entry per frame, in frame order (batch 1): the warm-up goes to the wrapped backend directly.
