@@ -1,6 +1,6 @@
 """GenICam cameras through harvesters (GenTL producers: vendor .cti files, or the simulated viky.cti).
 
-Each source owns one `Harvester`: reconnecting is `destroy()` → `update()` → `create()`, and
+Each source owns one `Harvester`: reconnecting is destroy (`_destroy`) → `update()` → `create()`, and
 `update()` invalidates every acquirer of that harvester, so sharing one would let a camera that
 drops out take its neighbours down with it.
 
