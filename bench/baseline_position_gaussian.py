@@ -4,7 +4,7 @@
         --data ../shared/datasets/magnetic_tile [--vectors hr|error|both] [--structure NAME|all]
 
 Same backbone, levels, image size, training images (the model's `train_files`), shrinkage, level
-weighting, smoothing and image score (the model's `finish`) as the HLGFA model given; what varies:
+weighting, smoothing and image score rule as the HLGFA model given; what varies:
 
 - `--vectors hr` (default): the HR features themselves — no LR view, no learned module, PaDiM's
   idea at HLGFA's levels. It answers what the learned alignment adds once the discrepancy is
@@ -99,16 +99,16 @@ class Distance:
 
 
 @torch.no_grad()
-def anomaly_maps(model, distances, level_scales, vectors, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The model's own combination of levels, smoothing and image score (`HLGFA.finish`), no reliability."""
+def anomaly_maps(model, distances, level_scales, vectors, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own combination of levels, smoothing and image score, one term, no reliability."""
     maps, scores = [], []
     for start in range(0, len(vectors[0]), BATCH):
-        levels = [F.interpolate((distance(level[start:start + BATCH]) / scale).unsqueeze(1), size=(size, size),
+        levels = [F.interpolate((distance(level[start:start + BATCH]) / scale).unsqueeze(1), size=size,
                                 mode="bilinear", align_corners=False)
                   for distance, scale, level in zip(distances, level_scales, vectors)]
-        anomaly, score = model.finish(levels, None, 0.0)
+        anomaly = model.smooth(torch.stack(levels).mean(dim=0)).squeeze(1)
         maps.append(anomaly.numpy())
-        scores.append(score.numpy())
+        scores.append(model.image_score(anomaly).numpy())
     return np.concatenate(maps), np.concatenate(scores)
 
 
@@ -122,7 +122,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, info = load_model(args.model)
     spec = info.preprocess
-    size = spec.image_size
+    height, width = spec.input_size
     training = info.description["training"]
     names = set(training["train_files"])
     train_paths = [p for p in list_images(training_folder(training["data"])) if p.name in names]
@@ -130,10 +130,10 @@ def main() -> None:
     masks = []
     for sample in samples:
         if sample.mask_path is None:
-            masks.append(np.zeros((size, size), bool) if sample.label == 0 else None)
+            masks.append(np.zeros((height, width), bool) if sample.label == 0 else None)
         else:
             mask = read_mask(sample.mask_path, read_image(sample.path).shape)
-            masks.append(cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
+            masks.append(cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0)
     train = vectors_of(model, train_paths, spec)
     test = vectors_of(model, [s.path for s in samples], spec)
     # Level weighting as the model's: each level divided by its mean on a seeded 64 of the normals.
@@ -145,7 +145,7 @@ def main() -> None:
         for structure in STRUCTURES if args.structure == "all" else (args.structure,):
             distances = [Distance(structure, mean, covariance) for mean, covariance in moments]
             level_scales = [float(distance(level[order]).mean()) for distance, level in zip(distances, train[kind])]
-            maps, scores = anomaly_maps(model, distances, level_scales, test[kind], size)
+            maps, scores = anomaly_maps(model, distances, level_scales, test[kind], spec.input_size)
             metrics = compute_metrics(samples, maps, scores, masks)
             rows.append({"vectors": kind, "structure": structure,
                          **{k: round(metrics[k], 4) for k in ("image_auroc", "pixel_auroc", "pro")},

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 
-def load_batch(images: Path | None, size: int, batch: int) -> np.ndarray:
+def load_batch(images: Path | None, size: tuple[int, int], batch: int) -> np.ndarray:
     from edge.model_dir import load_model_info  # noqa: F401 - keeps the import order of the runtime
     from edge.preprocess import PreprocessSpec, preprocess
 
@@ -30,7 +30,7 @@ def load_batch(images: Path | None, size: int, batch: int) -> np.ndarray:
         paths = list_images(images)[:batch]
         if len(paths) == batch:
             return preprocess([read_image(p) for p in paths], PreprocessSpec(size))
-    return np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
+    return np.random.default_rng(0).standard_normal((batch, 3) + size).astype(np.float32)
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     info = load_model_info(args.model)
-    size = info.preprocess.image_size
+    size = info.preprocess.input_size
     batch = load_batch(args.images, size, args.batch)
     openers = {
         "torch": lambda: open_backend("torch", args.model, max_batch=args.batch, threads=args.threads),
@@ -92,10 +92,10 @@ def main() -> None:
     for name in names:
         if "torch" in results:
             results[name]["ratio_to_torch"] = round(results[name]["median_ms"] / results["torch"]["median_ms"], 3)
-    meta = {"image_size": size, "batch": args.batch, "threads": args.threads, "iters": args.iters,
+    meta = {"input_size": list(size), "batch": args.batch, "threads": args.threads, "iters": args.iters,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average": os.getloadavg(),
             "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__}
-    print(f"per frame at {size}², batch {args.batch}, {args.threads} threads, {args.iters} interleaved rounds")
+    print(f"per frame at {size[0]}×{size[1]}, batch {args.batch}, {args.threads} threads, {args.iters} interleaved rounds")
     print(f"{'backend':24s} {'median ms':>10s} {'p90 ms':>8s} {'min ms':>8s} {'÷ torch':>8s}")
     for name in names:
         r = results[name]

@@ -90,8 +90,8 @@ class Gated:
 class TimedBackend:
     def __init__(self, backend):
         self._b = backend
-        self.kind, self.model_hash, self.image_size, self.max_batch = (backend.kind, backend.model_hash,
-                                                                        backend.image_size, backend.max_batch)
+        self.kind, self.model_hash, self.input_size, self.max_batch = (backend.kind, backend.model_hash,
+                                                                        backend.input_size, backend.max_batch)
         self.durations: list[float] = []
         self.spans_ns: list[tuple[int, int]] = []
 
@@ -116,9 +116,9 @@ class OffloadedStandIn:
 
     def __init__(self, backend, milliseconds: float):
         self._b, self._seconds = backend, milliseconds / 1000
-        self.kind, self.model_hash, self.image_size, self.max_batch = (backend.kind, backend.model_hash,
-                                                                        backend.image_size, backend.max_batch)
-        maps, scores = backend.infer(np.zeros((1, 3, backend.image_size, backend.image_size), np.float32))
+        self.kind, self.model_hash, self.input_size, self.max_batch = (backend.kind, backend.model_hash,
+                                                                        backend.input_size, backend.max_batch)
+        maps, scores = backend.infer(np.zeros((1, 3) + backend.input_size, np.float32))
         self._map, self._score = np.asarray(maps)[0], np.asarray(scores).reshape(-1)[0]
 
     def infer(self, batch):
@@ -355,7 +355,7 @@ class SyntheticSource:
 
 
 class TrivialBackend:
-    kind, model_hash, image_size, max_batch = "trivial", "0" * 64, 16, 8
+    kind, model_hash, input_size, max_batch = "trivial", "0" * 64, (16, 16), 8
 
     def infer(self, batch):
         maps = batch.mean(axis=1)

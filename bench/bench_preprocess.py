@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.preprocess import PreprocessSpec, preprocess, resize_square  # noqa: E402
+from edge.preprocess import PreprocessSpec, preprocess, resize_to  # noqa: E402
 
 # (height, width): VGA, the 1.3 MP and 2.3 MP sensors common on lines, 5 MP, 12 MP.
 SENSOR_SIZES = ((480, 640), (1024, 1280), (1200, 1920), (2048, 2448), (3000, 4000))
@@ -60,13 +60,13 @@ def main():
     source = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if source is None:
         raise SystemExit(f"{path}: not a readable image")
-    spec = PreprocessSpec(args.size)
+    spec = PreprocessSpec((args.size, args.size))
     rows = []
     for height, width in SENSOR_SIZES:
         frame = cv2.resize(source, (width, height), interpolation=cv2.INTER_CUBIC)
         preprocess([frame], spec)  # first call builds the lookup table
         p50, p99 = timed(lambda: preprocess([frame], spec), args.repeats)
-        resize_p50, _ = timed(lambda: resize_square(frame, args.size), args.repeats)
+        resize_p50, _ = timed(lambda: resize_to(frame, spec.input_size), args.repeats)
         rows.append({"frame": f"{height}x{width}", "megapixels": round(height * width / 1e6, 2),
                      "preprocess_ms_p50": round(p50, 3), "preprocess_ms_p99": round(p99, 3),
                      "resize_ms_p50": round(resize_p50, 3)})

@@ -52,7 +52,7 @@ class TorchHalfSplit:
 
         model.features, model.align = features, align
         self.model = model
-        self.image_size = info.preprocess.image_size
+        self.input_size = info.preprocess.input_size
         self.max_batch = max_batch
 
     def infer(self, batch):
@@ -61,7 +61,7 @@ class TorchHalfSplit:
         return maps.float().numpy(), scores.float().numpy()
 
     def warmup(self):
-        self.infer(np.zeros((1, 3, self.image_size, self.image_size), np.float32))
+        self.infer(np.zeros((1, 3) + self.input_size, np.float32))
 
     def close(self):
         self.model = None

@@ -85,8 +85,7 @@ def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarra
     from edge.preprocess import preprocess
 
     batch_size = max(1, min(BATCH, int(getattr(backend, "max_batch", 1))))
-    size = spec.image_size
-    maps = np.empty((len(paths), size, size), dtype=np.float32)
+    maps = np.empty((len(paths),) + spec.input_size, dtype=np.float32)
     scores = np.empty(len(paths), dtype=np.float64)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -104,9 +103,9 @@ def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarra
             raise BackendError(f"{what} {chunk[0]}…: {error}") from error
         batch_maps = np.asarray(batch_maps)
         batch_scores = np.asarray(batch_scores).reshape(-1)
-        if batch_maps.shape != (len(chunk), size, size) or batch_scores.shape != (len(chunk),):
+        if batch_maps.shape != (len(chunk),) + spec.input_size or batch_scores.shape != (len(chunk),):
             raise BackendError(f"backend returned maps {batch_maps.shape} and scores {batch_scores.shape} for "
-                               f"{len(chunk)} images; expected {(len(chunk), size, size)} and {(len(chunk),)}")
+                               f"{len(chunk)} images; expected {(len(chunk),) + spec.input_size} and {(len(chunk),)}")
         for index, path in enumerate(chunk):
             if not (np.isfinite(batch_scores[index]) and np.isfinite(batch_maps[index]).all()):
                 raise BackendError(f"{what} {path}: the model returned non-finite values; refusing to calibrate")

@@ -123,7 +123,7 @@ def train_model(out: Path, args, manifest: dict) -> Path:
     if not args.fresh and description.is_file():
         training = json.loads(description.read_text()).get("training", {})
         if {k: (sorted(training[k]) if k == "train_files" else training.get(k)) for k in wanted if k in training} == wanted \
-                and json.loads(description.read_text())["architecture"]["image_size"] == args.image_size:
+                and json.loads(description.read_text())["architecture"].get("input_size") == [args.image_size] * 2:
             print(f"reusing {model} (same cells, epochs and seed)")
             return model
     shutil.rmtree(model, ignore_errors=True)

@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def score_samples(backend, samples, spec, batch_size: int, progress: bool = True):
-    """Maps (N×S×S float32), scores, masks at S×S (None where a class has no ground truth), images."""
-    size = spec.image_size
-    maps = np.empty((len(samples), size, size), dtype=np.float32)
+    """Maps (N×H×W float32), scores, masks at H×W (None where a class has no ground truth), images."""
+    height, width = spec.input_size
+    maps = np.empty((len(samples), height, width), dtype=np.float32)
     scores = np.empty(len(samples), dtype=np.float32)
     masks: list[np.ndarray | None] = []
     thumbnails = []
@@ -36,11 +36,11 @@ def score_samples(backend, samples, spec, batch_size: int, progress: bool = True
         for sample, image in zip(chunk, images):
             if sample.mask_path is not None:
                 mask = read_mask(sample.mask_path, image.shape)
-                masks.append(cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0)
+                masks.append(cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0)
             else:
-                masks.append(np.zeros((size, size), bool) if sample.label == 0 else None)
+                masks.append(np.zeros((height, width), bool) if sample.label == 0 else None)
         batch = preprocess(images, spec)
-        thumbnails.extend(resize_rgb8(image, size) for image in images)
+        thumbnails.extend(resize_rgb8(image, spec.input_size) for image in images)
         began = time.perf_counter()
         batch_maps, batch_scores = backend.infer(batch)
         infer_seconds += time.perf_counter() - began

@@ -17,13 +17,16 @@ from torch import nn
 
 from calibrate.backbones import FrozenBackbone
 from edge.errors import ConfigError
+from edge.preprocess import input_size
 
 DISCREPANCIES = ("whitened", "cosine")
 
 
 @dataclass
 class HLGFAConfig:
-    image_size: int = 256
+    # (height, width) of the HR view, both multiples of 16 × lr_factor; frames of another aspect
+    # ratio are resized to it. `hlgfa train` picks it from the data (calibrate.train.choose_input_size).
+    input_size: tuple[int, int] = (256, 256)
     # Measured on the magnetic tile dev split (BENCHMARKS.md): r = 4 and strides 8/16 beat
     # r = 2 and strides 4/8/16 on pixel AUROC and PRO, at lower cost.
     lr_factor: int = 4
@@ -35,6 +38,10 @@ class HLGFAConfig:
     # The detail prior is a deliberate bottleneck: wide enough to carry local alignment cues,
     # too narrow to copy HR through (the identity trap). 0 disables it.
     detail_channels: int = 8
+    # Blind-spot guidance: the detail prior at a position is made from its 8 neighbours' HR
+    # features only (the centre tap of its 3×3 depthwise conv is held at zero, and no smoothing
+    # mixes the centre back in), so it cannot carry a defect's own feature to the output.
+    blind_spot: bool = False
     # Residual branch of the gated correction: hidden width as a fraction of the level's
     # channels, and how many depthwise 3×3 layers (each widens its receptive field by 2).
     residual_width: float = 1.0
@@ -48,21 +55,30 @@ class HLGFAConfig:
     #   disagree, and by how much, differs across the part (edges, borders, texture direction);
     # "cosine": 1 − cosine similarity, the paper's discrepancy (kept for the ablation).
     discrepancy: str = "whitened"
+    # The appearance term: the Mahalanobis norm of the HR features themselves under their mean and
+    # covariance at that position on good parts. Cross-resolution consistency cannot see a defect
+    # that survives downsampling (a large uneven or stained region: the aligner predicts it); how
+    # unlikely the features are at that place does. Fused with the alignment term after both are
+    # put on one scale (`FittedConstants.fusion`). Off: the alignment term alone, for parts that do
+    # not sit in the same place in every frame (with discrepancy="cosine").
+    appearance: bool = True
     use_reliability: bool = True
     # "gradient": reliability falls where the structure prior's local gradient is high.
     # "learned": a small head on the structure prior predicts, from normal images, the
     # discrepancy to expect at each position; the map is divided by that expectation.
     reliability: str = "gradient"
-    smoothing_sigma: float = 4.0  # pixels at image_size 256, scaled with image_size
+    smoothing_sigma: float = 4.0  # pixels at a 256×256 input, scaled with the input's side (geometric mean)
     score: str = "max"  # or "topk": mean of the top `topk_fraction` pixels
     topk_fraction: float = 0.01
 
     def __post_init__(self) -> None:
+        self.input_size = input_size(self.input_size)
         if self.discrepancy not in DISCREPANCIES:
             raise ConfigError(f"discrepancy={self.discrepancy!r}: expected one of {', '.join(DISCREPANCIES)}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        data["input_size"] = list(self.input_size)
         data["strides"] = list(self.strides)
         data["structure_dilations"] = list(self.structure_dilations)
         return data
@@ -70,8 +86,13 @@ class HLGFAConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "HLGFAConfig":
         data = dict(data)
-        # Model directories written before the whitened discrepancy existed used the cosine.
+        # Model directories written before the whitened discrepancy existed used the cosine, and
+        # those written before the appearance term had none.
         data.setdefault("discrepancy", "cosine")
+        data.setdefault("appearance", False)
+        # …and those written before non-square inputs held one side.
+        if "image_size" in data:
+            data["input_size"] = data.pop("image_size")
         data["strides"] = tuple(data["strides"])
         data["structure_dilations"] = tuple(data["structure_dilations"])
         return cls(**data)
@@ -90,18 +111,29 @@ class FittedConstants:
     # Per-level mean structure instability on normals: makes the reliability weight scale-free.
     instability_scale: list[float] = field(default_factory=list)
     reliability_strength: float = 0.0
+    # Per-level mean appearance distance on normals (levels combined scale-free, as above).
+    appearance_scale: list[float] = field(default_factory=list)
+    # Per term ("alignment", "appearance"): the 0.9 and 0.995 quantiles of its smoothed map over
+    # held-out good images. Each term is mapped affinely so these land on 0 and 1, then the terms
+    # are added (EfficientAD's rule): neither term's units can drown the other. Empty: one term,
+    # unscaled.
+    fusion: dict[str, list[float]] = field(default_factory=dict)
 
 
 class LevelAligner(nn.Module):
     """Refines LR features towards HR features at one level, guided by thin HR priors."""
 
-    def __init__(self, channels: int, config: HLGFAConfig, grid: int):
+    def __init__(self, channels: int, config: HLGFAConfig, grid: tuple[int, int]):
         super().__init__()
         if config.discrepancy == "whitened":
             # Fitted on normal images after training (train.fit_error_statistics); saved with the
             # weights, so the model hash covers them. Identity until fitted.
-            self.register_buffer("error_mean", torch.zeros(channels, grid, grid))
-            self.register_buffer("error_precision", torch.eye(channels).repeat(grid * grid, 1, 1))
+            self.register_buffer("error_mean", torch.zeros(channels, *grid))
+            self.register_buffer("error_precision", torch.eye(channels).repeat(grid[0] * grid[1], 1, 1))
+        if config.appearance:
+            # The HR features' mean and inverse covariance per position (train.fit_position_statistics).
+            self.register_buffer("appearance_mean", torch.zeros(channels, *grid))
+            self.register_buffer("appearance_precision", torch.eye(channels).repeat(grid[0] * grid[1], 1, 1))
         self.use_structure = config.use_structure
         self.detail_channels = config.detail_channels
         if self.use_structure:
@@ -113,9 +145,15 @@ class LevelAligner(nn.Module):
             # FiLM starts as the identity so training begins from the plain LR features.
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
+        self.blind_spot = config.blind_spot
         if self.detail_channels > 0:
             self.detail_align = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
             self.detail_proj = nn.Conv2d(channels, self.detail_channels, 1)
+            if self.blind_spot:
+                with torch.no_grad():
+                    self.detail_align.weight[:, :, 1, 1] = 0
+                # Zero gradient at the centre: the tap stays exactly zero through training.
+                self.detail_align.weight.register_hook(blind_spot_gradient)
         fused = channels + max(self.detail_channels, 0)
         self.gate = nn.Conv2d(fused, channels, 1)
         hidden = max(int(channels * config.residual_width), 16)
@@ -149,13 +187,22 @@ class LevelAligner(nn.Module):
         else:
             modulated = lr
         if self.detail_channels > 0:
-            smooth = F.avg_pool2d(hr, 3, stride=1, padding=1, count_include_pad=False)
-            detail = self.detail_proj(self.detail_align(smooth))
+            if self.blind_spot:
+                detail = self.detail_proj(self.detail_align(hr))
+            else:
+                smooth = F.avg_pool2d(hr, 3, stride=1, padding=1, count_include_pad=False)
+                detail = self.detail_proj(self.detail_align(smooth))
             fused = torch.cat([modulated, detail], dim=1)
         else:
             fused = modulated
         refined = modulated + torch.sigmoid(self.gate(fused)) * self.residual(fused)
         return refined, structure
+
+
+def blind_spot_gradient(gradient: torch.Tensor) -> torch.Tensor:
+    gradient = gradient.clone()
+    gradient[:, :, 1, 1] = 0
+    return gradient
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -182,8 +229,17 @@ def whitened_distance(error: torch.Tensor, mean: torch.Tensor, precision: torch.
     return squared.clamp(min=0).sqrt().permute(1, 0).reshape(batch, height, width)
 
 
+@dataclass
+class RawMaps:
+    """Per-level maps upsampled to the input size (N×1×S×S each), before levels are combined."""
+
+    alignment: list[torch.Tensor]
+    instability: torch.Tensor | None
+    appearance: list[torch.Tensor]  # empty when the appearance term is off
+
+
 class HLGFA(nn.Module):
-    """HR batch (N×3×S×S, ImageNet-normalised) → (anomaly map N×S×S, image score N)."""
+    """HR batch (N×3×H×W, ImageNet-normalised) → (anomaly map N×H×W, image score N)."""
 
     def __init__(self, backbone: FrozenBackbone, config: HLGFAConfig, fitted: FittedConstants | None = None):
         super().__init__()
@@ -191,10 +247,11 @@ class HLGFA(nn.Module):
             raise ValueError(f"backbone taps strides {backbone.strides}, the config asks for {config.strides}")
         self.backbone = backbone
         self.config = config
-        self.aligners = nn.ModuleList(LevelAligner(backbone.channels[s], config, config.image_size // s)
+        height, width = config.input_size
+        self.aligners = nn.ModuleList(LevelAligner(backbone.channels[s], config, (height // s, width // s))
                                       for s in config.strides)
-        sigma = config.smoothing_sigma * config.image_size / 256
-        self.register_buffer("smoothing_kernel", gaussian_kernel1d(sigma), persistent=False)
+        self.register_buffer("smoothing_kernel", gaussian_kernel1d(self.smoothing_pixels(config.smoothing_sigma)),
+                             persistent=False)
         self.fitted = fitted or FittedConstants()
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -223,16 +280,22 @@ class HLGFA(nn.Module):
     def alignment_loss(refined: list[torch.Tensor], hr: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([(1 - F.cosine_similarity(r, h, dim=1)).mean() for r, h in zip(refined, hr)]).mean()
 
-    def raw_maps(self, images: torch.Tensor):
-        """Per-level discrepancy (N×1×S×S each) and the combined instability (N×1×S×S or None)."""
+    def raw_maps(self, images: torch.Tensor) -> RawMaps:
         hr, lr = self.features(images)
         refined, structures = self.align(hr, lr)
         size = images.shape[-2:]
-        scales = self.fitted.level_scale or [1.0] * len(hr)
-        discrepancies = [
-            F.interpolate(self.discrepancy(aligner, r, h).unsqueeze(1) / scale, size=size, mode="bilinear",
-                          align_corners=False)
-            for aligner, r, h, scale in zip(self.aligners, refined, hr, scales)]
+
+        def upsampled(level_maps, scales):
+            return [F.interpolate(m.unsqueeze(1) / scale, size=size, mode="bilinear", align_corners=False)
+                    for m, scale in zip(level_maps, scales)]
+
+        alignment = upsampled([self.discrepancy(a, r, h) for a, r, h in zip(self.aligners, refined, hr)],
+                              self.fitted.level_scale or [1.0] * len(hr))
+        appearance = []
+        if self.config.appearance:
+            appearance = upsampled(
+                [whitened_distance(h, a.appearance_mean, a.appearance_precision) for a, h in zip(self.aligners, hr)],
+                self.fitted.appearance_scale or [1.0] * len(hr))
         instability = None
         if self.learned_reliability:
             instability = torch.stack([
@@ -242,7 +305,7 @@ class HLGFA(nn.Module):
             instability = torch.stack([
                 F.interpolate(local_instability(s), size=size, mode="bilinear", align_corners=False) / scale
                 for s, scale in zip(structures, self.fitted.instability_scale)]).mean(dim=0)
-        return discrepancies, instability
+        return RawMaps(alignment, instability, appearance)
 
     def discrepancy(self, aligner: LevelAligner, refined: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """N×h×w: how far the refined LR features are from the HR features at each position."""
@@ -257,27 +320,52 @@ class HLGFA(nn.Module):
         maps = F.conv2d(maps, kernel.view(1, 1, 1, -1))
         return F.conv2d(maps, kernel.view(1, 1, -1, 1))
 
-    def finish(self, discrepancies: list[torch.Tensor], instability: torch.Tensor | None,
-               reliability_strength: float) -> tuple[torch.Tensor, torch.Tensor]:
-        anomaly = torch.stack(discrepancies).mean(dim=0)
-        if self.config.use_reliability and instability is not None and reliability_strength > 0:
+    def term_maps(self, raw: RawMaps, reliability_strength: float) -> dict[str, torch.Tensor]:
+        """Per term, its levels combined (N×1×S×S), unsmoothed; reliability weighs the alignment
+        term only: it says where the two views legitimately disagree, not where parts vary."""
+        alignment = torch.stack(raw.alignment).mean(dim=0)
+        if self.config.use_reliability and raw.instability is not None and reliability_strength > 0:
             if self.learned_reliability:
-                anomaly = anomaly * torch.exp(-reliability_strength * instability)
+                alignment = alignment * torch.exp(-reliability_strength * raw.instability)
             else:
-                anomaly = anomaly / (1 + reliability_strength * instability)
-        anomaly = self.smooth(anomaly).squeeze(1)
+                alignment = alignment / (1 + reliability_strength * raw.instability)
+        terms = {"alignment": alignment}
+        if raw.appearance:
+            terms["appearance"] = torch.stack(raw.appearance).mean(dim=0)
+        return terms
+
+    def fuse(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One map from the terms, each mapped by its fitted quantiles (0.9 → 0, 0.995 → 1)."""
+        fusion = self.fitted.fusion
+        return sum((t - fusion[name][0]) / (fusion[name][1] - fusion[name][0]) if name in fusion else t
+                   for name, t in terms.items())
+
+    def image_score(self, anomaly: torch.Tensor) -> torch.Tensor:
         flat = anomaly.flatten(1)
         if self.config.score == "topk":
             # From the config, not the tensor's shape: a traced shape is not a Python int.
-            count = max(1, round(self.config.topk_fraction * self.config.image_size ** 2))
-            score = flat.topk(count, dim=1).values.mean(dim=1)
-        else:
-            score = flat.amax(dim=1)
-        return anomaly, score
+            height, width = self.config.input_size
+            count = max(1, round(self.config.topk_fraction * height * width))
+            return flat.topk(count, dim=1).values.mean(dim=1)
+        return flat.amax(dim=1)
+
+    def finish(self, raw: RawMaps, reliability_strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # Smoothing is linear and the fusion affine, so fusing before smoothing equals smoothing
+        # each term first (the fitted quantiles are of smoothed maps), at half the cost.
+        anomaly = self.smooth(self.fuse(self.term_maps(raw, reliability_strength))).squeeze(1)
+        return anomaly, self.image_score(anomaly)
+
+    def smoothing_pixels(self, sigma: float) -> float:
+        """σ given at a 256×256 input → σ at this input, scaled with its side (geometric mean)."""
+        height, width = self.config.input_size
+        return sigma * math.sqrt(height * width) / 256
+
+    def set_smoothing(self, sigma: float) -> None:
+        self.config.smoothing_sigma = sigma
+        self.smoothing_kernel = gaussian_kernel1d(self.smoothing_pixels(sigma))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        discrepancies, instability = self.raw_maps(images)
-        return self.finish(discrepancies, instability, self.fitted.reliability_strength)
+        return self.finish(self.raw_maps(images), self.fitted.reliability_strength)
 
     @property
     def learned_reliability(self) -> bool:

@@ -22,7 +22,7 @@ def save_model(model: HLGFA, directory: str | Path, backbone_weights: str | None
     description = {
         "format": MODEL_FORMAT,
         "backbone": {"name": model.backbone.name, "weights_file": backbone_weights, "strides": list(model.config.strides)},
-        "preprocess": PreprocessSpec(model.config.image_size).to_dict(),
+        "preprocess": PreprocessSpec(model.config.input_size).to_dict(),
         "architecture": model.config.to_dict(),
         "fitted": asdict(model.fitted),
         "training": training,

@@ -77,8 +77,7 @@ def plot_overlays(path: Path, image_paths, scores, maps, region: dict | None) ->
     vmax = float(np.max(maps[order])) if len(order) else 1.0
     names = []
     for ax, index in zip(axes[0], order):
-        size = maps.shape[1]
-        image = resize_rgb8(read_image(image_paths[index]), size)
+        image = resize_rgb8(read_image(image_paths[index]), maps.shape[1:])
         ax.imshow(image)
         ax.imshow(maps[index], cmap="jet", alpha=0.45, vmin=float(np.min(maps)), vmax=vmax)
         if region:

@@ -4,17 +4,19 @@ views' features are computed once and cached; only noise-augmented images pass t
 import logging
 import random
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
+from calibrate import synth
 from calibrate.augment import noise_augment
 from calibrate.backbones import build_backbone
 from calibrate.dataset import list_images, read_image, training_folder
-from calibrate.model import HLGFA, FittedConstants, HLGFAConfig, local_instability
+from calibrate.model import HLGFA, FittedConstants, HLGFAConfig, local_instability, whitened_distance
 from calibrate.model_io import save_model
 from edge.errors import ConfigError, InputDataError
 from edge.model_dir import ModelInfo
@@ -44,7 +46,7 @@ def split_holdout(paths: list[Path], holdout_fraction: float, seed: int) -> tupl
     return kept, held
 
 
-def load_resized(paths: list[Path], size: int) -> np.ndarray:
+def load_resized(paths: list[Path], size: tuple[int, int]) -> np.ndarray:
     return np.stack([resize_rgb8(read_image(p), size, str(p)) for p in paths])
 
 
@@ -93,27 +95,47 @@ def fit_feature_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpe
 ERROR_SHRINKAGE = 0.01
 
 
-def position_moments(batches, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per level and position, the mean and covariance of vectors given as batches of per-level
-    N×C×h×w tensors: [(mean C×h×w, covariance (h·w)×C×C)], float64, unshrunk."""
-    sums, outer, count = None, None, 0
-    for levels in batches:
+class PositionMoments:
+    """Running per-level, per-position sums of vectors given as per-level N×C×h×w tensors."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.sums, self.outer, self.count = None, None, 0
+
+    def add(self, levels: list[torch.Tensor]) -> None:
         levels = [level.double() for level in levels]
         batch_sums = [level.sum(dim=0) for level in levels]
         batch_outer = [torch.einsum("nchw,ndhw->hwcd", level, level) for level in levels]
-        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
-        outer = batch_outer if outer is None else [a + b for a, b in zip(outer, batch_outer)]
-        count += len(levels[0])
-    if count < 2:
-        raise InputDataError(f"fitting the {what} statistics: {count} normal images, need at least 2")
-    moments = []
-    for total, products in zip(sums, outer):
-        channels, height, width = total.shape
-        mean = total / count
-        per_position = mean.permute(1, 2, 0)  # h × w × C
-        covariance = (products - count * per_position[..., :, None] * per_position[..., None, :]) / (count - 1)
-        moments.append((mean, covariance.reshape(height * width, channels, channels)))
-    return moments
+        self.sums = batch_sums if self.sums is None else [a + b for a, b in zip(self.sums, batch_sums)]
+        self.outer = batch_outer if self.outer is None else [a + b for a, b in zip(self.outer, batch_outer)]
+        self.count += len(levels[0])
+
+    def moments(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(mean C×h×w, covariance (h·w)×C×C)] per level, float64, unshrunk."""
+        count = self.count
+        if count < 2:
+            raise InputDataError(f"fitting the {self.what} statistics: {count} normal images, need at least 2")
+        moments = []
+        for total, products in zip(self.sums, self.outer):
+            channels, height, width = total.shape
+            mean = total / count
+            per_position = mean.permute(1, 2, 0)  # h × w × C
+            covariance = (products - count * per_position[..., :, None] * per_position[..., None, :]) / (count - 1)
+            moments.append((mean, covariance.reshape(height * width, channels, channels)))
+        return moments
+
+    def gaussians(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(mean C×h×w, shrunk precision (h·w)×C×C)] per level, float32."""
+        return [(mean.float(), shrunk_inverse(covariance).float()) for mean, covariance in self.moments()]
+
+
+def position_moments(batches, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per level and position, the mean and covariance of vectors given as batches of per-level
+    N×C×h×w tensors: [(mean C×h×w, covariance (h·w)×C×C)], float64, unshrunk."""
+    accumulator = PositionMoments(what)
+    for levels in batches:
+        accumulator.add(levels)
+    return accumulator.moments()
 
 
 def shrunk_inverse(covariance: torch.Tensor) -> torch.Tensor:
@@ -123,56 +145,65 @@ def shrunk_inverse(covariance: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(covariance + (ERROR_SHRINKAGE * mean_variance + 1e-12)[..., None, None] * identity)
 
 
-def position_gaussians(batches, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per level and position, the mean and shrunk inverse covariance of vectors given as
-    batches of per-level N×C×h×w tensors: [(mean C×h×w, precision (h·w)×C×C)], float32."""
-    return [(mean.float(), shrunk_inverse(covariance).float()) for mean, covariance in position_moments(batches, what)]
-
-
 @torch.no_grad()
-def fit_error_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> None:
-    """Per level and position: mean and (shrunk) inverse covariance of the alignment error
-    HR − refined LR over normal images — what the whitened discrepancy measures against."""
-    if model.config.discrepancy != "whitened":
+def fit_position_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> None:
+    """Per level and position, over normal images: the mean and (shrunk) inverse covariance of the
+    alignment error HR − refined LR (the whitened discrepancy) and of the HR features themselves
+    (the appearance term), from one pass of the model."""
+    kinds = [kind for kind, wanted in (("error", model.config.discrepancy == "whitened"),
+                                       ("appearance", model.config.appearance)) if wanted]
+    if not kinds:
         return
-
-    def errors():
-        for start in range(0, len(images), batch_size):
-            hr, lr = model.features(to_batch(images[start:start + batch_size], spec))
+    accumulators = {kind: PositionMoments("alignment error" if kind == "error" else "HR feature") for kind in kinds}
+    for start in range(0, len(images), batch_size):
+        hr, lr = model.features(to_batch(images[start:start + batch_size], spec))
+        if "error" in accumulators:
             refined, _ = model.align(hr, lr)
-            yield [h - r for h, r in zip(hr, refined)]
-
-    for aligner, (mean, precision) in zip(model.aligners, position_gaussians(errors(), "alignment error")):
-        aligner.error_mean.copy_(mean)
-        aligner.error_precision.copy_(precision)
+            accumulators["error"].add([h - r for h, r in zip(hr, refined)])
+        if "appearance" in accumulators:
+            accumulators["appearance"].add(hr)
+    for kind, accumulator in accumulators.items():
+        for aligner, (mean, precision) in zip(model.aligners, accumulator.gaussians()):
+            getattr(aligner, f"{kind}_mean").copy_(mean)
+            getattr(aligner, f"{kind}_precision").copy_(precision)
 
 
 @torch.no_grad()
 def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int,
                   level_weighting: bool = True) -> FittedConstants:
-    """Fitted from normal images only, after training (the alignment error statistics first, on
-    every training image, by `fit_error_statistics`):
+    """Fitted from normal images only, after training (the per-position statistics first, on
+    every training image, by `fit_position_statistics`):
 
-    1. per-level mean discrepancy (levels are combined scale-free);
+    1. per-level mean alignment discrepancy and appearance distance (levels combined scale-free);
     2. per-level mean structure instability (the reliability weight is scale-free);
-    3. the reliability strength that best flattens normal maps. Objective: the mean image score
-       (max of the map) relative to the mean map level. Spurious peaks on good parts raise it; a
+    3. the reliability strength that best flattens normal alignment maps. Objective: the mean
+       image maximum relative to the mean map level. Spurious peaks on good parts raise it; a
        uniform rescaling does not change it.
+    The fusion of the terms is fitted afterwards, on held-out images (`choose_on_validation`).
     """
     model.fitted = FittedConstants(feature_mean=model.fitted.feature_mean, feature_std=model.fitted.feature_std)
     batches = [to_batch(images[start:start + batch_size], spec) for start in range(0, len(images), batch_size)]
-    level_sums, instability_sums = None, None
+    level_sums, appearance_sums, instability_sums = None, None, None
+
+    def accumulate(total, values):
+        return values if total is None else [a + b for a, b in zip(total, values)]
+
     for batch in batches:
         hr, lr = model.features(batch)
         refined, structures = model.align(hr, lr)
-        levels = [float(model.discrepancy(aligner, r, h).mean()) * len(batch)
-                  for aligner, r, h in zip(model.aligners, refined, hr)]
-        level_sums = levels if level_sums is None else [a + b for a, b in zip(level_sums, levels)]
+        level_sums = accumulate(level_sums, [float(model.discrepancy(aligner, r, h).mean()) * len(batch)
+                                             for aligner, r, h in zip(model.aligners, refined, hr)])
+        if model.config.appearance:
+            appearance_sums = accumulate(appearance_sums, [
+                float(whitened_distance(h, a.appearance_mean, a.appearance_precision).mean()) * len(batch)
+                for a, h in zip(model.aligners, hr)])
         if model.config.use_structure:
-            sums = [float(local_instability(s).mean()) * len(batch) for s in structures]
-            instability_sums = sums if instability_sums is None else [a + b for a, b in zip(instability_sums, sums)]
+            instability_sums = accumulate(instability_sums,
+                                          [float(local_instability(s).mean()) * len(batch) for s in structures])
     if level_weighting:
         model.fitted.level_scale = [t / len(images) + 1e-12 for t in level_sums]
+        if appearance_sums is not None:
+            model.fitted.appearance_scale = [t / len(images) + 1e-12 for t in appearance_sums]
     if not (model.config.use_structure and model.config.use_reliability):
         return model.fitted
     if not model.learned_reliability:
@@ -181,10 +212,10 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
     best = None
     for strength in (LEARNED_RELIABILITY_GRID if model.learned_reliability else RELIABILITY_GRID):
         maxima, means = [], []
-        for discrepancies, instability in raw:
-            anomaly, score = model.finish(discrepancies, instability, strength)
-            maxima.append(score)
-            means.append(anomaly.flatten(1).mean(dim=1))
+        for maps in raw:
+            alignment = model.smooth(model.term_maps(maps, strength)["alignment"]).flatten(1)
+            maxima.append(alignment.amax(dim=1))
+            means.append(alignment.mean(dim=1))
         objective = float(torch.cat(maxima).mean() / torch.cat(means).mean())
         log.info("reliability strength %.2f: normal max/mean %.4f", strength, objective)
         if best is None or objective < best[0] - 1e-6:
@@ -193,32 +224,268 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
     return model.fitted
 
 
+# What training chooses on held-out good images and synthetic anomalies, never on real defects.
+SMOOTHING_CHOICES = (2.0, 4.0, 8.0)
+SCORE_CHOICES = (("max", 0.0), ("topk", 0.001), ("topk", 0.01))
+FUSION_QUANTILES = (0.9, 0.995)
+VALIDATION_FRACTION = 0.15
+# With fewer training images than this none are held out: the fusion is then fitted on the
+# training images and the defaults are kept. Fitted on the images their own statistics came from,
+# the distances are nearly constant (each image is its own neighbourhood), so the fusion's scale
+# is poor: hold-out images, however few, are better.
+MIN_IMAGES_FOR_VALIDATION = 10
+
+
+def synthetic_validation(images: np.ndarray, kinds_used: tuple[str, ...],
+                         seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Each held-out good image once per synthetic anomaly kind in `kinds_used`: (images, masks, kinds)."""
+    rng = np.random.default_rng(seed + 7919)
+    anomalous, masks, kinds = [], [], []
+    for image in images:
+        for kind in kinds_used:
+            made, mask = synth.synthesize(image, kind, rng)
+            anomalous.append(made)
+            masks.append(mask)
+            kinds.append(kind)
+    return np.stack(anomalous), np.stack(masks), kinds
+
+
+@torch.no_grad()
+def fit_fusion(model: HLGFA, good_terms: list[dict[str, torch.Tensor]]) -> dict[str, list[float]]:
+    """Per term, the FUSION_QUANTILES of its smoothed map over good images."""
+    if len(good_terms[0]) < 2:
+        return {}
+    fusion = {}
+    for name in good_terms[0]:
+        values = torch.cat([model.smooth(terms[name]).flatten() for terms in good_terms])
+        # torch.quantile refuses inputs above 2^24 elements; a strided sample keeps every image.
+        step = max(1, values.numel() // 4_000_000)
+        low, high = torch.quantile(values[::step].double(), torch.tensor(FUSION_QUANTILES, dtype=torch.float64))
+        fusion[name] = [float(low), float(max(high, low + 1e-9))]
+    return fusion
+
+
+@torch.no_grad()
+def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, batch_size: int, seed: int,
+                         kinds_used: tuple[str, ...]) -> dict:
+    """Fits the fusion on held-out good images and chooses the smoothing and the image score rule
+    by image AUROC (ties: pixel AUROC) on synthetic anomalies made from those images. The
+    configured default stays unless another choice beats it by more than the standard error of its
+    AUROC: a few dozen images cannot tell apart choices closer than that, and a choice that
+    follows noise would differ from seed to seed. Returns what was measured, for model.json."""
+    from calibrate.metrics import image_auroc, pixel_auroc
+
+    anomalous, masks, kinds = synthetic_validation(good, kinds_used, seed)
+    strength = model.fitted.reliability_strength
+
+    def terms_of(images):
+        return [model.term_maps(model.raw_maps(to_batch(images[i:i + batch_size], spec)), strength)
+                for i in range(0, len(images), batch_size)]
+
+    good_terms, anomalous_terms = terms_of(good), terms_of(anomalous)
+    labels = np.r_[np.zeros(len(good)), np.ones(len(anomalous))]
+    default = (HLGFAConfig.smoothing_sigma, HLGFAConfig.score, HLGFAConfig.topk_fraction)
+    trials = []
+    for sigma in SMOOTHING_CHOICES:
+        model.set_smoothing(sigma)
+        model.fitted.fusion = fit_fusion(model, good_terms)
+        good_maps = torch.cat([model.smooth(model.fuse(t)).squeeze(1) for t in good_terms])
+        anomalous_maps = torch.cat([model.smooth(model.fuse(t)).squeeze(1) for t in anomalous_terms])
+        pixel = pixel_auroc(masks, anomalous_maps.numpy())
+        for rule, fraction in SCORE_CHOICES:
+            model.config.score, model.config.topk_fraction = rule, fraction or default[2]
+            scores = torch.cat([model.image_score(good_maps), model.image_score(anomalous_maps)]).numpy()
+            per_kind = {kind: image_auroc(np.r_[np.zeros(len(good)), np.ones(kinds.count(kind))],
+                                          np.r_[scores[:len(good)], scores[len(good):][np.array(kinds) == kind]])
+                        for kind in kinds_used}
+            trials.append({"smoothing_sigma": sigma, "score": rule, "topk_fraction": fraction,
+                           "image_auroc": round(image_auroc(labels, scores), 5), "pixel_auroc": round(pixel, 5),
+                           "per_kind": {k: round(v, 4) for k, v in per_kind.items()}})
+    best = max(trials, key=lambda t: (t["image_auroc"], t["pixel_auroc"]))
+    baseline = next(t for t in trials if (t["smoothing_sigma"], t["score"]) == default[:2]
+                    and t["topk_fraction"] in (0.0, default[2]))
+    margin = auroc_standard_error(baseline["image_auroc"], len(anomalous), len(good))
+    if best["image_auroc"] - baseline["image_auroc"] <= margin:
+        best = baseline
+    model.set_smoothing(best["smoothing_sigma"])
+    model.config.score = best["score"]
+    model.config.topk_fraction = best["topk_fraction"] or default[2]
+    model.fitted.fusion = fit_fusion(model, good_terms)
+    log.info("chosen on %d held-out good and %d synthetic images: sigma %.0f, score %s (image AUROC %.4f)",
+             len(good), len(anomalous), best["smoothing_sigma"], best["score"], best["image_auroc"])
+    return {"n_good": len(good), "n_synthetic": len(anomalous), "kinds": list(kinds_used),
+            "default": {"smoothing_sigma": default[0], "score": default[1]}, "margin": round(margin, 5),
+            "chosen": {k: best[k] for k in ("smoothing_sigma", "score", "topk_fraction")}, "trials": trials}
+
+
+def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
+    """Hanley and McNeil's (1982) standard error of an AUROC."""
+    q1, q2 = auroc / (2 - auroc), 2 * auroc ** 2 / (1 + auroc)
+    variance = (auroc * (1 - auroc) + (positives - 1) * (q1 - auroc ** 2)
+                + (negatives - 1) * (q2 - auroc ** 2)) / (positives * negatives)
+    return float(np.sqrt(max(variance, 0.0)))
+
+
+# A common frame shape: at least this fraction of the training frames within ASPECT_TOLERANCE of
+# the median aspect ratio. Otherwise (crops of mixed shapes) the input stays square.
+COMMON_SHAPE_FRACTION = 0.9
+ASPECT_TOLERANCE = 0.1
+
+
+def frame_sizes(paths: list[Path]) -> list[tuple[int, int]]:
+    """(height, width) of each image, from its header where Pillow can read it."""
+    sizes = []
+    for path in paths:
+        try:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception:  # not installed, or a format only OpenCV reads: decode it
+            height, width = read_image(path).shape[:2]
+        sizes.append((height, width))
+    return sizes
+
+
+def choose_input_size(paths: list[Path], side: int, quantum: int) -> tuple[int, int]:
+    """(height, width), both multiples of `quantum`, for the training frames: their common aspect
+    ratio at about side² pixels, the cost of a side×side input. Squashing a 2.5:1 frame into a
+    square thins every defect 2.5× in one direction; enlarging the short side instead would cost
+    2.5× the compute. Aspect errors weigh twice pixel-count errors (both in log ratio)."""
+    aspects = np.array([width / height for height, width in frame_sizes(paths)])
+    median = float(np.median(aspects)) if len(aspects) else 1.0
+    common = len(aspects) and np.mean(np.abs(aspects / median - 1) <= ASPECT_TOLERANCE) >= COMMON_SHAPE_FRACTION
+    aspect = median if common else 1.0
+    sides = range(quantum, 4 * side + 1, quantum)
+    return min(((h, w) for h in sides for w in sides),
+               key=lambda hw: (2 * abs(np.log(hw[1] / hw[0] / aspect)) + abs(np.log(hw[0] * hw[1] / side ** 2)),
+                               abs(hw[0] - hw[1])))
+
+
+# The denoising target's synthetic anomalies; the other kinds are kept for validation.
+TRAINING_KINDS = ("texture", "scar")
+
+
+@dataclass
+class TrainingBatch:
+    input_hr: list[torch.Tensor]
+    input_lr: list[torch.Tensor]
+    target_hr: list[torch.Tensor]
+    target_lr: list[torch.Tensor]
+    anomalous_rows: list[int]
+    anomaly_masks: np.ndarray | None  # rows × H × W, where the input differs from the target
+
+
+def training_batch(model: HLGFA, images: np.ndarray, index: np.ndarray, hr_cache, lr_cache, spec: PreprocessSpec,
+                   rng: np.random.Generator, augment_fraction: float, denoise_fraction: float) -> TrainingBatch:
+    """Inputs and targets for one step. Nuisance (specks, long streaks) goes into both: a good part
+    with a hair on it is still a good part. A synthetic anomaly goes into the input only: the
+    target stays the HR features of the part without it, so copying HR through costs loss exactly
+    where anomalies sit (the denoising target)."""
+    target_hr = [level[index].float() for level in hr_cache]
+    target_lr = [level[index].float() for level in lr_cache]
+    bases = {}
+    noisy_rows = [row for row in range(len(index)) if rng.random() < augment_fraction]
+    if noisy_rows:
+        noisy = np.stack([noise_augment(images[index[row]], rng) for row in noisy_rows])
+        bases.update(zip(noisy_rows, noisy))
+        noisy_hr, noisy_lr = model.features(to_batch(noisy, spec))
+        for level in range(len(target_hr)):
+            target_hr[level][noisy_rows] = noisy_hr[level]
+            target_lr[level][noisy_rows] = noisy_lr[level]
+    input_hr, input_lr = [t.clone() for t in target_hr], [t.clone() for t in target_lr]
+    anomalous_rows = [row for row in range(len(index)) if rng.random() < denoise_fraction]
+    masks = None
+    if anomalous_rows:
+        made = [synth.synthesize(bases.get(row, images[index[row]]), TRAINING_KINDS[rng.integers(len(TRAINING_KINDS))],
+                                 rng) for row in anomalous_rows]
+        masks = np.stack([mask for _, mask in made])
+        anomalous_hr, anomalous_lr = model.features(to_batch(np.stack([image for image, _ in made]), spec))
+        for level in range(len(input_hr)):
+            input_hr[level][anomalous_rows] = anomalous_hr[level]
+            input_lr[level][anomalous_rows] = anomalous_lr[level]
+    return TrainingBatch(input_hr, input_lr, target_hr, target_lr, anomalous_rows, masks)
+
+
+@torch.no_grad()
+def copy_amounts(model: HLGFA, batch: TrainingBatch, refined: list[torch.Tensor]) -> tuple[float, float]:
+    """Over the anomalies' positions: how far the refined features moved (‖R(x′) − R(x)‖) and how
+    far the HR features moved (‖HR(x′) − HR(x)‖). Their ratio, the copy index, is 1 for a module
+    that passes anomalies through and 0 for one that restores the clean part."""
+    rows = batch.anomalous_rows
+    clean, _ = model.align([t[rows] for t in batch.target_hr], [t[rows] for t in batch.target_lr])
+    masks = torch.from_numpy(batch.anomaly_masks).float().unsqueeze(1)
+    copied, changed = 0.0, 0.0
+    for level, (r_clean, r_anomalous) in enumerate(zip(clean, refined)):
+        inside = F.adaptive_avg_pool2d(masks, r_clean.shape[-2:]).squeeze(1) > 0.25
+        copied += float((r_anomalous[rows] - r_clean).norm(dim=1)[inside].sum())
+        changed += float((batch.input_hr[level][rows] - batch.target_hr[level][rows]).norm(dim=1)[inside].sum())
+    return copied, changed
+
+
+def split_validation(paths: list[Path], seed: int) -> tuple[list[Path], list[Path]]:
+    """VALIDATION_FRACTION of the training images (at least 2), kept out of training and of the
+    statistics, on which the fusion is fitted and the choices are made."""
+    if len(paths) < MIN_IMAGES_FOR_VALIDATION:
+        return paths, []
+    count = max(2, int(round(VALIDATION_FRACTION * len(paths))))
+    return split_holdout(paths, count / len(paths), seed + 1)
+
+
+def fit_choices(model: HLGFA, fit_images: np.ndarray, validation_paths: list[Path], spec: PreprocessSpec,
+                batch_size: int, seed: int, training_kinds: tuple[str, ...] = ()) -> dict:
+    """The fusion and the label-free choices on held-out images; without enough of them, the
+    fusion from training images and the configured defaults (said in model.json and the log)."""
+    if validation_paths:
+        # Judged on anomaly kinds the denoising target never showed the module.
+        kinds = tuple(kind for kind in synth.KINDS if kind not in training_kinds)
+        return choose_on_validation(model, load_resized(validation_paths, model.config.input_size), spec,
+                                    batch_size, seed, kinds)
+    log.warning("fewer than %d training images, none held out: fusion fitted on training images, defaults kept "
+                "(smoothing %.0f px, score %s)", MIN_IMAGES_FOR_VALIDATION, model.config.smoothing_sigma,
+                model.config.score)
+    strength = model.fitted.reliability_strength
+    model.fitted.fusion = fit_fusion(model, [
+        model.term_maps(model.raw_maps(to_batch(fit_images[i:i + batch_size], spec)), strength)
+        for i in range(0, len(fit_images), batch_size)])
+    return {"n_good": 0, "chosen": None}
+
+
 def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int = 256,
+          input_size: tuple[int, int] | None = None,
           backbone: str = "efficientnet-lite0", backbone_weights: str | None = None, seed: int = 0,
           batch_size: int = 8, learning_rate: float = 1e-3, augment_fraction: float = 0.5,
+          denoise_fraction: float = 0.0,
           holdout: float = 0.0, max_images: int | None = None, progress: bool = True,
           config_overrides: dict | None = None, level_weighting: bool = True) -> ModelInfo:
     """Train on the good images under `data` and write the model directory `out`."""
     started = time.perf_counter()
     rng = seed_everything(seed)
-    config = replace(HLGFAConfig(image_size=image_size), **(config_overrides or {}))
-    if image_size % (16 * config.lr_factor) != 0:
-        raise ConfigError(f"--image-size {image_size}: must be a multiple of {16 * config.lr_factor} "
+    quantum = 16 * (config_overrides or {}).get("lr_factor", HLGFAConfig.lr_factor)
+    if input_size is not None and any(side % quantum or side <= 0 for side in input_size):
+        raise ConfigError(f"--input-size {input_size[0]}x{input_size[1]}: both sides must be positive multiples "
+                          f"of {quantum} (stride 16 at the low-resolution view)")
+    if input_size is None and (image_size % quantum or image_size <= 0):
+        raise ConfigError(f"--image-size {image_size}: must be a positive multiple of {quantum} "
                           f"(stride 16 at the low-resolution view)")
     if epochs < 0:
         raise ConfigError(f"--epochs {epochs}: expected ≥ 0 (0 keeps the module at its identity start: "
                           f"the plain HR/LR feature distance, a baseline)")
     folder = training_folder(data)
     all_paths = list_images(folder)
+    config = replace(HLGFAConfig(input_size=input_size or choose_input_size(all_paths, image_size, quantum)),
+                     **(config_overrides or {}))
     paths, held_out = split_holdout(all_paths, holdout, seed)
     if max_images is not None:
         paths = paths[:max_images]
+    paths, validation_paths = split_validation(paths, seed)
     if len(paths) < 2:
         raise InputDataError(f"training folder {folder}: {len(paths)} usable images, need at least 2")
-    spec = PreprocessSpec(image_size)
+    spec = PreprocessSpec(config.input_size)
     model = HLGFA(build_backbone(backbone, config.strides, backbone_weights), config)
-    log.info("training on %d good images from %s (%d held out)", len(paths), folder, len(held_out))
-    images = load_resized(paths, image_size)
+    log.info("training on %d good images from %s (%d held out for validation, %d for calibration)",
+             len(paths), folder, len(validation_paths), len(held_out))
+    images = load_resized(paths, config.input_size)
     if config.standardize_features:
         fit_feature_statistics(model, images[np.random.default_rng(seed).permutation(len(images))[:64]], spec, batch_size)
     hr_cache, lr_cache = cache_features(model, images, spec, batch_size, progress) if epochs else ([], [])
@@ -227,47 +494,51 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
     steps_per_epoch = (len(images) + batch_size - 1) // batch_size
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
     model.aligners.train()
-    history = []
+    history, copy_history = [], []
     for epoch in range(epochs):
         order = rng.permutation(len(images))
-        total = 0.0
+        total, copied, changed = 0.0, 0.0, 0.0
         bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
                    disable=not progress)
         for start in bar:
             index = order[start:start + batch_size]
-            hr = [level[index].float() for level in hr_cache]
-            lr = [level[index].float() for level in lr_cache]
-            augmented = [i for i, _ in enumerate(index) if rng.random() < augment_fraction]
-            if augmented:
-                noisy = np.stack([noise_augment(images[index[i]], rng) for i in augmented])
-                noisy_hr, noisy_lr = model.features(to_batch(noisy, spec))
-                for level in range(len(hr)):
-                    hr[level][augmented] = noisy_hr[level]
-                    lr[level][augmented] = noisy_lr[level]
-            refined, structures = model.align(hr, lr)
-            loss = model.alignment_loss(refined, hr)
+            batch = training_batch(model, images, index, hr_cache, lr_cache, spec, rng, augment_fraction,
+                                   denoise_fraction)
+            refined, structures = model.align(batch.input_hr, batch.input_lr)
+            loss = model.alignment_loss(refined, batch.target_hr)
             if model.learned_reliability:
-                loss = loss + model.reliability_loss(refined, hr, structures)
+                loss = loss + model.reliability_loss(refined, batch.target_hr, structures)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             step_loss = float(loss.detach())
             total += step_loss * len(index)
+            if batch.anomaly_masks is not None:
+                step_copied, step_changed = copy_amounts(model, batch, refined)
+                copied, changed = copied + step_copied, changed + step_changed
             bar.set_postfix(loss=f"{step_loss:.4f}")
         history.append(total / len(images))
-        log.info("epoch %d/%d: alignment loss %.5f", epoch + 1, epochs, history[-1])
+        copy_history.append(copied / changed if changed else None)
+        log.info("epoch %d/%d: alignment loss %.5f%s", epoch + 1, epochs, history[-1],
+                 f", copy index {copy_history[-1]:.3f}" if changed else "")
     model.eval()
     # From fresh FP32 features, not the FP16 training cache: the statistics must describe the
     # errors the model computes at inference.
-    fit_error_statistics(model, images, spec, batch_size)
+    fit_position_statistics(model, images, spec, batch_size)
     fit_images = images[np.random.default_rng(seed).permutation(len(images))[:min(len(images), 64)]]
     fitted = fit_constants(model, fit_images, spec, batch_size, level_weighting)
+    validation = fit_choices(model, fit_images, validation_paths, spec, batch_size, seed,
+                             TRAINING_KINDS if denoise_fraction else ())
     training = {
         "data": str(Path(data).resolve()), "train_files": [p.name for p in paths],
+        "validation_files": [p.name for p in validation_paths], "validation": validation,
         "held_out_files": [p.name for p in held_out], "epochs": epochs, "seed": seed,
         "batch_size": batch_size, "learning_rate": learning_rate, "augment_fraction": augment_fraction,
-        "loss_history": [round(v, 6) for v in history], "seconds": round(time.perf_counter() - started, 1),
+        "denoise_fraction": denoise_fraction, "training_kinds": list(TRAINING_KINDS) if denoise_fraction else [],
+        "loss_history": [round(v, 6) for v in history],
+        "copy_index_history": [None if v is None else round(v, 4) for v in copy_history],
+        "seconds": round(time.perf_counter() - started, 1),
         "torch": torch.__version__,
     }
     log.info("fitted reliability strength %.2f", fitted.reliability_strength)
@@ -282,11 +553,11 @@ def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | No
 
     model, info = load_model(model_dir)
     config = replace(model.config, **(config_overrides or {}))
-    if config.discrepancy != model.config.discrepancy:
-        # The whitened discrepancy carries its statistics as buffers: rebuild, keep the trained weights.
+    if (config.discrepancy, config.appearance) != (model.config.discrepancy, model.config.appearance):
+        # The per-position statistics are buffers: rebuild, keep the trained weights.
         rebuilt = HLGFA(model.backbone, config, model.fitted)
         missing, unexpected = rebuilt.aligners.load_state_dict(model.aligners.state_dict(), strict=False)
-        if any(not key.rsplit(".", 1)[-1].startswith("error_") for key in missing + unexpected):
+        if any(not key.rsplit(".", 1)[-1].startswith(("error_", "appearance_")) for key in missing + unexpected):
             raise ConfigError(f"refit of {model_dir}: weights do not match the architecture ({missing + unexpected})")
         model = rebuilt.eval()
     model.config = config
@@ -294,12 +565,16 @@ def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | No
     folder = training_folder(training["data"])
     names = set(training["train_files"])
     paths = [p for p in list_images(folder) if p.name in names]
-    images = load_resized(paths, model.config.image_size)
-    spec = PreprocessSpec(model.config.image_size)
-    fit_error_statistics(model, images, spec, batch_size)
+    images = load_resized(paths, model.config.input_size)
+    spec = PreprocessSpec(model.config.input_size)
+    fit_position_statistics(model, images, spec, batch_size)
     fit_images = images[np.random.default_rng(training["seed"]).permutation(len(images))[:min(len(images), 64)]]
     fit_constants(model, fit_images, spec, batch_size, level_weighting)
     if reliability_strength is not None:
         model.fitted.reliability_strength = reliability_strength
+    validation_names = set(training.get("validation_files", []))
+    validation_paths = [p for p in list_images(folder) if p.name in validation_names]
+    training["validation"] = fit_choices(model, fit_images, validation_paths, spec, batch_size, training["seed"],
+                                         tuple(training.get("training_kinds", ())))
     training["refit_from"] = info.model_hash
     return save_model(model, out, info.description["backbone"].get("weights_file"), training)

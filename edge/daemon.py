@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 LOOP_PERIOD_S = 0.05  # main loop: watchdog, heartbeats, signals, queue gauges
 
 
-def publisher_config(config: DaemonConfig, image_size: int):
+def publisher_config(config: DaemonConfig, input_size: tuple[int, int]):
     from edge.curve import ServerCurve
     from edge.publisher import PublisherConfig
 
@@ -41,7 +41,7 @@ def publisher_config(config: DaemonConfig, image_size: int):
     curve = None
     if p.curve_secret_key is not None:
         curve = ServerCurve(p.curve_secret_key, p.curve_allowed_clients)
-    map_size = (image_size, image_size) if p.map_size == "model" else tuple(p.map_size)
+    map_size = input_size if p.map_size == "model" else tuple(p.map_size)
     return PublisherConfig(
         camera=config.camera, endpoint=p.endpoint, reliable_endpoint=p.reliable_endpoint, curve=curve,
         heartbeat_period_s=p.heartbeat_period_s, map_size=map_size, map_dtype=p.map_format,
@@ -128,7 +128,7 @@ class Daemon:
         closers: list[Callable[[], None]] = []
         code = 0
         try:
-            self.publisher = Publisher(publisher_config(config, spec.image_size))
+            self.publisher = Publisher(publisher_config(config, spec.input_size))
             closers.append(self.publisher.close)
             self.health = Health(config.camera, config.health.metrics_port, config.health.metrics_address)
             closers.append(self.health.close)

@@ -63,7 +63,7 @@ def check_files(config: DaemonConfig) -> list[str]:
 
     info = load_model_info(config.model)
     thresholds = load_thresholds(config.thresholds_path, info.model_hash)
-    return [f"model {config.model}: hash {info.model_hash[:12]}, image size {info.preprocess.image_size}",
+    return [f"model {config.model}: hash {info.model_hash[:12]}, input {info.preprocess.input_size[0]}×{info.preprocess.input_size[1]}",
             f"thresholds {config.thresholds_path}: version {thresholds.version}, image threshold "
             f"{thresholds.image_threshold:.6g}{', region rule' if thresholds.region else ''}"]
 

@@ -381,15 +381,16 @@ class Pipeline:
         milliseconds per frame averaging pixels away that the camera can drop for free (5 MP: 3.7 ms
         here; BENCHMARKS.md, preprocessing by frame size). True once the warning was given."""
         height, width = image.shape[:2]
-        size = self.spec.image_size
-        if height * width < OVERSIZED_FRAME_FACTOR * size * size:
+        input_height, input_width = self.spec.input_size
+        if height * width < OVERSIZED_FRAME_FACTOR * self.spec.pixels:
             return False
         log.warning("camera %s: frames of %d×%d px are %.0f× the model's %d×%d input; resizing them costs CPU "
                     "time on every frame. Bin, decimate or crop on the camera (GenICam BinningHorizontal/"
                     "BinningVertical, DecimationHorizontal/DecimationVertical or Width/Height/OffsetX/OffsetY "
                     "in [source.settings]) so frames arrive nearer the model's size, ideally with width and "
-                    "height whole multiples of %d (the resize's fast path).",
-                    self.camera, width, height, height * width / (size * size), size, size, size)
+                    "height whole multiples of %d and %d (the resize's fast path).",
+                    self.camera, width, height, height * width / self.spec.pixels, input_width, input_height,
+                    input_width, input_height)
         return True
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:

@@ -15,19 +15,37 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """What a model expects: square RGB input of `image_size`, normalised per channel."""
+    """What a model expects: RGB input of `input_size` (height, width), normalised per channel.
+    Frames of another aspect ratio are resized to it (squashed), as in training."""
 
-    image_size: int
+    input_size: tuple[int, int]
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_size", input_size(self.input_size))
+
     def to_dict(self) -> dict:
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
+        return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
                 "color": "RGB", "resize": "area-down (whole-factor blocks first from 2×)/linear-up"}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessSpec":
-        return cls(int(data["image_size"]), tuple(data["mean"]), tuple(data["std"]))
+        # Model directories written before non-square inputs held one side, `image_size`.
+        size = data["input_size"] if "input_size" in data else [data["image_size"]] * 2
+        return cls(input_size(size), tuple(data["mean"]), tuple(data["std"]))
+
+    @property
+    def pixels(self) -> int:
+        return self.input_size[0] * self.input_size[1]
+
+
+def input_size(value) -> tuple[int, int]:
+    """A side S (square) or [height, width] → (height, width)."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    height, width = value
+    return int(height), int(width)
 
 
 def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -42,9 +60,9 @@ def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
     raise InputDataError(f"{name}: expected H×W (Mono8) or H×W×3 (RGB8), got shape {image.shape}")
 
 
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Squash to size×size, keeping the channels: area averaging when shrinking (antialiased),
-    bilinear when enlarging. Channels are resized independently, so resizing Mono8 and then
+def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to `size` (height, width) whatever the aspect ratio, keeping the channels: area
+    averaging when shrinking (antialiased), bilinear when enlarging. Channels are resized independently, so resizing Mono8 and then
     replicating equals replicating and then resizing, at a third of the work.
 
     A frame at least twice the size in both directions, unless both are whole multiples of it, is
@@ -55,23 +73,24 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     average on real images (at most 14), 1.2–1.8 on pixel-level noise; training, calibration and
     the line all resize through here, so they agree."""
     height, width = image.shape[:2]
+    target_height, target_width = size
     if height == 0 or width == 0:
         raise InputDataError(f"image: empty image of shape {image.shape}")
-    if height * width < size * size:
-        return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    block = min(height // size, width // size)
-    if block >= 2 and (height % size or width % size):
+    if height * width < target_height * target_width:
+        return cv2.resize(image, (target_width, target_height), interpolation=cv2.INTER_LINEAR)
+    block = min(height // target_height, width // target_width)
+    if block >= 2 and (height % target_height or width % target_width):
         pad_rows, pad_columns = -height % block, -width % block
         if pad_rows or pad_columns:
             image = cv2.copyMakeBorder(image, 0, pad_rows, 0, pad_columns, cv2.BORDER_REPLICATE)
         image = cv2.resize(image, ((width + pad_columns) // block, (height + pad_rows) // block),
                            interpolation=cv2.INTER_AREA)
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (target_width, target_height), interpolation=cv2.INTER_AREA)
 
 
-def resize_rgb8(image: np.ndarray, size: int, name: str = "image") -> np.ndarray:
-    """Mono8/RGB8 of any size → size×size×3 RGB8 (what training caches and overlays show)."""
-    resized = resize_square(check_image(image, name), size)
+def resize_rgb8(image: np.ndarray, size: tuple[int, int], name: str = "image") -> np.ndarray:
+    """Mono8/RGB8 of any size → height×width×3 RGB8 (what training caches and overlays show)."""
+    resized = resize_to(check_image(image, name), size)
     return np.repeat(resized[:, :, None], 3, axis=2) if resized.ndim == 2 else resized
 
 
@@ -86,7 +105,7 @@ def _lookup_table(spec: PreprocessSpec) -> np.ndarray:
 
 
 def normalize_into(resized: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -> None:
-    """size×size (Mono8) or size×size×3 (RGB8) → `out` (3×size×size float32), ImageNet-normalised.
+    """H×W (Mono8) or H×W×3 (RGB8) → `out` (3×H×W float32), ImageNet-normalised.
     A table lookup per channel (cv2.LUT, which releases the GIL): on the line this runs for every
     frame, beside inference."""
     table = _lookup_table(spec)
@@ -96,15 +115,15 @@ def normalize_into(resized: np.ndarray, spec: PreprocessSpec, out: np.ndarray) -
 
 
 def normalize(rgb8: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """size×size×3 uint8 → 3×size×size float32, ImageNet-normalised."""
+    """H×W×3 uint8 → 3×H×W float32, ImageNet-normalised."""
     out = np.empty((3,) + rgb8.shape[:2], dtype=np.float32)
     normalize_into(rgb8, spec, out)
     return out
 
 
 def preprocess(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    """A batch of Mono8/RGB8 images of any size → N×3×S×S float32."""
-    batch = np.empty((len(images), 3, spec.image_size, spec.image_size), dtype=np.float32)
+    """A batch of Mono8/RGB8 images of any size → N×3×H×W float32."""
+    batch = np.empty((len(images), 3) + spec.input_size, dtype=np.float32)
     for index, image in enumerate(images):
-        normalize_into(resize_square(check_image(image, f"image {index}"), spec.image_size), spec, batch[index])
+        normalize_into(resize_to(check_image(image, f"image {index}"), spec.input_size), spec, batch[index])
     return batch

@@ -30,13 +30,13 @@ from edge.model_dir import load_model_info
 from edge.preprocess import preprocess
 
 model, fp32, engine, images = sys.argv[1:5]
-size = load_model_info(model).preprocess.image_size
+size = load_model_info(model).preprocess.input_size
 if images:
     from calibrate.dataset import list_images, read_image
     paths = list_images(images)[:64]
     batch = preprocess([read_image(p) for p in paths], load_model_info(model).preprocess)
 else:
-    batch = np.random.default_rng(0).standard_normal((64, 3, size, size)).astype(np.float32)
+    batch = np.random.default_rng(0).standard_normal((64, 3) + size).astype(np.float32)
 ort = open_backend("onnxruntime", model, onnx=fp32, max_batch=8)
 trt = open_backend("tensorrt", model, engine=engine, max_batch=8)
 trt.warmup()

@@ -1,7 +1,7 @@
 """HLGFA → one ONNX graph (FP32, or mixed FP16 for TensorRT's strongly typed mode).
 
-The graph takes the preprocessed HR batch `images` [N,3,S,S] float32 and returns `anomaly_map`
-[N,S,S] float32 and `score` [N] float32; everything of the model (LR view, backbone, aligners,
+The graph takes the preprocessed HR batch `images` [N,3,H,W] float32 and returns `anomaly_map`
+[N,H,W] float32 and `score` [N] float32; everything of the model (LR view, backbone, aligners,
 discrepancy, reliability weighting, smoothing, score) is inside it, with a dynamic batch axis.
 
 Exporter: the TorchScript exporter (`dynamo=False`), then two small passes of our own.
@@ -284,9 +284,9 @@ def export_onnx(model_dir, out=None, *, fp16: bool = False, max_batch: int = 8, 
     info = load_model_info(model_dir)
     out = Path(out) if out is not None else info.default_onnx
     model, info = load_model(model_dir)
-    size = info.preprocess.image_size
+    size = info.preprocess.input_size
     # Batch 2 so the tracer cannot specialise anything to a batch of one.
-    example = torch.zeros(2, 3, size, size)
+    example = torch.zeros((2, 3) + size)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter's deprecation and constant-folding notes: handled here (see module doc).
@@ -308,7 +308,7 @@ def export_onnx(model_dir, out=None, *, fp16: bool = False, max_batch: int = 8, 
     for key, value in {
         "hlgfa.format": ONNX_FORMAT,
         "hlgfa.model_hash": info.model_hash,
-        "hlgfa.image_size": str(size),
+        "hlgfa.input_size": f"{size[0]}x{size[1]}",
         "hlgfa.precision": precision,
         "hlgfa.max_batch": str(max_batch),
         "hlgfa.preprocess": json.dumps(info.description["preprocess"], sort_keys=True),
@@ -329,9 +329,21 @@ def export_onnx(model_dir, out=None, *, fp16: bool = False, max_batch: int = 8, 
     return out
 
 
-def _fix_io_shapes(proto, size: int) -> None:
+def onnx_input_size(metadata: dict[str, str]) -> tuple[int, int]:
+    """(height, width) from an exported graph's metadata; files from before non-square inputs
+    carry one side as `hlgfa.image_size`."""
+    if "hlgfa.input_size" in metadata:
+        height, width = metadata["hlgfa.input_size"].split("x")
+        return int(height), int(width)
+    side = int(metadata["hlgfa.image_size"])
+    return side, side
+
+
+def _fix_io_shapes(proto, size: tuple[int, int]) -> None:
     """Name the dynamic axis `batch` everywhere and pin the spatial ones the tracer left symbolic."""
-    expected = {INPUT_NAME: ("batch", 3, size, size), OUTPUT_NAMES[0]: ("batch", size, size), OUTPUT_NAMES[1]: ("batch",)}
+    height, width = size
+    expected = {INPUT_NAME: ("batch", 3, height, width), OUTPUT_NAMES[0]: ("batch", height, width),
+                OUTPUT_NAMES[1]: ("batch",)}
     for value in list(proto.graph.input) + list(proto.graph.output):
         dims = value.type.tensor_type.shape.dim
         want = expected[value.name]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from edge.errors import BackendError, ConfigError, ModelFileError
 from edge.model_dir import file_sha256, load_model_info
+from engines.export import onnx_input_size
 from engines.sidecar import build_command, timing_cache_path, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
                 f"ONNX file {onnx_path} was exported from model {metadata['hlgfa.model_hash'][:12]}, but model "
                 f"directory {model_dir} is {info.model_hash[:12]}; re-export with "
                 f"`hlgfa export --model {model_dir} --out {onnx_path}`")
-    size = int(metadata["hlgfa.image_size"])
+    height, width = onnx_input_size(metadata)
     max_batch = max_batch or int(metadata.get("hlgfa.max_batch", 8))
     if max_batch < 1:
         raise ConfigError(f"--max-batch {max_batch}: expected ≥ 1")
@@ -105,7 +106,7 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
         log.warning("%s is an FP32 graph, so this is an FP32 engine; export with --fp16 for an FP16 engine", onnx_path)
     profile = builder.create_optimization_profile()
     opt = min(max_batch, 1 if max_batch < 4 else max_batch // 2)
-    profile.set_shape(INPUT_NAME, (1, 3, size, size), (opt, 3, size, size), (max_batch, 3, size, size))
+    profile.set_shape(INPUT_NAME, (1, 3, height, width), (opt, 3, height, width), (max_batch, 3, height, width))
     config.add_optimization_profile(profile)
 
     cache_path = timing_cache_path(out)
@@ -135,10 +136,10 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
         "graph_precision": graph_precision,
         "precision": precision,
         "strongly_typed": True,
-        "image_size": size,
+        "input_size": [height, width],
         "max_batch": max_batch,
-        "inputs": {INPUT_NAME: ["batch", 3, size, size]},
-        "outputs": {OUTPUT_NAMES[0]: ["batch", size, size], OUTPUT_NAMES[1]: ["batch"]},
+        "inputs": {INPUT_NAME: ["batch", 3, height, width]},
+        "outputs": {OUTPUT_NAMES[0]: ["batch", height, width], OUTPUT_NAMES[1]: ["batch"]},
         "engine_sha256": file_sha256(out),
         "build_seconds": round(seconds, 1),
         "rebuild": build_command(onnx_path, out, max_batch, model_dir),

@@ -22,12 +22,12 @@ AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
 
 class Backend(Protocol):
     kind: str
-    image_size: int
+    input_size: tuple[int, int]  # (height, width)
     max_batch: int
     model_hash: str
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """N×3×S×S float32 → (N×S×S float32 maps, N float32 scores)."""
+        """N×3×H×W float32 → (N×H×W float32 maps, N float32 scores)."""
 
     def warmup(self) -> None:
         """One inference on zeros so the first real frame does not pay for lazy init."""
@@ -36,14 +36,15 @@ class Backend(Protocol):
         """Release device memory and sessions; safe to call twice."""
 
 
-def check_batch(batch: np.ndarray, image_size: int, max_batch: int, kind: str) -> np.ndarray:
+def check_batch(batch: np.ndarray, input_size: tuple[int, int], max_batch: int, kind: str) -> np.ndarray:
     """Refuse a batch the model was not built for, naming what was expected."""
     if not isinstance(batch, np.ndarray):
         raise BackendError(f"{kind} backend: expected a numpy array, got {type(batch).__name__}")
     if batch.dtype != np.float32:
         raise BackendError(f"{kind} backend: expected float32 input, got {batch.dtype}")
-    expected = f"N×3×{image_size}×{image_size} with 1 ≤ N ≤ {max_batch}"
-    if batch.ndim != 4 or batch.shape[1:] != (3, image_size, image_size):
+    height, width = input_size
+    expected = f"N×3×{height}×{width} with 1 ≤ N ≤ {max_batch}"
+    if batch.ndim != 4 or batch.shape[1:] != (3, height, width):
         raise BackendError(f"{kind} backend: input shape {batch.shape}, expected {expected}")
     if not 1 <= batch.shape[0] <= max_batch:
         raise BackendError(f"{kind} backend: batch of {batch.shape[0]}, expected {expected}")

@@ -41,7 +41,7 @@ class OnnxRuntimeBackend:
         path = Path(onnx) if onnx else info.default_onnx
         if not path.is_file():
             raise ModelFileError(f"onnxruntime backend: ONNX file {path} does not exist; {_reexport_hint(model_dir, path)}")
-        self.image_size = info.preprocess.image_size
+        self.input_size = info.preprocess.input_size
         self.max_batch = max_batch
         self.model_hash = info.model_hash
         self.onnx_path = path
@@ -83,7 +83,7 @@ class OnnxRuntimeBackend:
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.session is None:
             raise BackendError("onnxruntime backend: infer() after close()")
-        batch = check_batch(batch, self.image_size, self.max_batch, self.kind)
+        batch = check_batch(batch, self.input_size, self.max_batch, self.kind)
         try:
             maps, scores = self.session.run(None, {INPUT_NAME: batch})
         except Exception as error:
@@ -91,7 +91,7 @@ class OnnxRuntimeBackend:
         return maps, scores
 
     def warmup(self) -> None:
-        self.infer(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
+        self.infer(np.zeros((1, 3) + self.input_size, dtype=np.float32))
 
     def close(self) -> None:
         self.session = None

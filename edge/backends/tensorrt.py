@@ -50,7 +50,7 @@ class TensorRTBackend:
             raise ModelFileError(f"tensorrt backend: engine {path} does not fit: {'; '.join(reasons)}; "
                                  f"rebuild with `{rebuild}`")
         self._cuda = cuda
-        self.image_size = info.preprocess.image_size
+        self.input_size = info.preprocess.input_size
         self.max_batch = max_batch
         self.model_hash = info.model_hash
         self.engine_path = path
@@ -79,18 +79,18 @@ class TensorRTBackend:
         if sorted(names) != sorted((INPUT_NAME, *OUTPUT_NAMES)):
             raise ModelFileError(f"tensorrt backend: engine {path} has tensors {names}, expected "
                                  f"{[INPUT_NAME, *OUTPUT_NAMES]}; rebuild with `{rebuild}`")
-        size = self.image_size
+        height, width = self.input_size
         _, _, largest = self._engine.get_tensor_profile_shape(INPUT_NAME, 0)
-        if tuple(largest)[1:] != (3, size, size) or largest[0] < self.max_batch:
+        if tuple(largest)[1:] != (3, height, width) or largest[0] < self.max_batch:
             raise ModelFileError(f"tensorrt backend: engine {path} takes up to {tuple(largest)}, expected "
-                                 f"({self.max_batch}, 3, {size}, {size}); rebuild with `{rebuild}`")
+                                 f"({self.max_batch}, 3, {height}, {width}); rebuild with `{rebuild}`")
         for name in names:
             if trt.nptype(self._engine.get_tensor_dtype(name)) != np.float32:
                 raise ModelFileError(f"tensorrt backend: engine {path} tensor {name} is "
                                      f"{self._engine.get_tensor_dtype(name)}, expected float32 I/O")
         self._exec = self._engine.create_execution_context()
         self._stream = cuda.Stream()
-        shapes = {INPUT_NAME: (self.max_batch, 3, size, size), OUTPUT_NAMES[0]: (self.max_batch, size, size),
+        shapes = {INPUT_NAME: (self.max_batch, 3, height, width), OUTPUT_NAMES[0]: (self.max_batch, height, width),
                   OUTPUT_NAMES[1]: (self.max_batch,)}
         self._host = {name: cuda.pagelocked_empty(shape, np.float32) for name, shape in shapes.items()}
         self._device = {name: cuda.mem_alloc(self._host[name].nbytes) for name in shapes}
@@ -115,7 +115,7 @@ class TensorRTBackend:
         cuda = self._cuda
         capturing = False
         try:
-            self._exec.set_input_shape(INPUT_NAME, (1, 3, self.image_size, self.image_size))
+            self._exec.set_input_shape(INPUT_NAME, (1, 3) + self.input_size)
             self._enqueue(1)  # TensorRT must see the shape once outside capture
             self._stream.synchronize()
             self._stream.begin_capture()
@@ -139,19 +139,19 @@ class TensorRTBackend:
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if getattr(self, "_exec", None) is None:
             raise BackendError("tensorrt backend: infer() after close()")
-        batch = check_batch(batch, self.image_size, self.max_batch, self.kind)
+        batch = check_batch(batch, self.input_size, self.max_batch, self.kind)
         count = batch.shape[0]
         self._context.push()
         try:
             self._host[INPUT_NAME][:count] = batch
             if count == 1 and self._graph_exec is not None:
                 if self._current_batch != 1:
-                    self._exec.set_input_shape(INPUT_NAME, (1, 3, self.image_size, self.image_size))
+                    self._exec.set_input_shape(INPUT_NAME, (1, 3) + self.input_size)
                     self._current_batch = 1
                 self._graph_exec.launch(self._stream)
             else:
                 if count != self._current_batch:
-                    if not self._exec.set_input_shape(INPUT_NAME, (count, 3, self.image_size, self.image_size)):
+                    if not self._exec.set_input_shape(INPUT_NAME, (count, 3) + self.input_size):
                         raise BackendError(f"tensorrt backend: engine {self.engine_path} refused batch {count}")
                     self._current_batch = count
                 self._enqueue(count)
@@ -163,7 +163,7 @@ class TensorRTBackend:
         return self._host[OUTPUT_NAMES[0]][:count].copy(), self._host[OUTPUT_NAMES[1]][:count].copy()
 
     def warmup(self) -> None:
-        self.infer(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
+        self.infer(np.zeros((1, 3) + self.input_size, dtype=np.float32))
 
     def _release(self) -> None:
         for name in ("_graph_exec", "_graph", "_exec", "_engine", "_runtime"):

@@ -30,17 +30,17 @@ class TorchBackend:
         self.model.to(device)
         self.device = device
         self.model_hash = info.model_hash
-        self.image_size = info.preprocess.image_size
+        self.input_size = info.preprocess.input_size
         self.max_batch = max_batch
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch = check_batch(batch, self.image_size, self.max_batch, self.kind)
+        batch = check_batch(batch, self.input_size, self.max_batch, self.kind)
         with self._torch.inference_mode():
             maps, scores = self.model(self._torch.from_numpy(batch).to(self.device))
         return maps.float().cpu().numpy(), scores.float().cpu().numpy()
 
     def warmup(self) -> None:
-        self.infer(np.zeros((1, 3, self.image_size, self.image_size), dtype=np.float32))
+        self.infer(np.zeros((1, 3) + self.input_size, dtype=np.float32))
 
     def close(self) -> None:
         self.model = None

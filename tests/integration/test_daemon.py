@@ -289,7 +289,7 @@ def test_frames_far_larger_than_the_model_input_are_decided_and_warned_about_onc
     folder = tmp_path / "frames"
     shutil.copytree(line_images, folder)
     names = sorted(p.name for p in folder.iterdir())
-    side = calibrated["info"].preprocess.image_size * 5  # 25× the input's pixels: over the 16× limit
+    side = max(calibrated["info"].preprocess.input_size) * 5  # ≥ 25× the input's pixels: over the 16× limit
     for name in names[2:4]:
         image = cv2.imread(str(folder / name), cv2.IMREAD_UNCHANGED)
         cv2.imwrite(str(folder / name), cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC))
@@ -309,7 +309,7 @@ class FailingBackend:
     def __init__(self, backend, fail_on=None, delay_s=0.0):
         self._backend, self.fail_on, self.delay_s = backend, fail_on, delay_s
         self.kind, self.model_hash = backend.kind, backend.model_hash
-        self.image_size, self.max_batch = backend.image_size, backend.max_batch
+        self.input_size, self.max_batch = backend.input_size, backend.max_batch
         self.calls = 0
 
     def infer(self, batch):

@@ -7,12 +7,12 @@ from calibrate.augment import add_point_noise, add_stripe_noise  # noqa: E402
 from calibrate.backbones import build_backbone  # noqa: E402
 from calibrate.model import HLGFA, HLGFAConfig, whitened_distance  # noqa: E402
 from calibrate.model_io import load_model  # noqa: E402
-from calibrate.train import ERROR_SHRINKAGE, fit_error_statistics, to_batch, train  # noqa: E402
+from calibrate.train import ERROR_SHRINKAGE, fit_position_statistics, to_batch, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def model():
-    return HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(image_size=128))
+    return HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(input_size=128))
 
 
 def test_forward_gives_one_map_and_one_score_per_image(model):
@@ -45,7 +45,7 @@ def test_a_training_step_changes_only_the_module(model):
 
 def test_untrained_module_is_the_identity_so_good_views_align():
     # FiLM and the residual branch start at zero: the refined LR features are the LR features.
-    model = HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(image_size=128))
+    model = HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(input_size=128))
     hr, lr = model.features(torch.randn(1, 3, 128, 128))
     refined, _ = model.align(hr, lr)
     assert all(torch.allclose(r, l) for r, l in zip(refined, lr))
@@ -83,7 +83,7 @@ def test_training_is_deterministic_for_a_seed(tmp_path, elpv_good_dir):
 
 def test_model_directory_round_trips(tiny_model_dir):
     model, info = load_model(tiny_model_dir)
-    assert info.description["architecture"]["image_size"] == 128
+    assert info.description["architecture"]["input_size"] == [128, 128]
     assert info.description["training"]["train_files"]
     with torch.no_grad():
         maps, scores = model(torch.zeros(1, 3, 128, 128))
@@ -105,26 +105,28 @@ def test_whitened_distance_is_the_mahalanobis_norm_at_each_position():
                 assert np.isclose(got[n, y, x], np.sqrt(v @ precision[y * width + x] @ v), rtol=1e-4)
 
 
-def test_error_statistics_are_the_mean_and_shrunk_inverse_covariance_of_normal_errors(elpv_images):
+def test_position_statistics_are_the_mean_and_shrunk_inverse_covariance_of_normal_vectors(elpv_images):
     from calibrate.dataset import read_image
     from edge.preprocess import PreprocessSpec, resize_rgb8
 
-    model = HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(image_size=64)).eval()
+    model = HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(input_size=64)).eval()
     spec = PreprocessSpec(64)
-    images = np.stack([resize_rgb8(read_image(p), 64) for p in elpv_images["good"][:12]])
-    fit_error_statistics(model, images, spec, batch_size=5)
+    images = np.stack([resize_rgb8(read_image(p), (64, 64)) for p in elpv_images["good"][:12]])
+    fit_position_statistics(model, images, spec, batch_size=5)
     with torch.no_grad():
         hr, lr = model.features(to_batch(images, spec))
         refined, _ = model.align(hr, lr)
     for aligner, h, r in zip(model.aligners, hr, refined):
-        errors = (h - r).double().numpy()  # N × C × h × w
-        assert np.allclose(aligner.error_mean.numpy(), errors.mean(axis=0), atol=1e-4)
-        channels = errors.shape[1]
-        vectors = errors[:, :, 1, 2]  # one position: row 1, column 2
-        covariance = np.cov(vectors, rowvar=False)
-        covariance += ERROR_SHRINKAGE * np.trace(covariance) / channels * np.eye(channels)
-        position = 1 * errors.shape[3] + 2
-        assert np.allclose(aligner.error_precision[position].numpy(), np.linalg.inv(covariance), rtol=1e-3, atol=1e-3)
+        # The alignment error (whitened discrepancy) and the HR features (appearance term).
+        for kind, vectors_of_level in (("error", h - r), ("appearance", h)):
+            vectors = vectors_of_level.double().numpy()  # N × C × h × w
+            assert np.allclose(getattr(aligner, f"{kind}_mean").numpy(), vectors.mean(axis=0), atol=1e-4)
+            channels = vectors.shape[1]
+            covariance = np.cov(vectors[:, :, 1, 2], rowvar=False)  # one position: row 1, column 2
+            covariance += ERROR_SHRINKAGE * np.trace(covariance) / channels * np.eye(channels)
+            position = 1 * vectors.shape[3] + 2
+            precision = getattr(aligner, f"{kind}_precision")[position].numpy()
+            assert np.allclose(precision, np.linalg.inv(covariance), rtol=1e-3, atol=1e-3), kind
 
 
 def test_whitened_map_is_low_on_the_normals_it_was_fitted_on_and_high_on_defects(tiny_model_dir, elpv_images):
@@ -148,13 +150,15 @@ def test_model_directories_from_before_the_whitened_discrepancy_still_load_as_co
     from edge.model_dir import compute_model_hash
 
     info = train(elpv_good_dir, tmp_path / "old", epochs=1, image_size=64, seed=0, max_images=8, progress=False,
-                 config_overrides={"discrepancy": "cosine"})
+                 config_overrides={"discrepancy": "cosine", "appearance": False})
     description = json.loads((info.directory / "model.json").read_text())
     del description["architecture"]["discrepancy"]  # what the first format version wrote
+    del description["architecture"]["appearance"]
     description["hash"] = compute_model_hash(description, info.weights_path)
     (info.directory / "model.json").write_text(json.dumps(description))
     model, _ = load_model(info.directory)
     assert model.config.discrepancy == "cosine"
+    assert not model.config.appearance  # nor did it have an appearance term
     with torch.no_grad():
         maps, _ = model(torch.zeros(1, 3, 64, 64))
     assert maps.shape == (1, 64, 64) and torch.isfinite(maps).all()
@@ -166,3 +170,58 @@ def test_an_unknown_discrepancy_is_refused_by_name(tmp_path, elpv_good_dir):
     with pytest.raises(ConfigError, match="discrepancy='mahalanobis': expected one of whitened, cosine"):
         train(elpv_good_dir, tmp_path / "bad", epochs=1, image_size=64, max_images=4, progress=False,
               config_overrides={"discrepancy": "mahalanobis"})
+
+
+def test_uniform_frames_score_above_every_good_cell_the_model_was_fitted_on(tiny_model_dir, elpv_images):
+    # A failed light, a lens cap, an empty fixture: nothing like a part. The appearance term sees
+    # that the features are unlike a good part's at every position; the alignment term alone
+    # would not (a blank frame looks the same at both resolutions).
+    from calibrate.dataset import read_image
+    from edge.preprocess import preprocess
+
+    model, info = load_model(tiny_model_dir)
+    trained = set(info.description["training"]["train_files"])
+    good = [read_image(p) for p in elpv_images["good"] if p.name in trained]
+    blank = [np.full((300, 300), level, np.uint8) for level in (0, 80, 128, 170, 255)] + [np.full((1, 1), 128, np.uint8)]
+    with torch.no_grad():
+        _, good_scores = model(torch.from_numpy(preprocess(good, info.preprocess)))
+        _, blank_scores = model(torch.from_numpy(preprocess(blank, info.preprocess)))
+    assert float(blank_scores.min()) > float(good_scores.max())
+
+
+def test_the_fusion_puts_each_term_on_the_scale_of_its_good_quantiles(tiny_model_dir):
+    model, _ = load_model(tiny_model_dir)
+    assert set(model.fitted.fusion) == {"alignment", "appearance"}
+    for low, high in model.fitted.fusion.values():
+        assert 0 < low < high
+    terms = {"alignment": torch.full((1, 1, 4, 4), model.fitted.fusion["alignment"][1]),
+             "appearance": torch.full((1, 1, 4, 4), model.fitted.fusion["appearance"][0])}
+    assert torch.allclose(model.fuse(terms), torch.ones(1, 1, 4, 4), atol=1e-4)
+
+
+def test_training_chooses_smoothing_and_score_on_held_out_good_and_synthetic_images(tmp_path, elpv_images):
+    import shutil
+
+    from calibrate.train import SCORE_CHOICES, SMOOTHING_CHOICES
+
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for path in elpv_images["good"][:56]:
+        shutil.copy(path, folder / path.name)
+    info = train(folder, tmp_path / "model", epochs=1, image_size=64, seed=0, progress=False)
+    training = info.description["training"]
+    assert len(training["validation_files"]) == 8
+    assert not set(training["validation_files"]) & set(training["train_files"])
+    chosen = training["validation"]["chosen"]
+    architecture = info.description["architecture"]
+    assert chosen["smoothing_sigma"] == architecture["smoothing_sigma"] in SMOOTHING_CHOICES
+    assert chosen["score"] == architecture["score"] in {rule for rule, _ in SCORE_CHOICES}
+    validation = training["validation"]
+    trials = validation["trials"]
+    assert len(trials) == len(SMOOTHING_CHOICES) * len(SCORE_CHOICES)
+    best = max(trials, key=lambda t: (t["image_auroc"], t["pixel_auroc"]))
+    default = next(t for t in trials if (t["smoothing_sigma"], t["score"]) == (4.0, "max"))
+    # The default stays unless another choice is better by more than the noise of 8 + 16 images.
+    expected = best if best["image_auroc"] - default["image_auroc"] > validation["margin"] else default
+    assert (expected["smoothing_sigma"], expected["score"]) == (chosen["smoothing_sigma"], chosen["score"])
+    assert 0.01 < validation["margin"] < 0.2

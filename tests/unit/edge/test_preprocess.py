@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from edge.errors import InputDataError
-from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, preprocess, resize_square
+from edge.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessSpec, preprocess, resize_to
 
 SPEC = PreprocessSpec(64)
 
@@ -71,7 +71,7 @@ def _textured(height: int, width: int) -> np.ndarray:
 def test_frames_without_block_averaging_are_one_area_resize(shape):
     image = _textured(*shape)
     expected = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA)
-    assert np.array_equal(resize_square(image, 256), expected)
+    assert np.array_equal(resize_to(image, (256, 256)), expected)
 
 
 @pytest.mark.parametrize("shape", [(600, 600), (1200, 1920), (2048, 2448), (513, 700)])
@@ -80,7 +80,7 @@ def test_large_frames_averaged_in_blocks_first_stay_within_a_grey_level_of_one_a
     cell = cv2.imread(str(elpv_images["good"][0]), cv2.IMREAD_GRAYSCALE)
     image = cv2.resize(cell, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
     single = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA).astype(int)
-    difference = np.abs(resize_square(image, 256).astype(int) - single)
+    difference = np.abs(resize_to(image, (256, 256)).astype(int) - single)
     assert difference.mean() < 1.0 and difference.max() <= 16
 
 
@@ -90,6 +90,22 @@ def test_block_averaging_drops_no_pixel_at_the_padded_edges(channels):
     # column must still brighten the output's last row and column.
     image = np.full((1201, 1923) + ((3,) if channels == 3 else ()), 50, np.uint8)
     image[-1], image[:, -1] = 255, 255
-    out = resize_square(image, 256).astype(int)
+    out = resize_to(image, (256, 256)).astype(int)
     assert out[-1].min() > 50 and out[:, -1].min() > 50
     assert out[:-1, :-1].max() == 50
+
+
+def test_a_non_square_input_keeps_height_and_width_apart():
+    # A tall frame into a wide input: rows and columns must not be swapped on the way.
+    spec = PreprocessSpec((64, 192))
+    image = np.zeros((300, 100), np.uint8)
+    image[:150] = 255  # top half white
+    batch = preprocess([image], spec)
+    assert batch.shape == (1, 3, 64, 192)
+    assert batch[0, 0, :30].min() > batch[0, 0, 34:].max()
+
+
+def test_model_directories_with_one_side_load_as_square():
+    spec = PreprocessSpec.from_dict({"image_size": 128, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+    assert spec.input_size == (128, 128)
+    assert PreprocessSpec.from_dict(PreprocessSpec((64, 192)).to_dict()).input_size == (64, 192)

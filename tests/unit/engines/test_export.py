@@ -35,14 +35,14 @@ def test_graph_passes_checker_and_carries_metadata(exported, tiny_model_dir):
     info = load_model_info(tiny_model_dir)
     proto = onnx.load(exported["fp32"])
     onnx.checker.check_model(proto, full_check=True)
-    size = info.preprocess.image_size
+    height, width = info.preprocess.input_size
     inputs, outputs = io_signature(proto)
     f32 = onnx.TensorProto.FLOAT
-    assert inputs == {"images": (f32, ["batch", 3, size, size])}
-    assert outputs == {"anomaly_map": (f32, ["batch", size, size]), "score": (f32, ["batch"])}
+    assert inputs == {"images": (f32, ["batch", 3, height, width])}
+    assert outputs == {"anomaly_map": (f32, ["batch", height, width]), "score": (f32, ["batch"])}
     meta = metadata_of(proto)
     assert meta["hlgfa.model_hash"] == info.model_hash
-    assert meta["hlgfa.image_size"] == str(size)
+    assert meta["hlgfa.input_size"] == f"{height}x{width}"
     assert meta["hlgfa.precision"] == "fp32"
     assert meta["hlgfa.max_batch"] == "4"
     assert json.loads(meta["hlgfa.preprocess"]) == info.description["preprocess"]
@@ -110,3 +110,52 @@ def test_bad_options_are_refused(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="--max-batch 0"):
         export_onnx(tiny_model_dir, tmp_path / "x.onnx", max_batch=0)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_both_terms_are_in_the_graph_with_their_per_position_statistics(exported, tiny_model_dir):
+    # Per level, two batched MatMuls against a (positions × C × C) precision: the alignment error's
+    # and the HR features' (the appearance term).
+    from edge.model_dir import load_model_info
+
+    proto = onnx.load(exported["fp32"])
+    height, width = load_model_info(tiny_model_dir).preprocess.input_size
+    shapes = {init.name: tuple(init.dims) for init in proto.graph.initializer}
+    precisions = [shapes[name] for node in proto.graph.node if node.op_type == "MatMul" for name in node.input
+                  if name in shapes and len(shapes[name]) == 3]
+    per_level = {(height // stride) * (width // stride) for stride in (8, 16)}
+    assert sorted(p[0] for p in precisions) == sorted(list(per_level) * 2)
+
+
+def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp_path, elpv_images):
+    # A wide input (64×192): height and width must stay apart from preprocessing through the graph.
+    import shutil
+
+    import torch
+
+    from calibrate.dataset import read_image
+    from calibrate.model_io import load_model
+    from calibrate.train import train
+    from edge.backends.base import open_backend
+    from edge.preprocess import preprocess
+    from engines.export import export_onnx
+
+    folder = tmp_path / "good"
+    folder.mkdir()
+    for path in elpv_images["good"][:12]:
+        shutil.copy(path, folder / path.name)
+    info = train(folder, tmp_path / "model", epochs=1, input_size=(64, 192), seed=0, progress=False)
+    assert info.preprocess.input_size == (64, 192)
+    export_onnx(info.directory, max_batch=2)
+    batch = preprocess([read_image(p) for p in elpv_images["defect"][:2]], info.preprocess)
+    assert batch.shape == (2, 3, 64, 192)
+    model, _ = load_model(info.directory)
+    with torch.no_grad():
+        torch_maps, torch_scores = (t.numpy() for t in model(torch.from_numpy(batch)))
+    backend = open_backend("onnxruntime", info.directory, max_batch=2)
+    try:
+        maps, scores = backend.infer(batch)
+    finally:
+        backend.close()
+    assert maps.shape == (2, 64, 192)
+    assert np.allclose(maps, torch_maps, rtol=1e-4, atol=1e-4 * float(np.abs(torch_maps).max()))
+    assert np.allclose(scores, torch_scores, rtol=1e-4)

@@ -39,15 +39,18 @@ def test_matches_torch_at_batch_1_and_3(model_with_onnx, real_batch):
     backend = open_backend("onnxruntime", model_with_onnx, max_batch=4, threads=1)
     try:
         backend.warmup()
-        assert backend.kind == "onnxruntime" and backend.image_size == real_batch.shape[-1]
+        assert backend.kind == "onnxruntime" and backend.input_size == real_batch.shape[-2:]
         maps, scores = backend.infer(real_batch)
         ref_maps, ref_scores = reference.infer(real_batch)
         assert maps.dtype == np.float32 and maps.shape == ref_maps.shape
         assert scores.dtype == np.float32 and scores.shape == (3,)
-        assert np.abs(maps - ref_maps).max() <= 1e-3
+        # Relative to the map's scale: the fused map's units are its good-image quantiles, and a
+        # defect lies far above them.
+        scale = float(np.abs(ref_maps).max())
+        assert np.abs(maps - ref_maps).max() <= 1e-5 * scale
         assert list(np.argsort(scores)) == list(np.argsort(ref_scores))
         single_maps, single_scores = backend.infer(real_batch[1:2])
-        assert np.abs(single_maps[0] - maps[1]).max() <= 1e-4
+        assert np.abs(single_maps[0] - maps[1]).max() <= 1e-6 * scale
         assert single_scores.shape == (1,)
     finally:
         backend.close()

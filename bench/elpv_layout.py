@@ -1,0 +1,45 @@
+"""ELPV (PyPI `elpv-dataset`) as an MVTec AD layout of symbolic links, for `hlgfa train/eval`.
+
+    .venv/bin/python -m bench.elpv_layout --out runs/elpv [--seed 0]
+
+The split of the shared datasets README: cells with defect probability 0 are good, 1 defective;
+60 % of the good cells (seeded) train, the other good cells and every defective cell test. Image
+labels only (no masks), so only image AUROC is measured on it.
+"""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from calibrate.demo import elpv_cells
+
+TRAIN_FRACTION = 0.6
+
+
+def make_layout(out: Path, seed: int) -> dict:
+    good, defective = elpv_cells()
+    order = np.random.default_rng(seed).permutation(len(good))
+    count = int(round(TRAIN_FRACTION * len(good)))
+    folders = {"train/good": [good[i] for i in order[:count]], "test/good": [good[i] for i in order[count:]],
+               "test/defective": defective}
+    for folder, paths in folders.items():
+        target = out / folder
+        target.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            link = target / path.name
+            if not link.exists():
+                link.symlink_to(path.resolve())
+    return {folder: len(paths) for folder, paths in folders.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(make_layout(args.out, args.seed))
+
+
+if __name__ == "__main__":
+    main()
