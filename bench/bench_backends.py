@@ -1,7 +1,7 @@
 """CPU latency per frame, torch vs ONNX Runtime (FP32, optionally the FP16 graph), side by side in one run.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_backends.py --model MODEL_DIR --onnx FILE.onnx \
-        [--onnx-fp16 FILE.onnx] [--threads 2] [--batch 1] [--iters 40]
+        [--onnx-fp16 FILE.onnx] [--other MODEL_DIR] [--threads 2] [--batch 1] [--iters 40]
 
 The backends run interleaved (one call each per round, in rotating order), so a shared,
 loaded machine slows them alike and the ratio stays meaningful even when the absolute
@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--onnx", required=True)
     parser.add_argument("--onnx-fp16")
+    parser.add_argument("--other", metavar="MODEL_DIR", help="a second model of the same input size, run through "
+                        "ONNX Runtime in the same rounds (its MODEL_DIR/model.onnx): the cost of what differs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--iters", type=int, default=40)
@@ -68,6 +70,9 @@ def main() -> None:
     if args.onnx_fp16:
         backends["onnxruntime-fp16graph"] = open_backend("onnxruntime", args.model, onnx=args.onnx_fp16,
                                                          max_batch=args.batch, threads=args.threads)
+    if args.other:
+        backends["onnxruntime-other"] = open_backend("onnxruntime", args.other, max_batch=args.batch,
+                                                     threads=args.threads)
     names = list(backends)
     for name in names:
         for _ in range(args.warmup):

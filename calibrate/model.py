@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibrate.backbones import FrozenBackbone
-from edge.errors import ConfigError
+from edge.errors import ConfigError, ModelFileError
 from edge.preprocess import input_size
 
 DISCREPANCIES = ("whitened", "cosine")
+LEGACY_DEFAULTS = {"standardize_features": False, "reliability": "gradient"}
 
 
 @dataclass
@@ -46,9 +47,6 @@ class HLGFAConfig:
     # channels, and how many depthwise 3×3 layers (each widens its receptive field by 2).
     residual_width: float = 1.0
     residual_depth: int = 2
-    # Standardise every backbone channel with its mean/std over normal images before alignment:
-    # otherwise a few high-magnitude channels dominate the cosine and the rest are never compared.
-    standardize_features: bool = False
     # How the refined LR features and the HR features are compared, per position:
     # "whitened": Mahalanobis distance of the alignment error (HR − refined LR) under its own mean
     #   and covariance at that position, fitted on normal images — which channels legitimately
@@ -62,11 +60,10 @@ class HLGFAConfig:
     # put on one scale (`FittedConstants.fusion`). Off: the alignment term alone, for parts that do
     # not sit in the same place in every frame (with discrepancy="cosine").
     appearance: bool = True
+    # The alignment term is divided where the structure prior's local gradient is high (edges,
+    # texture: features that legitimately shift with resolution), by a strength fitted on normals.
     use_reliability: bool = True
-    # "gradient": reliability falls where the structure prior's local gradient is high.
-    # "learned": a small head on the structure prior predicts, from normal images, the
-    # discrepancy to expect at each position; the map is divided by that expectation.
-    reliability: str = "gradient"
+    # Smoothing and score: `hlgfa train` chooses them on held-out images (train.choose_on_validation).
     smoothing_sigma: float = 4.0  # pixels at a 256×256 input, scaled with the input's side (geometric mean)
     score: str = "max"  # or "topk": mean of the top `topk_fraction` pixels
     topk_fraction: float = 0.01
@@ -90,6 +87,11 @@ class HLGFAConfig:
         # those written before the appearance term had none.
         data.setdefault("discrepancy", "cosine")
         data.setdefault("appearance", False)
+        # Options of an early ablation, since removed: their defaults are what this code computes.
+        for key, default in LEGACY_DEFAULTS.items():
+            if data.pop(key, default) != default:
+                raise ModelFileError(f"architecture {key}={data.get(key)!r}: no longer supported; retrain the model "
+                                     f"with hlgfa train")
         # …and those written before non-square inputs held one side.
         if "image_size" in data:
             data["input_size"] = data.pop("image_size")
@@ -102,9 +104,6 @@ class HLGFAConfig:
 class FittedConstants:
     """Fitted on normal images after training; part of the model hash."""
 
-    # Per-level, per-channel mean and std of the backbone's features on normals (empty: off).
-    feature_mean: list[list[float]] = field(default_factory=list)
-    feature_std: list[list[float]] = field(default_factory=list)
     # Per-level mean discrepancy on normals: levels are combined after dividing by it, so a
     # level that aligns poorly everywhere cannot drown the others (empty: plain mean).
     level_scale: list[float] = field(default_factory=list)
@@ -118,6 +117,16 @@ class FittedConstants:
     # are added (EfficientAD's rule): neither term's units can drown the other. Empty: one term,
     # unscaled.
     fusion: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FittedConstants":
+        data = dict(data)
+        # Per-channel feature standardisation, an early ablation since removed: empty means off.
+        for key in ("feature_mean", "feature_std"):
+            if data.pop(key, []):
+                raise ModelFileError(f"fitted {key}: feature standardisation is no longer supported; retrain the "
+                                     f"model with hlgfa train")
+        return cls(**data)
 
 
 class LevelAligner(nn.Module):
@@ -163,14 +172,6 @@ class LevelAligner(nn.Module):
         self.residual = nn.Sequential(*layers, nn.Conv2d(hidden, channels, 1))
         nn.init.zeros_(self.residual[-1].weight)
         nn.init.zeros_(self.residual[-1].bias)
-        if self.use_structure and config.use_reliability and config.reliability == "learned":
-            self.expected_discrepancy = nn.Sequential(
-                nn.Conv2d(channels, 16, 1), nn.ReLU(inplace=True), nn.Conv2d(16, 1, 3, padding=1))
-
-    def log_expected_discrepancy(self, structure: torch.Tensor) -> torch.Tensor:
-        """log E[discrepancy] per position (N×1×h×w), from the structure prior alone. Detached:
-        learning what to expect must not change how the features are aligned."""
-        return self.expected_discrepancy(structure.detach())
 
     def structure_prior(self, hr: torch.Tensor) -> torch.Tensor | None:
         if not self.use_structure:
@@ -257,19 +258,13 @@ class HLGFA(nn.Module):
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Backbone features of the HR view and of the LR view resized to the HR grid."""
         with torch.no_grad():
-            hr = self.standardize(self.backbone(images))
+            hr = self.backbone(images)
             factor = self.config.lr_factor
             # Box-filter downsampling is antialiased and exports as one AveragePool op.
             lr_view = F.avg_pool2d(images, factor, stride=factor)
             lr = [F.interpolate(f, size=h.shape[-2:], mode="bilinear", align_corners=False)
-                  for f, h in zip(self.standardize(self.backbone(lr_view)), hr)]
+                  for f, h in zip(self.backbone(lr_view), hr)]
         return hr, lr
-
-    def standardize(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        if not self.fitted.feature_mean:
-            return features
-        return [(f - torch.tensor(m).view(1, -1, 1, 1)) / torch.tensor(s).view(1, -1, 1, 1)
-                for f, m, s in zip(features, self.fitted.feature_mean, self.fitted.feature_std)]
 
     def align(self, hr: list[torch.Tensor], lr: list[torch.Tensor]):
         """Refined LR features and structure priors per level."""
@@ -297,11 +292,7 @@ class HLGFA(nn.Module):
                 [whitened_distance(h, a.appearance_mean, a.appearance_precision) for a, h in zip(self.aligners, hr)],
                 self.fitted.appearance_scale or [1.0] * len(hr))
         instability = None
-        if self.learned_reliability:
-            instability = torch.stack([
-                F.interpolate(aligner.log_expected_discrepancy(s), size=size, mode="bilinear", align_corners=False)
-                for aligner, s in zip(self.aligners, structures)]).mean(dim=0)
-        elif self.config.use_structure and self.fitted.instability_scale:
+        if self.config.use_structure and self.fitted.instability_scale:
             instability = torch.stack([
                 F.interpolate(local_instability(s), size=size, mode="bilinear", align_corners=False) / scale
                 for s, scale in zip(structures, self.fitted.instability_scale)]).mean(dim=0)
@@ -325,10 +316,7 @@ class HLGFA(nn.Module):
         term only: it says where the two views legitimately disagree, not where parts vary."""
         alignment = torch.stack(raw.alignment).mean(dim=0)
         if self.config.use_reliability and raw.instability is not None and reliability_strength > 0:
-            if self.learned_reliability:
-                alignment = alignment * torch.exp(-reliability_strength * raw.instability)
-            else:
-                alignment = alignment / (1 + reliability_strength * raw.instability)
+            alignment = alignment / (1 + reliability_strength * raw.instability)
         terms = {"alignment": alignment}
         if raw.appearance:
             terms["appearance"] = torch.stack(raw.appearance).mean(dim=0)
@@ -366,21 +354,6 @@ class HLGFA(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.finish(self.raw_maps(images), self.fitted.reliability_strength)
-
-    @property
-    def learned_reliability(self) -> bool:
-        return self.config.use_structure and self.config.use_reliability and self.config.reliability == "learned"
-
-    def reliability_loss(self, refined: list[torch.Tensor], hr: list[torch.Tensor],
-                         structures: list[torch.Tensor]) -> torch.Tensor:
-        """Exponential negative log-likelihood of the observed discrepancy d given its predicted
-        mean s: d/s + log s, minimised at s = E[d | structure]."""
-        losses = []
-        for aligner, r, h, structure in zip(self.aligners, refined, hr, structures):
-            observed = (1 - F.cosine_similarity(r, h, dim=1)).unsqueeze(1).detach()
-            log_expected = aligner.log_expected_discrepancy(structure)
-            losses.append((observed * torch.exp(-log_expected) + log_expected).mean())
-        return torch.stack(losses).mean()
 
     def learned_parameters(self):
         return self.aligners.parameters()

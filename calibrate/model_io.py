@@ -38,7 +38,7 @@ def save_model(model: HLGFA, directory: str | Path, backbone_weights: str | None
 def build_model(description: dict) -> HLGFA:
     config = HLGFAConfig.from_dict(description["architecture"])
     backbone = build_backbone(description["backbone"]["name"], config.strides, description["backbone"].get("weights_file"))
-    fitted = FittedConstants(**description["fitted"])
+    fitted = FittedConstants.from_dict(description["fitted"])
     return HLGFA(backbone, config, fitted)
 
 

@@ -25,8 +25,6 @@ from edge.preprocess import PreprocessSpec, normalize, resize_rgb8
 log = logging.getLogger(__name__)
 
 RELIABILITY_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-# Exponent on the learned expectation: 1 divides by it, 0 ignores it.
-LEARNED_RELIABILITY_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -67,27 +65,6 @@ def cache_features(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch
             hr_levels[level].append(h.half())
             lr_levels[level].append(l.half())
     return [torch.cat(x) for x in hr_levels], [torch.cat(x) for x in lr_levels]
-
-
-@torch.no_grad()
-def fit_feature_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_size: int) -> None:
-    """Per-channel mean/std of each level's HR features over normal images."""
-    sums, squares, count = None, None, 0
-    for start in range(0, len(images), batch_size):
-        features = model.backbone(to_batch(images[start:start + batch_size], spec))
-        batch_sums = [f.double().sum(dim=(0, 2, 3)) for f in features]
-        batch_squares = [(f.double() ** 2).sum(dim=(0, 2, 3)) for f in features]
-        count_add = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
-        sums = batch_sums if sums is None else [a + b for a, b in zip(sums, batch_sums)]
-        squares = batch_squares if squares is None else [a + b for a, b in zip(squares, batch_squares)]
-        count = count_add if not count else [a + b for a, b in zip(count, count_add)]
-    means = [s / n for s, n in zip(sums, count)]
-    stds = [torch.sqrt(torch.clamp(q / n - m ** 2, min=0)) for q, n, m in zip(squares, count, means)]
-    # A floor relative to the level's typical spread: a nearly dead channel must not have its
-    # rare small activations blown up into the largest differences.
-    stds = [torch.clamp(s, min=0.1 * float(s.mean()) + 1e-6) for s in stds]
-    model.fitted.feature_mean = [[round(float(v), 7) for v in m] for m in means]
-    model.fitted.feature_std = [[round(float(v), 7) for v in s] for s in stds]
 
 
 # Covariance shrinkage towards its mean variance: a position's covariance is estimated from as
@@ -181,7 +158,7 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
        uniform rescaling does not change it.
     The fusion of the terms is fitted afterwards, on held-out images (`choose_on_validation`).
     """
-    model.fitted = FittedConstants(feature_mean=model.fitted.feature_mean, feature_std=model.fitted.feature_std)
+    model.fitted = FittedConstants()
     batches = [to_batch(images[start:start + batch_size], spec) for start in range(0, len(images), batch_size)]
     level_sums, appearance_sums, instability_sums = None, None, None
 
@@ -206,11 +183,10 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
             model.fitted.appearance_scale = [t / len(images) + 1e-12 for t in appearance_sums]
     if not (model.config.use_structure and model.config.use_reliability):
         return model.fitted
-    if not model.learned_reliability:
-        model.fitted.instability_scale = [t / len(images) + 1e-12 for t in instability_sums]
+    model.fitted.instability_scale = [t / len(images) + 1e-12 for t in instability_sums]
     raw = [model.raw_maps(batch) for batch in batches]
     best = None
-    for strength in (LEARNED_RELIABILITY_GRID if model.learned_reliability else RELIABILITY_GRID):
+    for strength in RELIABILITY_GRID:
         maxima, means = [], []
         for maps in raw:
             alignment = model.smooth(model.term_maps(maps, strength)["alignment"]).flatten(1)
@@ -486,8 +462,6 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
     log.info("training on %d good images from %s (%d held out for validation, %d for calibration)",
              len(paths), folder, len(validation_paths), len(held_out))
     images = load_resized(paths, config.input_size)
-    if config.standardize_features:
-        fit_feature_statistics(model, images[np.random.default_rng(seed).permutation(len(images))[:64]], spec, batch_size)
     hr_cache, lr_cache = cache_features(model, images, spec, batch_size, progress) if epochs else ([], [])
 
     optimizer = torch.optim.Adam(model.learned_parameters(), lr=learning_rate)
@@ -504,10 +478,8 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
             index = order[start:start + batch_size]
             batch = training_batch(model, images, index, hr_cache, lr_cache, spec, rng, augment_fraction,
                                    denoise_fraction)
-            refined, structures = model.align(batch.input_hr, batch.input_lr)
+            refined, _ = model.align(batch.input_hr, batch.input_lr)
             loss = model.alignment_loss(refined, batch.target_hr)
-            if model.learned_reliability:
-                loss = loss + model.reliability_loss(refined, batch.target_hr, structures)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -85,8 +85,9 @@ class PublishConfig(_Section):
     reliable_endpoint: str | None = None
     maps: bool = True
     map_format: Literal["uint8", "float16"] = "uint8"
-    # [height, width] of published maps, or "model" for the model's own resolution.
-    map_size: tuple[int, int] | Literal["model"] = (256, 256)
+    # [height, width] of published maps, or "model" for the model's own resolution (its aspect
+    # ratio: a non-square model's map is not squashed).
+    map_size: tuple[int, int] | Literal["model"] = "model"
     # uint8 scale [lo, hi]; unset scales each map to its own min..max.
     map_value_range: tuple[float, float] | None = None
     heartbeat_period_s: float = Field(default=1.0, gt=0)
