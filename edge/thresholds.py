@@ -85,6 +85,10 @@ def load_thresholds(path: str | Path, expected_model_hash: str | None = None) ->
         raise ConfigError(f"thresholds file {path}: does not exist (create it with `hlgfa calibrate`)") from None
     except OSError as error:
         raise ConfigError(f"thresholds file {path}: cannot be read ({error})") from error
+    except UnicodeDecodeError as error:
+        # Not a ValueError the caller expects from a file: on SIGHUP it would end the daemon.
+        raise ConfigError(f"thresholds file {path}: not UTF-8 text ({error}); expected the JSON "
+                          f"`hlgfa calibrate` writes") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

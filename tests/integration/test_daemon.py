@@ -457,6 +457,35 @@ def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken
     assert all(d.verdict != "fault" for d in decisions)
 
 
+def test_a_thresholds_file_that_is_not_utf8_on_reload_is_a_fault_and_the_old_thresholds_stay(
+        tmp_path, tiny_model_dir, calibrated, line_images):
+    path = tmp_path / "thresholds.json"
+    write_json_atomic(path, calibrated["data"])
+    run = Running(_base(tiny_model_dir, calibrated, line_images, thresholds=str(path),
+                        source={"kind": "folder", "path": str(line_images), "loop": True, "fps": 20}))
+    first = run._wait_for(lambda m: isinstance(m, wire.Decision))
+    path.write_bytes(b"\xff\xfe" + path.read_bytes())
+    run.daemon.request_reload()
+    fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
+    assert fault.code == "thresholds_reload_failed" and "not UTF-8" in fault.message
+    assert f"keeping thresholds version {first.thresholds_version}" in fault.message
+    after = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first.frame_id + 3)
+    assert after.thresholds_version == first.thresholds_version
+    run.daemon.request_stop()
+    assert run.collect_until_stopped() == 0
+
+
+def test_a_thresholds_file_that_is_not_utf8_refuses_to_start_with_78(tmp_path, tiny_model_dir, calibrated,
+                                                                      line_images):
+    from edge.cli import main
+
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b"\xff\xfe{}")
+    code = main(["run", "--model", str(tiny_model_dir), "--thresholds", str(path), "--source", f"folder:{line_images}",
+                 "--publish", free_endpoint(), "--backend", "onnxruntime", "--onnx", str(calibrated["onnx"])])
+    assert code == 78
+
+
 def test_a_subscriber_that_stops_reading_blocks_nothing(tiny_model_dir, calibrated, line_images):
     """PUB drops for the stalled subscriber alone; it can count every loss from sequence numbers, and the
     PLC bridge on the acknowledged channel still gets every decision."""
