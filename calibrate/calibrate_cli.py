@@ -81,19 +81,35 @@ def list_images(folder: str | Path, what: str, classes: bool = False) -> tuple[l
     return paths, labels
 
 
-def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarray, np.ndarray]:
+def score_images(backend, spec, paths: list[Path], what: str,
+                 skipped: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and maps of `paths`. With a `skipped` list, an unreadable file (empty, damaged, a header
+    claiming too many pixels) is appended to it as (path, reason) and left out, as the daemon faults
+    that one frame and reads on; the arrays then hold the readable files in order. Without, it raises."""
     from edge.preprocess import preprocess
 
     batch_size = max(1, min(BATCH, int(getattr(backend, "max_batch", 1))))
     size = spec.image_size
     maps = np.empty((len(paths), size, size), dtype=np.float32)
     scores = np.empty(len(paths), dtype=np.float64)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
+    done = 0  # rows filled: fewer than the files read when some were skipped
+    for first in range(0, len(paths), batch_size):
+        chunk = paths[first:first + batch_size]
         images = []
-        for path in chunk:
-            image = read_image(path)
+        for path in list(chunk):
+            try:
+                image = read_image(path)
+            except InputDataError as error:
+                if skipped is None:
+                    raise
+                skipped.append((path, str(error)))
+                log.warning("%s %s skipped: %s", what, path, error)
+                chunk.remove(path)
+                continue
             images.append(image)
+        if not images:
+            continue
+        start = done
         try:
             batch = preprocess(images, spec)
         except InputDataError as error:
@@ -112,8 +128,9 @@ def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarra
                 raise BackendError(f"{what} {path}: the model returned non-finite values; refusing to calibrate")
         maps[start:start + len(chunk)] = batch_maps
         scores[start:start + len(chunk)] = batch_scores
-        log.info("scored %d/%d %s", start + len(chunk), len(paths), what)
-    return scores, maps
+        done += len(chunk)
+        log.info("scored %d/%d %s", first + len(chunk), len(paths), what)
+    return scores[:done], maps[:done]
 
 
 def check_out(path: Path, force: bool, model_hash: str | None = None) -> None:
@@ -227,23 +244,37 @@ def handle(args) -> int:
         engine_sha = file_sha256(Path(args.engine))
 
     backend = open_backend(args.backend, info.directory, **options)
+    skipped: list = []  # (path, reason) of each unreadable image, left out of the fit
+    notes_skipped: list[str] = []
     try:
         backend_hash = getattr(backend, "model_hash", None)
         if backend_hash and backend_hash != info.model_hash:
             raise ModelFileError(f"backend {backend.kind} runs model {backend_hash[:12]}, but {info.directory} is "
                                  f"model {info.model_hash[:12]}; re-export the ONNX/engine from this model")
         spec = info.preprocess
-        scores, maps = score_images(backend, spec, normal_paths, "normal image")
+        scores, maps = score_images(backend, spec, normal_paths, "normal image", skipped)
+        normal_paths = [path for path in normal_paths if path not in {p for p, _ in skipped}]
+        if len(normal_paths) < MIN_NORMALS:
+            raise InputDataError(f"normals folder {args.normals}: {len(normal_paths)} readable images after "
+                                 f"skipping {len(skipped)} unreadable, need at least {MIN_NORMALS} good parts")
         normal = Scored(normal_paths, scores, maps)
         defect = None
         if defect_paths:
-            scores, maps = score_images(backend, spec, defect_paths, "defect image")
+            scores, maps = score_images(backend, spec, defect_paths, "defect image", skipped)
+            unreadable = {p for p, _ in skipped}
+            kept = [index for index, path in enumerate(defect_paths) if path not in unreadable]
+            defect_paths = [defect_paths[index] for index in kept]
+            defect_classes = [defect_classes[index] for index in kept]
             defect = Scored(defect_paths, scores, maps, defect_classes)
     finally:
         backend.close()
+    for path, reason in skipped:
+        notes_skipped.append(f"skipped unreadable image {path}: {reason}")
 
     threshold, details, region, notes = fit_all(normal, defect, args.target_frr, args.confidence, args.policy,
                                                 args.seed, not args.no_region_rule)
+    notes = notes_skipped + notes
+    details["skipped_images"] = [{"file": str(path), "reason": reason} for path, reason in skipped]
     details.update({"created_by": "hlgfa calibrate", "created_utc": datetime.now(timezone.utc).isoformat(),
                     "backend": backend.kind, "seed": args.seed, "normals": str(Path(args.normals).resolve()),
                     "n_normals": len(normal_paths), "defects": str(Path(args.defects).resolve()) if args.defects

@@ -282,6 +282,30 @@ def test_corrupt_image_is_a_fault_for_that_frame(tmp_path, tiny_model_dir, calib
     assert [(f.code, f.frame_id) for f in faults] == [("frame_error", 3)]
 
 
+@pytest.mark.parametrize("damage", ["zero bytes", "PNG header claiming 60000x60000 px"])
+def test_an_empty_or_oversized_file_in_a_replay_is_one_fault_and_the_replay_goes_on(
+        tmp_path, tiny_model_dir, calibrated, line_images, damage):
+    import struct
+    import zlib
+
+    folder = tmp_path / "frames"
+    shutil.copytree(line_images, folder)
+    names = sorted(p.name for p in folder.iterdir())
+    target = folder / names[3]
+    if damage == "zero bytes":
+        target.write_bytes(b"")
+    else:
+        png = target.read_bytes()
+        ihdr = png[12:16] + struct.pack(">II", 60000, 60000) + png[24:29]
+        target.write_bytes(png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:])
+    run = Running(_base(tiny_model_dir, calibrated, folder))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(len(names)))
+    assert by_id[3].verdict == "fault" and by_id[3].reason.startswith("frame_error:")
+    assert all(by_id[i].verdict != "fault" for i in by_id if i != 3)
+    assert [(f.code, f.frame_id) for f in run.of(wire.Fault)] == [("frame_error", 3)]
+
+
 def test_frames_far_larger_than_the_model_input_are_decided_and_warned_about_once(
         tmp_path, caplog, tiny_model_dir, calibrated, line_images):
     import cv2

@@ -112,3 +112,24 @@ def test_a_file_for_another_model_is_named(tiny_model_dir, normals_dir, tmp_path
 
     with pytest.raises(ConfigError, match="recalibrate"):
         load_thresholds(out, expected_model_hash=load_model_info(tiny_model_dir).model_hash)
+
+
+def test_unreadable_normals_are_skipped_with_a_warning_and_the_rest_calibrate(tiny_model_dir, normals_dir, tmp_path,
+                                                                              capsys):
+    import struct
+    import zlib
+
+    folder = tmp_path / "normals"
+    shutil.copytree(normals_dir, folder)
+    pngs = sorted(folder.glob("*.png"))
+    pngs[0].write_bytes(b"")
+    png = pngs[1].read_bytes()
+    ihdr = png[12:16] + struct.pack(">II", 60000, 60000) + png[24:29]
+    pngs[1].write_bytes(png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:])
+    out = tmp_path / "t.json"
+    assert run("--model", tiny_model_dir, "--normals", folder, "--target-frr", "0.05", "--out", out) == 0
+    err = capsys.readouterr().err
+    assert f"skipped unreadable image {pngs[0]}" in err and f"skipped unreadable image {pngs[1]}" in err
+    details = load_thresholds(out).details
+    assert details["n_normals"] == 28
+    assert {entry["file"] for entry in details["skipped_images"]} == {str(pngs[0]), str(pngs[1])}
