@@ -104,7 +104,9 @@ class Daemon:
     def _open_backend(self, model_hash: str):
         from edge.backends.base import open_backend
 
-        backend = open_backend(self.config.backend.kind, self.config.model, **backend_options(self.config))
+        # "auto" never ends on the PyTorch module here: run before export is an error naming the fix.
+        backend = open_backend(self.config.backend.kind, self.config.model, allow_torch=False,
+                               **backend_options(self.config))
         if backend.model_hash != model_hash:
             backend.close()
             raise ModelFileError(f"backend {backend.kind}: serves model {backend.model_hash[:12]}, but {self.config.model} "

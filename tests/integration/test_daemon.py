@@ -556,6 +556,17 @@ def test_thresholds_for_another_model_refuse_to_start(tmp_path, tiny_model_dir, 
     assert code == 78
 
 
+def test_run_before_export_is_an_error_naming_hlgfa_export_not_a_torch_fallback(tiny_model_dir, calibrated,
+                                                                                 line_images, capsys):
+    from edge.cli import main
+
+    assert not (tiny_model_dir / "model.onnx").exists()
+    code = main(["run", "--model", str(tiny_model_dir), "--thresholds", str(calibrated["path"]),
+                 "--source", f"folder:{line_images}", "--publish", free_endpoint()])
+    assert code == 66
+    assert f"hlgfa export --model {tiny_model_dir}" in capsys.readouterr().err
+
+
 class DaemonProcess:
     """`hlgfa run` as its own process (`python -m edge.cli`, what the console script runs) with a
     subscriber on its PUB endpoint; `until(predicate)` collects messages until one matches."""
