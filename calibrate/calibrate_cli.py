@@ -227,8 +227,9 @@ def check_report_dir(path: Path | None, force: bool) -> None:
 
 
 def make_version(content: dict) -> str:
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{digest}"
+    from edge.thresholds import content_digest
+
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{content_digest(content)}"
 
 
 def fit_all(normal: Scored, defect: Scored | None, target_frr: float, confidence: float, policy: str,

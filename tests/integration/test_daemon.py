@@ -257,7 +257,7 @@ def test_every_frame_one_decision_matching_decide(tiny_model_dir, calibrated, li
         got = by_id[frame_id]
         assert (got.verdict, got.reason) == (expected.verdict, expected.reason), name
         assert got.score == pytest.approx(score, rel=1e-5)
-        assert got.thresholds_version == "t1" and got.model_hash == calibrated["info"].model_hash
+        assert got.thresholds_version == calibrated["thresholds"].version and got.model_hash == calibrated["info"].model_hash
         verdicts.add(got.verdict)
     assert verdicts == {"ok", "reject"}
     maps = run.of(wire.MapMessage)
@@ -469,7 +469,7 @@ def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken
     write_json_atomic(path, {**calibrated["data"], "version": "t2", "image_threshold": 1e9, "region": None},
                       overwrite=True)
     run.daemon.request_reload()
-    first_t2 = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.thresholds_version == "t2")
+    first_t2 = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.thresholds_version.startswith("t2+"))
     run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first_t2.frame_id + 2)
     run.daemon.request_stop()
     assert run.collect_until_stopped() == 0
@@ -477,7 +477,7 @@ def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken
     assert [d.frame_id for d in decisions] == list(range(len(decisions)))
     versions = [d.thresholds_version for d in decisions]
     assert versions == sorted(versions), "a t1 decision came after the switch to t2"
-    assert all(d.verdict == "ok" for d in decisions if d.thresholds_version == "t2")
+    assert all(d.verdict == "ok" for d in decisions if d.thresholds_version.startswith("t2+"))
     assert all(d.verdict != "fault" for d in decisions)
 
 
@@ -624,7 +624,8 @@ def test_signals_in_a_subprocess_sighup_invalid_then_sigterm_loses_nothing(tmp_p
     assert daemon.process.returncode == 0, stderr
     assert [h.state for h in daemon.of(wire.Heartbeat)][-1] == "stopping"
     _every_read_frame_decided(daemon, stderr)
-    assert all(d.verdict != "fault" and d.thresholds_version == "t1" for d in daemon.of(wire.Decision))
+    assert all(d.verdict != "fault" and d.thresholds_version == calibrated["thresholds"].version
+               for d in daemon.of(wire.Decision))
     assert "still running at exit" not in stderr
 
 
