@@ -289,6 +289,12 @@ def handle(args) -> int:
     info = load_model_info(args.model)
     check_out(out, args.force, info.model_hash)
     check_report_dir(report_dir, args.force)
+    from edge.paths import writable_dir
+
+    # Where the file and the report are staged (a temp file / folder beside each): before the scoring.
+    writable_dir(out.parent, f"--out {out}")
+    if report_dir is not None:
+        writable_dir(report_dir.parent, f"--report {report_dir}")
     if args.normals_from_model:
         normal_paths = held_out_normals(info)
         args.normals = str(normal_paths[0].parent)
