@@ -89,8 +89,11 @@ def _run_handler(args: argparse.Namespace) -> int:
     # small gain, throughput unchanged (BENCHMARKS.md, "Inspection daemon"). Process-wide, so set
     # here, at the daemon's own entry.
     sys.setswitchinterval(DAEMON_SWITCH_INTERVAL_S)
-    daemon = Daemon(config)
-    daemon.install_signal_handlers()
+    daemon = Daemon(config, signals=args.signals)
+    daemon.install_signal_handlers()  # the same handlers again: also when called without edge.cli.main
+    if daemon.signals.stop.is_set():
+        log.info("camera %s: stop requested while starting; exiting before opening anything", config.camera)
+        return 0
     ours_before = set(threading.enumerate())
     try:
         code = daemon.run()

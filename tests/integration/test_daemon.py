@@ -629,6 +629,34 @@ def test_signals_in_a_subprocess_sighup_invalid_then_sigterm_loses_nothing(tmp_p
     assert "still running at exit" not in stderr
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """The process has a handler for `signum` (its SigCgt mask in /proc says so)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc to see a process's handlers")
+def test_sighup_and_ctrl_c_while_the_daemon_starts_are_requests_not_a_death(tmp_path, tiny_model_dir, calibrated,
+                                                                           line_images):
+    """The gate is the moment the process first catches SIGHUP: with handlers installed before anything
+    slow, that is before the imports and the model load, so both signals land while it starts, and it
+    must end with 0, before opening anything, with no traceback (was: SIGHUP killed it, exit 129)."""
+    daemon = DaemonProcess(tiny_model_dir, calibrated, calibrated["path"], "--source", f"folder:{line_images}")
+    try:
+        while daemon.process.poll() is None and not _catches(daemon.process.pid, signal.SIGHUP):
+            time.sleep(0.001)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.process.send_signal(signal.SIGINT)
+        _, stderr = daemon.process.communicate(timeout=RECV_S)
+    finally:
+        daemon.close()
+    assert daemon.process.returncode == 0, stderr
+    assert "stop requested while starting; exiting before opening anything" in stderr
+    assert "Traceback" not in stderr and "onnxruntime backend:" not in stderr
+
+
 def _every_read_frame_decided(daemon: DaemonProcess, stderr: str) -> None:
     """Every frame the daemon says it read has exactly one decision on the wire."""
     decisions = daemon.of(wire.Decision)
