@@ -63,6 +63,12 @@ def check_files(config: DaemonConfig) -> list[str]:
 
     info = load_model_info(config.model)
     thresholds = load_thresholds(config.thresholds_path, info.model_hash)
+    if config.publish.curve_secret_key is not None:
+        from edge.curve import check_allowed_dir, load_keypair
+
+        # As the publisher loads them at start: a key others may read is refused here too.
+        load_keypair(config.publish.curve_secret_key)
+        check_allowed_dir(config.publish.curve_allowed_clients)
     return [f"model {config.model}: hash {info.model_hash[:12]}, image size {info.preprocess.image_size}",
             f"thresholds {config.thresholds_path}: version {thresholds.version}, image threshold "
             f"{thresholds.image_threshold:.6g}{', region rule' if thresholds.region else ''}"]

@@ -261,6 +261,33 @@ def test_curve_without_allowed_keys_is_a_config_error(tmp_path):
                                   curve=ServerCurve(tmp_path / "server.key_secret", tmp_path / "empty")))
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o640, 0o604])
+def test_a_secret_key_others_may_read_is_refused_naming_the_chmod(tmp_path, mode):
+    from edge.curve import load_keypair
+
+    generate(tmp_path, "server")
+    generate(tmp_path / "clients", "plc")
+    secret = tmp_path / "server.key_secret"
+    secret.chmod(mode)
+    with pytest.raises(Exception, match=f"mode {mode:04o} lets group or others.*chmod 600 {secret}") as caught:
+        Publisher(PublisherConfig("cam1", endpoint=LOOPBACK, curve=ServerCurve(secret, tmp_path / "clients")))
+    assert caught.value.exit_code == 78
+    secret.chmod(0o600)
+    assert load_keypair(secret)[1]
+
+
+@pytest.mark.parametrize("target", ["folder", "key"])
+def test_an_allowed_clients_folder_or_key_others_may_write_is_refused_naming_the_chmod(tmp_path, target):
+    generate(tmp_path, "server")
+    generate(tmp_path / "clients", "plc")
+    writable = tmp_path / "clients" if target == "folder" else tmp_path / "clients" / "plc.key"
+    writable.chmod(0o777 if target == "folder" else 0o666)
+    with pytest.raises(Exception, match=f"lets group or others write it.*chmod go-w {writable}") as caught:
+        Publisher(PublisherConfig("cam1", endpoint=LOOPBACK,
+                                  curve=ServerCurve(tmp_path / "server.key_secret", tmp_path / "clients")))
+    assert caught.value.exit_code == 78
+
+
 def test_binding_a_taken_endpoint_names_it(make_publisher):
     first = make_publisher()
     with pytest.raises(Exception, match=f"cannot bind ZeroMQ endpoint '{first.endpoint}'") as caught:
