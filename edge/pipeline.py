@@ -132,7 +132,8 @@ class Pipeline:
         self._counts = {"frames": 0, OK: 0, REJECT: 0, FAULT: 0, "dropped": 0}
         self.reads = 0
         self.fatal: tuple[int, str] | None = None  # (exit code, reason) once the pipeline cannot go on
-        self.source_state = "delivering"  # of the last read: see wire.SourceStatus
+        # Of the last read (see wire.SourceStatus); a source not open at start has delivered nothing yet.
+        self.source_state = "delivering" if source_open else "unavailable"
         self._last_frame_at = time.monotonic()
         self.restarts: deque = deque()
         self._stages = {name: _Stage(name) for name in ("acquire", "preprocess", "infer", "output")}
@@ -322,7 +323,8 @@ class Pipeline:
                 except SourceUnavailable as error:
                     stage.busy_since = None
                     now = time.monotonic()
-                    if self.source_state != "unavailable" or now - last_fault >= self.options.source_fault_repeat_s:
+                    if (self.source_state != "unavailable" or last_fault is None
+                            or now - last_fault >= self.options.source_fault_repeat_s):
                         self.report_fault("source_unavailable", str(error))
                         last_fault = now
                     self.source_state = "unavailable"

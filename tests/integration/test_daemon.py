@@ -750,6 +750,42 @@ class UnpluggableSource(WrappedSource):
 
 
 @pytest.mark.genicam
+def test_a_camera_that_cannot_be_opened_at_start_is_ready_and_retried_and_reported_never_delivering(
+        tiny_model_dir, calibrated, line_images):
+    """The decision (docs/DEPLOYMENT.md §5): an absent camera does not end the daemon (no exit 69 using up
+    systemd's restart budget while a PoE camera powers up); READY follows the backend's warm-up, the
+    camera is retried with backoff, and every heartbeat says `unavailable` until it delivers."""
+    from edge.sources.genicam import simulated_producer
+
+    viky = simulated_producer()
+    if viky is None:
+        pytest.skip("needs harvesters and the genicam package's viky.cti")
+    camera = {"kind": "genicam", "cti": str(viky), "device": "cam-42", "reconnect_backoff_initial_s": 0.05}
+    run = Running(_base(tiny_model_dir, calibrated, line_images, camera="absent", source=camera,
+                        **{"pipeline.source_fault_repeat_s": 0.2}))
+    assert run.daemon.ready.is_set()
+    first = run._wait_for(lambda m: isinstance(m, wire.Fault))
+    assert first.code == "source_unavailable" and "'cam-42'" in first.message
+    run._wait_for(lambda m: isinstance(m, wire.Fault) and m.wall_ns > first.wall_ns)  # retried, still reported
+    run.daemon.request_stop()
+    assert run.collect_until_stopped() == 0
+    assert run.of(wire.Decision) == []
+    beats = run.of(wire.Heartbeat)
+    assert beats and all(h.source.state == "unavailable" for h in beats), [h.source.state for h in beats]
+
+
+def test_a_folder_source_that_does_not_exist_refuses_to_start_with_78_naming_it(tmp_path, tiny_model_dir, calibrated,
+                                                                                capsys):
+    from edge.cli import main
+
+    missing = tmp_path / "no_such_recording"
+    code = main(["run", "--model", str(tiny_model_dir), "--thresholds", str(calibrated["path"]),
+                 "--source", f"folder:{missing}", "--publish", free_endpoint(), "--backend", "onnxruntime",
+                 "--onnx", str(calibrated["onnx"])])
+    assert code == 78
+    assert f"folder source {missing}: not a directory" in capsys.readouterr().err
+
+
 def test_genicam_camera_lost_is_a_fault_then_decisions_resume_after_reconnect(tiny_model_dir, calibrated, line_images):
     from edge.sources.genicam import simulated_producer
 
