@@ -54,6 +54,9 @@ class FolderSource:
             raise ConfigError(f"folder source fps must be > 0, got {fps}")
         self.path = Path(path)
         self.fps = fps
+        # Unpaced, the replay waits for the pipeline instead of being read ahead (edge.pipeline,
+        # _wait_for_room): a replay must not invent deadline faults from the daemon's own queueing.
+        self.backpressure = fps is None
         self.loop = loop
         self.source_id = source_id or f"folder:{self.path}"
         self._entries: list[dict] = []

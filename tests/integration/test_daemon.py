@@ -122,6 +122,7 @@ class WrappedSource:
     def __init__(self, source):
         self.source = source
         self.source_id = source.source_id
+        self.backpressure = getattr(source, "backpressure", False)  # an unpaced replay waits for the pipeline
 
     def open(self):
         self.source.open()
@@ -384,7 +385,9 @@ def test_frames_past_their_deadline_are_faults(tiny_model_dir, calibrated, line_
 
 
 def test_overload_faults_frames_instead_of_dropping_them(tiny_model_dir, calibrated, line_images):
+    # Paced (fast): an unpaced replay waits for the pipeline instead, and never overloads it.
     run = Running(_base(tiny_model_dir, calibrated, line_images, **{
+        "source": {"kind": "folder", "path": str(line_images), "fps": 1000},
         "pipeline.overload": "fault", "pipeline.acquire_queue": 1, "pipeline.infer_queue": 1}),
         backend_wrapper=lambda b: FailingBackend(b, fail_on=set(), delay_s=0.3))
     assert run.collect_until_stopped() == 0
@@ -393,6 +396,18 @@ def test_overload_faults_frames_instead_of_dropping_them(tiny_model_dir, calibra
     assert overloaded and all(d.verdict == "fault" for d in overloaded)
     last = [h for h in run.of(wire.Heartbeat) if h.state == "stopping"][0]
     assert last.counters.dropped == len(overloaded) and last.counters.frames == 12
+
+
+def test_an_unpaced_replay_waits_for_the_pipeline_instead_of_faulting_frames_past_their_deadline(
+        tiny_model_dir, calibrated, line_images):
+    """Inference takes 0.3 s a frame and the deadline is 2 s. Read ahead into the queues (16 places), the
+    12th frame would wait 3.6 s for its turn: a `deadline` fault the daemon made itself. Read only when
+    the pipeline has room, every frame is decided within about two inferences."""
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{"pipeline.deadline_ms": 2000}),
+                  backend_wrapper=lambda b: FailingBackend(b, fail_on=set(), delay_s=0.3))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(12))
+    assert [d.reason for d in by_id.values() if d.verdict == "fault"] == []
 
 
 def _line_stops(tiny_model_dir, calibrated, line_images, silence: type):
@@ -680,8 +695,10 @@ def test_sigterm_while_inference_runs_past_the_drain_timeout_exits_0_not_abort(t
     pthread_exit on its way back to the GIL and onnxruntime's C++ frames turn this into
     std::terminate: SIGABRT (-6) instead of 0."""
     port = free_port()
+    # Paced (fast), so frames are read ahead into the queues: an unpaced replay would wait for the pipeline.
     daemon = DaemonProcess(tiny_model_dir, calibrated, calibrated["path"], "--source", f"folder:{line_images}",
-                           "--set", "source.loop=true", "--overload", "block", "--set", "publish.maps=false",
+                           "--set", "source.loop=true", "--set", "source.fps=10000", "--overload", "block",
+                           "--set", "publish.maps=false",
                            "--set", "pipeline.acquire_queue=200", "--set", "pipeline.infer_queue=200",
                            "--set", "pipeline.drain_timeout_s=0.2", "--metrics-port", str(port))
     try:
