@@ -339,6 +339,19 @@ def test_full_reliable_buffer_is_a_published_fault(make_publisher, make_subscrib
     assert publisher.reliable_stats()["evicted"] == 1
 
 
+def test_evictions_and_decisions_unacknowledged_at_exit_are_logged(make_publisher, caplog):
+    with caplog.at_level("WARNING", logger="edge.publisher"):
+        publisher = make_publisher(reliable_endpoint=LOOPBACK, reliable_capacity=2)
+        for frame_id in (1, 2, 3):
+            publisher.publish_decision(decision(frame_id))
+        publisher.close()  # returns after the I/O thread has ended: its last log line is written
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("WARNING", "camera cam1: reliable buffer full (2 pending, bridge not connected): decision seq 1 "
+                       "(frame 1) evicted unacknowledged; 1 evicted in all") in messages, messages
+    assert ("ERROR", "camera cam1: 2 decisions never acknowledged by the reliable bridge at exit (seq 2..3, "
+                     "frames 2, 3; bridge not connected)") in messages, messages
+
+
 def test_bridge_restart_receives_unacknowledged_decisions(make_publisher):
     publisher = make_publisher(reliable_endpoint=LOOPBACK, ack_timeout_s=10)
     publisher.publish_decision(decision(1))
