@@ -33,8 +33,14 @@ def register(subparsers) -> None:
         description="Score good images (and optionally defect images) with the model and write a thresholds "
                     "file bound to the model's hash.")
     parser.add_argument("--model", required=True, help="model directory (output of `hlgfa train`)")
-    parser.add_argument("--normals", required=True,
-                        help="folder of good images (png/jpg/bmp/tif) or a `hlgfa camera grab` recording")
+    normals = parser.add_mutually_exclusive_group(required=True)
+    normals.add_argument("--normals",
+                         help="folder of good images (png/jpg/bmp/tif) or a `hlgfa camera grab` recording")
+    normals.add_argument("--normals-from-model", action="store_true",
+                         help="the good images `hlgfa train --holdout` kept out of training (listed in model.json)")
+    parser.add_argument("--allow-training-normals", action="store_true",
+                        help="accept normals the model was trained on (their scores are too low: the threshold "
+                             "then rejects more good parts than the target)")
     parser.add_argument("--defects", help="folder of defect images (subfolders are defect classes)")
     parser.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate (default 0.01)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence of the FRR bound (default 0.95)")
@@ -81,18 +87,34 @@ def list_images(folder: str | Path, what: str, classes: bool = False) -> tuple[l
     return paths, labels
 
 
-def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarray, np.ndarray]:
+def score_images(backend, spec, paths: list[Path], what: str,
+                 skipped: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and maps of `paths`. With a `skipped` list, an unreadable file (empty, damaged, a header
+    claiming too many pixels) is appended to it as (path, reason) and left out, as the daemon faults
+    that one frame and reads on; the arrays then hold the readable files in order. Without, it raises."""
     from edge.preprocess import preprocess
 
     batch_size = max(1, min(BATCH, int(getattr(backend, "max_batch", 1))))
     maps = np.empty((len(paths),) + spec.input_size, dtype=np.float32)
     scores = np.empty(len(paths), dtype=np.float64)
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
+    done = 0  # rows filled: fewer than the files read when some were skipped
+    for first in range(0, len(paths), batch_size):
+        chunk = paths[first:first + batch_size]
         images = []
-        for path in chunk:
-            image = read_image(path)
+        for path in list(chunk):
+            try:
+                image = read_image(path)
+            except InputDataError as error:
+                if skipped is None:
+                    raise
+                skipped.append((path, str(error)))
+                log.warning("%s %s skipped: %s", what, path, error)
+                chunk.remove(path)
+                continue
             images.append(image)
+        if not images:
+            continue
+        start = done
         try:
             batch = preprocess(images, spec)
         except InputDataError as error:
@@ -111,8 +133,69 @@ def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarra
                 raise BackendError(f"{what} {path}: the model returned non-finite values; refusing to calibrate")
         maps[start:start + len(chunk)] = batch_maps
         scores[start:start + len(chunk)] = batch_scores
-        log.info("scored %d/%d %s", start + len(chunk), len(paths), what)
-    return scores, maps
+        done += len(chunk)
+        log.info("scored %d/%d %s", first + len(chunk), len(paths), what)
+    return scores[:done], maps[:done]
+
+
+def _training_record(info) -> tuple[Path, list[str], list[str]] | None:
+    """(training folder, train file names, held-out file names) from model.json, or None when the
+    model does not say (trained before these were recorded)."""
+    from calibrate.dataset import training_folder
+
+    training = info.description.get("training") or {}
+    if not isinstance(training.get("data"), str) or not isinstance(training.get("train_files"), list):
+        return None
+    return (training_folder(training["data"]), [str(n) for n in training["train_files"]],
+            [str(n) for n in training.get("held_out_files") or []])
+
+
+def held_out_normals(info) -> list[Path]:
+    """The good images `hlgfa train --holdout` kept out of training, as model.json lists them."""
+    record = _training_record(info)
+    if record is None or not record[2]:
+        raise InputDataError(f"model {info.directory}: model.json lists no held-out images; train with "
+                             f"`hlgfa train --holdout 0.2` or give --normals DIR")
+    folder, _, held_out = record
+    paths = [folder / name for name in held_out]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise InputDataError(f"model {info.directory}: {len(missing)} of its {len(paths)} held-out images are gone "
+                             f"(e.g. {missing[0]}); restore the training folder or give --normals DIR")
+    return paths
+
+
+def training_normals(info, normal_paths: list[Path]) -> list[Path]:
+    """The normals that are images the model was trained on, compared by content (a copy of a
+    training image in another folder is one too). A model scores its own training images lower
+    than new good parts, so a threshold fitted on them rejects far more good parts than its target
+    (the issue's case: 55 % at 5 %)."""
+    record = _training_record(info)
+    if record is None:
+        return []
+    folder, train_names, _ = record
+    by_size: dict[int, list[Path]] = {}
+    for name in train_names:
+        path = folder / name
+        if path.is_file():
+            by_size.setdefault(path.stat().st_size, []).append(path)
+    if train_names and not by_size:
+        log.warning("model %s: its training images (%s) are not here; cannot check that the normals are not "
+                    "among them", info.directory, folder)
+        return []
+    digests: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return digests[path]
+
+    found = []
+    for path in normal_paths:
+        candidates = by_size.get(path.stat().st_size, [])
+        if candidates and digest(path) in {digest(c) for c in candidates}:
+            found.append(path)
+    return found
 
 
 def check_out(path: Path, force: bool, model_hash: str | None = None) -> None:
@@ -143,8 +226,9 @@ def check_report_dir(path: Path | None, force: bool) -> None:
 
 
 def make_version(content: dict) -> str:
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{digest}"
+    from edge.thresholds import content_digest
+
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{content_digest(content)}"
 
 
 def fit_all(normal: Scored, defect: Scored | None, target_frr: float, confidence: float, policy: str,
@@ -204,7 +288,27 @@ def handle(args) -> int:
     info = load_model_info(args.model)
     check_out(out, args.force, info.model_hash)
     check_report_dir(report_dir, args.force)
-    normal_paths, _ = list_images(args.normals, "normals")
+    from edge.paths import writable_dir
+
+    # Where the file and the report are staged (a temp file / folder beside each): before the scoring.
+    writable_dir(out.parent, f"--out {out}")
+    if report_dir is not None:
+        writable_dir(report_dir.parent, f"--report {report_dir}")
+    if args.normals_from_model:
+        normal_paths = held_out_normals(info)
+        args.normals = str(normal_paths[0].parent)
+    else:
+        normal_paths, _ = list_images(args.normals, "normals")
+    seen = training_normals(info, normal_paths)
+    if seen and not args.allow_training_normals:
+        raise InputDataError(
+            f"normals {args.normals}: {len(seen)} of {len(normal_paths)} images are images model {info.directory} "
+            f"was trained on (e.g. {', '.join(p.name for p in seen[:3])}); it scores them lower than new good "
+            f"parts, so the threshold would reject more good parts than the target. Use good parts it has not "
+            f"seen (`hlgfa train --holdout 0.2`, then `--normals-from-model`), or pass --allow-training-normals")
+    if seen:
+        log.warning("normals %s: %d images the model was trained on, accepted by --allow-training-normals",
+                    args.normals, len(seen))
     from calibrate.thresholds_fit import MIN_NORMALS
 
     if len(normal_paths) < MIN_NORMALS:
@@ -226,29 +330,46 @@ def handle(args) -> int:
         engine_sha = file_sha256(Path(args.engine))
 
     backend = open_backend(args.backend, info.directory, **options)
+    skipped: list = []  # (path, reason) of each unreadable image, left out of the fit
+    notes_skipped: list[str] = []
     try:
         backend_hash = getattr(backend, "model_hash", None)
         if backend_hash and backend_hash != info.model_hash:
             raise ModelFileError(f"backend {backend.kind} runs model {backend_hash[:12]}, but {info.directory} is "
                                  f"model {info.model_hash[:12]}; re-export the ONNX/engine from this model")
         spec = info.preprocess
-        scores, maps = score_images(backend, spec, normal_paths, "normal image")
+        scores, maps = score_images(backend, spec, normal_paths, "normal image", skipped)
+        normal_paths = [path for path in normal_paths if path not in {p for p, _ in skipped}]
+        if len(normal_paths) < MIN_NORMALS:
+            raise InputDataError(f"normals folder {args.normals}: {len(normal_paths)} readable images after "
+                                 f"skipping {len(skipped)} unreadable ({', '.join(p.name for p, _ in skipped[:3])}), "
+                                 f"need at least {MIN_NORMALS} good parts")
         normal = Scored(normal_paths, scores, maps)
         defect = None
         if defect_paths:
-            scores, maps = score_images(backend, spec, defect_paths, "defect image")
+            scores, maps = score_images(backend, spec, defect_paths, "defect image", skipped)
+            unreadable = {p for p, _ in skipped}
+            kept = [index for index, path in enumerate(defect_paths) if path not in unreadable]
+            defect_paths = [defect_paths[index] for index in kept]
+            defect_classes = [defect_classes[index] for index in kept]
             defect = Scored(defect_paths, scores, maps, defect_classes)
     finally:
         backend.close()
+    for path, reason in skipped:
+        notes_skipped.append(f"skipped unreadable image {path}: {reason}")
 
     threshold, details, region, notes = fit_all(normal, defect, args.target_frr, args.confidence, args.policy,
                                                 args.seed, not args.no_region_rule)
+    notes = notes_skipped + notes
+    details["skipped_images"] = [{"file": str(path), "reason": reason} for path, reason in skipped]
     details.update({"created_by": "hlgfa calibrate", "created_utc": datetime.now(timezone.utc).isoformat(),
                     "backend": backend.kind, "seed": args.seed, "normals": str(Path(args.normals).resolve()),
                     "n_normals": len(normal_paths), "defects": str(Path(args.defects).resolve()) if args.defects
                     else None, "n_defects": len(defect_paths),
                     "normal_scores": {"min": float(normal.scores.min()), "median": float(np.median(normal.scores)),
                                       "max": float(normal.scores.max())}})
+    if args.normals_from_model:
+        details["normals_held_out_by"] = str(info.directory)  # the held-out list of model.json
     content = Thresholds(model_hash=info.model_hash, image_threshold=float(threshold), version="pending",
                          region=region, engine_sha256=engine_sha, policy=args.policy, details=details)
     data = content.to_dict()

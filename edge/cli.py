@@ -39,9 +39,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand word of `argv`, without argparse (which needs every subcommand module)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    signals = None
+    if _command(argv) == "run":
+        # Before the imports below and the model load: a SIGHUP or Ctrl-C in the daemon's first
+        # second is a request, not a death (edge.signals).
+        from edge.signals import SignalRequests
+
+        signals = SignalRequests().install()
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while the subcommand modules import: no traceback
+        return 130
+    args.signals = signals
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)

@@ -10,6 +10,7 @@ key is not there. An empty or missing allowed-keys directory is a configuration 
 """
 
 import argparse
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +33,32 @@ class ClientCurve:
     server_public_key_file: Path
 
 
+def _check_private(path: Path) -> None:
+    """Refuse a secret key file that group or others may read or write, as OpenSSH refuses such a
+    private key ("UNPROTECTED PRIVATE KEY FILE"): anyone who reads it can impersonate this end."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"CURVE secret key file {path}: mode {mode:04o} lets group or others read or change "
+                          f"it; expected 0600 (only its owner): run `chmod 600 {path}`")
+
+
+def _check_not_writable_by_others(path: Path, what: str) -> None:
+    """Refuse a folder or key file of allowed clients that group or others may write, as OpenSSH's
+    StrictModes refuses such an authorized_keys: anyone who writes there lets any key in."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o022:
+        raise ConfigError(f"{what} {path}: mode {mode:04o} lets group or others write it, so they could add a "
+                          f"key of their own; run `chmod go-w {path}`")
+
+
 def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
-    """(public, secret) from a NAME.key_secret file; refuses a public-only file."""
+    """(public, secret) from a NAME.key_secret file; refuses a public-only file and one others may read."""
     import zmq.auth
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"CURVE secret key file {path}: does not exist (create one with `hlgfa keys generate DIR`)")
+    _check_private(path)
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (ValueError, OSError) as error:
@@ -68,6 +88,9 @@ def check_allowed_dir(path: str | Path) -> Path:
     if not any(path.glob("*.key")):
         raise ConfigError(f"CURVE allowed-clients directory {path}: holds no *.key public key files, so no "
                           "subscriber could connect; copy each subscriber's NAME.key there")
+    _check_not_writable_by_others(path, "CURVE allowed-clients directory")
+    for key in sorted(path.glob("*.key")):
+        _check_not_writable_by_others(key, "CURVE allowed client key")
     return path
 
 

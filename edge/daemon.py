@@ -19,13 +19,13 @@ model keeps the old thresholds and is published as a fault).
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from typing import Callable
 
 from edge.config import DaemonConfig
 from edge.errors import HlgfaError, ModelFileError
 from edge.pipeline import Pipeline, PipelineOptions
+from edge.signals import SignalRequests
 from edge.sources.base import SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,14 @@ class Daemon:
     and hold frames back with them; `hlgfa run` passes neither)."""
 
     def __init__(self, config: DaemonConfig, backend_wrapper: Callable | None = None,
-                 source_wrapper: Callable | None = None):
+                 source_wrapper: Callable | None = None, signals: SignalRequests | None = None):
         self.config = config
         self.backend_wrapper = backend_wrapper
         self.source_wrapper = source_wrapper
-        self._stop = threading.Event()
-        self._reload = threading.Event()
+        # `hlgfa run` passes the requests it began collecting at its start (edge.signals).
+        self.signals = signals if signals is not None else SignalRequests()
+        self._stop = self.signals.stop
+        self._reload = self.signals.reload
         self.pipeline: Pipeline | None = None
         self.publisher = None
         self.health = None
@@ -91,20 +93,20 @@ class Daemon:
 
     # Signal handlers only set flags: the main loop acts on them within LOOP_PERIOD_S.
     def request_stop(self, *_) -> None:
-        self._stop.set()
+        self.signals.request_stop()
 
     def request_reload(self, *_) -> None:
-        self._reload.set()
+        self.signals.request_reload()
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
-        signal.signal(signal.SIGHUP, self.request_reload)
+        self.signals.install()
 
     def _open_backend(self, model_hash: str):
         from edge.backends.base import open_backend
 
-        backend = open_backend(self.config.backend.kind, self.config.model, **backend_options(self.config))
+        # "auto" never ends on the PyTorch module here: run before export is an error naming the fix.
+        backend = open_backend(self.config.backend.kind, self.config.model, allow_torch=False,
+                               **backend_options(self.config))
         if backend.model_hash != model_hash:
             backend.close()
             raise ModelFileError(f"backend {backend.kind}: serves model {backend.model_hash[:12]}, but {self.config.model} "

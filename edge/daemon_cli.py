@@ -63,7 +63,14 @@ def check_files(config: DaemonConfig) -> list[str]:
 
     info = load_model_info(config.model)
     thresholds = load_thresholds(config.thresholds_path, info.model_hash)
-    return [f"model {config.model}: hash {info.model_hash[:12]}, input {info.preprocess.input_size[0]}×{info.preprocess.input_size[1]}",
+    if config.publish.curve_secret_key is not None:
+        from edge.curve import check_allowed_dir, load_keypair
+
+        # As the publisher loads them at start: a key others may read is refused here too.
+        load_keypair(config.publish.curve_secret_key)
+        check_allowed_dir(config.publish.curve_allowed_clients)
+    height, width = info.preprocess.input_size
+    return [f"model {config.model}: hash {info.model_hash[:12]}, input {height}×{width}",
             f"thresholds {config.thresholds_path}: version {thresholds.version}, image threshold "
             f"{thresholds.image_threshold:.6g}{', region rule' if thresholds.region else ''}"]
 
@@ -89,8 +96,11 @@ def _run_handler(args: argparse.Namespace) -> int:
     # small gain, throughput unchanged (BENCHMARKS.md, "Inspection daemon"). Process-wide, so set
     # here, at the daemon's own entry.
     sys.setswitchinterval(DAEMON_SWITCH_INTERVAL_S)
-    daemon = Daemon(config)
-    daemon.install_signal_handlers()
+    daemon = Daemon(config, signals=args.signals)
+    daemon.install_signal_handlers()  # the same handlers again: also when called without edge.cli.main
+    if daemon.signals.stop.is_set():
+        log.info("camera %s: stop requested while starting; exiting before opening anything", config.camera)
+        return 0
     ours_before = set(threading.enumerate())
     try:
         code = daemon.run()

@@ -4,11 +4,43 @@ One decoder for the folder source, the dataset reader and calibration, so a repl
 recording, a training image and a calibration image are read exactly alike.
 """
 
+import struct
 from pathlib import Path
 
 import numpy as np
 
 from edge.errors import InputDataError
+
+# Largest frame decoded: 2**27 px (134 MP, e.g. 16384×8192), 2× the largest sensor of the camera
+# families in README.md. A file claiming more is refused from its header, before a decoder
+# allocates gigabytes for it: a PNG header claiming 60000×60000 px (10 GB as RGB) is 33 bytes.
+MAX_IMAGE_PIXELS = 1 << 27
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as a PNG, JPEG or BMP header states it, read without decoding; None for
+    other formats (cv2's own limit then applies) or a header too short to say."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)  # a negative height is a top-down bitmap
+    if data[:2] == b"\xff\xd8":
+        # Walk the markers to the first start-of-frame (SOF0..SOF15 except DHT/JPG/DAC).
+        position = 2
+        while position + 9 <= len(data):
+            if data[position] != 0xFF:
+                return None
+            marker = data[position + 1]
+            if marker == 0xFF:  # fill byte
+                position += 1
+                continue
+            length = struct.unpack(">H", data[position + 2:position + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                height, width = struct.unpack(">HH", data[position + 5:position + 9])
+                return width, height
+            position += 2 + length
+    return None
 
 
 def decode_image(data: bytes, name: str) -> tuple[np.ndarray, str]:
@@ -19,7 +51,18 @@ def decode_image(data: bytes, name: str) -> tuple[np.ndarray, str]:
     """
     import cv2
 
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if not data:
+        raise InputDataError(f"{name}: empty file (0 bytes), expected an encoded image")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise InputDataError(f"{name}: header claims {size[0]}×{size[1]} px, more than the "
+                             f"{MAX_IMAGE_PIXELS} px a frame may have; not decoded")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:
+        # cv2 raises instead of returning None for some damage (a size over its own limit, a
+        # truncated stream in some codecs): the same verdict, this file is not a usable image.
+        raise InputDataError(f"{name}: not a readable image (cv2.imdecode: {str(error).strip()[:200]})") from None
     if image is None:
         raise InputDataError(f"{name}: not a readable image (cv2.imdecode failed on {len(data)} bytes)")
     if image.dtype == np.uint16:

@@ -92,6 +92,11 @@ def load_model_info(directory: str | Path, verify_hash: bool = True) -> ModelInf
     if missing:
         raise ModelFileError(f"{json_path}: missing keys {missing}")
     info = ModelInfo(directory, description)
+    try:
+        info.preprocess  # every stage needs it; a damaged entry must fail here, naming the file
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{json_path}: 'preprocess' must hold input_size, mean and std "
+                             f"({type(error).__name__}: {error}); the file is damaged: retrain or restore it") from None
     if verify_hash:
         if not info.weights_path.is_file():
             raise ModelFileError(f"model directory {directory}: no {MODULE_WEIGHTS} (weights of the learned module)")

@@ -32,7 +32,7 @@ class PreprocessSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessSpec":
         # Model directories written before non-square inputs held one side, `image_size`.
-        size = data["input_size"] if "input_size" in data else [data["image_size"]] * 2
+        size = data["input_size"] if "input_size" in data or "image_size" not in data else [data["image_size"]] * 2
         return cls(input_size(size), tuple(data["mean"]), tuple(data["std"]))
 
     @property

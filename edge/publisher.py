@@ -133,6 +133,7 @@ class Publisher:
         self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         self._peer: bytes | None = None
         self._rel_counts = {"acked": 0, "resent": 0, "evicted": 0}
+        self._evictions_logged_at = -math.inf
 
         self._context = zmq.Context()
         try:
@@ -322,6 +323,14 @@ class Publisher:
             log.exception("publisher I/O thread of camera %s failed", self.camera)
         finally:
             if self._router is not None:
+                if self._pending:
+                    # Decisions the PLC bridge may never have acted on: its operator must hear of them.
+                    pending = list(self._pending.values())
+                    log.error("camera %s: %d decisions never acknowledged by the reliable bridge at exit "
+                              "(seq %d..%d, frames %s%s; bridge %s)", self.camera, len(pending), pending[0].seq,
+                              pending[-1].seq, ", ".join(str(p.frame_id) for p in pending[:10]),
+                              ", ..." if len(pending) > 10 else "",
+                              "connected" if self._peer else "not connected")
                 self._router.close(linger=self.config.linger_ms)
             self._back.close(linger=0)
 
@@ -350,6 +359,15 @@ class Publisher:
         if len(self._pending) >= self.config.reliable_capacity:
             _, evicted = self._pending.popitem(last=False)
             self._rel_counts["evicted"] += 1
+            # Logged as well as published (the fault topic may have no reader); at most once a second
+            # with the count since, as a bridge that is gone evicts one decision per frame.
+            now = time.monotonic()
+            if now - self._evictions_logged_at >= 1.0:
+                log.warning("camera %s: reliable buffer full (%d pending, bridge %s): decision seq %d (frame %d) "
+                            "evicted unacknowledged; %d evicted in all", self.camera, self.config.reliable_capacity,
+                            "connected" if self._peer else "not connected", evicted.seq, evicted.frame_id,
+                            self._rel_counts["evicted"])
+                self._evictions_logged_at = now
             # Goes through the normal hand-over so it gets its own seq in order; the bridge sees it on
             # the fault topic and as a gap in the reliable channel's decision seqs.
             try:

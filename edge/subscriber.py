@@ -277,7 +277,9 @@ def _handler(args: argparse.Namespace) -> int:
         curve = ClientCurve(Path(args.curve_secret), Path(args.curve_server_key))
     topics = [wire.DECISION, wire.HEARTBEAT, wire.FAULT]
     if args.save_maps:
-        args.save_maps.mkdir(parents=True, exist_ok=True)
+        from edge.paths import writable_dir
+
+        writable_dir(args.save_maps, f"--save-maps {args.save_maps}")
         topics.append(wire.MAP)
     decisions = 0
     out = sys.stdout

@@ -4,6 +4,7 @@ Kept beside the model, never inside the graph or the engine, so recalibrating ne
 engine rebuild. Written atomically (temp file + rename) so a reader never sees half a file.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -14,6 +15,9 @@ from pathlib import Path
 from edge.errors import ConfigError
 
 THRESHOLDS_FORMAT = "hlgfa-thresholds/1"
+# An image threshold above this many times the highest good score seen at calibration accepts every
+# part: a typo (an extra digit) or a hand edit, not a fit (a tail fit extrapolates ~1.5× at most).
+MAX_THRESHOLD_OVER_NORMALS = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,45 @@ def _require_number(data: dict, key: str, source: str) -> float:
     return float(value)
 
 
+def content_digest(data: dict) -> str:
+    """10 hex digits of the file's content without its `version` key: `hlgfa calibrate` ends the
+    version it writes with them, and the loader compares."""
+    content = {key: value for key, value in data.items() if key != "version"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _effective_version(data: dict) -> str:
+    """The version decisions carry, derived from the content: the stored one while its digest
+    matches, else the stored one + the content's digest. So a hand-edited threshold never judges
+    parts under the version of the file it was edited from."""
+    stored, digest = data["version"], content_digest(data)
+    return stored if stored.endswith(f"-{digest}") else f"{stored}+{digest}"
+
+
+def _check_sane(thresholds: "Thresholds", source: str) -> None:
+    """Refuse thresholds no calibration produces: a cut at or below 0 (every score of this model is
+    positive, so every part would be rejected), or outside what the calibration's good scores allow."""
+    if thresholds.image_threshold <= 0:
+        raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold!r} must be > 0 (scores are "
+                          f"positive; it would reject every part); recalibrate with `hlgfa calibrate`")
+    if thresholds.region is not None and thresholds.region.pixel_threshold <= 0:
+        raise ConfigError(f"{source}: region.pixel_threshold {thresholds.region.pixel_threshold!r} must be > 0 "
+                          f"(map values are positive; every pixel would count as defective)")
+    normal = thresholds.details.get("normal_scores")
+    if not isinstance(normal, dict):
+        return  # not written by `hlgfa calibrate`: no calibrated range to compare with
+    low, high = normal.get("min"), normal.get("max")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
+        raise ConfigError(f"{source}: details.normal_scores must hold finite min and max, got {normal!r}")
+    if thresholds.image_threshold < low:
+        raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold:.6g} is below every good part's "
+                          f"score at calibration (min {low:.6g}): it would reject all of them; recalibrate")
+    if thresholds.image_threshold > MAX_THRESHOLD_OVER_NORMALS * high:
+        raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold:.6g} is over "
+                          f"{MAX_THRESHOLD_OVER_NORMALS:g}× the highest good score at calibration ({high:.6g}): it "
+                          f"would pass every part; recalibrate")
+
+
 def parse_thresholds(data: object, source: str) -> Thresholds:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
@@ -65,15 +108,17 @@ def parse_thresholds(data: object, source: str) -> Thresholds:
         if isinstance(area, bool) or not isinstance(area, int) or area < 1:
             raise ConfigError(f"{source}: key 'region.min_area_px' must be an integer ≥ 1, got {area!r}")
         region = RegionRule(_require_number(region_data, "pixel_threshold", f"{source} region"), area)
-    return Thresholds(
+    thresholds = Thresholds(
         model_hash=data["model_hash"],
         image_threshold=_require_number(data, "image_threshold", source),
-        version=data["version"],
+        version=_effective_version(data),
         region=region,
         engine_sha256=data.get("engine_sha256"),
         policy=str(data.get("policy", "frr")),
         details=dict(data.get("details") or {}),
     )
+    _check_sane(thresholds, source)
+    return thresholds
 
 
 def load_thresholds(path: str | Path, expected_model_hash: str | None = None) -> Thresholds:
@@ -85,6 +130,10 @@ def load_thresholds(path: str | Path, expected_model_hash: str | None = None) ->
         raise ConfigError(f"thresholds file {path}: does not exist (create it with `hlgfa calibrate`)") from None
     except OSError as error:
         raise ConfigError(f"thresholds file {path}: cannot be read ({error})") from error
+    except UnicodeDecodeError as error:
+        # Not a ValueError the caller expects from a file: on SIGHUP it would end the daemon.
+        raise ConfigError(f"thresholds file {path}: not UTF-8 text ({error}); expected the JSON "
+                          f"`hlgfa calibrate` writes") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

@@ -51,21 +51,55 @@ def check_batch(batch: np.ndarray, input_size: tuple[int, int], max_batch: int, 
     return np.ascontiguousarray(batch)
 
 
-def open_backend(kind: str, model_dir, **options) -> Backend:
+def _asked_for(candidate: str, model_dir, options: dict, error: HlgfaError) -> str | None:
+    """Why a failure of `candidate` under "auto" must be an error instead of a step to the next
+    backend, or None. A file the user named (onnx, engine), or the model's own exported ONNX file
+    present but unusable (truncated, another model's), means that graph was meant to run: quietly
+    running another backend would change speed (deadline faults on a loaded box) and, for a
+    foreign file, hide that the export is stale."""
+    from pathlib import Path
+
+    from edge.errors import ModelFileError
+    from edge.model_dir import DEFAULT_ONNX
+
+    if candidate == "onnxruntime" and options.get("onnx") is not None:
+        return f"the ONNX file {options['onnx']} was named"
+    if candidate == "tensorrt" and options.get("engine") is not None:
+        return f"the engine {options['engine']} was named"
+    if candidate == "onnxruntime" and isinstance(error, ModelFileError) and (Path(model_dir) / DEFAULT_ONNX).is_file():
+        return f"{Path(model_dir) / DEFAULT_ONNX} is present"
+    return None
+
+
+def open_backend(kind: str, model_dir, allow_torch: bool = True, **options) -> Backend:
     """Open backend `kind` (or the best available for "auto") for the model in `model_dir`.
 
     options: onnx=PATH, engine=PATH, max_batch=N, threads=N, device=... (backend-specific).
+    `allow_torch=False` keeps "auto" from ending on the PyTorch module (the daemon: without an
+    exported graph it is an error naming `hlgfa export`, not a slower backend chosen in silence).
     """
     if kind == "auto":
         reasons = []
         for candidate in AUTO_ORDER:
+            if candidate == "torch" and not allow_torch:
+                from edge.errors import ModelFileError
+
+                raise ModelFileError(
+                    f"backend auto: no exported graph can run model {model_dir} ({'; '.join(reasons)}); run "
+                    f"`hlgfa export --model {model_dir}` first, or choose the PyTorch module explicitly "
+                    f"(--backend torch, slower)")
             try:
                 backend = open_backend(candidate, model_dir, **options)
             except HlgfaError as error:  # a missing engine or ONNX file too: try the next backend
-                reasons.append(f"{candidate}: {error}")
+                why = _asked_for(candidate, model_dir, options, error)
+                if why is not None:
+                    raise type(error)(f"backend auto: {why} but cannot be used, so no other backend is "
+                                      f"tried: {error}") from error
+                reasons.append(f"{candidate} skipped: {error}")
                 continue
-            log.info("backend auto: chose %s%s", candidate,
-                     f" (skipped: {'; '.join(reasons)})" if reasons else "")
+            # WARNING, not INFO: which graph runs decides speed and parity; it must show in a default log.
+            log.warning("backend auto: chose %s%s", candidate, f" ({'; '.join(reasons)})" if reasons else
+                        " (the first in the order tensorrt, onnxruntime, torch that opened)")
             return backend
         raise BackendError("backend auto: no backend could be opened:\n  " + "\n  ".join(reasons))
     if kind not in BACKEND_KINDS:

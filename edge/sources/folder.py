@@ -24,7 +24,12 @@ RECORDING_INDEX = "frames.jsonl"
 
 def _read_recording(index_path: Path) -> list[dict]:
     entries = []
-    for line_number, line in enumerate(index_path.read_text().splitlines(), start=1):
+    try:
+        text = index_path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise InputDataError(f"recording index {index_path}: cannot be read as UTF-8 text ({error}); "
+                             f"expected the frames.jsonl `hlgfa camera grab` writes") from None
+    for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -49,6 +54,9 @@ class FolderSource:
             raise ConfigError(f"folder source fps must be > 0, got {fps}")
         self.path = Path(path)
         self.fps = fps
+        # Unpaced, the replay waits for the pipeline instead of being read ahead (edge.pipeline,
+        # _wait_for_room): a replay must not invent deadline faults from the daemon's own queueing.
+        self.backpressure = fps is None
         self.loop = loop
         self.source_id = source_id or f"folder:{self.path}"
         self._entries: list[dict] = []

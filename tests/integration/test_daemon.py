@@ -122,6 +122,7 @@ class WrappedSource:
     def __init__(self, source):
         self.source = source
         self.source_id = source.source_id
+        self.backpressure = getattr(source, "backpressure", False)  # an unpaced replay waits for the pipeline
 
     def open(self):
         self.source.open()
@@ -257,7 +258,7 @@ def test_every_frame_one_decision_matching_decide(tiny_model_dir, calibrated, li
         got = by_id[frame_id]
         assert (got.verdict, got.reason) == (expected.verdict, expected.reason), name
         assert got.score == pytest.approx(score, rel=1e-5)
-        assert got.thresholds_version == "t1" and got.model_hash == calibrated["info"].model_hash
+        assert got.thresholds_version == calibrated["thresholds"].version and got.model_hash == calibrated["info"].model_hash
         verdicts.add(got.verdict)
     assert verdicts == {"ok", "reject"}
     maps = run.of(wire.MapMessage)
@@ -280,6 +281,30 @@ def test_corrupt_image_is_a_fault_for_that_frame(tmp_path, tiny_model_dir, calib
     assert all(by_id[i].verdict != "fault" for i in by_id if i != 3)
     faults = run.of(wire.Fault)
     assert [(f.code, f.frame_id) for f in faults] == [("frame_error", 3)]
+
+
+@pytest.mark.parametrize("damage", ["zero bytes", "PNG header claiming 60000x60000 px"])
+def test_an_empty_or_oversized_file_in_a_replay_is_one_fault_and_the_replay_goes_on(
+        tmp_path, tiny_model_dir, calibrated, line_images, damage):
+    import struct
+    import zlib
+
+    folder = tmp_path / "frames"
+    shutil.copytree(line_images, folder)
+    names = sorted(p.name for p in folder.iterdir())
+    target = folder / names[3]
+    if damage == "zero bytes":
+        target.write_bytes(b"")
+    else:
+        png = target.read_bytes()
+        ihdr = png[12:16] + struct.pack(">II", 60000, 60000) + png[24:29]
+        target.write_bytes(png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:])
+    run = Running(_base(tiny_model_dir, calibrated, folder))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(len(names)))
+    assert by_id[3].verdict == "fault" and by_id[3].reason.startswith("frame_error:")
+    assert all(by_id[i].verdict != "fault" for i in by_id if i != 3)
+    assert [(f.code, f.frame_id) for f in run.of(wire.Fault)] == [("frame_error", 3)]
 
 
 def test_frames_far_larger_than_the_model_input_are_decided_and_warned_about_once(
@@ -360,7 +385,9 @@ def test_frames_past_their_deadline_are_faults(tiny_model_dir, calibrated, line_
 
 
 def test_overload_faults_frames_instead_of_dropping_them(tiny_model_dir, calibrated, line_images):
+    # Paced (fast): an unpaced replay waits for the pipeline instead, and never overloads it.
     run = Running(_base(tiny_model_dir, calibrated, line_images, **{
+        "source": {"kind": "folder", "path": str(line_images), "fps": 1000},
         "pipeline.overload": "fault", "pipeline.acquire_queue": 1, "pipeline.infer_queue": 1}),
         backend_wrapper=lambda b: FailingBackend(b, fail_on=set(), delay_s=0.3))
     assert run.collect_until_stopped() == 0
@@ -369,6 +396,18 @@ def test_overload_faults_frames_instead_of_dropping_them(tiny_model_dir, calibra
     assert overloaded and all(d.verdict == "fault" for d in overloaded)
     last = [h for h in run.of(wire.Heartbeat) if h.state == "stopping"][0]
     assert last.counters.dropped == len(overloaded) and last.counters.frames == 12
+
+
+def test_an_unpaced_replay_waits_for_the_pipeline_instead_of_faulting_frames_past_their_deadline(
+        tiny_model_dir, calibrated, line_images):
+    """Inference takes 0.3 s a frame and the deadline is 2 s. Read ahead into the queues (16 places), the
+    12th frame would wait 3.6 s for its turn: a `deadline` fault the daemon made itself. Read only when
+    the pipeline has room, every frame is decided within about two inferences."""
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{"pipeline.deadline_ms": 2000}),
+                  backend_wrapper=lambda b: FailingBackend(b, fail_on=set(), delay_s=0.3))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(12))
+    assert [d.reason for d in by_id.values() if d.verdict == "fault"] == []
 
 
 def _line_stops(tiny_model_dir, calibrated, line_images, silence: type):
@@ -445,7 +484,7 @@ def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken
     write_json_atomic(path, {**calibrated["data"], "version": "t2", "image_threshold": 1e9, "region": None},
                       overwrite=True)
     run.daemon.request_reload()
-    first_t2 = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.thresholds_version == "t2")
+    first_t2 = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.thresholds_version.startswith("t2+"))
     run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first_t2.frame_id + 2)
     run.daemon.request_stop()
     assert run.collect_until_stopped() == 0
@@ -453,8 +492,37 @@ def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken
     assert [d.frame_id for d in decisions] == list(range(len(decisions)))
     versions = [d.thresholds_version for d in decisions]
     assert versions == sorted(versions), "a t1 decision came after the switch to t2"
-    assert all(d.verdict == "ok" for d in decisions if d.thresholds_version == "t2")
+    assert all(d.verdict == "ok" for d in decisions if d.thresholds_version.startswith("t2+"))
     assert all(d.verdict != "fault" for d in decisions)
+
+
+def test_a_thresholds_file_that_is_not_utf8_on_reload_is_a_fault_and_the_old_thresholds_stay(
+        tmp_path, tiny_model_dir, calibrated, line_images):
+    path = tmp_path / "thresholds.json"
+    write_json_atomic(path, calibrated["data"])
+    run = Running(_base(tiny_model_dir, calibrated, line_images, thresholds=str(path),
+                        source={"kind": "folder", "path": str(line_images), "loop": True, "fps": 20}))
+    first = run._wait_for(lambda m: isinstance(m, wire.Decision))
+    path.write_bytes(b"\xff\xfe" + path.read_bytes())
+    run.daemon.request_reload()
+    fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
+    assert fault.code == "thresholds_reload_failed" and "not UTF-8" in fault.message
+    assert f"keeping thresholds version {first.thresholds_version}" in fault.message
+    after = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first.frame_id + 3)
+    assert after.thresholds_version == first.thresholds_version
+    run.daemon.request_stop()
+    assert run.collect_until_stopped() == 0
+
+
+def test_a_thresholds_file_that_is_not_utf8_refuses_to_start_with_78(tmp_path, tiny_model_dir, calibrated,
+                                                                      line_images):
+    from edge.cli import main
+
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b"\xff\xfe{}")
+    code = main(["run", "--model", str(tiny_model_dir), "--thresholds", str(path), "--source", f"folder:{line_images}",
+                 "--publish", free_endpoint(), "--backend", "onnxruntime", "--onnx", str(calibrated["onnx"])])
+    assert code == 78
 
 
 def test_a_subscriber_that_stops_reading_blocks_nothing(tiny_model_dir, calibrated, line_images):
@@ -501,6 +569,17 @@ def test_thresholds_for_another_model_refuse_to_start(tmp_path, tiny_model_dir, 
     code = main(["run", "--model", str(tiny_model_dir), "--thresholds", str(path), "--source", f"folder:{line_images}",
                  "--publish", free_endpoint(), "--backend", "onnxruntime", "--onnx", str(calibrated["onnx"])])
     assert code == 78
+
+
+def test_run_before_export_is_an_error_naming_hlgfa_export_not_a_torch_fallback(tiny_model_dir, calibrated,
+                                                                                 line_images, capsys):
+    from edge.cli import main
+
+    assert not (tiny_model_dir / "model.onnx").exists()
+    code = main(["run", "--model", str(tiny_model_dir), "--thresholds", str(calibrated["path"]),
+                 "--source", f"folder:{line_images}", "--publish", free_endpoint()])
+    assert code == 66
+    assert f"hlgfa export --model {tiny_model_dir}" in capsys.readouterr().err
 
 
 class DaemonProcess:
@@ -560,8 +639,37 @@ def test_signals_in_a_subprocess_sighup_invalid_then_sigterm_loses_nothing(tmp_p
     assert daemon.process.returncode == 0, stderr
     assert [h.state for h in daemon.of(wire.Heartbeat)][-1] == "stopping"
     _every_read_frame_decided(daemon, stderr)
-    assert all(d.verdict != "fault" and d.thresholds_version == "t1" for d in daemon.of(wire.Decision))
+    assert all(d.verdict != "fault" and d.thresholds_version == calibrated["thresholds"].version
+               for d in daemon.of(wire.Decision))
     assert "still running at exit" not in stderr
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """The process has a handler for `signum` (its SigCgt mask in /proc says so)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs Linux /proc to see a process's handlers")
+def test_sighup_and_ctrl_c_while_the_daemon_starts_are_requests_not_a_death(tmp_path, tiny_model_dir, calibrated,
+                                                                           line_images):
+    """The gate is the moment the process first catches SIGHUP: with handlers installed before anything
+    slow, that is before the imports and the model load, so both signals land while it starts, and it
+    must end with 0, before opening anything, with no traceback (was: SIGHUP killed it, exit 129)."""
+    daemon = DaemonProcess(tiny_model_dir, calibrated, calibrated["path"], "--source", f"folder:{line_images}")
+    try:
+        while daemon.process.poll() is None and not _catches(daemon.process.pid, signal.SIGHUP):
+            time.sleep(0.001)
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.process.send_signal(signal.SIGINT)
+        _, stderr = daemon.process.communicate(timeout=RECV_S)
+    finally:
+        daemon.close()
+    assert daemon.process.returncode == 0, stderr
+    assert "stop requested while starting; exiting before opening anything" in stderr
+    assert "Traceback" not in stderr and "onnxruntime backend:" not in stderr
 
 
 def _every_read_frame_decided(daemon: DaemonProcess, stderr: str) -> None:
@@ -587,8 +695,10 @@ def test_sigterm_while_inference_runs_past_the_drain_timeout_exits_0_not_abort(t
     pthread_exit on its way back to the GIL and onnxruntime's C++ frames turn this into
     std::terminate: SIGABRT (-6) instead of 0."""
     port = free_port()
+    # Paced (fast), so frames are read ahead into the queues: an unpaced replay would wait for the pipeline.
     daemon = DaemonProcess(tiny_model_dir, calibrated, calibrated["path"], "--source", f"folder:{line_images}",
-                           "--set", "source.loop=true", "--overload", "block", "--set", "publish.maps=false",
+                           "--set", "source.loop=true", "--set", "source.fps=10000", "--overload", "block",
+                           "--set", "publish.maps=false",
                            "--set", "pipeline.acquire_queue=200", "--set", "pipeline.infer_queue=200",
                            "--set", "pipeline.drain_timeout_s=0.2", "--metrics-port", str(port))
     try:
@@ -657,6 +767,42 @@ class UnpluggableSource(WrappedSource):
 
 
 @pytest.mark.genicam
+def test_a_camera_that_cannot_be_opened_at_start_is_ready_and_retried_and_reported_never_delivering(
+        tiny_model_dir, calibrated, line_images):
+    """The decision (docs/DEPLOYMENT.md §5): an absent camera does not end the daemon (no exit 69 using up
+    systemd's restart budget while a PoE camera powers up); READY follows the backend's warm-up, the
+    camera is retried with backoff, and every heartbeat says `unavailable` until it delivers."""
+    from edge.sources.genicam import simulated_producer
+
+    viky = simulated_producer()
+    if viky is None:
+        pytest.skip("needs harvesters and the genicam package's viky.cti")
+    camera = {"kind": "genicam", "cti": str(viky), "device": "cam-42", "reconnect_backoff_initial_s": 0.05}
+    run = Running(_base(tiny_model_dir, calibrated, line_images, camera="absent", source=camera,
+                        **{"pipeline.source_fault_repeat_s": 0.2}))
+    assert run.daemon.ready.is_set()
+    first = run._wait_for(lambda m: isinstance(m, wire.Fault))
+    assert first.code == "source_unavailable" and "'cam-42'" in first.message
+    run._wait_for(lambda m: isinstance(m, wire.Fault) and m.wall_ns > first.wall_ns)  # retried, still reported
+    run.daemon.request_stop()
+    assert run.collect_until_stopped() == 0
+    assert run.of(wire.Decision) == []
+    beats = run.of(wire.Heartbeat)
+    assert beats and all(h.source.state == "unavailable" for h in beats), [h.source.state for h in beats]
+
+
+def test_a_folder_source_that_does_not_exist_refuses_to_start_with_78_naming_it(tmp_path, tiny_model_dir, calibrated,
+                                                                                capsys):
+    from edge.cli import main
+
+    missing = tmp_path / "no_such_recording"
+    code = main(["run", "--model", str(tiny_model_dir), "--thresholds", str(calibrated["path"]),
+                 "--source", f"folder:{missing}", "--publish", free_endpoint(), "--backend", "onnxruntime",
+                 "--onnx", str(calibrated["onnx"])])
+    assert code == 78
+    assert f"folder source {missing}: not a directory" in capsys.readouterr().err
+
+
 def test_genicam_camera_lost_is_a_fault_then_decisions_resume_after_reconnect(tiny_model_dir, calibrated, line_images):
     from edge.sources.genicam import simulated_producer
 

@@ -261,6 +261,33 @@ def test_curve_without_allowed_keys_is_a_config_error(tmp_path):
                                   curve=ServerCurve(tmp_path / "server.key_secret", tmp_path / "empty")))
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o640, 0o604])
+def test_a_secret_key_others_may_read_is_refused_naming_the_chmod(tmp_path, mode):
+    from edge.curve import load_keypair
+
+    generate(tmp_path, "server")
+    generate(tmp_path / "clients", "plc")
+    secret = tmp_path / "server.key_secret"
+    secret.chmod(mode)
+    with pytest.raises(Exception, match=f"mode {mode:04o} lets group or others.*chmod 600 {secret}") as caught:
+        Publisher(PublisherConfig("cam1", endpoint=LOOPBACK, curve=ServerCurve(secret, tmp_path / "clients")))
+    assert caught.value.exit_code == 78
+    secret.chmod(0o600)
+    assert load_keypair(secret)[1]
+
+
+@pytest.mark.parametrize("target", ["folder", "key"])
+def test_an_allowed_clients_folder_or_key_others_may_write_is_refused_naming_the_chmod(tmp_path, target):
+    generate(tmp_path, "server")
+    generate(tmp_path / "clients", "plc")
+    writable = tmp_path / "clients" if target == "folder" else tmp_path / "clients" / "plc.key"
+    writable.chmod(0o777 if target == "folder" else 0o666)
+    with pytest.raises(Exception, match=f"lets group or others write it.*chmod go-w {writable}") as caught:
+        Publisher(PublisherConfig("cam1", endpoint=LOOPBACK,
+                                  curve=ServerCurve(tmp_path / "server.key_secret", tmp_path / "clients")))
+    assert caught.value.exit_code == 78
+
+
 def test_binding_a_taken_endpoint_names_it(make_publisher):
     first = make_publisher()
     with pytest.raises(Exception, match=f"cannot bind ZeroMQ endpoint '{first.endpoint}'") as caught:
@@ -310,6 +337,19 @@ def test_full_reliable_buffer_is_a_published_fault(make_publisher, make_subscrib
     with ReliableClient(publisher.reliable_endpoint) as bridge:
         assert [bridge.recv(timeout=5).seq for _ in range(2)] == [2, 3]
     assert publisher.reliable_stats()["evicted"] == 1
+
+
+def test_evictions_and_decisions_unacknowledged_at_exit_are_logged(make_publisher, caplog):
+    with caplog.at_level("WARNING", logger="edge.publisher"):
+        publisher = make_publisher(reliable_endpoint=LOOPBACK, reliable_capacity=2)
+        for frame_id in (1, 2, 3):
+            publisher.publish_decision(decision(frame_id))
+        publisher.close()  # returns after the I/O thread has ended: its last log line is written
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("WARNING", "camera cam1: reliable buffer full (2 pending, bridge not connected): decision seq 1 "
+                       "(frame 1) evicted unacknowledged; 1 evicted in all") in messages, messages
+    assert ("ERROR", "camera cam1: 2 decisions never acknowledged by the reliable bridge at exit (seq 2..3, "
+                     "frames 2, 3; bridge not connected)") in messages, messages
 
 
 def test_bridge_restart_receives_unacknowledged_decisions(make_publisher):

@@ -50,7 +50,7 @@ def test_calibrate_writes_a_bound_versioned_file_and_report(tiny_model_dir, norm
     info = load_model_info(tiny_model_dir)
     thresholds = load_thresholds(out, expected_model_hash=info.model_hash)
     assert thresholds.policy == "f1"
-    assert thresholds.version.endswith(thresholds.version.split("-")[-1]) and len(thresholds.version) > 20
+    assert thresholds.version == json.loads(out.read_text())["version"] and len(thresholds.version) > 20
     details = thresholds.details
     assert details["n_normals"] == 30 and details["n_defects"] == 10
     assert details["image"]["method"] == "gpd-tail"  # 30 normals are too few for 5 %: warned
@@ -78,12 +78,16 @@ def test_errors_leave_nothing_written(tiny_model_dir, normals_dir, tmp_path, cap
     assert run("--model", tiny_model_dir, "--normals", empty, "--out", out) == 65
     assert "no images" in capsys.readouterr().err
 
+    # 20 files, one unreadable: it is skipped, and the 19 left are too few, found after scoring.
     broken = tmp_path / "broken"
-    shutil.copytree(normals_dir, broken)
+    broken.mkdir()
+    for path in sorted(normals_dir.glob("*.png"))[:19]:
+        shutil.copy(path, broken / path.name)
     (broken / "zz_truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     report = tmp_path / "report"
     assert run("--model", tiny_model_dir, "--normals", broken, "--out", out, "--report", report) == 65
-    assert "zz_truncated.png" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "zz_truncated.png" in err and "19 readable images after skipping 1 unreadable (zz_truncated.png)" in err
     assert not out.exists() and not report.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
 
@@ -112,3 +116,62 @@ def test_a_file_for_another_model_is_named(tiny_model_dir, normals_dir, tmp_path
 
     with pytest.raises(ConfigError, match="recalibrate"):
         load_thresholds(out, expected_model_hash=load_model_info(tiny_model_dir).model_hash)
+
+
+def test_unreadable_normals_are_skipped_with_a_warning_and_the_rest_calibrate(tiny_model_dir, normals_dir, tmp_path,
+                                                                              capsys):
+    import struct
+    import zlib
+
+    folder = tmp_path / "normals"
+    shutil.copytree(normals_dir, folder)
+    pngs = sorted(folder.glob("*.png"))
+    pngs[0].write_bytes(b"")
+    png = pngs[1].read_bytes()
+    ihdr = png[12:16] + struct.pack(">II", 60000, 60000) + png[24:29]
+    pngs[1].write_bytes(png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:])
+    out = tmp_path / "t.json"
+    assert run("--model", tiny_model_dir, "--normals", folder, "--target-frr", "0.05", "--out", out) == 0
+    err = capsys.readouterr().err
+    assert f"skipped unreadable image {pngs[0]}" in err and f"skipped unreadable image {pngs[1]}" in err
+    details = load_thresholds(out).details
+    assert details["n_normals"] == 28
+    assert {entry["file"] for entry in details["skipped_images"]} == {str(pngs[0]), str(pngs[1])}
+
+
+def test_the_models_own_training_images_are_refused_as_normals_even_copied(tiny_model_dir, elpv_good_dir, tmp_path,
+                                                                           capsys):
+    copied = tmp_path / "copied"
+    shutil.copytree(elpv_good_dir, copied)
+    for folder in (elpv_good_dir, copied):
+        assert run("--model", tiny_model_dir, "--normals", folder, "--target-frr", "0.05",
+                   "--out", tmp_path / "t.json") == 65
+        err = capsys.readouterr().err
+        assert "24 of 24 images are images model" in err and "--allow-training-normals" in err
+        assert not (tmp_path / "t.json").exists()
+    assert run("--model", tiny_model_dir, "--normals", copied, "--target-frr", "0.05", "--out", tmp_path / "t.json",
+               "--allow-training-normals") == 0
+
+
+def test_normals_from_model_are_the_held_out_images_model_json_lists(tiny_model_dir, elpv_images, tmp_path, capsys):
+    from edge.model_dir import load_model_info
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    data = tmp_path / "data"
+    data.mkdir()
+    held_out = elpv_images["good"][60:81]
+    for path in held_out:
+        shutil.copy(path, data / path.name)
+    description = json.loads((model / "model.json").read_text())
+    description["training"].update({"data": str(data), "held_out_files": [p.name for p in held_out]})
+    (model / "model.json").write_text(json.dumps(description))  # training metadata is not hashed
+    out = tmp_path / "t.json"
+    assert run("--model", model, "--normals-from-model", "--target-frr", "0.05", "--out", out) == 0
+    thresholds = load_thresholds(out, load_model_info(model).model_hash)
+    assert thresholds.details["n_normals"] == 21 and thresholds.details["normals_held_out_by"] == str(model)
+
+    description["training"]["held_out_files"] = []
+    (model / "model.json").write_text(json.dumps(description))
+    assert run("--model", model, "--normals-from-model", "--out", tmp_path / "u.json") == 65
+    assert "lists no held-out images" in capsys.readouterr().err

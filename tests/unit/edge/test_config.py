@@ -124,3 +124,31 @@ def test_config_check_refuses_a_missing_model_directory(tmp_path, capsys):
 def test_run_without_config_or_model_is_a_config_error(capsys):
     assert main(["run", "--source", "folder:/nonexistent"]) == 78
     assert "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("endpoint, reason", [
+    ("tcp://127.0.0.1:99999", "port '99999' must be a number from 1 to 65535"),
+    ("tcp://127.0.0.1:0", "port '0' must be a number from 1 to 65535"),
+    ("tcp://127.0.0.1:*", "port '*' must be a number"),
+    ("tcp://127.0.0.1", "expected tcp://ADDRESS:PORT"),
+    ("tcp://10.255.255.1:5555", "cannot be bound here"),
+    ("tcp://no-such-host.invalid:5555", "does not resolve"),
+    ("ipc:///no/such/folder/hlgfa.sock", "the folder /no/such/folder for the socket file does not exist"),
+])
+@pytest.mark.parametrize("key", ["endpoint", "reliable_endpoint"])
+def test_an_endpoint_the_daemon_cannot_bind_fails_config_check_with_78_naming_it(tmp_path, capsys, endpoint, reason,
+                                                                                 key):
+    from edge.cli import main
+
+    path = write(tmp_path, f'model = "m"\n[source]\nkind = "genicam"\n[publish]\n{key} = "{endpoint}"\n')
+    assert main(["config", "check", str(path), "--schema-only"]) == 78
+    err = capsys.readouterr().err
+    assert f"key publish.{key} (line 5)" in err and reason in err, err
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:5555", "tcp://*:5555", "tcp://localhost:5555", "tcp://lo:5555",
+                                      "ipc://{tmp}/hlgfa.sock", "inproc://line1"])
+def test_endpoints_that_can_be_bound_pass(tmp_path, endpoint):
+    config = build_config(None, [(["model"], "/m"), (["source"], {"kind": "genicam"}),
+                                 (["publish", "endpoint"], endpoint.format(tmp=tmp_path))])
+    assert config.publish.endpoint == endpoint.format(tmp=tmp_path)

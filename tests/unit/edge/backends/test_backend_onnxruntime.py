@@ -92,3 +92,39 @@ def test_onnx_of_another_model_is_refused(model_with_onnx, tmp_path):
     (other / "model.json").write_text(json.dumps(description))
     with pytest.raises(ModelFileError, match="exported from model .*re-export with `hlgfa export --model"):
         open_backend("onnxruntime", other)
+
+
+def test_auto_refuses_a_named_onnx_file_that_cannot_be_used_instead_of_running_torch(model_with_onnx, tmp_path):
+    truncated = tmp_path / "truncated.onnx"
+    data = (model_with_onnx / "model.onnx").read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelFileError, match="backend auto: the ONNX file .*truncated.onnx was named"):
+        open_backend("auto", model_with_onnx, onnx=truncated)
+
+
+def test_auto_refuses_the_models_own_onnx_file_when_it_is_from_another_model(model_with_onnx, tmp_path):
+    from edge.model_dir import compute_model_hash
+
+    other = tmp_path / "other"
+    shutil.copytree(model_with_onnx, other)
+    description = json.loads((other / "model.json").read_text())
+    description["fitted"]["reliability_strength"] = 1.5
+    description["hash"] = compute_model_hash(description, other / "module.pt")
+    (other / "model.json").write_text(json.dumps(description))
+    with pytest.raises(ModelFileError, match="model.onnx is present but cannot be used.*exported from model"):
+        open_backend("auto", other)
+
+
+def test_auto_says_at_warning_which_backend_it_chose_and_why(tiny_model_dir, caplog):
+    with caplog.at_level("WARNING", logger="edge.backends.base"):
+        backend = open_backend("auto", tiny_model_dir)
+    backend.close()
+    assert backend.kind == "torch"
+    chose = [r for r in caplog.records if r.getMessage().startswith("backend auto: chose torch")]
+    assert chose and chose[0].levelname == "WARNING" and "onnxruntime skipped" in chose[0].getMessage()
+    assert "model.onnx does not exist" in chose[0].getMessage()
+
+
+def test_auto_without_an_exported_graph_is_an_error_naming_export_where_torch_is_not_allowed(tiny_model_dir):
+    with pytest.raises(ModelFileError, match="hlgfa export --model .*--backend torch"):
+        open_backend("auto", tiny_model_dir, allow_torch=False)

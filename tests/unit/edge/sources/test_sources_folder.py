@@ -61,6 +61,44 @@ def test_corrupt_file_is_a_frame_error_naming_it_and_the_next_read_continues(elp
     assert source.stats()["frame_errors"] == 1
 
 
+def claiming_size(png: bytes, width: int, height: int) -> bytes:
+    """A real PNG whose IHDR chunk (CRC fixed up) claims `width`×`height` px."""
+    import struct
+    import zlib
+
+    ihdr = png[12:16] + struct.pack(">II", width, height) + png[24:29]
+    return png[:8] + png[8:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+@pytest.mark.parametrize("damage", ["zero bytes", "PNG claiming 60000x60000 px", "JPEG claiming 65000x65000 px"])
+def test_an_empty_or_oversized_file_is_one_frame_error_and_the_next_read_continues(elpv_folder, damage):
+    target = elpv_folder / "cell_1.png"
+    if damage == "zero bytes":
+        target.write_bytes(b"")
+    elif damage.startswith("PNG"):
+        target.write_bytes(claiming_size(target.read_bytes(), 60000, 60000))
+    else:
+        ok, jpeg = cv2.imencode(".jpg", np.full((8, 8), 128, np.uint8))
+        jpeg = bytearray(jpeg.tobytes())
+        sof = jpeg.index(b"\xff\xc0")
+        jpeg[sof + 5:sof + 9] = (65000).to_bytes(2, "big") * 2
+        target.write_bytes(bytes(jpeg))
+    source = FolderSource(elpv_folder)
+    source.open()
+    assert source.read(1.0).frame_id == 0
+    with pytest.raises(FrameError, match="cell_1.png") as error:
+        source.read(1.0)
+    assert error.value.frame_id == 1
+    assert source.read(1.0).frame_id == 2
+    assert source.stats()["frame_errors"] == 1
+
+
+def test_a_recording_index_that_is_not_utf8_is_an_input_error_naming_it(tmp_path):
+    (tmp_path / "frames.jsonl").write_bytes(b'{"file": "\xff.png", "frame_id": 0}\n')
+    with pytest.raises(InputDataError, match="frames.jsonl.*UTF-8"):
+        FolderSource(tmp_path).open()
+
+
 def test_loop_keeps_frame_ids_increasing(elpv_folder):
     source = FolderSource(elpv_folder, loop=True)
     source.open()
