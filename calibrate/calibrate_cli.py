@@ -139,14 +139,16 @@ def score_images(backend, spec, paths: list[Path], what: str,
 
 
 def _training_record(info) -> tuple[Path, list[str], list[str]] | None:
-    """(training folder, train file names, held-out file names) from model.json, or None when the
-    model does not say (trained before these were recorded)."""
+    """(training folder, names of the images the model was fitted on, held-out file names) from
+    model.json, or None when the model does not say (trained before these were recorded). Fitted
+    on: the training images and the validation images its fusion was fitted on."""
     from calibrate.dataset import training_folder
 
     training = info.description.get("training") or {}
     if not isinstance(training.get("data"), str) or not isinstance(training.get("train_files"), list):
         return None
-    return (training_folder(training["data"]), [str(n) for n in training["train_files"]],
+    fitted_on = [*training["train_files"], *(training.get("validation_files") or [])]
+    return (training_folder(training["data"]), [str(n) for n in fitted_on],
             [str(n) for n in training.get("held_out_files") or []])
 
 
