@@ -15,9 +15,10 @@ from pathlib import Path
 from edge.errors import ConfigError
 
 THRESHOLDS_FORMAT = "hlgfa-thresholds/1"
-# An image threshold above this many times the highest good score seen at calibration accepts every
-# part: a typo (an extra digit) or a hand edit, not a fit (a tail fit extrapolates ~1.5× at most).
-MAX_THRESHOLD_OVER_NORMALS = 10.0
+# An image threshold more than this many times the good scores' spread (max − min at calibration)
+# above their maximum accepts every part: a typo (an extra digit) or a hand edit, not a fit (a tail
+# fit extrapolates a fraction of the spread).
+MAX_THRESHOLD_SPREADS = 10.0
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,11 @@ def _effective_version(data: dict) -> str:
 
 
 def _check_sane(thresholds: "Thresholds", source: str) -> None:
-    """Refuse thresholds no calibration produces: a cut at or below 0 (every score of this model is
-    positive, so every part would be rejected), or outside what the calibration's good scores allow."""
-    if thresholds.image_threshold <= 0:
-        raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold!r} must be > 0 (scores are "
-                          f"positive; it would reject every part); recalibrate with `hlgfa calibrate`")
-    if thresholds.region is not None and thresholds.region.pixel_threshold <= 0:
-        raise ConfigError(f"{source}: region.pixel_threshold {thresholds.region.pixel_threshold!r} must be > 0 "
-                          f"(map values are positive; every pixel would count as defective)")
+    """Refuse thresholds no calibration produces: below every good score seen at calibration
+    (every part would be rejected), or so far above them that every part would pass. Scores are
+    not signed quantities (the fused map is centred on the good parts' 0.9 quantile), so the
+    bounds are the calibration's own good scores, and a file without them is only checked for
+    finite numbers."""
     normal = thresholds.details.get("normal_scores")
     if not isinstance(normal, dict):
         return  # not written by `hlgfa calibrate`: no calibrated range to compare with
@@ -85,10 +83,11 @@ def _check_sane(thresholds: "Thresholds", source: str) -> None:
     if thresholds.image_threshold < low:
         raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold:.6g} is below every good part's "
                           f"score at calibration (min {low:.6g}): it would reject all of them; recalibrate")
-    if thresholds.image_threshold > MAX_THRESHOLD_OVER_NORMALS * high:
+    ceiling = high + MAX_THRESHOLD_SPREADS * max(high - low, abs(high) * 1e-6)
+    if thresholds.image_threshold > ceiling:
         raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold:.6g} is over "
-                          f"{MAX_THRESHOLD_OVER_NORMALS:g}× the highest good score at calibration ({high:.6g}): it "
-                          f"would pass every part; recalibrate")
+                          f"{MAX_THRESHOLD_SPREADS:g} spreads of the good scores at calibration above the highest "
+                          f"({low:.6g}..{high:.6g}): it would pass every part; recalibrate")
 
 
 def parse_thresholds(data: object, source: str) -> Thresholds:

@@ -263,7 +263,7 @@ def test_every_frame_one_decision_matching_decide(tiny_model_dir, calibrated, li
     assert verdicts == {"ok", "reject"}
     maps = run.of(wire.MapMessage)
     assert sorted(m.frame_id for m in maps) == list(range(len(names)))
-    assert maps[0].data.shape == (256, 256) and maps[0].data.dtype == np.uint8
+    assert maps[0].data.shape == calibrated["info"].preprocess.input_size and maps[0].data.dtype == np.uint8
     last = [h for h in run.of(wire.Heartbeat) if h.state == "stopping"][0]
     assert (last.counters.frames, last.counters.ok + last.counters.reject) == (len(names), len(names))
     assert run.of(wire.Fault) == []
