@@ -81,7 +81,10 @@ def list_images(folder: str | Path, what: str, classes: bool = False) -> tuple[l
     return paths, labels
 
 
-def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarray, np.ndarray]:
+def score_images(backend, spec, paths: list[Path], what: str, stats: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and maps of `paths`; with `stats`, also appends each image's frame-quality statistics
+    (edge/quality.py), computed from the same pixels the model scored."""
+    from edge import quality
     from edge.preprocess import preprocess
 
     batch_size = max(1, min(BATCH, int(getattr(backend, "max_batch", 1))))
@@ -112,6 +115,9 @@ def score_images(backend, spec, paths: list[Path], what: str) -> tuple[np.ndarra
                 raise BackendError(f"{what} {path}: the model returned non-finite values; refusing to calibrate")
         maps[start:start + len(chunk)] = batch_maps
         scores[start:start + len(chunk)] = batch_scores
+        if stats is not None:
+            stats.extend({**quality.image_stats(image, size, str(path)), **quality.map_stats(anomaly_map)}
+                         for image, path, anomaly_map in zip(images, chunk, batch_maps))
         log.info("scored %d/%d %s", start + len(chunk), len(paths), what)
     return scores, maps
 
@@ -233,17 +239,23 @@ def handle(args) -> int:
             raise ModelFileError(f"backend {backend.kind} runs model {backend_hash[:12]}, but {info.directory} is "
                                  f"model {info.model_hash[:12]}; re-export the ONNX/engine from this model")
         spec = info.preprocess
-        scores, maps = score_images(backend, spec, normal_paths, "normal image")
+        normal_stats, defect_stats = [], []
+        scores, maps = score_images(backend, spec, normal_paths, "normal image", normal_stats)
         normal = Scored(normal_paths, scores, maps)
         defect = None
         if defect_paths:
-            scores, maps = score_images(backend, spec, defect_paths, "defect image")
+            scores, maps = score_images(backend, spec, defect_paths, "defect image", defect_stats)
             defect = Scored(defect_paths, scores, maps, defect_classes)
     finally:
         backend.close()
 
     threshold, details, region, notes = fit_all(normal, defect, args.target_frr, args.confidence, args.policy,
                                                 args.seed, not args.no_region_rule)
+    from calibrate.quality_fit import fit_quality_ranges, gate_summary
+
+    quality_ranges, details["quality"] = fit_quality_ranges(normal_stats)
+    if defect is not None:
+        details["quality"]["defects"] = gate_summary(defect_stats, quality_ranges)
     details.update({"created_by": "hlgfa calibrate", "created_utc": datetime.now(timezone.utc).isoformat(),
                     "backend": backend.kind, "seed": args.seed, "normals": str(Path(args.normals).resolve()),
                     "n_normals": len(normal_paths), "defects": str(Path(args.defects).resolve()) if args.defects
@@ -251,7 +263,8 @@ def handle(args) -> int:
                     "normal_scores": {"min": float(normal.scores.min()), "median": float(np.median(normal.scores)),
                                       "max": float(normal.scores.max())}})
     content = Thresholds(model_hash=info.model_hash, image_threshold=float(threshold), version="pending",
-                         region=region, engine_sha256=engine_sha, policy=args.policy, details=details)
+                         region=region, engine_sha256=engine_sha, policy=args.policy, details=details,
+                         quality=quality_ranges)
     data = content.to_dict()
     data.pop("version")
     data["version"] = make_version(data)
