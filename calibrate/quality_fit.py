@@ -2,7 +2,7 @@
 
 The rule, per statistic, on the calibration normals' values x(1) ≤ … ≤ x(n) (on a log scale for
 `contrast` and `sharpness`, whose good values spread multiplicatively and whose failures — a
-blurred or flat frame — divide them):
+blurred or flat frame — divide them; see LOG_OFFSETS):
 
     low  = x(1) − margin,   high = x(n) + margin,
     margin = max(MARGIN_FACTOR · (q95 − q5), floor of that statistic)
@@ -33,18 +33,21 @@ from edge.errors import InputDataError
 from edge.quality import STATISTICS
 
 MARGIN_FACTOR = 0.5
-LOG_STATISTICS = ("contrast", "sharpness")
+# Statistics fitted on log(value + offset): the offset keeps log finite at 0 (a flat frame) and
+# sits well below the good parts' values (grey levels for contrast, a ratio near 0.1 for sharpness).
+LOG_OFFSETS = {"contrast": 1.0, "sharpness": 1e-4}
+LOG_STATISTICS = tuple(LOG_OFFSETS)
 FLOORS = {"mean": 1.0, "contrast": 0.05, "sharpness": 0.05, "saturated_fraction": 0.01, "black_fraction": 0.01,
           "width": 0.0, "height": 0.0, "map_mean": 0.0}
 MIN_NORMALS = 20
 
 
 def _forward(name: str, values: np.ndarray) -> np.ndarray:
-    return np.log1p(values) if name in LOG_STATISTICS else values
+    return np.log(values + LOG_OFFSETS[name]) if name in LOG_OFFSETS else values
 
 
 def _backward(name: str, value: float) -> float:
-    return float(np.expm1(value)) if name in LOG_STATISTICS else float(value)
+    return float(np.exp(value) - LOG_OFFSETS[name]) if name in LOG_OFFSETS else float(value)
 
 
 def fit_range(name: str, values) -> tuple[tuple[float, float], dict]:
@@ -59,11 +62,11 @@ def fit_range(name: str, values) -> tuple[tuple[float, float], dict]:
     low_q, high_q = np.quantile(scaled, [0.05, 0.95])
     margin = max(MARGIN_FACTOR * float(high_q - low_q), FLOORS[name])
     low, high = float(scaled.min()) - margin, float(scaled.max()) + margin
-    if name in LOG_STATISTICS:
-        low = max(low, 0.0)  # log1p of a value ≥ 0: a bound below 0 means "no lower bound"
+    if name in LOG_OFFSETS:
+        low = max(low, math.log(LOG_OFFSETS[name]))  # the values are ≥ 0: a bound below 0 means "none"
     bounds = (_backward(name, low), _backward(name, high))
     detail = {"low": bounds[0], "high": bounds[1], "min": float(values.min()), "max": float(values.max()),
-              "median": float(np.median(values)), "scale": "log1p" if name in LOG_STATISTICS else "linear",
+              "median": float(np.median(values)), "scale": f"log(x + {LOG_OFFSETS[name]:g})" if name in LOG_OFFSETS else "linear",
               "margin": margin, "n": int(values.size)}
     return bounds, detail
 
@@ -76,7 +79,7 @@ def fit_quality_ranges(stats: list[dict]) -> tuple[dict[str, tuple[float, float]
         if stats and all(name in s for s in stats):
             ranges[name], per_statistic[name] = fit_range(name, [s[name] for s in stats])
     details = {"rule": f"[min − m, max + m] of the normals, m = max({MARGIN_FACTOR} × (q95 − q5), floor); "
-                       f"log1p scale for {', '.join(LOG_STATISTICS)}",
+                       f"on log(x + offset) for {', '.join(LOG_STATISTICS)}",
                "margin_factor": MARGIN_FACTOR, "floors": dict(FLOORS), "statistics": per_statistic,
                "calibration_faults": count_faults(stats, ranges)}
     return ranges, details

@@ -10,12 +10,18 @@ Statistics, per frame (`STATISTICS`, the one list of names used by the threshold
 calibration, evaluation and the daemon):
 
 - `mean` grey level, `contrast` (standard deviation of the grey levels), `sharpness` (variance of
-  the 4-neighbour Laplacian), `saturated_fraction` (grey ≥ 250) and `black_fraction` (grey ≤ 5):
+  the 4-neighbour Laplacian divided by the variance of the grey levels; 0 for a uniform frame),
+  `saturated_fraction` (grey ≥ 250) and `black_fraction` (grey ≤ 5):
   computed on the grey image *after* the model's own resize to its square input (`resize_square`).
   Why there and not on the raw frame: (1) the Laplacian then works at a fixed size — the model's
   input size — so sharpness does not depend on the camera's resolution; (2) it is what the model
   sees, so calibration, evaluation and the line measure the same thing through the same code; (3)
   it costs microseconds at 256², where a 5 MP frame would cost milliseconds on the latency path.
+  Why sharpness is divided by the grey-level variance: the Laplacian's variance grows with the
+  square of the contrast, so on its own it mostly repeats `contrast` (good solar cells spread over
+  a factor 7 in it); the ratio is the share of the image's variation at the finest scale, which a
+  defocused lens removes and exposure does not change (good cells: a factor 3.5; a cell blurred
+  with σ = 4 px lies at a third of the lowest good one, where the plain variance stayed in range).
 - `width`, `height`: of the raw frame (a 1×1 frame, a changed region of interest).
 - `map_mean`: the mean of the anomaly map the model returns. An out-of-distribution statistic that
   needs no change to the model graph and works with whatever map it returns: a frame of another
@@ -66,6 +72,12 @@ def laplacian_variance(levels: np.ndarray) -> float:
     return float(laplacian.var(dtype=np.float64))
 
 
+def sharpness(levels: np.ndarray) -> float:
+    """Laplacian variance over grey-level variance (0 for a uniform frame, which has neither)."""
+    variance = float(levels.var(dtype=np.float64))
+    return laplacian_variance(levels) / variance if variance > 0 else 0.0
+
+
 def resized_stats(resized: np.ndarray, frame_shape: tuple) -> dict[str, float]:
     """The image statistics of a frame of `frame_shape`, from its resized uint8 image (the
     model's input before normalisation)."""
@@ -74,7 +86,7 @@ def resized_stats(resized: np.ndarray, frame_shape: tuple) -> dict[str, float]:
     return {
         "mean": float(levels.mean(dtype=np.float64)),
         "contrast": float(levels.std(dtype=np.float64)),
-        "sharpness": laplacian_variance(levels),
+        "sharpness": sharpness(levels),
         "saturated_fraction": float(np.count_nonzero(levels >= SATURATED_LEVEL) / count),
         "black_fraction": float(np.count_nonzero(levels <= BLACK_LEVEL) / count),
         "width": float(frame_shape[1]),

@@ -22,9 +22,10 @@ def test_uniform_frame_has_no_contrast_no_sharpness_and_its_raw_size():
 def test_checkerboard_statistics_are_exact():
     board = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
     stats = quality.image_stats(board, 64)
-    # Every interior pixel has four neighbours of the other colour: Laplacian ±4·255.
+    # Every interior pixel has four neighbours of the other colour: Laplacian ±4·255, variance
+    # 1020², over the grey-level variance 127.5².
     assert stats["mean"] == pytest.approx(127.5) and stats["contrast"] == pytest.approx(127.5)
-    assert stats["sharpness"] == pytest.approx(1020.0 ** 2)
+    assert stats["sharpness"] == pytest.approx(1020.0 ** 2 / 127.5 ** 2)
     assert stats["saturated_fraction"] == 0.5 and stats["black_fraction"] == 0.5
 
 
@@ -58,7 +59,7 @@ def test_out_of_range_names_the_statistic_its_value_and_the_range_and_fails_clos
 
 def normal_stats(rng, n=200):
     return [{"mean": float(rng.normal(120, 5)), "contrast": float(rng.normal(30, 2)),
-             "sharpness": float(rng.lognormal(4, 0.2)), "saturated_fraction": 0.0, "black_fraction": 0.0,
+             "sharpness": float(rng.lognormal(-2, 0.2)), "saturated_fraction": 0.0, "black_fraction": 0.0,
              "width": 300.0, "height": 300.0, "map_mean": float(rng.normal(1.0, 0.05))} for _ in range(n)]
 
 
