@@ -30,7 +30,7 @@ import math
 import numpy as np
 
 from edge.errors import InputDataError
-from edge.quality import STATISTICS
+from edge.quality import IMAGE_STATISTICS, STATISTICS
 
 MARGIN_FACTOR = 0.5
 # Statistics fitted on log(value + offset): the offset keeps log finite at 0 (a flat frame) and
@@ -62,9 +62,9 @@ def fit_range(name: str, values) -> tuple[tuple[float, float], dict]:
     low_q, high_q = np.quantile(scaled, [0.05, 0.95])
     margin = max(MARGIN_FACTOR * float(high_q - low_q), FLOORS[name])
     low, high = float(scaled.min()) - margin, float(scaled.max()) + margin
-    if name in LOG_OFFSETS:
-        low = max(low, math.log(LOG_OFFSETS[name]))  # the values are ≥ 0: a bound below 0 means "none"
     bounds = (_backward(name, low), _backward(name, high))
+    if name in IMAGE_STATISTICS:  # never negative: a lower bound below 0 reads better as 0 (no lower bound)
+        bounds = (max(bounds[0], 0.0), bounds[1])
     detail = {"low": bounds[0], "high": bounds[1], "min": float(values.min()), "max": float(values.max()),
               "median": float(np.median(values)), "scale": f"log(x + {LOG_OFFSETS[name]:g})" if name in LOG_OFFSETS else "linear",
               "margin": margin, "n": int(values.size)}
