@@ -4,20 +4,23 @@ The rule, per statistic, on the calibration normals' values x(1) ≤ … ≤ x(n
 `contrast` and `sharpness`, whose good values spread multiplicatively and whose failures — a
 blurred or flat frame — divide them; see LOG_OFFSETS):
 
-    low  = x(1) − margin,   high = x(n) + margin,
-    margin = max(MARGIN_FACTOR · (q95 − q5), floor of that statistic)
+    low  = x(1) − max(TAIL_FACTOR · (q10 − x(1)), floor)
+    high = x(n) + max(TAIL_FACTOR · (x(n) − q90), floor)
 
-Why this rule. It is distribution-free where it can be: for exchangeable frames, a new good frame
-falls outside [x(1), x(n)] with probability exactly 2/(n+1), whatever the distribution. That is
-1 % per statistic at n = 200 — too much for the ≤ 0.5 % false-fault target over eight statistics —
-so the band is widened by half the normals' central 90 % range: for a Gaussian statistic that is
-1.6 σ beyond the extremes (below 10⁻⁵ per side at n = 200), for a heavier tail less; the measured
-false-fault rates on held-out good test images are in BENCHMARKS.md ("Frame-quality gate"). The
-floors stop a statistic that is constant on the normals (frame size from a fixed camera, no
-saturated pixels) from faulting the smallest change in its last digit: one grey level of `mean`,
-1 % of the pixels for the saturated/black fractions, 5 % on the log scales. Frame width and height
-have no floor: a fixed camera's frames all have one size, and a frame of another size comes from
-another setting or another camera.
+Why this rule. It starts distribution-free: for exchangeable frames, a new good frame falls outside
+[x(1), x(n)] with probability exactly 2/(n+1), whatever the distribution. That is 1 % per statistic
+at n = 200 — too much for the ≤ 0.5 % false-fault target over eight statistics — so each end is
+pushed out by 1.5× how far the normals' own last decile reached on that side. The margin follows
+the tail, not the body: a statistic with a long tail on one side (the saturated fraction: zero on
+most parts, a few per cent on bright ones) gets a wide margin on that side only, where a margin
+from the central spread would be zero there and fault every bright part. At n = 121, a Gaussian
+statistic's end lies ~4.3 σ out (~10⁻⁵ of good frames beyond it), an exponential tail's ~10 scale
+lengths (~5·10⁻⁵). The measured false-fault rates on
+good test images are in BENCHMARKS.md ("Frame-quality gate"), including where they miss the target.
+The floors stop a statistic that is constant on the normals (no saturated pixels, one frame size)
+from faulting the smallest change: one grey level of `mean`, 5 % of the pixels for the saturated and
+black fractions, 5 % on the log scales. Frame width and height have no floor: a fixed camera's frames
+all have one size, and a frame of another size comes from another setting or another camera.
 
 What it does not do: it cannot tell how far a broken frame lies — the catch rates on synthetic
 blank, dark, saturated, blurred and foreign frames are measured, not promised (BENCHMARKS.md).
@@ -32,12 +35,12 @@ import numpy as np
 from edge.errors import InputDataError
 from edge.quality import IMAGE_STATISTICS, STATISTICS
 
-MARGIN_FACTOR = 0.5
+TAIL_FACTOR = 1.5
 # Statistics fitted on log(value + offset): the offset keeps log finite at 0 (a flat frame) and
 # sits well below the good parts' values (grey levels for contrast, a ratio near 0.1 for sharpness).
 LOG_OFFSETS = {"contrast": 1.0, "sharpness": 1e-4}
 LOG_STATISTICS = tuple(LOG_OFFSETS)
-FLOORS = {"mean": 1.0, "contrast": 0.05, "sharpness": 0.05, "saturated_fraction": 0.01, "black_fraction": 0.01,
+FLOORS = {"mean": 1.0, "contrast": 0.05, "sharpness": 0.05, "saturated_fraction": 0.05, "black_fraction": 0.05,
           "width": 0.0, "height": 0.0, "map_mean": 0.0}
 MIN_NORMALS = 20
 
@@ -59,15 +62,16 @@ def fit_range(name: str, values) -> tuple[tuple[float, float], dict]:
         raise InputDataError(f"frame-quality statistic {name}: {int((~np.isfinite(values)).sum())} of {values.size} "
                              f"normals have non-finite values; the model output is broken")
     scaled = _forward(name, values)
-    low_q, high_q = np.quantile(scaled, [0.05, 0.95])
-    margin = max(MARGIN_FACTOR * float(high_q - low_q), FLOORS[name])
-    low, high = float(scaled.min()) - margin, float(scaled.max()) + margin
+    q10, q90 = (float(q) for q in np.quantile(scaled, [0.1, 0.9]))
+    smallest, largest = float(scaled.min()), float(scaled.max())
+    margins = (max(TAIL_FACTOR * (q10 - smallest), FLOORS[name]), max(TAIL_FACTOR * (largest - q90), FLOORS[name]))
+    low, high = smallest - margins[0], largest + margins[1]
     bounds = (_backward(name, low), _backward(name, high))
     if name in IMAGE_STATISTICS:  # never negative: a lower bound below 0 reads better as 0 (no lower bound)
         bounds = (max(bounds[0], 0.0), bounds[1])
     detail = {"low": bounds[0], "high": bounds[1], "min": float(values.min()), "max": float(values.max()),
               "median": float(np.median(values)), "scale": f"log(x + {LOG_OFFSETS[name]:g})" if name in LOG_OFFSETS else "linear",
-              "margin": margin, "n": int(values.size)}
+              "margins": list(margins), "n": int(values.size)}
     return bounds, detail
 
 
@@ -78,9 +82,9 @@ def fit_quality_ranges(stats: list[dict]) -> tuple[dict[str, tuple[float, float]
     for name in STATISTICS:
         if stats and all(name in s for s in stats):
             ranges[name], per_statistic[name] = fit_range(name, [s[name] for s in stats])
-    details = {"rule": f"[min − m, max + m] of the normals, m = max({MARGIN_FACTOR} × (q95 − q5), floor); "
-                       f"on log(x + offset) for {', '.join(LOG_STATISTICS)}",
-               "margin_factor": MARGIN_FACTOR, "floors": dict(FLOORS), "statistics": per_statistic,
+    details = {"rule": f"[min − max({TAIL_FACTOR} × (q10 − min), floor), max + max({TAIL_FACTOR} × (max − q90), "
+                       f"floor)] of the normals; on log(x + offset) for {', '.join(LOG_STATISTICS)}",
+               "tail_factor": TAIL_FACTOR, "floors": dict(FLOORS), "statistics": per_statistic,
                "calibration_faults": count_faults(stats, ranges)}
     return ranges, details
 
