@@ -15,7 +15,7 @@ plus every good test image of another dataset (`--wrong-product`) as another pro
 Each frame goes through the gate as the daemon applies it (edge/quality.py; image statistics
 first, and only frames that pass them are inferred for the map statistic) and the table gives,
 per kind, how many were faulted and by which statistic (the first out of range, as the daemon
-names it).
+names it), and what the score made of the frames the gate let through (`reject` or `ok`).
 
     python -m bench.bench_quality_gate --model MODEL_DIR --thresholds THRESHOLDS \
         --data ../shared/datasets/magnetic_tile --wrong-product ../shared/datasets/bsdata [--backend torch]
@@ -34,6 +34,7 @@ import numpy as np
 from calibrate.calibrate_cli import list_images
 from edge import quality
 from edge.backends.base import open_backend
+from edge.decide import decide
 from edge.imageio import read_image
 from edge.model_dir import load_model_info
 from edge.preprocess import preprocess
@@ -58,14 +59,21 @@ def synthetic(kind: str, image: np.ndarray, index: int, image_size: int) -> np.n
     raise ValueError(kind)
 
 
-def gate(backend, spec, frames: list[np.ndarray], ranges: dict) -> list[str | None]:
-    """The daemon's gate: the message of the first statistic out of range, or None (passed)."""
-    image_ranges, map_ranges = quality.split(ranges)
-    verdicts = [quality.out_of_range(quality.image_stats(frame, spec.image_size), image_ranges) for frame in frames]
-    for index, frame in enumerate(frames):
-        if verdicts[index] is None and map_ranges:
-            maps, _ = backend.infer(preprocess([frame], spec))
-            verdicts[index] = quality.out_of_range(quality.map_stats(np.asarray(maps)[0]), map_ranges)
+def gate(backend, spec, frames: list[np.ndarray], thresholds) -> list[str]:
+    """The daemon's verdict on each frame: "frame_quality <statistic>" when the gate faults it
+    (image statistics first, the map statistic after inference), else the score's "ok"/"reject"."""
+    image_ranges, map_ranges = quality.split(thresholds.quality)
+    verdicts = []
+    for frame in frames:
+        message = quality.out_of_range(quality.image_stats(frame, spec.image_size), image_ranges)
+        if message is None:
+            maps, scores = backend.infer(preprocess([frame], spec))
+            anomaly_map, score = np.asarray(maps)[0], float(np.asarray(scores).reshape(-1)[0])
+            message = quality.out_of_range(quality.map_stats(anomaly_map), map_ranges)
+            if message is None:
+                verdicts.append(decide(score, anomaly_map, thresholds).verdict)
+                continue
+        verdicts.append(f"frame_quality {message.split()[0]}")
     return verdicts
 
 
@@ -97,18 +105,19 @@ def main(argv=None) -> int:
     results = {}
     try:
         for kind, batch in frames.items():
-            verdicts = gate(backend, spec, batch, thresholds.quality)
-            by_statistic = collections.Counter(v.split()[0] for v in verdicts if v is not None)
-            results[kind] = {"n": len(batch), "faulted": sum(v is not None for v in verdicts),
-                             "by_statistic": dict(by_statistic.most_common())}
+            verdicts = gate(backend, spec, batch, thresholds)
+            by_statistic = collections.Counter(v.split()[1] for v in verdicts if v.startswith("frame_quality"))
+            results[kind] = {"n": len(batch), "faulted": sum(by_statistic.values()),
+                             "by_statistic": dict(by_statistic.most_common()),
+                             "reject": verdicts.count("reject"), "ok": verdicts.count("ok")}
     finally:
         backend.close()
     print(f"model {info.model_hash[:12]}, thresholds {thresholds.version}, frames from {args.data}/test/good")
-    print("| frames | n | faulted (frame_quality) | caught by (first statistic out of range) |")
-    print("|---|---|---|---|")
+    print("| frames | n | faulted (frame_quality) | caught by (first statistic out of range) | not faulted: reject / ok |")
+    print("|---|---|---|---|---|")
     for kind, row in results.items():
         print(f"| {kind} | {row['n']} | {row['faulted']} ({row['faulted'] / row['n']:.1%}) | "
-              f"{', '.join(f'{k} {v}' for k, v in row['by_statistic'].items()) or '-'} |")
+              f"{', '.join(f'{k} {v}' for k, v in row['by_statistic'].items()) or '-'} | {row['reject']} / {row['ok']} |")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     return 0
