@@ -81,7 +81,8 @@ def list_images(folder: str | Path, what: str, classes: bool = False) -> tuple[l
     return paths, labels
 
 
-def score_images(backend, spec, paths: list[Path], what: str, stats: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+def score_images(backend, spec, paths: list[Path], what: str,
+                 stats: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores and maps of `paths`; with `stats`, also appends each image's frame-quality statistics
     (edge/quality.py), computed from the same pixels the model scored."""
     from edge import quality

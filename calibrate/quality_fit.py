@@ -15,8 +15,8 @@ the tail, not the body: a statistic with a long tail on one side (the saturated 
 most parts, a few per cent on bright ones) gets a wide margin on that side only, where a margin
 from the central spread would be zero there and fault every bright part. At n = 121, a Gaussian
 statistic's end lies ~4.3 σ out (~10⁻⁵ of good frames beyond it), an exponential tail's ~10 scale
-lengths (~5·10⁻⁵). The measured false-fault rates on
-good test images are in BENCHMARKS.md ("Frame-quality gate"), including where they miss the target.
+lengths (~5·10⁻⁵). The measured false-fault rates on good test images are in BENCHMARKS.md
+("Frame-quality gate"), including where they miss the target.
 The floors stop a statistic that is constant on the normals (no saturated pixels, one frame size)
 from faulting the smallest change: one grey level of `mean`, 5 % of the pixels for the saturated and
 black fractions, 5 % on the log scales. Frame width and height have no floor: a fixed camera's frames
@@ -70,7 +70,8 @@ def fit_range(name: str, values) -> tuple[tuple[float, float], dict]:
     if name in IMAGE_STATISTICS:  # never negative: a lower bound below 0 reads better as 0 (no lower bound)
         bounds = (max(bounds[0], 0.0), bounds[1])
     detail = {"low": bounds[0], "high": bounds[1], "min": float(values.min()), "max": float(values.max()),
-              "median": float(np.median(values)), "scale": f"log(x + {LOG_OFFSETS[name]:g})" if name in LOG_OFFSETS else "linear",
+              "median": float(np.median(values)),
+              "scale": f"log(x + {LOG_OFFSETS[name]:g})" if name in LOG_OFFSETS else "linear",
               "margins": list(margins), "n": int(values.size)}
     return bounds, detail
 

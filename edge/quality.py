@@ -160,7 +160,7 @@ def parse_ranges(data: object, source: str) -> dict[str, tuple[float, float]]:
         if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
                 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) for b in bounds)
                 or bounds[0] > bounds[1]):
-            raise ConfigError(f"{source}: quality range {name!r} must be [low, high], finite numbers with low ≤ high, "
-                              f"got {bounds!r}")
+            raise ConfigError(f"{source}: quality range {name!r} must be [low, high], finite numbers with "
+                              f"low ≤ high, got {bounds!r}")
         ranges[name] = (float(bounds[0]), float(bounds[1]))
     return ranges
