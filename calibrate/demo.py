@@ -269,6 +269,8 @@ def report(result: dict) -> int:
         ("unusable frames faulted by the gate", f"{sum(r.startswith('frame_quality:') for _, r in unusable)}/"
          f"{len(unusable)} frame_quality ({', '.join(UNUSABLE)}); {sum(v != 'fault' for v, _ in unusable)} "
          f"passed or rejected"),
+        ("cells faulted (good / defective)",
+         f"{good.count('fault')}/{len(good)} / {bad.count('fault')}/{len(bad)}"),
         ("fault reasons", ", ".join(sorted({decisions[i].reason.split(':')[0] for i in decisions
                                            if decisions[i].verdict == "fault"})) or "none"),
         ("frames/s (first to last decision)", f"{(len(decisions) - 1) / result['elapsed']:.1f}"
