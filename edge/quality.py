@@ -18,10 +18,11 @@ calibration, evaluation and the daemon):
   sees, so calibration, evaluation and the line measure the same thing through the same code; (3)
   it costs microseconds at 256², where a 5 MP frame would cost milliseconds on the latency path.
   Why sharpness is divided by the grey-level variance: the Laplacian's variance grows with the
-  square of the contrast, so on its own it mostly repeats `contrast` (good solar cells spread over
-  a factor 7 in it); the ratio is the share of the image's variation at the finest scale, which a
-  defocused lens removes and exposure does not change (good cells: a factor 3.5; a cell blurred
-  with σ = 4 px lies at a third of the lowest good one, where the plain variance stayed in range).
+  square of the contrast, so on its own it mostly repeats `contrast` (60 good EL cells at 128 px
+  spread over a factor 7 in it); the ratio is the share of the image's variation at the finest
+  scale, which a defocused lens removes and exposure does not change (the same cells: a factor 3.5;
+  a cell blurred with σ = 4 px lies at 40 % of the lowest good one, where the plain variance stayed
+  in range).
 - `width`, `height`: of the raw frame (a 1×1 frame, a changed region of interest).
 - `map_mean`: the mean of the anomaly map the model returns. An out-of-distribution statistic that
   needs no change to the model graph and works with whatever map it returns: a frame of another
