@@ -88,10 +88,13 @@ def list_images(folder: str | Path, what: str, classes: bool = False) -> tuple[l
 
 
 def score_images(backend, spec, paths: list[Path], what: str,
-                 skipped: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 skipped: list | None = None, stats: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores and maps of `paths`. With a `skipped` list, an unreadable file (empty, damaged, a header
     claiming too many pixels) is appended to it as (path, reason) and left out, as the daemon faults
-    that one frame and reads on; the arrays then hold the readable files in order. Without, it raises."""
+    that one frame and reads on; the arrays then hold the readable files in order. Without, it raises.
+    With `stats`, also appends each scored image's frame-quality statistics (edge/quality.py),
+    computed from the same pixels the model scored."""
+    from edge import quality
     from edge.preprocess import preprocess
 
     batch_size = max(1, min(BATCH, int(getattr(backend, "max_batch", 1))))
@@ -133,6 +136,9 @@ def score_images(backend, spec, paths: list[Path], what: str,
                 raise BackendError(f"{what} {path}: the model returned non-finite values; refusing to calibrate")
         maps[start:start + len(chunk)] = batch_maps
         scores[start:start + len(chunk)] = batch_scores
+        if stats is not None:
+            stats.extend({**quality.image_stats(image, spec.input_size, str(path)), **quality.map_stats(anomaly_map)}
+                         for image, path, anomaly_map in zip(images, chunk, batch_maps))
         done += len(chunk)
         log.info("scored %d/%d %s", first + len(chunk), len(paths), what)
     return scores[:done], maps[:done]
@@ -340,7 +346,8 @@ def handle(args) -> int:
             raise ModelFileError(f"backend {backend.kind} runs model {backend_hash[:12]}, but {info.directory} is "
                                  f"model {info.model_hash[:12]}; re-export the ONNX/engine from this model")
         spec = info.preprocess
-        scores, maps = score_images(backend, spec, normal_paths, "normal image", skipped)
+        normal_stats, defect_stats = [], []
+        scores, maps = score_images(backend, spec, normal_paths, "normal image", skipped, normal_stats)
         normal_paths = [path for path in normal_paths if path not in {p for p, _ in skipped}]
         if len(normal_paths) < MIN_NORMALS:
             raise InputDataError(f"normals folder {args.normals}: {len(normal_paths)} readable images after "
@@ -349,7 +356,7 @@ def handle(args) -> int:
         normal = Scored(normal_paths, scores, maps)
         defect = None
         if defect_paths:
-            scores, maps = score_images(backend, spec, defect_paths, "defect image", skipped)
+            scores, maps = score_images(backend, spec, defect_paths, "defect image", skipped, defect_stats)
             unreadable = {p for p, _ in skipped}
             kept = [index for index, path in enumerate(defect_paths) if path not in unreadable]
             defect_paths = [defect_paths[index] for index in kept]
@@ -364,6 +371,11 @@ def handle(args) -> int:
                                                 args.seed, not args.no_region_rule)
     notes = notes_skipped + notes
     details["skipped_images"] = [{"file": str(path), "reason": reason} for path, reason in skipped]
+    from calibrate.quality_fit import fit_quality_ranges, gate_summary
+
+    quality_ranges, details["quality"] = fit_quality_ranges(normal_stats)
+    if defect is not None:
+        details["quality"]["defects"] = gate_summary(defect_stats, quality_ranges)
     details.update({"created_by": "hlgfa calibrate", "created_utc": datetime.now(timezone.utc).isoformat(),
                     "backend": backend.kind, "seed": args.seed, "normals": str(Path(args.normals).resolve()),
                     "n_normals": len(normal_paths), "defects": str(Path(args.defects).resolve()) if args.defects
@@ -373,7 +385,8 @@ def handle(args) -> int:
     if args.normals_from_model:
         details["normals_held_out_by"] = str(info.directory)  # the held-out list of model.json
     content = Thresholds(model_hash=info.model_hash, image_threshold=float(threshold), version="pending",
-                         region=region, engine_sha256=engine_sha, policy=args.policy, details=details)
+                         region=region, engine_sha256=engine_sha, policy=args.policy, details=details,
+                         quality=quality_ranges)
     data = content.to_dict()
     data.pop("version")
     data["version"] = make_version(data)

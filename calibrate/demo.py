@@ -7,6 +7,10 @@ every decision over ZeroMQ on the acknowledged channel → compare with the data
 Data: the `elpv-dataset` package (Deitsch et al., 300×300 EL cell images with a defect
 probability per cell): probability 0 = good, 1 = defective, the rest unused. A second run reuses
 the model, ONNX file and thresholds when their inputs did not change.
+
+The replay also holds a few frames no model can judge (UNUSABLE: black, dark, uniform grey,
+overexposed, white, defocused — a failed light, a lens cap, a camera staring at the conveyor):
+each must be a `frame_quality` fault, never a pass; the result says so, and the demo fails if not.
 """
 
 import json
@@ -23,6 +27,25 @@ import numpy as np
 from edge.errors import HlgfaError, InputDataError
 
 DEMO_CAMERA = "demo"
+UNUSABLE_LABEL = 2  # replay label of a frame the frame-quality gate must fault
+UNUSABLE = ("black", "dark", "grey128", "overexposed", "white", "defocused")
+
+
+def unusable_frame(kind: str, cell: np.ndarray) -> np.ndarray:
+    """A frame a line camera can deliver but no model can judge, made from a good cell's shape
+    and pixels."""
+    import cv2
+
+    levels = cell.astype(np.float32)
+    frames = {
+        "black": lambda: np.zeros_like(cell),
+        "dark": lambda: levels * 0.15,            # the light failed; the cell is barely visible
+        "grey128": lambda: np.full_like(cell, 128),
+        "overexposed": lambda: levels * 3.0,      # exposure far too long: most of the cell clips
+        "white": lambda: np.full_like(cell, 255),
+        "defocused": lambda: cv2.GaussianBlur(cell, (0, 0), 4),
+    }
+    return np.clip(frames[kind](), 0, 255).astype(np.uint8)
 
 
 def register(subparsers) -> None:
@@ -81,9 +104,14 @@ def prepare_data(out: Path, args) -> dict:
     replay = [(p, 0) for p in good[args.train_cells + args.calibration_cells:needed]] + \
              [(p, 1) for p in defective[:args.replay_defective]]
     replay = [replay[i] for i in rng.permutation(len(replay))]
+    # Unusable frames, made from the first good replay cell, spread evenly through the replay.
+    source_cell = good[args.train_cells + args.calibration_cells]
+    for number, kind in reversed(list(enumerate(UNUSABLE, start=1))):
+        replay.insert(number * len(replay) // (len(UNUSABLE) + 1), (kind, UNUSABLE_LABEL))
     manifest = {"seed": args.seed, "train": [p.name for p in splits["train"]],
                 "calibration": [p.name for p in splits["calibration"]],
-                "replay": [[p.name, label] for p, label in replay]}
+                "replay": [[p if label == UNUSABLE_LABEL else p.name, label] for p, label in replay],
+                "unusable_from": source_cell.name}
     manifest_path = out / "data" / "manifest.json"
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) == manifest:
         return manifest
@@ -97,7 +125,13 @@ def prepare_data(out: Path, args) -> dict:
     folder.mkdir(parents=True)
     # Zero-padded index first: the folder source replays in name order, frame id = position.
     for index, (path, label) in enumerate(replay):
-        shutil.copy(path, folder / f"{index:05d}_{'defective' if label else 'good'}_{path.name}")
+        if label == UNUSABLE_LABEL:
+            import cv2
+
+            cell = cv2.imread(str(source_cell), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(folder / f"{index:05d}_unusable_{path}.png"), unusable_frame(path, cell))
+        else:
+            shutil.copy(path, folder / f"{index:05d}_{'defective' if label else 'good'}_{path.name}")
     manifest_path.write_text(json.dumps(manifest))
     return manifest
 
@@ -155,7 +189,7 @@ def calibrate_model(out: Path, model: Path, onnx_path: Path, args) -> Path:
     if not args.fresh and thresholds.is_file():
         try:
             fitted = load_thresholds(thresholds, load_model_info(model).model_hash)
-            if fitted.details.get("image", {}).get("target_frr") == args.target_frr:
+            if fitted.details.get("image", {}).get("target_frr") == args.target_frr and fitted.quality:
                 print(f"reusing {thresholds} (fitted on this model)")
                 return thresholds
         except HlgfaError:
@@ -218,9 +252,11 @@ def report(result: dict) -> int:
     total = len(labels)
     verdicts = [decisions[i].verdict if i in decisions else "missing" for i in range(total)]
     scores = [decisions[i].score if i in decisions else None for i in range(total)]
-    scored = [(s, y) for s, y in zip(scores, labels) if s is not None]
+    scored = [(s, y) for s, y in zip(scores, labels) if s is not None and y != UNUSABLE_LABEL]
     good = [v for v, y in zip(verdicts, labels) if y == 0]
     bad = [v for v, y in zip(verdicts, labels) if y == 1]
+    unusable = [(verdicts[i], decisions[i].reason if i in decisions else "missing")
+                for i in range(total) if labels[i] == UNUSABLE_LABEL]
     latencies = np.array([d.latency_ms for d in decisions.values()])
     auroc = image_auroc(np.array([y for _, y in scored]), np.array([s for s, _ in scored])) if scored else None
     rows = [
@@ -230,6 +266,11 @@ def report(result: dict) -> int:
         ("image AUROC vs labels", f"{auroc:.3f}" if auroc is not None else "n/a (scores of one class only)"),
         ("false-reject rate (good cells rejected)", f"{good.count('reject') / max(len(good), 1):.3f} ({good.count('reject')}/{len(good)})"),
         ("escape rate (defective cells passed)", f"{bad.count('ok') / max(len(bad), 1):.3f} ({bad.count('ok')}/{len(bad)})"),
+        ("unusable frames faulted by the gate", f"{sum(r.startswith('frame_quality:') for _, r in unusable)}/"
+         f"{len(unusable)} frame_quality ({', '.join(UNUSABLE)}); {sum(v != 'fault' for v, _ in unusable)} "
+         f"passed or rejected"),
+        ("cells faulted (good / defective)",
+         f"{good.count('fault')}/{len(good)} / {bad.count('fault')}/{len(bad)}"),
         ("fault reasons", ", ".join(sorted({decisions[i].reason.split(':')[0] for i in decisions
                                            if decisions[i].verdict == "fault"})) or "none"),
         ("frames/s (first to last decision)", f"{(len(decisions) - 1) / result['elapsed']:.1f}"
@@ -243,7 +284,13 @@ def report(result: dict) -> int:
     complete = len(decisions) == total and result["daemon_exit"] == 0
     if not complete:
         print("\ndemo: not every frame got a decision or the daemon failed; see the messages above", file=sys.stderr)
-    return 0 if complete else 1
+    gated = all(reason.startswith("frame_quality:") for _, reason in unusable)
+    if not gated:
+        print("\ndemo: an unusable frame was not faulted by the frame-quality gate:\n  " + "\n  ".join(
+            f"frame {i}: {verdicts[i]} {decisions[i].reason if i in decisions else ''}" for i in range(total)
+            if labels[i] == UNUSABLE_LABEL and not (i in decisions and decisions[i].reason.startswith("frame_quality:"))),
+            file=sys.stderr)
+    return 0 if complete and gated else 1
 
 
 def run(args) -> int:
@@ -254,7 +301,8 @@ def run(args) -> int:
     step(1, "data: good and defective solar cells from elpv-dataset")
     manifest = prepare_data(out, args)
     print(f"train {len(manifest['train'])} good, calibrate on {len(manifest['calibration'])} held-out good, "
-          f"replay {len(manifest['replay'])} mixed cells")
+          f"replay {len(manifest['replay'])} frames: mixed cells and {len(UNUSABLE)} unusable frames "
+          f"({', '.join(UNUSABLE)})")
     step(2, "train HLGFA on the good cells (CPU)")
     model = train_model(out, args, manifest)
     step(3, "export the model to ONNX")

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from calibrate.dataset import read_image, read_mask, evaluation_samples
 from calibrate.metrics import image_auroc, pixel_auroc, pro_score
+from edge import quality
 from edge.backends.base import open_backend
 from edge.model_dir import load_model_info
 from edge.preprocess import preprocess, resize_rgb8
@@ -22,8 +23,9 @@ from edge.preprocess import preprocess, resize_rgb8
 log = logging.getLogger(__name__)
 
 
-def score_samples(backend, samples, spec, batch_size: int, progress: bool = True):
-    """Maps (N×H×W float32), scores, masks at H×W (None where a class has no ground truth), images."""
+def score_samples(backend, samples, spec, batch_size: int, progress: bool = True, stats: list | None = None):
+    """Maps (N×H×W float32), scores, masks at H×W (None where a class has no ground truth), images.
+    With `stats`, also appends each image's frame-quality statistics (edge/quality.py)."""
     height, width = spec.input_size
     maps = np.empty((len(samples), height, width), dtype=np.float32)
     scores = np.empty(len(samples), dtype=np.float32)
@@ -46,6 +48,9 @@ def score_samples(backend, samples, spec, batch_size: int, progress: bool = True
         infer_seconds += time.perf_counter() - began
         maps[start:start + len(chunk)] = batch_maps
         scores[start:start + len(chunk)] = batch_scores
+        if stats is not None:
+            stats.extend({**quality.image_stats(image, spec.input_size, str(sample.path)), **quality.map_stats(anomaly_map)}
+                         for image, sample, anomaly_map in zip(images, chunk, np.asarray(batch_maps)))
     return maps, scores, masks, thumbnails, infer_seconds
 
 
@@ -94,19 +99,45 @@ def save_overlays(directory: Path, samples, thumbnails, maps, masks, scores) -> 
         cv2.imwrite(str(directory / f"{sample.defect_class}_{sample.path.stem}.png"), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
 
 
+def quality_gate_result(samples, stats: list[dict], thresholds) -> dict:
+    """The frame-quality gate of `thresholds` on the evaluation images, as the daemon applies it:
+    its false-fault rate on good images (with a 95 % Clopper–Pearson interval) and the defect
+    images it faulted (those never reach the score on the line: they are faults, not rejects)."""
+    from calibrate.quality_fit import gate_summary
+    from calibrate.thresholds_fit import clopper_pearson
+
+    if not thresholds.quality:
+        return {"off": "the thresholds file has no frame-quality ranges"}
+    good = [s for s, sample in zip(stats, samples) if sample.label == 0]
+    defect = [s for s, sample in zip(stats, samples) if sample.label == 1]
+    result = {"ranges": {name: list(bounds) for name, bounds in thresholds.quality.items()},
+              "good": gate_summary(good, thresholds.quality), "defect": gate_summary(defect, thresholds.quality)}
+    if good:
+        result["good"]["false_fault_rate_ci95"] = list(clopper_pearson(result["good"]["faulted"], len(good), 0.95))
+    return result
+
+
 def evaluate(model_dir, data, *, backend: str = "torch", batch_size: int = 8, scores_csv=None, save_maps=None,
-             progress: bool = True, **backend_options) -> dict:
+             progress: bool = True, thresholds=None, **backend_options) -> dict:
+    """`thresholds`: a thresholds file of this model; its frame-quality gate is then measured too."""
+    from edge.thresholds import load_thresholds
+
     info = load_model_info(model_dir)
+    fitted = None if thresholds is None else load_thresholds(thresholds, info.model_hash)
     samples = evaluation_samples(data)
+    stats: list[dict] = []
     engine = open_backend(backend, model_dir, max_batch=batch_size, **backend_options)
     try:
         engine.warmup()
-        maps, scores, masks, thumbnails, seconds = score_samples(engine, samples, info.preprocess, batch_size, progress)
+        maps, scores, masks, thumbnails, seconds = score_samples(engine, samples, info.preprocess, batch_size, progress,
+                                                                 stats if fitted is not None else None)
     finally:
         engine.close()
     result = compute_metrics(samples, maps, scores, masks)
     result.update({"backend": engine.kind, "batch_size": batch_size, "model_hash": info.model_hash,
                    "mean_ms_per_image": 1000 * seconds / len(samples), "data": str(Path(data))})
+    if fitted is not None:
+        result["quality_gate"] = quality_gate_result(samples, stats, fitted)
     if scores_csv:
         with open(scores_csv, "w", newline="") as stream:
             writer = csv.writer(stream)

@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="write the metrics JSON here (always printed)")
     parser.add_argument("--scores", help="CSV, one row per image: path, class, label, score")
     parser.add_argument("--save-maps", help="folder for PNG overlays: image | heat map | ground truth")
+    parser.add_argument("--thresholds", help="thresholds file of this model: also measure its frame-quality gate "
+                                             "(false-fault rate on good images, defect images faulted)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(handler=run)
 
@@ -26,7 +28,8 @@ def run(args) -> int:
     options = {key: value for key, value in (("onnx", args.onnx), ("engine", args.engine), ("threads", args.threads))
                if value is not None}
     result = evaluate(args.model, args.data, backend=args.backend, batch_size=args.batch_size, scores_csv=args.scores,
-                      save_maps=args.save_maps, progress=not args.no_progress, **options)
+                      save_maps=args.save_maps, progress=not args.no_progress, thresholds=args.thresholds,
+                      **options)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

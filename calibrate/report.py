@@ -107,6 +107,25 @@ def _row(name: str, value) -> str:
     return f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(value))}</td></tr>"
 
 
+def _quality_rows(thresholds: dict) -> list[str]:
+    """The frame-quality gate: each statistic's range and the normals' extremes it was fitted on."""
+    ranges, details = thresholds.get("quality"), thresholds["details"].get("quality")
+    if not ranges:
+        return [_row("frame-quality gate", "off (no ranges fitted)")]
+    rows = [_row("frame-quality gate rule", details["rule"]),
+            _row("frame-quality gate: calibration normals faulted", details["calibration_faults"])]
+    for name, (low, high) in ranges.items():
+        fitted = details["statistics"].get(name, {})
+        rows.append(_row(f"frame quality: {name}", f"range [{low:.6g}, {high:.6g}]; normals "
+                                                   f"{fitted.get('min', float('nan')):.6g} … "
+                                                   f"{fitted.get('max', float('nan')):.6g}, "
+                                                   f"median {fitted.get('median', float('nan')):.6g}"))
+    if "defects" in details:
+        summary = details["defects"]
+        rows.append(_row("frame-quality gate: defect images faulted", f"{summary['faulted']}/{summary['n']}"))
+    return rows
+
+
 def write_report(folder: Path, thresholds: dict, normal, defect=None) -> Path:
     """Write hist.png, roc.png (with defects), top_normals.png and index.html into `folder`."""
     folder = Path(folder)
@@ -152,6 +171,7 @@ def write_report(folder: Path, thresholds: dict, normal, defect=None) -> Path:
     else:
         rows.append(_row("region rule", details["region"].get("dropped", "none")))
     rows.append(_row("normals rejected by either rule", details["combined_calibration_rejects"]))
+    rows += _quality_rows(thresholds)
     warn = "".join(f'<p class="warn">WARNING: {html.escape(w)}</p>' for w in details.get("warnings", []))
     figures = "".join(f"<h2>{html.escape(title)}</h2>{_embed(path)}" for title, path in plots)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>hlgfa calibration</title><style>"

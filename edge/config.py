@@ -8,6 +8,7 @@
     [pipeline]  queue sizes, deadline_ms, max_batch_wait_ms, overload, ...
     [publish]   endpoint, reliable_endpoint, maps, map_format, map_size, heartbeat_period_s, CURVE keys, ...
     [health]    metrics_port, metrics_address
+    [quality]   per-statistic overrides of the calibrated frame-quality ranges, e.g. mean = [30, 220]
 
 docs/CONFIG.md is the reference. Every section is a pydantic model with extra="forbid", so a typo is an
 error naming the key (and its line in the file) instead of a silently ignored setting. Relative paths
@@ -21,6 +22,7 @@ paths given as flags are taken relative to the working directory, as a shell use
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -169,6 +171,31 @@ class HealthConfig(_Section):
     metrics_address: str = "127.0.0.1"
 
 
+class QualityConfig(_Section):
+    """Per-statistic overrides of the frame-quality ranges fitted by `hlgfa calibrate` (edge/quality.py):
+    `mean = [30, 220]` replaces the thresholds file's range for `mean`; the other statistics keep theirs."""
+
+    mean: tuple[float, float] | None = None
+    contrast: tuple[float, float] | None = None
+    sharpness: tuple[float, float] | None = None
+    saturated_fraction: tuple[float, float] | None = None
+    black_fraction: tuple[float, float] | None = None
+    width: tuple[float, float] | None = None
+    height: tuple[float, float] | None = None
+    map_mean: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name, bounds in self.overrides().items():
+            low, high = bounds
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(f"{name} = {list(bounds)}: expected [low, high], finite numbers with low ≤ high")
+        return self
+
+    def overrides(self) -> dict[str, tuple[float, float]]:
+        return {name: value for name, value in self.model_dump().items() if value is not None}
+
+
 class DaemonConfig(_Section):
     camera: str = "cam0"
     model: Path
@@ -178,6 +205,7 @@ class DaemonConfig(_Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
 
     @field_validator("camera")
     @classmethod

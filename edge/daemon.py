@@ -59,7 +59,8 @@ def pipeline_options(config: DaemonConfig) -> PipelineOptions:
         overload=config.overload_policy, stall_timeout_s=pl.stall_timeout_s,
         source_fault_repeat_s=pl.source_fault_repeat_s, read_timeout_s=read_timeout,
         max_frames=pl.max_frames, restart_after_failures=b.restart_after_failures,
-        max_restarts=b.max_restarts, restart_window_s=b.restart_window_s, maps=config.publish.maps)
+        max_restarts=b.max_restarts, restart_window_s=b.restart_window_s, maps=config.publish.maps,
+        quality_overrides=config.quality.overrides())
 
 
 def backend_options(config: DaemonConfig) -> dict:

@@ -11,7 +11,10 @@ returns after its frames were already faulted cannot publish twice. At shutdown 
 in the ledger is published as a fault ("shutdown"): nothing read is ever silently lost.
 
 Fault kinds (also the `reason_kind` label of `hlgfa_faults_total`): frame_error, preprocess,
-overload, deadline, backend, decide, shutdown. Faults not tied to a frame go to the fault topic:
+frame_quality, overload, deadline, backend, decide, shutdown. `frame_quality` is the frame-quality
+gate (edge/quality.py): a frame whose image statistics (checked before inference) or anomaly-map mean
+(after) lie outside the calibrated ranges cannot be judged by the model, so it is a fault, never ok.
+Faults not tied to a frame go to the fault topic:
 source_unavailable, backend_restarted, stage_stalled, thresholds_reload_failed. A triggered camera
 waiting for its trigger (`SourceIdle`) is not a fault: `source_status()` shows it in the heartbeats.
 
@@ -34,7 +37,8 @@ import numpy as np
 from edge import wire
 from edge.decide import FAULT, OK, REJECT, decide
 from edge.frame import Frame
-from edge.preprocess import PreprocessSpec, preprocess
+from edge import quality
+from edge.preprocess import PreprocessSpec, check_image, normalize, resize_to
 from edge.sources.base import FrameError, SourceExhausted, SourceIdle, SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,12 @@ class PipelineOptions:
     max_restarts: int = 3
     restart_window_s: float = 600.0
     maps: bool = True
+    # Frame-quality ranges that replace the thresholds file's, per statistic (config [quality]).
+    quality_overrides: dict | None = None
+
+
+class _UnusableFrame(Exception):
+    """A frame outside the frame-quality gate's ranges; the message names the statistic."""
 
 
 @dataclass
@@ -120,6 +130,7 @@ class Pipeline:
         self.model_hash = model_hash
         self.options = options
         self._source_open = source_open
+        self._quality = self._quality_ranges(thresholds)  # (image ranges, map ranges), replaced with the thresholds
 
         self._pre_q: queue.Queue = queue.Queue(options.acquire_queue)
         self._infer_q: queue.Queue = queue.Queue(options.infer_queue)
@@ -184,7 +195,13 @@ class Pipeline:
         return len(left)
 
     def set_thresholds(self, thresholds) -> None:
+        self._quality = self._quality_ranges(thresholds)
         self.thresholds = thresholds
+
+    def _quality_ranges(self, thresholds) -> tuple[dict, dict]:
+        return quality.split(quality.effective_ranges(getattr(thresholds, "quality", None),
+                                                      self.options.quality_overrides,
+                                                      f"camera {self.camera}: thresholds {thresholds.version}"))
 
     def counters(self) -> wire.Counters:
         with self._lock:
@@ -387,7 +404,13 @@ class Pipeline:
                 self._fault(item, "deadline", f"not preprocessed within {self.options.deadline_ms:g} ms")
             else:
                 try:
-                    item.tensor = preprocess([item.frame.image], self.spec)[0]
+                    image = check_image(item.frame.image, "frame")
+                    resized = resize_to(image, self.spec.input_size)
+                    self._check_image_quality(resized, image.shape)
+                    item.tensor = normalize(resized, self.spec)
+                except _UnusableFrame as error:
+                    item.frame.image = None
+                    self._fault(item, "frame_quality", str(error))
                 except Exception as error:
                     self._fault(item, "preprocess", str(error))
                 else:
@@ -398,6 +421,15 @@ class Pipeline:
                     self._pass_on(self._infer_q, item, "preprocess", "infer")
             stage.busy_since = None
         self._put_end(self._infer_q)
+
+    def _check_image_quality(self, resized: np.ndarray, frame_shape: tuple) -> None:
+        """Raise _UnusableFrame when the frame's image statistics are outside the gate's ranges:
+        before inference, so a blank frame does not cost one."""
+        image_ranges = self._quality[0]
+        if image_ranges:
+            message = quality.out_of_range(quality.resized_stats(resized, frame_shape), image_ranges)
+            if message is not None:
+                raise _UnusableFrame(message)
 
     def _warn_if_oversized(self, image: np.ndarray) -> bool:
         """Log once when frames are far larger than the model's input: the CPU then spends
@@ -525,6 +557,14 @@ class Pipeline:
         with self._conclude_lock:
             return self._conclude_one(result)
 
+    def _map_quality(self, anomaly_map: np.ndarray | None) -> str | None:
+        """The gate's map statistic (out-of-distribution: another product, a moved camera), after
+        inference; a message when it is outside its range."""
+        map_ranges = self._quality[1]
+        if not map_ranges or anomaly_map is None:
+            return None
+        return quality.out_of_range(quality.map_stats(anomaly_map), map_ranges)
+
     def _conclude_one(self, result: _Result) -> bool:
         item = result.item
         with self._lock:
@@ -539,6 +579,8 @@ class Pipeline:
             if time.monotonic_ns() > item.deadline_ns:
                 kind, message = "deadline", (f"score ready after {(time.monotonic_ns() - item.frame.receive_ns) / 1e6:.1f} ms, "
                                              f"deadline {self.options.deadline_ms:g} ms")
+            elif (unusable := self._map_quality(result.anomaly_map)) is not None:
+                kind, message = "frame_quality", unusable
             else:
                 try:
                     verdict = decide(score, result.anomaly_map, thresholds)

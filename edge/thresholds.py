@@ -39,6 +39,9 @@ class Thresholds:
     engine_sha256: str | None = None
     policy: str = "frr"
     details: dict = field(default_factory=dict)
+    # Frame-quality gate: statistic → (low, high) (edge/quality.py). None: a file from before the
+    # gate, which still loads; the daemon then runs without the gate and says so at WARNING.
+    quality: dict | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -115,9 +118,16 @@ def parse_thresholds(data: object, source: str) -> Thresholds:
         engine_sha256=data.get("engine_sha256"),
         policy=str(data.get("policy", "frr")),
         details=dict(data.get("details") or {}),
+        quality=_parse_quality(data, source),
     )
     _check_sane(thresholds, source)
     return thresholds
+
+
+def _parse_quality(data: dict, source: str) -> dict | None:
+    from edge.quality import parse_ranges
+
+    return None if data.get("quality") is None else parse_ranges(data["quality"], source)
 
 
 def load_thresholds(path: str | Path, expected_model_hash: str | None = None) -> Thresholds:

@@ -60,6 +60,14 @@ def test_calibrate_writes_a_bound_versioned_file_and_report(tiny_model_dir, norm
     page = (report / "index.html").read_text()
     assert "data:image/png;base64," in page and thresholds.version in page
     assert {"hist.png", "roc.png", "top_normals.png"} <= {p.name for p in report.iterdir()}
+    # The frame-quality gate: a range per statistic, holding every normal, shown in the report.
+    from edge.quality import STATISTICS
+
+    assert set(thresholds.quality) == set(STATISTICS)
+    assert details["quality"]["calibration_faults"] == 0 and details["quality"]["defects"]["n"] == 10
+    low, high = thresholds.quality["mean"]
+    assert f"frame quality: mean</th><td>range [{low:.6g}, {high:.6g}]" in page
+    assert "frame-quality gate: defect images faulted" in page
 
     # Never overwritten without --force; with it, a new version.
     before = out.read_text()
@@ -179,3 +187,29 @@ def test_normals_from_model_are_the_held_out_images_model_json_lists(tiny_model_
     (model / "model.json").write_text(json.dumps(description))
     assert run("--model", model, "--normals-from-model", "--out", tmp_path / "u.json") == 65
     assert "lists no held-out images" in capsys.readouterr().err
+
+
+def test_eval_with_thresholds_measures_the_gate_on_good_and_defect_images(tiny_model_dir, normals_dir, defects_dir,
+                                                                          tmp_path, capsys):
+    """`hlgfa eval --thresholds`: the gate's false faults on good test images, and the defect-class
+    images it faults (two blank frames among them, which must be faulted)."""
+    import numpy as np
+
+    thresholds = tmp_path / "thresholds.json"
+    assert run("--model", tiny_model_dir, "--normals", normals_dir, "--out", thresholds) == 0
+    root = tmp_path / "data"
+    (root / "test" / "good").mkdir(parents=True)
+    for path in sorted(p for p in normals_dir.iterdir() if p.suffix == ".png")[:6]:
+        shutil.copy(path, root / "test" / "good" / path.name)
+    shutil.copytree(defects_dir / "cracked", root / "test" / "cracked")
+    (root / "test" / "blank").mkdir()
+    for level in (0, 128):
+        cv2.imwrite(str(root / "test" / "blank" / f"grey{level}.png"), np.full((300, 300), level, np.uint8))
+    metrics_path = tmp_path / "metrics.json"
+    assert main(["eval", "--model", str(tiny_model_dir), "--data", str(root), "--backend", "torch",
+                 "--thresholds", str(thresholds), "--out", str(metrics_path), "--no-progress"]) == 0
+    gate = json.loads(metrics_path.read_text())["quality_gate"]
+    assert gate["good"]["n"] == 6 and gate["good"]["faulted"] == 0  # normals from the same folder: all inside
+    assert gate["good"]["rate"] == 0.0 and gate["good"]["false_fault_rate_ci95"][0] == 0.0
+    assert gate["defect"]["n"] == 12 and gate["defect"]["faulted"] >= 2
+    assert set(gate["ranges"]) == set(load_thresholds(thresholds).quality)
