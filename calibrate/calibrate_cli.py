@@ -87,7 +87,7 @@ def list_images(folder: str | Path, what: str, classes: bool = False) -> tuple[l
     return paths, labels
 
 
-def score_images(backend, spec, paths: list[Path], what: str,
+def score_images(backend, spec, paths: list[Path], what: str, *,
                  skipped: list | None = None, stats: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores and maps of `paths`. With a `skipped` list, an unreadable file (empty, damaged, a header
     claiming too many pixels) is appended to it as (path, reason) and left out, as the daemon faults
@@ -347,7 +347,7 @@ def handle(args) -> int:
                                  f"model {info.model_hash[:12]}; re-export the ONNX/engine from this model")
         spec = info.preprocess
         normal_stats, defect_stats = [], []
-        scores, maps = score_images(backend, spec, normal_paths, "normal image", skipped, normal_stats)
+        scores, maps = score_images(backend, spec, normal_paths, "normal image", skipped=skipped, stats=normal_stats)
         normal_paths = [path for path in normal_paths if path not in {p for p, _ in skipped}]
         if len(normal_paths) < MIN_NORMALS:
             raise InputDataError(f"normals folder {args.normals}: {len(normal_paths)} readable images after "
@@ -356,7 +356,7 @@ def handle(args) -> int:
         normal = Scored(normal_paths, scores, maps)
         defect = None
         if defect_paths:
-            scores, maps = score_images(backend, spec, defect_paths, "defect image", skipped, defect_stats)
+            scores, maps = score_images(backend, spec, defect_paths, "defect image", skipped=skipped, stats=defect_stats)
             unreadable = {p for p, _ in skipped}
             kept = [index for index, path in enumerate(defect_paths) if path not in unreadable]
             defect_paths = [defect_paths[index] for index in kept]

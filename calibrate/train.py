@@ -370,7 +370,8 @@ def training_batch(model: HLGFA, images: np.ndarray, index: np.ndarray, hr_cache
             target_hr[level][noisy_rows] = noisy_hr[level]
             target_lr[level][noisy_rows] = noisy_lr[level]
     input_hr, input_lr = [t.clone() for t in target_hr], [t.clone() for t in target_lr]
-    anomalous_rows = [row for row in range(len(index)) if rng.random() < denoise_fraction]
+    # No draws when off: the default's training consumes the generator exactly as before the target existed.
+    anomalous_rows = [row for row in range(len(index)) if rng.random() < denoise_fraction] if denoise_fraction else []
     masks = None
     if anomalous_rows:
         made = [synth.synthesize(bases.get(row, images[index[row]]), TRAINING_KINDS[rng.integers(len(TRAINING_KINDS))],

@@ -31,7 +31,7 @@ def gated(tmp_path_factory, calibrated, bare_backend, elpv_images):
     from calibrate.quality_fit import fit_quality_ranges
 
     stats: list[dict] = []
-    score_images(bare_backend, calibrated["info"].preprocess, elpv_images["good"][40:100], "normal image", stats)
+    score_images(bare_backend, calibrated["info"].preprocess, elpv_images["good"][40:100], "normal image", stats=stats)
     ranges, details = fit_quality_ranges(stats)
     data = {**calibrated["data"], "version": "t1-gated", "quality": {k: list(v) for k, v in ranges.items()}}
     data["details"] = {**data["details"], "quality": details}
