@@ -225,3 +225,19 @@ def test_training_chooses_smoothing_and_score_on_held_out_good_and_synthetic_ima
     expected = best if best["image_auroc"] - default["image_auroc"] > validation["margin"] else default
     assert (expected["smoothing_sigma"], expected["score"]) == (chosen["smoothing_sigma"], chosen["score"])
     assert 0.01 < validation["margin"] < 0.2
+
+
+def test_blind_spot_taps_stay_zero_through_training_with_the_denoising_target(tmp_path, elpv_good_dir):
+    # The detail prior at a position must never see that position's own HR feature, however long
+    # the module trains; the denoising target's copy index is logged for every epoch.
+    info = train(elpv_good_dir, tmp_path / "blind", epochs=2, image_size=64, seed=0, max_images=12, progress=False,
+                 denoise_fraction=0.5, config_overrides={"blind_spot": True})
+    model, _ = load_model(info.directory)
+    for aligner in model.aligners:
+        weight = aligner.detail_align.weight
+        assert torch.count_nonzero(weight[:, :, 1, 1]) == 0
+        assert torch.count_nonzero(weight) == weight.numel() - weight.shape[0]  # every other tap trained
+    training = info.description["training"]
+    assert training["training_kinds"] == ["texture", "scar"]
+    assert len(training["copy_index_history"]) == 2
+    assert all(value is None or 0 <= value < 5 for value in training["copy_index_history"])
