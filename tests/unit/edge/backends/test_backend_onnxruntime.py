@@ -70,49 +70,48 @@ def test_wrong_shape_dtype_and_batch_are_refused(model_with_onnx, real_batch):
         backend.infer(real_batch[:1])
 
 
+def truncated_onnx(model_dir, tmp_path):
+    """The model's ONNX file cut to a third: what an interrupted copy leaves."""
+    truncated = tmp_path / "truncated.onnx"
+    data = (model_dir / "model.onnx").read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    return truncated
+
+
+def model_of_another_hash(model_dir, tmp_path):
+    """A copy of the model directory whose hash changed (a refitted constant), keeping the old ONNX."""
+    from edge.model_dir import compute_model_hash
+
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    description = json.loads((other / "model.json").read_text())
+    description["fitted"]["reliability_strength"] = 1.5
+    description["hash"] = compute_model_hash(description, other / "module.pt")
+    (other / "model.json").write_text(json.dumps(description))
+    return other
+
+
 def test_missing_and_truncated_onnx(model_with_onnx, tmp_path):
     missing = tmp_path / "absent.onnx"
     with pytest.raises(ModelFileError, match="does not exist.*hlgfa export"):
         open_backend("onnxruntime", model_with_onnx, onnx=missing)
-    truncated = tmp_path / "truncated.onnx"
-    data = (model_with_onnx / "model.onnx").read_bytes()
-    truncated.write_bytes(data[: len(data) // 3])
     with pytest.raises(ModelFileError, match="truncated.*hlgfa export"):
-        open_backend("onnxruntime", model_with_onnx, onnx=truncated)
+        open_backend("onnxruntime", model_with_onnx, onnx=truncated_onnx(model_with_onnx, tmp_path))
 
 
 def test_onnx_of_another_model_is_refused(model_with_onnx, tmp_path):
-    from edge.model_dir import compute_model_hash
-
-    other = tmp_path / "other"
-    shutil.copytree(model_with_onnx, other)
-    description = json.loads((other / "model.json").read_text())
-    description["fitted"]["reliability_strength"] = 1.5
-    description["hash"] = compute_model_hash(description, other / "module.pt")
-    (other / "model.json").write_text(json.dumps(description))
     with pytest.raises(ModelFileError, match="exported from model .*re-export with `hlgfa export --model"):
-        open_backend("onnxruntime", other)
+        open_backend("onnxruntime", model_of_another_hash(model_with_onnx, tmp_path))
 
 
 def test_auto_refuses_a_named_onnx_file_that_cannot_be_used_instead_of_running_torch(model_with_onnx, tmp_path):
-    truncated = tmp_path / "truncated.onnx"
-    data = (model_with_onnx / "model.onnx").read_bytes()
-    truncated.write_bytes(data[: len(data) // 3])
     with pytest.raises(ModelFileError, match="backend auto: the ONNX file .*truncated.onnx was named"):
-        open_backend("auto", model_with_onnx, onnx=truncated)
+        open_backend("auto", model_with_onnx, onnx=truncated_onnx(model_with_onnx, tmp_path))
 
 
 def test_auto_refuses_the_models_own_onnx_file_when_it_is_from_another_model(model_with_onnx, tmp_path):
-    from edge.model_dir import compute_model_hash
-
-    other = tmp_path / "other"
-    shutil.copytree(model_with_onnx, other)
-    description = json.loads((other / "model.json").read_text())
-    description["fitted"]["reliability_strength"] = 1.5
-    description["hash"] = compute_model_hash(description, other / "module.pt")
-    (other / "model.json").write_text(json.dumps(description))
     with pytest.raises(ModelFileError, match="model.onnx is present but cannot be used.*exported from model"):
-        open_backend("auto", other)
+        open_backend("auto", model_of_another_hash(model_with_onnx, tmp_path))
 
 
 def test_auto_says_at_warning_which_backend_it_chose_and_why(tiny_model_dir, caplog):
