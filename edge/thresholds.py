@@ -73,7 +73,8 @@ def _effective_version(data: dict) -> str:
 
 def _check_sane(thresholds: "Thresholds", source: str) -> None:
     """Refuse thresholds no calibration produces: below every good score seen at calibration
-    (every part would be rejected), or so far above them that every part would pass. Scores are
+    (every part would be rejected) or below their median (most would), or so far above them that
+    every part would pass. Scores are
     not signed quantities (the fused map is centred on the good parts' 0.9 quantile), so the
     bounds are the calibration's own good scores, and a file without them is only checked for
     finite numbers."""
@@ -86,6 +87,12 @@ def _check_sane(thresholds: "Thresholds", source: str) -> None:
     if thresholds.image_threshold < low:
         raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold:.6g} is below every good part's "
                           f"score at calibration (min {low:.6g}): it would reject all of them; recalibrate")
+    median = normal.get("median")
+    if isinstance(median, (int, float)) and math.isfinite(median) and thresholds.image_threshold < median:
+        # No false-reject target calibrates to this: it rejects most good parts.
+        raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold:.6g} is below the median good "
+                          f"score at calibration ({median:.6g}): it would reject more than half of the good parts; "
+                          f"recalibrate")
     ceiling = high + MAX_THRESHOLD_SPREADS * max(high - low, abs(high) * 1e-6)
     if thresholds.image_threshold > ceiling:
         raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold:.6g} is over "

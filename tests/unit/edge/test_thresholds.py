@@ -45,6 +45,7 @@ def test_a_calibrated_file_keeps_its_version_and_a_hand_edit_gets_another(tmp_pa
     ({"image_threshold": 0.5}, "below every good part's score at calibration"),
     ({"image_threshold": 1e9}, "over 10 spreads of the good scores at calibration above the highest"),
     ({"image_threshold": 11.0}, "over 10 spreads"),
+    ({"image_threshold": 1.2}, "below the median good score at calibration \\(1.5\\)"),
 ])
 def test_thresholds_no_calibration_produces_are_refused_with_the_reason(tmp_path, changes, reason):
     path, _ = calibrated_file(tmp_path, **changes)
