@@ -159,3 +159,10 @@ def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp
     assert maps.shape == (2, 64, 192)
     assert np.allclose(maps, torch_maps, rtol=1e-4, atol=1e-4 * float(np.abs(torch_maps).max()))
     assert np.allclose(scores, torch_scores, rtol=1e-4)
+
+
+def test_the_input_size_is_read_from_new_and_old_onnx_metadata():
+    from engines.export import onnx_input_size
+
+    assert onnx_input_size({"hlgfa.input_size": "192x448"}) == (192, 448)
+    assert onnx_input_size({"hlgfa.image_size": "256"}) == (256, 256)  # files exported before H × W inputs
