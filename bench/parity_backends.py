@@ -23,7 +23,7 @@ class TorchHalfSplit:
 
     kind = "torch-half-split"
 
-    def __init__(self, model_dir, max_batch: int, threads: int):
+    def __init__(self, model_dir, max_batch: int, threads: int, device: str = "cpu"):
         import torch
         import torch.nn.functional as F
 
@@ -32,6 +32,8 @@ class TorchHalfSplit:
         torch.set_num_threads(threads)
         self._torch = torch
         model, info = load_model(model_dir)
+        model.to(device)
+        self.device = device
         backbone = model.backbone.half()
         # Weights in half; the fitted error statistics stay FP32, as in the FP16 graph (they feed its FP32 tail).
         for parameter in model.aligners.parameters():
@@ -57,8 +59,8 @@ class TorchHalfSplit:
 
     def infer(self, batch):
         with self._torch.inference_mode():
-            maps, scores = self.model(self._torch.from_numpy(batch))
-        return maps.float().numpy(), scores.float().numpy()
+            maps, scores = self.model(self._torch.from_numpy(batch).to(self.device))
+        return maps.float().cpu().numpy(), scores.float().cpu().numpy()
 
     def warmup(self):
         self.infer(np.zeros((1, 3) + self.input_size, np.float32))

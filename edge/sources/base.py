@@ -15,6 +15,8 @@ turns each into exactly one published outcome, so nothing a source meets goes un
 - `SourceExhausted`: a replay reached its end (and does not loop). The pipeline drains and stops.
 """
 
+import threading
+from contextlib import contextmanager
 from typing import Protocol
 
 from edge.errors import HlgfaError, SourceError
@@ -37,6 +39,41 @@ class SourceIdle(HlgfaError):
 
 class SourceExhausted(HlgfaError):
     pass
+
+
+class CloseFirstLock:
+    """Serialises a source's open, read and close, with close served ahead of further reads.
+
+    The daemon's acquire thread calls `read()` in a loop while its main thread may call `close()`.
+    `threading.Lock` is not fair: the reader releases it and takes it again at once, and the closer
+    can wait for ever (seen on a 16-core machine: `close()` never returned). Once a close is asked
+    for, reads that have not yet started raise `closed_error()` instead of queueing behind it.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+
+    @contextmanager
+    def reading(self, closed_error):
+        if self._closing.is_set():
+            raise closed_error()
+        with self._lock:
+            if self._closing.is_set():
+                raise closed_error()
+            yield
+
+    @contextmanager
+    def opening(self):
+        with self._lock:
+            self._closing.clear()
+            yield
+
+    @contextmanager
+    def closing(self):
+        self._closing.set()
+        with self._lock:
+            yield
 
 
 class Source(Protocol):

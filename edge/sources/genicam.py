@@ -39,7 +39,7 @@ from pathlib import Path
 from edge import pixel_formats
 from edge.errors import ConfigError, InputDataError
 from edge.frame import Frame
-from edge.sources.base import FrameError, SourceIdle, SourceUnavailable
+from edge.sources.base import CloseFirstLock, FrameError, SourceIdle, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ class GenicamSource:
         self._harvester = None
         self._ia = None
         self._opened = False
-        self._gentl_lock = threading.Lock()
+        self._gentl_lock = CloseFirstLock()
         self._last_frame_id = -1
         self._pending: deque[Frame] = deque()
         self._stats = self._new_stats()
@@ -351,7 +351,7 @@ class GenicamSource:
                 log.debug("releasing the chunk adapter failed: %s", error)
 
     def open(self) -> None:
-        with self._gentl_lock:
+        with self._gentl_lock.opening():
             self._open()
 
     def _open(self) -> None:
@@ -401,14 +401,17 @@ class GenicamSource:
     # -- acquisition --------------------------------------------------------------------------
 
     def read(self, timeout_s: float) -> Frame:
-        with self._gentl_lock:
+        with self._gentl_lock.reading(self._not_open):
             return self._read(timeout_s)
+
+    def _not_open(self) -> SourceUnavailable:
+        return SourceUnavailable(f"genicam source {self.source_id} is not open")
 
     def _read(self, timeout_s: float) -> Frame:
         from genicam.gentl import TimeoutException
 
         if not self._opened:
-            raise SourceUnavailable(f"genicam source {self.source_id} is not open")
+            raise self._not_open()
         if self._pending:
             return self._pending.popleft()
         if self._ia is None:
@@ -520,7 +523,7 @@ class GenicamSource:
 
     def close(self) -> None:
         """Waits for a read in progress in another thread (at most its timeout plus one reconnect)."""
-        with self._gentl_lock:
+        with self._gentl_lock.closing():
             self._teardown()
 
     def _teardown(self) -> None:

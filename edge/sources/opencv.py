@@ -9,13 +9,12 @@ in progress, which on a stalled stream lasts as long as the backend's own read t
 """
 
 import logging
-import threading
 import time
 from pathlib import Path
 
 from edge.errors import ConfigError
 from edge.frame import Frame
-from edge.sources.base import SourceExhausted, SourceUnavailable
+from edge.sources.base import CloseFirstLock, SourceExhausted, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class OpenCVSource:
         self._capture = None
         self._last_frame_id = -1
         self._stats = self._new_stats()
-        self._lock = threading.Lock()
+        self._lock = CloseFirstLock()
 
     @staticmethod
     def _new_stats() -> dict:
@@ -69,7 +68,7 @@ class OpenCVSource:
     def open(self) -> None:
         if self.kind == "file" and not Path(self.target).is_file():
             raise ConfigError(f"opencv source: video file {self.target} does not exist")
-        with self._lock:
+        with self._lock.opening():
             self._release()
             self._stats = self._new_stats()
             self._capture = self._open_capture()
@@ -93,15 +92,20 @@ class OpenCVSource:
         self._stats["reconnects"] += 1
 
     def read(self, timeout_s: float) -> Frame:
-        with self._lock:
+        with self._lock.reading(self._not_open):
             return self._read(timeout_s)
+
+    def _not_open(self) -> SourceExhausted | SourceUnavailable:
+        # A closed device or stream is not reopened by a late read: only open() reconnects after close().
+        error = SourceExhausted if self.kind == "file" else SourceUnavailable
+        return error(f"opencv source {self.target!r} is not open")
 
     def _read(self, timeout_s: float) -> Frame:
         import cv2
 
         if self._capture is None:
             if self.kind == "file":
-                raise SourceExhausted(f"opencv source {self.target!r} is not open")
+                raise self._not_open()
             self._reconnect(timeout_s)
         ok, image = self._capture.read()
         if not ok and self.kind == "file" and self.loop:
@@ -137,7 +141,7 @@ class OpenCVSource:
         return dict(self._stats)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock.closing():
             self._release()
 
     def _release(self) -> None:
