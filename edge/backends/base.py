@@ -11,13 +11,18 @@ from typing import Protocol
 
 import numpy as np
 
-from edge.errors import BackendError, HlgfaError
+from edge.errors import BackendError, ConfigError, HlgfaError
 
 log = logging.getLogger(__name__)
 
 # Explicit, not discovered: a missing library must fail loudly, not remove a config option.
 BACKEND_KINDS = ("tensorrt", "onnxruntime", "torch")
 AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+
+
+# Each backend module declares `OPTIONS`, the keyword arguments its constructor takes: an option given
+# to a backend that has no use for it (threads to TensorRT) is an error when that backend was asked
+# for, and is left out when "auto" tries it.
 
 
 class Backend(Protocol):
@@ -89,7 +94,7 @@ def open_backend(kind: str, model_dir, allow_torch: bool = True, **options) -> B
                     f"`hlgfa export --model {model_dir}` first, or choose the PyTorch module explicitly "
                     f"(--backend torch, slower)")
             try:
-                backend = open_backend(candidate, model_dir, **options)
+                backend = open_backend(candidate, model_dir, **_applicable(candidate, options, explicit=False))
             except HlgfaError as error:  # a missing engine or ONNX file too: try the next backend
                 why = _asked_for(candidate, model_dir, options, error)
                 if why is not None:
@@ -104,5 +109,17 @@ def open_backend(kind: str, model_dir, allow_torch: bool = True, **options) -> B
         raise BackendError("backend auto: no backend could be opened:\n  " + "\n  ".join(reasons))
     if kind not in BACKEND_KINDS:
         raise BackendError(f"backend {kind!r}: unknown, expected one of {', '.join(('auto',) + BACKEND_KINDS)}")
-    module = importlib.import_module(f"edge.backends.{kind}")
-    return module.open(model_dir, **options)
+    return _module(kind).open(model_dir, **_applicable(kind, options, explicit=True))
+
+
+def _module(kind: str):
+    return importlib.import_module(f"edge.backends.{kind}")
+
+
+def _applicable(kind: str, options: dict, explicit: bool) -> dict:
+    accepted = _module(kind).OPTIONS
+    unknown = sorted(set(options) - accepted)
+    if unknown and explicit:
+        raise ConfigError(f"backend {kind}: option {', '.join(unknown)} does not apply to it; "
+                          f"it takes {', '.join(sorted(accepted))}")
+    return {key: value for key, value in options.items() if key in accepted}

@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_map", "score")
+OPTIONS = frozenset({"onnx", "max_batch", "threads"})
 # Best first; CPU is always there. The TensorRT EP builds its own engine at first run (slow);
 # it is used only when asked for, the tensorrt backend being the way to run TensorRT.
-DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def _reexport_hint(model_dir, onnx_path) -> str:
@@ -30,8 +31,7 @@ def _reexport_hint(model_dir, onnx_path) -> str:
 class OnnxRuntimeBackend:
     kind = "onnxruntime"
 
-    def __init__(self, model_dir, onnx=None, max_batch: int = 8, threads: int | None = None,
-                 providers: tuple[str, ...] | None = None, spinning: bool = False, **_):
+    def __init__(self, model_dir, onnx=None, max_batch: int = 8, threads: int | None = None):
         try:
             import onnxruntime
         except ImportError as error:
@@ -52,10 +52,9 @@ class OnnxRuntimeBackend:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle intra-op threads spin by default; on a line box the same cores acquire and
         # preprocess the next frame, and spinning threads steal them (measured: BENCHMARKS.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = onnxruntime.get_available_providers()
-        wanted = providers or DEFAULT_PROVIDERS
-        chosen = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        chosen = [p for p in PROVIDERS if p in available]
         try:
             self.session = onnxruntime.InferenceSession(str(path), options, providers=chosen)
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/... types

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("anomaly_map", "score")
+OPTIONS = frozenset({"engine", "max_batch"})
 
 
 class TensorRTBackend:

@@ -10,10 +10,13 @@ from edge.backends.base import check_batch
 from edge.errors import BackendError
 
 
+OPTIONS = frozenset({"max_batch", "threads", "device"})
+
+
 class TorchBackend:
     kind = "torch"
 
-    def __init__(self, model_dir, max_batch: int = 8, threads: int | None = None, device: str = "cpu", **_):
+    def __init__(self, model_dir, max_batch: int = 8, threads: int | None = None, device: str = "cpu"):
         try:
             import torch
 

@@ -127,3 +127,30 @@ def test_auto_says_at_warning_which_backend_it_chose_and_why(tiny_model_dir, cap
 def test_auto_without_an_exported_graph_is_an_error_naming_export_where_torch_is_not_allowed(tiny_model_dir):
     with pytest.raises(ModelFileError, match="hlgfa export --model .*--backend torch"):
         open_backend("auto", tiny_model_dir, allow_torch=False)
+
+
+@pytest.mark.parametrize("kind", ["onnxruntime", "torch"])
+def test_each_backend_declares_exactly_the_options_its_constructor_takes(kind):
+    import importlib
+    import inspect
+
+    module = importlib.import_module(f"edge.backends.{kind}")
+    backend_class = next(v for v in vars(module).values() if inspect.isclass(v) and getattr(v, "kind", None) == kind)
+    parameters = inspect.signature(backend_class.__init__).parameters
+    assert all(p.kind is not p.VAR_KEYWORD for p in parameters.values()), "a backend must not swallow options"
+    assert module.OPTIONS == set(parameters) - {"self", "model_dir"}
+
+
+def test_an_option_the_named_backend_has_no_use_for_is_a_config_error(model_with_onnx):
+    from edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backend onnxruntime: option device does not apply.*max_batch, onnx, threads"):
+        open_backend("onnxruntime", model_with_onnx, device="cuda")
+
+
+def test_auto_gives_each_candidate_only_the_options_it_takes(model_with_onnx):
+    backend = open_backend("auto", model_with_onnx, max_batch=2, threads=1, device="cpu")
+    try:
+        assert backend.kind == "onnxruntime" and backend.max_batch == 2
+    finally:
+        backend.close()
