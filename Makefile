@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS := train,onnx,export,camera,calibrate,demo,dev
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,6 @@ test: venv
 
 demo: venv
 	$(VENV)/bin/hlgfa demo
-
-bench: venv
-	$(PY) -m bench.run_all
 
 clean:
 	rm -rf $(VENV) demo_out runs

@@ -99,19 +99,20 @@ def bench_pubsub(messages: int) -> dict:
 
 
 def bench_reliable(acks: int) -> dict:
+    ack_rtts_ns = []
     publisher = Publisher(PublisherConfig("cam1", endpoint="tcp://127.0.0.1:*", reliable_endpoint="tcp://127.0.0.1:*",
-                                          reliable_capacity=max(1000, acks)))
+                                          reliable_capacity=max(1000, acks)), on_ack_rtt_ns=ack_rtts_ns.append)
     child = multiprocessing.Process(target=_bridge, args=(publisher.reliable_endpoint, 1 + 2 * acks))
     child.start()
     publisher.publish_decision(_decision(0))  # warm-up: wait until the bridge is connected and acking
     while publisher.reliable_stats()["acked"] < 1:
         time.sleep(0.001)
-    publisher.ack_rtts_ns.clear()
+    ack_rtts_ns.clear()
     for frame_id in range(1, acks + 1):  # one at a time: the round trip without queueing
         publisher.publish_decision(_decision(frame_id))
         while publisher.reliable_stats()["acked"] < frame_id + 1:
             time.sleep(0)
-    rtts = np.array(publisher.ack_rtts_ns, dtype=np.float64) / 1e3
+    rtts = np.array(ack_rtts_ns, dtype=np.float64) / 1e3
     start = time.perf_counter()
     for frame_id in range(acks + 1, 2 * acks + 1):  # pipelined: how many the channel sustains
         publisher.publish_decision(_decision(frame_id))

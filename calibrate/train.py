@@ -434,7 +434,7 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
           batch_size: int = 8, learning_rate: float = 1e-3, augment_fraction: float = 0.5,
           denoise_fraction: float = 0.0,
           holdout: float = 0.0, max_images: int | None = None, progress: bool = True,
-          config_overrides: dict | None = None, level_weighting: bool = True) -> ModelInfo:
+          config_overrides: dict | None = None) -> ModelInfo:
     """Train on the good images under `data` and write the model directory `out`."""
     started = time.perf_counter()
     rng = seed_everything(seed)
@@ -500,7 +500,7 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
     # errors the model computes at inference.
     fit_position_statistics(model, images, spec, batch_size)
     fit_images = images[np.random.default_rng(seed).permutation(len(images))[:min(len(images), 64)]]
-    fitted = fit_constants(model, fit_images, spec, batch_size, level_weighting)
+    fitted = fit_constants(model, fit_images, spec, batch_size)
     validation = fit_choices(model, fit_images, validation_paths, spec, batch_size, seed,
                              TRAINING_KINDS if denoise_fraction else ())
     training = {
@@ -517,37 +517,3 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
     log.info("fitted reliability strength %.2f", fitted.reliability_strength)
     return save_model(model, out, backbone_weights, training)
 
-
-def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | None = None,
-          level_weighting: bool = True, reliability_strength: float | None = None, batch_size: int = 8) -> ModelInfo:
-    """The same trained module with its inference-time options changed and constants refitted
-    on the same normal images: ablations of inference-only parts without retraining."""
-    from calibrate.model_io import load_model
-
-    model, info = load_model(model_dir)
-    config = replace(model.config, **(config_overrides or {}))
-    if (config.discrepancy, config.appearance) != (model.config.discrepancy, model.config.appearance):
-        # The per-position statistics are buffers: rebuild, keep the trained weights.
-        rebuilt = HLGFA(model.backbone, config, model.fitted)
-        missing, unexpected = rebuilt.aligners.load_state_dict(model.aligners.state_dict(), strict=False)
-        if any(not key.rsplit(".", 1)[-1].startswith(("error_", "appearance_")) for key in missing + unexpected):
-            raise ConfigError(f"refit of {model_dir}: weights do not match the architecture ({missing + unexpected})")
-        model = rebuilt.eval()
-    model.config = config
-    training = dict(info.description["training"])
-    folder = training_folder(training["data"])
-    names = set(training["train_files"])
-    paths = [p for p in list_images(folder) if p.name in names]
-    images = load_resized(paths, model.config.input_size)
-    spec = PreprocessSpec(model.config.input_size)
-    fit_position_statistics(model, images, spec, batch_size)
-    fit_images = images[np.random.default_rng(training["seed"]).permutation(len(images))[:min(len(images), 64)]]
-    fit_constants(model, fit_images, spec, batch_size, level_weighting)
-    if reliability_strength is not None:
-        model.fitted.reliability_strength = reliability_strength
-    validation_names = set(training.get("validation_files", []))
-    validation_paths = [p for p in list_images(folder) if p.name in validation_names]
-    training["validation"] = fit_choices(model, fit_images, validation_paths, spec, batch_size, training["seed"],
-                                         tuple(training.get("training_kinds", ())))
-    training["refit_from"] = info.model_hash
-    return save_model(model, out, info.description["backbone"].get("weights_file"), training)

@@ -39,7 +39,7 @@ from edge.decide import FAULT, OK, REJECT, decide
 from edge.frame import Frame
 from edge import quality
 from edge.preprocess import PreprocessSpec, check_image, normalize, resize_to
-from edge.sources.base import FrameError, SourceExhausted, SourceIdle, SourceUnavailable
+from edge.sources.base import FrameError, ReconnectSchedule, SourceExhausted, SourceIdle, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +208,6 @@ class Pipeline:
             c = dict(self._counts)
         return wire.Counters(frames=c["frames"], ok=c[OK], reject=c[REJECT], fault=c[FAULT], dropped=c["dropped"])
 
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._open)
-
     def health_state(self, now: float | None = None) -> tuple[bool, list[str]]:
         """(healthy, problems). Unhealthy: a stage thread died, a stage is stuck on one item
         longer than stall_timeout_s, or the pipeline hit a fatal error."""
@@ -311,7 +307,8 @@ class Pipeline:
     def _acquire(self, stage: _Stage) -> None:
         timeout = self.options.read_timeout_s
         last_fault = None
-        backoff = 0.5
+        # Retrying a source that has not opened yet; one that has reconnects inside its own read().
+        opening = ReconnectSchedule(initial_s=0.5, max_s=10.0)
         last_frame_id = -1
         try:
             while not self._stop.is_set():
@@ -323,7 +320,7 @@ class Pipeline:
                     if not self._source_open:
                         self.source.open()
                         self._source_open = True
-                        backoff = 0.5
+                        opening.reset()
                     frame = self.source.read(timeout)
                 except FrameError as error:
                     stage.busy_since = None
@@ -352,8 +349,8 @@ class Pipeline:
                         last_fault = now
                     self.source_state = "unavailable"
                     if not self._source_open:
-                        self._stop.wait(backoff)
-                        backoff = min(backoff * 2, 10.0)
+                        self._stop.wait(opening.delay_s)
+                        opening.failed()
                     continue
                 stage.busy_since = None
                 self._last_frame_at = time.monotonic()

@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 # Commands on the inproc hand-over to the I/O thread (first frame).
 _DECISION, _QUIT = b"D", b"Q"
 # Verbs on the reliable channel (first frame after the ROUTER identity).
-HELLO, DECISION, ACK = b"HELLO", b"DECISION", b"ACK"
 
 
 class PublishError(HlgfaError):
@@ -86,20 +85,6 @@ class PublisherConfig:
             raise ConfigError("linger_ms must be ≥ 0 and ack_timeout_s > 0")
 
 
-def make_decision(camera: str, frame, score: float, verdict, threshold: float, thresholds_version: str,
-                  model_hash: str, decision_ns: int | None = None) -> wire.Decision:
-    """A wire.Decision from an edge.frame.Frame and an edge.decide.Verdict (duck-typed)."""
-    decision_ns = time.monotonic_ns() if decision_ns is None else decision_ns
-    finite = score is not None and math.isfinite(score)
-    return wire.Decision(
-        camera=camera, frame_id=int(frame.frame_id), verdict=verdict.verdict, reason=verdict.reason,
-        score=float(score) if finite else None, threshold=float(threshold),
-        device_timestamp_ns=int(frame.device_timestamp_ns), receive_ns=int(frame.receive_ns),
-        decision_ns=int(decision_ns), latency_ms=(decision_ns - frame.receive_ns) / 1e6,
-        model_hash=model_hash, thresholds_version=thresholds_version,
-        region_px=int(getattr(verdict, "largest_region_px", 0)))
-
-
 @dataclass
 class _Pending:
     seq: int
@@ -111,7 +96,9 @@ class _Pending:
 
 
 class Publisher:
-    def __init__(self, config: PublisherConfig):
+    def __init__(self, config: PublisherConfig, on_ack_rtt_ns=None):
+        """`on_ack_rtt_ns(ns)`, when given, is called from the I/O thread with each decision's
+        publish-to-ACK time (bench/bench_publish.py); the daemon keeps no per-ACK history."""
         import zmq
 
         config.check()
@@ -128,7 +115,7 @@ class Publisher:
         self._overruns = 0
         self._closed = False
         self._authenticator = None
-        self.ack_rtts_ns: collections.deque = collections.deque(maxlen=100_000)
+        self._on_ack_rtt_ns = on_ack_rtt_ns
         self._reliable_stats: dict | None = None
         self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         self._peer: bytes | None = None
@@ -385,7 +372,7 @@ class Publisher:
         if self._peer is None:
             return
         try:
-            self._router.send_multipart([self._peer, DECISION, *pending.frames], flags=zmq.NOBLOCK)
+            self._router.send_multipart([self._peer, wire.RELIABLE_DECISION, *pending.frames], flags=zmq.NOBLOCK)
         except zmq.Again:
             pending.last_sent_ns = time.monotonic_ns()  # bridge's queue full: retry after ack_timeout_s
             return
@@ -414,31 +401,31 @@ class Publisher:
             if len(frames) < 2:
                 continue
             identity, verb = frames[0], frames[1]
-            if verb == HELLO:
+            if verb == wire.RELIABLE_HELLO:
                 if identity != self._peer:
                     log.info("reliable bridge of camera %s connected; sending %d pending decisions",
                              self.camera, len(self._pending))
                     self._peer = identity
                     for pending in list(self._pending.values()):
                         self._send_pending(pending)
-            elif verb == ACK and len(frames) == 3:
+            elif verb == wire.RELIABLE_ACK and len(frames) == 3:
                 self._on_ack(frames[2])
             else:
                 log.warning("reliable channel of camera %s: ignoring a message with verb %r", self.camera, verb[:20])
 
     def _on_ack(self, body: bytes) -> None:
         try:
-            session, _, seq = body.decode("ascii").partition(":")
-            seq = int(seq)
-        except (UnicodeDecodeError, ValueError):
-            log.warning("reliable channel of camera %s: malformed ACK %r (expected b'SESSION:SEQ')", self.camera, body[:60])
+            session, seq = wire.parse_ack_body(body)
+        except wire.WireError as error:
+            log.warning("reliable channel of camera %s: malformed %s", self.camera, error)
             return
         if session != self.session:
             return  # an ACK for a previous run of this publisher
         pending = self._pending.pop(seq, None)
         if pending is not None:
             self._rel_counts["acked"] += 1
-            self.ack_rtts_ns.append(time.monotonic_ns() - pending.first_sent_ns)
+            if self._on_ack_rtt_ns is not None:
+                self._on_ack_rtt_ns(time.monotonic_ns() - pending.first_sent_ns)
 
     def _resend_due(self) -> None:
         if self._peer is None or not self._pending:

@@ -1,4 +1,4 @@
-"""Source configs (embedded in the daemon's TOML) and `open_source` for them or a CLI short form.
+"""Source configs (embedded in the daemon's TOML) and `build_source` for them or a CLI short form.
 
 The `kind` of a config is the module name of its source (`folder`, `opencv`, `genicam`). Each
 module is imported only when a source of that kind is built, so a config validates on a box
@@ -118,9 +118,3 @@ def build_source(spec: str | dict | BaseModel) -> Source:
         **common,
     )
 
-
-def open_source(spec: str | dict | BaseModel) -> Source:
-    """Build and open a source; the caller closes it."""
-    source = build_source(spec)
-    source.open()
-    return source
