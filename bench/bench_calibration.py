@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibrate.calibrate_cli import list_images, score_images
+from calibrate.calibrate_cli import labelled_images, score_images
 from calibrate.thresholds_fit import (SmallSampleWarning, clopper_pearson, fit_image_threshold, fit_region_rule)
 from edge.backends.base import open_backend
 from edge.decide import largest_region_area
@@ -44,11 +44,11 @@ def main(argv=None) -> int:
         sys.exit(f"--train-split-seed {args.train_split_seed} but the model was trained with seed {training['seed']}")
     used = set(training["train_files"])
     data = Path(args.data)
-    good, _ = list_images(data / "train" / "good", "train/good")
+    good, _ = labelled_images(data / "train" / "good", "train/good")
     calibration = [p for p in good if p.name not in used]
     if len(calibration) < 20:
         sys.exit(f"only {len(calibration)} train/good images were not used for training; need ≥ 20 to calibrate")
-    test_good, _ = list_images(data / "test" / "good", "test/good")
+    test_good, _ = labelled_images(data / "test" / "good", "test/good")
     classes = sorted(p.name for p in (data / "test").iterdir() if p.is_dir() and p.name != "good")
 
     backend = open_backend(args.backend, info.directory)
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         spec = info.preprocess
         cal_scores, cal_maps = score_images(backend, spec, calibration, "calibration normal")
         good_scores, good_maps = score_images(backend, spec, test_good, "test/good")
-        defects = {name: score_images(backend, spec, list_images(data / "test" / name, name)[0], name)
+        defects = {name: score_images(backend, spec, labelled_images(data / "test" / name, name)[0], name)
                    for name in classes}
     finally:
         backend.close()

@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from calibrate.calibrate_cli import list_images
+from calibrate.calibrate_cli import labelled_images
 from edge import quality
 from edge.backends.base import open_backend
 from edge.decide import decide
@@ -93,13 +93,13 @@ def main(argv=None) -> int:
     if not thresholds.quality:
         sys.exit(f"{args.thresholds}: no frame-quality ranges; fit them with `hlgfa calibrate`")
     spec = info.preprocess
-    good_paths, _ = list_images(Path(args.data) / "test" / "good", "test/good")
+    good_paths, _ = labelled_images(Path(args.data) / "test" / "good", "test/good")
     goods = [read_image(path) for path in good_paths]
     kinds = ("blank", "dark", "saturated", "blurred σ=2", "blurred σ=4", "one pixel")
     frames = {kind: [synthetic(kind, image, index, spec.input_size) for index, image in enumerate(goods)]
               for kind in kinds}
     if args.wrong_product:
-        other, _ = list_images(Path(args.wrong_product) / "test" / "good", "wrong product test/good")
+        other, _ = labelled_images(Path(args.wrong_product) / "test" / "good", "wrong product test/good")
         frames[f"wrong product ({Path(args.wrong_product).name})"] = [read_image(path) for path in other]
     backend = open_backend(args.backend, info.directory)
     results = {}

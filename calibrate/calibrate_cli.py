@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.backends.base import BACKEND_KINDS
 from edge.errors import BackendError, ConfigError, InputDataError, ModelFileError
-from edge.imageio import read_image
+from edge.imageio import IMAGE_SUFFIXES, image_files, read_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 BATCH = 16
 
 
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
     parser.add_argument("--target-frr", type=float, default=0.01, help="target false-reject rate (default 0.01)")
     parser.add_argument("--confidence", type=float, default=0.95, help="confidence of the FRR bound (default 0.95)")
     parser.add_argument("--policy", default="frr", help="frr | f1 | cost:R (R = escape cost vs false reject)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    parser.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_KINDS)
     parser.add_argument("--onnx", help="ONNX file (default: MODEL_DIR/model.onnx)")
     parser.add_argument("--engine", help="TensorRT engine; its sha256 is recorded in the thresholds file")
     parser.add_argument("--out", required=True, help="thresholds JSON to write")
@@ -64,22 +64,19 @@ class Scored:
     classes: list[str] = field(default_factory=list)
 
 
-def list_images(folder: str | Path, what: str, classes: bool = False) -> tuple[list[Path], list[str]]:
+def labelled_images(folder: str | Path, what: str, classes: bool = False) -> tuple[list[Path], list[str]]:
     """Image files in `folder` (sorted; with `classes`, also one level of class subfolders)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(f"{what} folder {folder}: does not exist or is not a folder")
-    def images_in(directory: Path) -> list[Path]:
-        return sorted(p for p in directory.iterdir()
-                      if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
-    paths = images_in(folder)
+    paths = image_files(folder)
     labels = [folder.name] * len(paths)
     if classes:
         for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if sub.name == "good":
                 raise InputDataError(f"{what} folder {folder}: has a 'good' subfolder; point --defects at the "
                                      f"defect images only")
-            found = images_in(sub)
+            found = image_files(sub)
             paths += found
             labels += [sub.name] * len(found)
     if not paths:
@@ -286,7 +283,8 @@ def handle(args) -> int:
     from calibrate.thresholds_fit import check_target, parse_policy
     from edge.backends.base import open_backend
     from edge.model_dir import file_sha256, load_model_info
-    from edge.thresholds import Thresholds, parse_thresholds, write_json_atomic
+    from edge.paths import write_json_atomic
+    from edge.thresholds import Thresholds, parse_thresholds
 
     # Cheap checks first: a bad flag should not cost minutes of scoring.
     check_target(args.target_frr, args.confidence)
@@ -306,7 +304,7 @@ def handle(args) -> int:
         normal_paths = held_out_normals(info)
         args.normals = str(normal_paths[0].parent)
     else:
-        normal_paths, _ = list_images(args.normals, "normals")
+        normal_paths, _ = labelled_images(args.normals, "normals")
     seen = training_normals(info, normal_paths)
     if seen and not args.allow_training_normals:
         raise InputDataError(
@@ -322,7 +320,7 @@ def handle(args) -> int:
     if len(normal_paths) < MIN_NORMALS:
         raise InputDataError(f"normals folder {args.normals}: {len(normal_paths)} images, need at least "
                              f"{MIN_NORMALS} good parts to calibrate")
-    defect_paths, defect_classes = list_images(args.defects, "defects", classes=True) if args.defects else ([], [])
+    defect_paths, defect_classes = labelled_images(args.defects, "defects", classes=True) if args.defects else ([], [])
     if args.policy != "frr" and not defect_paths:
         raise ConfigError(f"policy {args.policy!r} needs defect images (--defects DIR); only 'frr' works without")
     engine_sha = None
@@ -407,7 +405,7 @@ def handle(args) -> int:
             raise
     try:
         check_out(out, args.force, info.model_hash)  # again: another run may have written it meanwhile
-        write_json_atomic(out, data, overwrite=args.force)
+        write_json_atomic(out, data)
     except BaseException:
         if staged is not None:
             shutil.rmtree(staged, ignore_errors=True)

@@ -15,11 +15,10 @@ import cv2
 import numpy as np
 
 from edge.errors import InputDataError
-from edge.imageio import read_image  # noqa: F401 - re-exported for the dataset's users
+from edge.imageio import IMAGE_SUFFIXES, image_files, read_image  # noqa: F401 - read_image re-exported for the dataset's users
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 GOOD = "good"
 
 
@@ -36,19 +35,16 @@ def list_images(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputDataError(f"image folder {folder}: does not exist or is not a folder")
-    images, skipped = [], []
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            images.append(path)
-        elif path.is_file() and not path.name.startswith("."):
-            skipped.append(path.name)
+    images = image_files(folder)
+    skipped = [p.name for p in sorted(folder.iterdir())
+               if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in IMAGE_SUFFIXES]
     if skipped:
         log.warning("image folder %s: skipped %d non-image files (%s%s); expected %s",
                     folder, len(skipped), ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "",
-                    "/".join(sorted(IMAGE_EXTENSIONS)))
+                    "/".join(IMAGE_SUFFIXES))
     if not images:
         raise InputDataError(f"image folder {folder}: no images (expected files ending in "
-                             f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+                             f"{', '.join(IMAGE_SUFFIXES)})")
     return images
 
 

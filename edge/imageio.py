@@ -15,6 +15,7 @@ from edge.errors import InputDataError
 # families in README.md. A file claiming more is refused from its header, before a decoder
 # allocates gigabytes for it: a PNG header claiming 60000×60000 px (10 GB as RGB) is 33 bytes.
 MAX_IMAGE_PIXELS = 1 << 27
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
@@ -90,3 +91,9 @@ def read_image(path: str | Path) -> np.ndarray:
     if not data:
         raise InputDataError(f"image {path}: empty file")
     return decode_image(data, f"image {path}")[0]
+
+
+def image_files(directory: Path) -> list[Path]:
+    """The image files directly in `directory` (by suffix, any case; hidden files left out), in name order."""
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)

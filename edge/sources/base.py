@@ -16,6 +16,7 @@ turns each into exactly one published outcome, so nothing a source meets goes un
 """
 
 import threading
+import time
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -39,6 +40,43 @@ class SourceIdle(HlgfaError):
 
 class SourceExhausted(HlgfaError):
     pass
+
+
+class ReconnectSchedule:
+    """When a lost device is tried again: capped exponential backoff, counted from the loss."""
+
+    def __init__(self, initial_s: float, max_s: float):
+        self.initial_s, self.max_s = initial_s, max_s
+        self.reset()
+
+    def reset(self) -> None:
+        self.delay_s = self.initial_s
+        self.next_attempt = 0.0
+
+    def lost(self) -> None:
+        self.next_attempt = time.monotonic() + self.delay_s
+
+    def failed(self) -> None:
+        self.delay_s = min(self.delay_s * 2, self.max_s)
+        self.lost()
+
+    def attempt(self, connect, timeout_s: float, down: str):
+        """`connect()`'s result once an attempt is due. Not due within `timeout_s`: sleeps that long
+        and raises SourceUnavailable (`down`, and when the next attempt is), so a read never blocks
+        past its timeout. A failed connect lengthens the delay and re-raises."""
+        wait = self.next_attempt - time.monotonic()
+        if wait > timeout_s:
+            time.sleep(max(timeout_s, 0.0))
+            raise SourceUnavailable(f"{down}; next reconnect in {wait - timeout_s:.1f} s")
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            result = connect()
+        except Exception:
+            self.failed()
+            raise
+        self.delay_s = self.initial_s
+        return result
 
 
 class CloseFirstLock:

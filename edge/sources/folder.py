@@ -13,12 +13,11 @@ from pathlib import Path
 
 from edge.errors import ConfigError, InputDataError
 from edge.frame import Frame
-from edge.imageio import decode_image
+from edge.imageio import IMAGE_SUFFIXES, decode_image, image_files
 from edge.sources.base import FrameError, SourceExhausted
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 RECORDING_INDEX = "frames.jsonl"
 
 
@@ -79,7 +78,7 @@ class FolderSource:
             entries = _read_recording(index_path)
             self.recording = True
         else:
-            files = sorted(p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = image_files(self.path)
             entries = [{"file": p, "frame_id": i, "device_timestamp_ns": 0} for i, p in enumerate(files)]
             self.recording = False
         if not entries:

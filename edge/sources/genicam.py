@@ -39,7 +39,7 @@ from pathlib import Path
 from edge import pixel_formats
 from edge.errors import ConfigError, InputDataError
 from edge.frame import Frame
-from edge.sources.base import CloseFirstLock, FrameError, SourceIdle, SourceUnavailable
+from edge.sources.base import CloseFirstLock, FrameError, ReconnectSchedule, SourceIdle, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,12 @@ def resolve_cti_files(cti: str | Path | None) -> list[str]:
     return files
 
 
+# `_destroy` reaches into harvesters' and genicam's internals (an acquirer's `_chunk_adapter`, the
+# adapter's `_finalizer`). Checked against these release series by the viky tests; constraints.txt
+# caps both below the next series.
+INTERNALS_CHECKED = {"harvesters": "1.4", "genicam": "1.6"}
+
+
 def import_harvesters():
     try:
         from harvesters.core import Harvester
@@ -95,7 +101,19 @@ def import_harvesters():
         raise ConfigError(
             f"genicam source needs harvesters and genicam (pip install 'hlgfa-edge[camera]'): {error}"
         ) from error
+    _warn_unchecked_internals()
     return Harvester
+
+
+def _warn_unchecked_internals() -> None:
+    from importlib.metadata import version
+
+    for package, series in INTERNALS_CHECKED.items():
+        installed = version(package)
+        if installed.split(".")[:2] != series.split("."):
+            log.warning("genicam source: %s %s is installed; the reconnect cleanup was checked against %s.x only, "
+                        "and a device that reconnects may leak memory (run tests/integration/test_genicam_viky.py)",
+                        package, installed, series)
 
 
 def device_summary(info) -> dict:
@@ -239,8 +257,7 @@ class GenicamSource:
         self.trigger_source = trigger_source
         self.buffers = buffers
         self.reconnect_after_timeouts = reconnect_after_timeouts
-        self._backoff_initial = reconnect_backoff_initial_s
-        self._backoff_max = reconnect_backoff_max_s
+        self._schedule = ReconnectSchedule(reconnect_backoff_initial_s, reconnect_backoff_max_s)
         self.source_id = source_id or f"genicam:{device if device is not None else 0}"
         self._harvester = None
         self._ia = None
@@ -363,8 +380,7 @@ class GenicamSource:
             self._harvester.add_file(path)
         self._stats = self._new_stats()
         self._pending.clear()
-        self._backoff = self._backoff_initial
-        self._next_attempt = 0.0
+        self._schedule.reset()
         try:
             self._connect()
         except BaseException:
@@ -376,25 +392,18 @@ class GenicamSource:
         self._stats["lost"] += 1
         self._destroy(self._ia)
         self._ia = None
-        self._next_attempt = time.monotonic() + self._backoff
+        self._schedule.lost()
         log.warning("genicam source %s: device lost (%s); reconnecting", self.source_id, reason)
         return SourceUnavailable(f"genicam source {self.source_id}: {reason}; reconnecting")
 
     def _reconnect(self, timeout_s: float) -> None:
-        wait = self._next_attempt - time.monotonic()
-        if wait > timeout_s:
-            time.sleep(max(timeout_s, 0.0))
-            raise SourceUnavailable(
-                f"genicam source {self.source_id}: device lost; next reconnect in {wait - timeout_s:.1f} s")
-        if wait > 0:
-            time.sleep(wait)
-        try:
-            self._connect()
-        except Exception as error:
-            self._backoff = min(self._backoff * 2, self._backoff_max)
-            self._next_attempt = time.monotonic() + self._backoff
-            raise SourceUnavailable(f"genicam source {self.source_id}: reconnect failed: {error}") from error
-        self._backoff = self._backoff_initial
+        def connect():
+            try:
+                self._connect()
+            except Exception as error:
+                raise SourceUnavailable(f"genicam source {self.source_id}: reconnect failed: {error}") from error
+
+        self._schedule.attempt(connect, timeout_s, f"genicam source {self.source_id}: device lost")
         self._stats["reconnects"] += 1
         log.info("genicam source %s: reconnected", self.source_id)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge.errors import ConfigError
 from edge.frame import Frame
-from edge.sources.base import CloseFirstLock, SourceExhausted, SourceUnavailable
+from edge.sources.base import CloseFirstLock, ReconnectSchedule, SourceExhausted, SourceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ class OpenCVSource:
         self.kind = _target_kind(target)
         self.loop = loop
         self.source_id = source_id or f"opencv:{target}"
-        self._backoff_initial = reconnect_backoff_initial_s
-        self._backoff_max = reconnect_backoff_max_s
+        self._schedule = ReconnectSchedule(reconnect_backoff_initial_s, reconnect_backoff_max_s)
         self._capture = None
         self._last_frame_id = -1
         self._stats = self._new_stats()
@@ -72,23 +71,10 @@ class OpenCVSource:
             self._release()
             self._stats = self._new_stats()
             self._capture = self._open_capture()
-            self._backoff = self._backoff_initial
-            self._next_attempt = 0.0
+            self._schedule.reset()
 
     def _reconnect(self, timeout_s: float) -> None:
-        wait = self._next_attempt - time.monotonic()
-        if wait > timeout_s:
-            time.sleep(max(timeout_s, 0.0))
-            raise SourceUnavailable(f"opencv source {self.target!r} is down; next reconnect in {wait - timeout_s:.1f} s")
-        if wait > 0:
-            time.sleep(wait)
-        try:
-            self._capture = self._open_capture()
-        except SourceUnavailable:
-            self._backoff = min(self._backoff * 2, self._backoff_max)
-            self._next_attempt = time.monotonic() + self._backoff
-            raise
-        self._backoff = self._backoff_initial
+        self._capture = self._schedule.attempt(self._open_capture, timeout_s, f"opencv source {self.target!r} is down")
         self._stats["reconnects"] += 1
 
     def read(self, timeout_s: float) -> Frame:
@@ -117,7 +103,7 @@ class OpenCVSource:
             self._stats["read_failures"] += 1
             self._capture.release()
             self._capture = None
-            self._next_attempt = time.monotonic() + self._backoff
+            self._schedule.lost()
             raise SourceUnavailable(f"opencv source {self.target!r}: read failed; reconnecting")
         position_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC) if self.kind == "file" else 0.0
         if image.ndim == 2:

@@ -1,4 +1,4 @@
-"""close() gets in ahead of a thread that reads in a loop (edge/sources/base.py CloseFirstLock)."""
+"""What sources share (edge/sources/base.py): close() ahead of a reading loop, and the reconnect schedule."""
 
 import threading
 import time
@@ -59,3 +59,24 @@ def test_open_after_close_lets_reads_through_again():
         pass
     with lock.reading(closed):
         pass
+
+
+def test_reconnect_schedule_doubles_to_its_cap_resets_on_success_and_never_blocks_past_the_timeout():
+    from edge.sources.base import ReconnectSchedule
+
+    schedule = ReconnectSchedule(initial_s=0.01, max_s=0.03)
+
+    def refuse():
+        raise OSError("no device")
+
+    delays = []
+    for _ in range(3):
+        with pytest.raises(OSError):
+            schedule.attempt(refuse, timeout_s=1.0, down="cam is down")
+        delays.append(schedule.delay_s)
+    assert delays == [0.02, 0.03, 0.03]
+    schedule.failed()  # the next attempt is 0.03 s away: a read with a shorter timeout is told so
+    with pytest.raises(SourceUnavailable, match=r"cam is down; next reconnect in 0\.0 s"):
+        schedule.attempt(lambda: "connected", timeout_s=0.0, down="cam is down")
+    assert schedule.attempt(lambda: "connected", timeout_s=1.0, down="cam is down") == "connected"
+    assert schedule.delay_s == 0.01
