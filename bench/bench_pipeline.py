@@ -460,7 +460,8 @@ def main():
     sys.setswitchinterval(args.switch_interval_ms / 1000)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from edge.model_dir import load_model_info
-    from edge.thresholds import Thresholds, write_json_atomic
+    from edge.paths import write_json_atomic
+    from edge.thresholds import Thresholds
 
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.errors import ConfigError, HlgfaError
+from edge.paths import write_atomic
 
 DEFAULT_HLGFA = "/opt/hlgfa-edge/venv/bin/hlgfa"
 DEFAULT_USER = "hlgfa"
@@ -103,14 +104,9 @@ def write_file(rendered: RenderedFile) -> str:
     if path.is_file() and path.read_text() == rendered.text:
         return "unchanged"
     existed = path.exists()
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(rendered.text)
-        temporary.chmod(0o644)
-        os.replace(temporary, path)
+        write_atomic(path, rendered.text.encode())
     except OSError as error:
-        temporary.unlink(missing_ok=True)
         raise HlgfaError(f"cannot write {path}: {error} (run as root, or pass --prefix/--sysusers-dir/"
                          "--tmpfiles-dir to a writable place)") from error
     return "updated" if existed else "created"

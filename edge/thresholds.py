@@ -7,8 +7,6 @@ engine rebuild. Written atomically (temp file + rename) so a reader never sees h
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -160,22 +158,3 @@ def load_thresholds(path: str | Path, expected_model_hash: str | None = None) ->
             f"thresholds file {path}: fitted on model {thresholds.model_hash[:12]}, but the loaded model is "
             f"{expected_model_hash[:12]}; recalibrate with `hlgfa calibrate --model MODEL_DIR ...`")
     return thresholds
-
-
-def write_json_atomic(path: str | Path, data: dict, overwrite: bool = False) -> None:
-    """Write JSON so that readers see the old file or the new one, never a mix."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{path}: already exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2, sort_keys=True)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

@@ -26,12 +26,12 @@ build here (no GPU): `engines/check_gpu.sh` does that on a GPU box.
 import io
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
 from edge.errors import ConfigError, ModelFileError
 from edge.model_dir import load_model_info
+from edge.paths import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -320,10 +320,7 @@ def export_onnx(model_dir, out=None, *, fp16: bool = False, max_batch: int = 8, 
     except onnx.checker.ValidationError as error:
         raise ModelFileError(f"export of {info.directory}: the ONNX graph fails onnx.checker ({error})") from error
     data = proto.SerializeToString(deterministic=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = out.with_name(f".{out.name}.tmp")
-    temp.write_bytes(data)
-    os.replace(temp, out)
+    write_atomic(out, data)
     log.info("exported %s (%s, opset %d, %d nodes, %.1f MB) to %s", info.directory, precision, opset,
              len(proto.graph.node), len(data) / 1e6, out)
     return out

@@ -28,7 +28,8 @@ from edge.decide import decide
 from edge.preprocess import preprocess
 from edge.sources.base import SourceIdle, SourceUnavailable
 from edge.subscriber import ReliableClient, Subscriber
-from edge.thresholds import RegionRule, Thresholds, load_thresholds, write_json_atomic
+from edge.paths import write_json_atomic
+from edge.thresholds import RegionRule, Thresholds, load_thresholds
 
 ROOT = Path(__file__).resolve().parents[2]
 RECV_S = 60.0  # generous: a loaded 2-core machine; a hang fails instead of blocking for ever
@@ -477,12 +478,11 @@ def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken
     run.daemon.request_reload()
     fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
     assert fault.code == "thresholds_reload_failed" and "not valid JSON" in fault.message and "t1" in fault.message
-    write_json_atomic(path, {**calibrated["data"], "model_hash": "0" * 64}, overwrite=True)
+    write_json_atomic(path, {**calibrated["data"], "model_hash": "0" * 64})
     run.daemon.request_reload()
     fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
     assert fault.code == "thresholds_reload_failed" and "fitted on model" in fault.message
-    write_json_atomic(path, {**calibrated["data"], "version": "t2", "image_threshold": 1e9, "region": None},
-                      overwrite=True)
+    write_json_atomic(path, {**calibrated["data"], "version": "t2", "image_threshold": 1e9, "region": None})
     run.daemon.request_reload()
     first_t2 = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.thresholds_version.startswith("t2+"))
     run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first_t2.frame_id + 2)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge import wire
-from edge.thresholds import write_json_atomic
+from edge.paths import write_json_atomic
 
 # The daemon harness and its fixtures (ONNX export, bare backend, line images, a thresholds file
 # without ranges), shared rather than copied.

@@ -10,7 +10,8 @@ from calibrate.quality_fit import fit_quality_ranges, fit_range
 from edge import quality
 from edge.config import QualityConfig, build_config
 from edge.errors import ConfigError, InputDataError
-from edge.thresholds import Thresholds, load_thresholds, write_json_atomic
+from edge.paths import write_json_atomic
+from edge.thresholds import Thresholds, load_thresholds
 
 
 def test_uniform_frame_has_no_contrast_no_sharpness_and_its_raw_size():
@@ -112,7 +113,7 @@ def test_ranges_round_trip_through_the_thresholds_file_and_bad_ones_are_refused(
     assert load_thresholds(path, "abc").quality == {"mean": (40.0, 200.0), "map_mean": (0.5, 2.0)}
     for bad, message in (({"mean": [200, 40]}, "low ≤ high"), ({"mean": [1, float("nan")]}, "finite"),
                          ({"brightness": [1, 2]}, "not one of"), ([1, 2], "must be an object")):
-        write_json_atomic(path, _thresholds_file(tmp_path, quality=bad), overwrite=True)
+        write_json_atomic(path, _thresholds_file(tmp_path, quality=bad))
         with pytest.raises(ConfigError, match=message):
             load_thresholds(path, "abc")
 

@@ -4,7 +4,8 @@ file and what was expected, never another exception (which on SIGHUP would end t
 import pytest
 
 from edge.errors import ConfigError
-from edge.thresholds import Thresholds, load_thresholds, write_json_atomic
+from edge.paths import write_json_atomic
+from edge.thresholds import Thresholds, load_thresholds
 
 HASH = "a" * 64
 
@@ -27,7 +28,7 @@ def calibrated_file(tmp_path, **changes):
     data["version"] = make_version(data)
     data.update(changes)
     path = tmp_path / "thresholds.json"
-    write_json_atomic(path, data, overwrite=True)
+    write_json_atomic(path, data)
     return path, data
 
 
