@@ -34,7 +34,6 @@ from edge.errors import ConfigError
 from edge.sources.factory import FolderSourceConfig, SourceConfig
 
 DEFAULT_THRESHOLDS_NAME = "thresholds.json"
-_CAMERA_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class _Section(BaseModel):
@@ -210,9 +209,12 @@ class DaemonConfig(_Section):
     @field_validator("camera")
     @classmethod
     def _camera(cls, value: str) -> str:
-        if not _CAMERA_RE.match(value):
-            raise ValueError(f"{value!r}: expected 1-64 characters from [A-Za-z0-9_-] ('.' and '/' delimit topics)")
-        return value
+        from edge import wire
+
+        try:
+            return wire.check_camera(value)
+        except wire.WireError as error:
+            raise ValueError(str(error)) from None
 
     @property
     def thresholds_path(self) -> Path:

@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 
 from edge.thresholds import Thresholds
+from edge.wire import VERDICTS
 
-OK, REJECT, FAULT = "ok", "reject", "fault"
+OK, REJECT, FAULT = VERDICTS
 
 
 @dataclass(frozen=True)

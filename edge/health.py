@@ -35,10 +35,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edge.errors import ConfigError
+from edge.wire import VERDICTS
 
 log = logging.getLogger(__name__)
 
-VERDICTS = ("ok", "reject", "fault")
 SEND_TIMEOUT_S = 0.25  # for READY/RELOADING/STOPPING only; far below the 5 s ping interval
 
 # Per-stage latency on a Jetson runs from ~1 ms (decide) to ~200 ms (a large model end to

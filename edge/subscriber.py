@@ -19,7 +19,6 @@ from edge import wire
 from edge.curve import ClientCurve, apply_client
 from edge.errors import ConfigError, HlgfaError
 
-HELLO, DECISION, ACK = b"HELLO", b"DECISION", b"ACK"
 
 
 class NoMessagesError(HlgfaError):
@@ -196,7 +195,7 @@ class ReliableClient(_Client):
         self._hello()
 
     def _hello(self) -> None:
-        self.socket.send_multipart([HELLO, str(wire.SCHEMA_VERSION).encode()])
+        self.socket.send_multipart([wire.RELIABLE_HELLO, str(wire.SCHEMA_VERSION).encode()])
         self._last_hello = time.monotonic()
 
     def recv(self, timeout: float | None) -> wire.Decision | None:
@@ -208,7 +207,7 @@ class ReliableClient(_Client):
                 wait = min(wait, deadline - now)
             if self.socket.poll(max(0, int(wait * 1000))):
                 frames = self.socket.recv_multipart()
-                if len(frames) < 2 or frames[0] != DECISION:
+                if len(frames) < 2 or frames[0] != wire.RELIABLE_DECISION:
                     raise wire.WireError(f"reliable channel: message starting {frames[0][:20]!r}, expected DECISION")
                 decision = wire.decode(frames[1:])
                 if not isinstance(decision, wire.Decision):
@@ -239,7 +238,7 @@ class ReliableClient(_Client):
         key = (decision.session, decision.seq)
         if key in self._seen:
             self._seen[key] = True
-        self.socket.send_multipart([ACK, f"{decision.session}:{decision.seq}".encode("ascii")])
+        self.socket.send_multipart([wire.RELIABLE_ACK, wire.ack_body(decision.session, decision.seq)])
 
 
 

@@ -36,12 +36,28 @@ VERDICTS = ("ok", "reject", "fault")
 SOURCE_STATES = ("delivering", "idle", "unavailable")
 MAP_DTYPES = {"uint8": np.dtype("u1"), "float16": np.dtype("<f2")}
 
+# The reliable channel (ROUTER in the daemon, DEALER in the subscriber): the verb, frame 0 of each message.
+RELIABLE_HELLO, RELIABLE_DECISION, RELIABLE_ACK = b"HELLO", b"DECISION", b"ACK"
+
 _CAMERA_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _SESSION_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 class WireError(InputDataError):
     """A message that does not follow this schema; the text names the topic and what is wrong."""
+
+
+def ack_body(session: str, seq: int) -> bytes:
+    """The ACK's second frame: which decision of which publisher run is acknowledged."""
+    return f"{session}:{seq}".encode("ascii")
+
+
+def parse_ack_body(body: bytes) -> tuple[str, int]:
+    try:
+        session, _, seq = body.decode("ascii").partition(":")
+        return session, int(seq)
+    except (UnicodeDecodeError, ValueError):
+        raise WireError(f"ACK {body[:60]!r}: expected b'SESSION:SEQ'") from None
 
 
 def check_camera(camera: object) -> str:
