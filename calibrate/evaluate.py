@@ -117,7 +117,7 @@ def quality_gate_result(samples, stats: list[dict], thresholds) -> dict:
     return result
 
 
-def evaluate(model_dir, data, *, backend: str = "torch", batch_size: int = 8, scores_csv=None, save_maps=None,
+def evaluate(model_dir, data, *, backend: str = "auto", batch_size: int = 8, scores_csv=None, save_maps=None,
              progress: bool = True, thresholds=None, **backend_options) -> dict:
     """`thresholds`: a thresholds file of this model; its frame-quality gate is then measured too."""
     from edge.thresholds import load_thresholds

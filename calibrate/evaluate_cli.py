@@ -3,12 +3,15 @@
 import json
 from pathlib import Path
 
+from edge.backends.base import BACKEND_KINDS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a model on MVTec-layout test data")
     parser.add_argument("--model", required=True, help="model directory from `hlgfa train`")
     parser.add_argument("--data", required=True, help="MVTec category root (uses test/ and ground_truth/)")
-    parser.add_argument("--backend", default="torch", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    parser.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_KINDS,
+                        help="default auto: the exported graph when there is one, else the PyTorch module")
     parser.add_argument("--onnx", help="ONNX file for --backend onnxruntime (default MODEL/model.onnx)")
     parser.add_argument("--engine", help="TensorRT engine for --backend tensorrt")
     parser.add_argument("--batch-size", type=int, default=8)

@@ -85,9 +85,6 @@ def _run_handler(args: argparse.Namespace) -> int:
     if args.config is None and args.model is None:
         raise ConfigError("hlgfa run: give --config FILE, or at least --model, --source and --publish")
     config = _config(args)
-    if args.check:
-        _print_resolved(config, check_files(config))
-        return 0
     from edge.daemon import Daemon
 
     # The stage threads hand each frame on through the GIL; a thread woken by a finished inference
@@ -154,8 +151,6 @@ def register(subparsers) -> None:
                     "config file's keys (docs/CONFIG.md). SIGTERM stops after the frames in flight, "
                     "SIGHUP reloads the thresholds file.")
     run.add_argument("--config", type=str, default=None, metavar="FILE", help="TOML config file")
-    run.add_argument("--check", action="store_true",
-                     help="validate the config, model and thresholds, print the resolved config, and exit")
     run.add_argument("--camera", help="camera name used in topics ([A-Za-z0-9_-])")
     run.add_argument("--model", metavar="MODEL_DIR")
     run.add_argument("--thresholds", metavar="FILE", help="default: MODEL_DIR/thresholds.json")
