@@ -236,3 +236,20 @@ def test_reconnecting_leaves_no_acquirer_or_chunk_adapter_behind(make_source):
     assert source.stats()["reconnects"] == 5
     assert alive(ImageAcquirer) - before[ImageAcquirer] == 1  # the live one
     assert alive(ChunkAdapter) - before[ChunkAdapter] <= 1
+
+
+def test_the_library_internals_the_reconnect_cleanup_reaches_are_there(make_source):
+    """`GenicamSource._destroy` uses an acquirer's `_chunk_adapter` and the adapter's `_finalizer`:
+    a harvesters or genicam release that renames them fails here, not as a slow leak on a line."""
+    import weakref
+    from importlib.metadata import version
+
+    from edge.sources.genicam import INTERNALS_CHECKED
+
+    source = make_source(device="0")
+    source.open()
+    adapter = source.acquirer._chunk_adapter
+    assert isinstance(adapter._finalizer, weakref.finalize) and adapter._finalizer.alive
+    assert callable(type(source.acquirer).__exit__)
+    for package, series in INTERNALS_CHECKED.items():
+        assert version(package).startswith(series + "."), (package, version(package))
