@@ -372,7 +372,8 @@ def soak(frames: int, fps: float | None) -> dict:
     import socket
 
     from edge.health import Health
-    from edge.pipeline import Pipeline, PipelineOptions
+    from edge.config import DaemonConfig
+    from edge.pipeline import Pipeline
     from edge.preprocess import PreprocessSpec
     from edge.publisher import Publisher, PublisherConfig
     from edge.thresholds import Thresholds
@@ -391,9 +392,12 @@ def soak(frames: int, fps: float | None) -> dict:
         time.sleep(0.05)
     health = Health("soak")
     thresholds = Thresholds(model_hash="0" * 64, image_threshold=0.0, version="soak")
+    config = DaemonConfig.model_validate({
+        "camera": "soak", "model": str(ROOT), "source": {"kind": "folder", "path": str(ROOT)},
+        "backend": {"max_batch": 8}, "pipeline": {"overload": "block", "deadline_ms": 60_000},
+        "publish": {"maps": False}})
     pipeline = Pipeline(SyntheticSource(frames, fps), TrivialBackend(), None, PreprocessSpec(16), thresholds,
-                        publisher, health, "soak", "0" * 64,
-                        PipelineOptions(overload="block", deadline_ms=60_000, max_batch=8, maps=False))
+                        publisher, health, "0" * 64, config)
     start = time.perf_counter()
     cpu0 = time.process_time()
     pipeline.start()

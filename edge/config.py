@@ -75,8 +75,6 @@ class PipelineConfig(_Section):
     drain_timeout_s: float = Field(default=10.0, gt=0)
     # While the camera stays unavailable, repeat the fault event this often.
     source_fault_repeat_s: float = Field(default=10.0, gt=0)
-    # Seconds one source.read() may wait (a genicam source's own timeout_s takes precedence).
-    read_timeout_s: float = Field(default=0.5, gt=0)
     # Stop after this many frames (replays, tests, benchmarks); unset runs until the source ends.
     max_frames: int | None = Field(default=None, ge=1)
 

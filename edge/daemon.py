@@ -23,8 +23,8 @@ import threading
 from typing import Callable
 
 from edge.config import DaemonConfig
-from edge.errors import HlgfaError, ModelFileError
-from edge.pipeline import Pipeline, PipelineOptions
+from edge.errors import HlgfaError, ModelFileError, StageError
+from edge.pipeline import Pipeline
 from edge.signals import SignalRequests
 from edge.sources.base import SourceUnavailable
 
@@ -48,19 +48,6 @@ def publisher_config(config: DaemonConfig, input_size: tuple[int, int]):
         map_value_range=None if p.map_value_range is None else tuple(p.map_value_range),
         sndhwm=p.sndhwm, linger_ms=p.linger_ms, reliable_capacity=p.reliable_capacity,
         ack_timeout_s=p.ack_timeout_s)
-
-
-def pipeline_options(config: DaemonConfig) -> PipelineOptions:
-    pl, b = config.pipeline, config.backend
-    read_timeout = getattr(config.source, "timeout_s", None) or pl.read_timeout_s
-    return PipelineOptions(
-        acquire_queue=pl.acquire_queue, infer_queue=pl.infer_queue, output_queue=pl.output_queue,
-        deadline_ms=pl.deadline_ms, max_batch=b.max_batch, max_batch_wait_ms=pl.max_batch_wait_ms,
-        overload=config.overload_policy, stall_timeout_s=pl.stall_timeout_s,
-        source_fault_repeat_s=pl.source_fault_repeat_s, read_timeout_s=read_timeout,
-        max_frames=pl.max_frames, restart_after_failures=b.restart_after_failures,
-        max_restarts=b.max_restarts, restart_window_s=b.restart_window_s, maps=config.publish.maps,
-        quality_overrides=config.quality.overrides())
 
 
 def backend_options(config: DaemonConfig) -> dict:
@@ -150,7 +137,7 @@ class Daemon:
             closers.append(lambda: self._close_unless_in_use(source, "acquire"))
             self.pipeline = Pipeline(
                 source, backend, lambda: self._open_backend(info.model_hash), spec, thresholds, self.publisher,
-                self.health, config.camera, info.model_hash, pipeline_options(config), source_open=source_open)
+                self.health, info.model_hash, config, source_open=source_open)
             self.health.model_info(model_hash=info.model_hash, thresholds_version=thresholds.version,
                                    backend=getattr(backend, "kind", "?"))
             self.pipeline.start()
@@ -164,7 +151,7 @@ class Daemon:
                 self.health.stopping()
                 self.shutdown_faults = self.pipeline.finish(config.pipeline.drain_timeout_s)
                 if self.pipeline.fatal is not None and code == 0:
-                    code = self.pipeline.fatal[0]
+                    code = self.pipeline.fatal.exit_code
                 try:
                     self.publisher.heartbeat(self.pipeline.counters(), state="stopping",
                                              source=self.pipeline.source_status())
@@ -208,7 +195,7 @@ class Daemon:
             else:
                 # No more watchdog pings or heartbeats: systemd and the PLC bridge both fail safe.
                 log.error("camera %s: pipeline unhealthy: %s", self.config.camera, "; ".join(problems))
-                return pipeline.fatal[0] if pipeline.fatal is not None else 70
+                return (pipeline.fatal or StageError("pipeline unhealthy")).exit_code
             if pipeline.done:
                 return 0
             for stage, depth in pipeline.queue_depths().items():

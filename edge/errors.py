@@ -35,3 +35,16 @@ class SourceError(HlgfaError):
     """A camera or frame source cannot be opened or stopped delivering."""
 
     exit_code = 69  # EX_UNAVAILABLE
+
+
+class StageError(HlgfaError):
+    """A pipeline stage died or stalled, or the backend kept failing past its restarts: the process
+    ends so that the service manager starts a clean one."""
+
+    exit_code = 70  # EX_SOFTWARE
+
+
+class OutputError(HlgfaError):
+    """Decisions can no longer be published."""
+
+    exit_code = 69  # EX_UNAVAILABLE

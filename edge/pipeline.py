@@ -30,16 +30,20 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from edge import wire
+from edge.errors import HlgfaError, OutputError, StageError
 from edge.decide import FAULT, OK, REJECT, decide
 from edge.frame import Frame
 from edge import quality
 from edge.preprocess import PreprocessSpec, check_image, normalize, resize_to
 from edge.sources.base import FrameError, ReconnectSchedule, SourceExhausted, SourceIdle, SourceUnavailable
+
+if TYPE_CHECKING:
+    from edge.config import DaemonConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +53,6 @@ _POLL_S = 0.1    # how often an idle stage looks at its stop flag
 # resize costs 0.8 ms (1.3 MP) to 3–4 ms (2.3–5 MP) and 8 ms (12 MP), as much as or more than the
 # rest of the pipeline's own work (BENCHMARKS.md).
 OVERSIZED_FRAME_FACTOR = 16
-
-
-@dataclass(frozen=True)
-class PipelineOptions:
-    acquire_queue: int = 8
-    infer_queue: int = 8
-    output_queue: int = 1024
-    deadline_ms: float = 500.0
-    max_batch: int = 1
-    max_batch_wait_ms: float = 2.0
-    overload: str = "fault"          # "fault" | "block"
-    stall_timeout_s: float = 30.0
-    source_fault_repeat_s: float = 10.0
-    read_timeout_s: float = 0.5
-    max_frames: int | None = None
-    restart_after_failures: int = 3
-    max_restarts: int = 3
-    restart_window_s: float = 600.0
-    maps: bool = True
-    # Frame-quality ranges that replace the thresholds file's, per statistic (config [quality]).
-    quality_overrides: dict | None = None
 
 
 class _UnusableFrame(Exception):
@@ -117,8 +100,7 @@ class Pipeline:
     """
 
     def __init__(self, source, backend, backend_factory: Callable[[], object] | None, spec: PreprocessSpec,
-                 thresholds, publisher, health, camera: str, model_hash: str,
-                 options: PipelineOptions = PipelineOptions(), source_open: bool = True):
+                 thresholds, publisher, health, model_hash: str, config: DaemonConfig, source_open: bool = True):
         self.source = source
         self.backend = backend
         self.backend_factory = backend_factory
@@ -126,28 +108,34 @@ class Pipeline:
         self.thresholds = thresholds  # replaced whole by set_thresholds(); read once per frame
         self.publisher = publisher
         self.health = health
-        self.camera = camera
+        self.camera = config.camera
         self.model_hash = model_hash
-        self.options = options
+        self.settings = config.pipeline
+        self.max_batch = config.backend.max_batch
+        self.restart_policy = config.backend  # restart_after_failures, max_restarts, restart_window_s
+        self.overload = config.overload_policy
+        self.read_timeout_s = config.source.timeout_s
+        self.maps = config.publish.maps
+        self.quality_overrides = config.quality.overrides()
         self._source_open = source_open
         self._quality = self._quality_ranges(thresholds)  # (image ranges, map ranges), replaced with the thresholds
 
-        self._pre_q: queue.Queue = queue.Queue(options.acquire_queue)
-        self._infer_q: queue.Queue = queue.Queue(options.infer_queue)
-        self._out_q: queue.Queue = queue.Queue(options.output_queue)
+        self._pre_q: queue.Queue = queue.Queue(self.settings.acquire_queue)
+        self._infer_q: queue.Queue = queue.Queue(self.settings.infer_queue)
+        self._out_q: queue.Queue = queue.Queue(self.settings.output_queue)
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._concluded = threading.Condition(self._lock)  # notified whenever a frame leaves the ledger
         # A source that can wait for us (an unpaced replay: `backpressure` True) is read only while
         # fewer than this many frames are open, so its frames never queue long enough to miss a
         # deadline set at read time: waiting is the daemon's, not the line's (see _wait_for_room).
-        self._backpressure_limit = (2 * options.max_batch) if getattr(source, "backpressure", False) else None
+        self._backpressure_limit = (2 * self.max_batch) if getattr(source, "backpressure", False) else None
         self._conclude_lock = threading.Lock()
         self._open: dict[int, _Item] = {}
         self._next_key = 0
         self._counts = {"frames": 0, OK: 0, REJECT: 0, FAULT: 0, "dropped": 0}
         self.reads = 0
-        self.fatal: tuple[int, str] | None = None  # (exit code, reason) once the pipeline cannot go on
+        self.fatal: HlgfaError | None = None  # once the pipeline cannot go on; its exit_code ends the daemon
         # Of the last read (see wire.SourceStatus); a source not open at start has delivered nothing yet.
         self.source_state = "delivering" if source_open else "unavailable"
         self._last_frame_at = time.monotonic()
@@ -200,7 +188,7 @@ class Pipeline:
 
     def _quality_ranges(self, thresholds) -> tuple[dict, dict]:
         return quality.split(quality.effective_ranges(getattr(thresholds, "quality", None),
-                                                      self.options.quality_overrides,
+                                                      self.quality_overrides,
                                                       f"camera {self.camera}: thresholds {thresholds.version}"))
 
     def counters(self) -> wire.Counters:
@@ -214,12 +202,12 @@ class Pipeline:
         now = time.monotonic() if now is None else now
         problems = []
         if self.fatal is not None:
-            problems.append(self.fatal[1])
+            problems.append(str(self.fatal))
         for stage in self._stages.values():
             if stage.thread is not None and not stage.thread.is_alive() and not stage.finished:
                 problems.append(f"stage {stage.name} died")
             stuck = stage.stalled_for(now)
-            if stuck > self.options.stall_timeout_s:
+            if stuck > self.settings.stall_timeout_s:
                 problems.append(f"stage {stage.name} stuck on one item for {stuck:.1f} s")
                 if stage.name not in self._stalled_reported:
                     self._stalled_reported.add(stage.name)
@@ -240,18 +228,18 @@ class Pipeline:
             stage.finished = True
         except Exception as error:  # a bug: the main loop sees the dead stage and ends the daemon
             log.exception("stage %s of camera %s failed", stage.name, self.camera)
-            self._set_fatal(70, f"stage {stage.name} failed: {error}")
+            self._set_fatal(StageError(f"stage {stage.name} failed: {error}"))
             self._stop.set()
 
-    def _set_fatal(self, code: int, reason: str) -> None:
+    def _set_fatal(self, error: HlgfaError) -> None:
         if self.fatal is None:
-            self.fatal = (code, reason)
+            self.fatal = error
 
     def _register(self, frame: Frame) -> _Item:
         with self._lock:
             key = self._next_key
             self._next_key += 1
-            item = _Item(key, frame, frame.receive_ns + int(self.options.deadline_ms * 1e6))
+            item = _Item(key, frame, frame.receive_ns + int(self.settings.deadline_ms * 1e6))
             self._open[key] = item
         return item
 
@@ -272,7 +260,7 @@ class Pipeline:
 
     def _pass_on(self, target: queue.Queue, item: _Item, stage_name: str, next_name: str) -> None:
         """Put `item` on the next stage's queue, applying the overload policy when it is full."""
-        if self.options.overload == "fault":
+        if self.overload == "fault":
             try:
                 target.put_nowait(item)
             except queue.Full:
@@ -302,17 +290,17 @@ class Pipeline:
         try:
             self.publisher.publish_fault(code, message, frame_id)
         except Exception as error:  # the publisher is gone: nothing to tell, the daemon is ending
-            self._set_fatal(69, f"cannot publish: {error}")
+            self._set_fatal(OutputError(f"cannot publish: {error}"))
 
     def _acquire(self, stage: _Stage) -> None:
-        timeout = self.options.read_timeout_s
+        timeout = self.read_timeout_s
         last_fault = None
         # Retrying a source that has not opened yet; one that has reconnects inside its own read().
         opening = ReconnectSchedule(initial_s=0.5, max_s=10.0)
         last_frame_id = -1
         try:
             while not self._stop.is_set():
-                if self.options.max_frames is not None and self.reads >= self.options.max_frames:
+                if self.settings.max_frames is not None and self.reads >= self.settings.max_frames:
                     break
                 self._wait_for_room()
                 stage.busy_since = time.monotonic()
@@ -344,7 +332,7 @@ class Pipeline:
                     stage.busy_since = None
                     now = time.monotonic()
                     if (self.source_state != "unavailable" or last_fault is None
-                            or now - last_fault >= self.options.source_fault_repeat_s):
+                            or now - last_fault >= self.settings.source_fault_repeat_s):
                         self.report_fault("source_unavailable", str(error))
                         last_fault = now
                     self.source_state = "unavailable"
@@ -398,7 +386,7 @@ class Pipeline:
         for item in self._take(self._pre_q):
             stage.busy_since = start = time.monotonic()
             if time.monotonic_ns() > item.deadline_ns:
-                self._fault(item, "deadline", f"not preprocessed within {self.options.deadline_ms:g} ms")
+                self._fault(item, "deadline", f"not preprocessed within {self.settings.deadline_ms:g} ms")
             else:
                 try:
                     image = check_image(item.frame.image, "frame")
@@ -447,10 +435,10 @@ class Pipeline:
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         batch, ended = [first], False
-        if self.options.max_batch <= 1:
+        if self.max_batch <= 1:
             return batch, ended
-        until = time.monotonic() + self.options.max_batch_wait_ms / 1000
-        while len(batch) < self.options.max_batch:
+        until = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        while len(batch) < self.max_batch:
             remaining = until - time.monotonic()
             try:
                 item = self._infer_q.get(timeout=remaining) if remaining > 0 else self._infer_q.get_nowait()
@@ -471,12 +459,12 @@ class Pipeline:
             live = []
             for item in batch:
                 if now_ns > item.deadline_ns:
-                    self._fault(item, "deadline", f"not inferred within {self.options.deadline_ms:g} ms")
+                    self._fault(item, "deadline", f"not inferred within {self.settings.deadline_ms:g} ms")
                 else:
                     live.append(item)
             if live and self.fatal is not None:
                 for item in live:
-                    self._fault(item, "backend", f"backend unavailable: {self.fatal[1]}")
+                    self._fault(item, "backend", f"backend unavailable: {self.fatal}")
                 live = []
             if live:
                 try:
@@ -494,7 +482,7 @@ class Pipeline:
                               self.camera, len(live), failures, message)
                     for item in live:
                         self._fault(item, "backend", message)
-                    if failures >= self.options.restart_after_failures:
+                    if failures >= self.restart_policy.restart_after_failures:
                         self._restart_backend(failures, message)
                         failures = 0
                 else:
@@ -511,13 +499,13 @@ class Pipeline:
 
     def _restart_backend(self, failures: int, message: str) -> None:
         now = time.monotonic()
-        while self.restarts and now - self.restarts[0] > self.options.restart_window_s:
+        while self.restarts and now - self.restarts[0] > self.restart_policy.restart_window_s:
             self.restarts.popleft()
-        if self.backend_factory is None or len(self.restarts) >= self.options.max_restarts:
+        if self.backend_factory is None or len(self.restarts) >= self.restart_policy.max_restarts:
             reason = (f"backend failed {failures} times in a row ({message}) after {len(self.restarts)} restarts "
-                      f"within {self.options.restart_window_s:g} s; giving up so the service manager restarts us")
+                      f"within {self.restart_policy.restart_window_s:g} s; giving up so the service manager restarts us")
             self.report_fault("backend_failed", reason)
-            self._set_fatal(70, reason)
+            self._set_fatal(StageError(reason))
             self._stop.set()
             return
         self.restarts.append(now)
@@ -530,12 +518,12 @@ class Pipeline:
         except Exception as error:
             reason = f"backend restart failed: {error}"
             self.report_fault("backend_failed", reason)
-            self._set_fatal(70, reason)
+            self._set_fatal(StageError(reason))
             self._stop.set()
             return
         self.report_fault("backend_restarted", f"backend reopened after {failures} failed batches in a row ({message}); "
-                                         f"restart {len(self.restarts)} of {self.options.max_restarts} allowed "
-                                         f"within {self.options.restart_window_s:g} s")
+                                         f"restart {len(self.restarts)} of {self.restart_policy.max_restarts} allowed "
+                                         f"within {self.restart_policy.restart_window_s:g} s")
 
     def _output(self, stage: _Stage) -> None:
         for result in self._take(self._out_q):
@@ -575,7 +563,7 @@ class Pipeline:
         if kind is None:
             if time.monotonic_ns() > item.deadline_ns:
                 kind, message = "deadline", (f"score ready after {(time.monotonic_ns() - item.frame.receive_ns) / 1e6:.1f} ms, "
-                                             f"deadline {self.options.deadline_ms:g} ms")
+                                             f"deadline {self.settings.deadline_ms:g} ms")
             elif (unusable := self._map_quality(result.anomaly_map)) is not None:
                 kind, message = "frame_quality", unusable
             else:
@@ -602,14 +590,14 @@ class Pipeline:
             device_timestamp_ns=int(frame.device_timestamp_ns), receive_ns=int(frame.receive_ns),
             decision_ns=decision_ns, latency_ms=(decision_ns - frame.receive_ns) / 1e6,
             model_hash=self.model_hash, thresholds_version=thresholds.version, region_px=int(region_px))
-        anomaly_map = result.anomaly_map if (kind is None and self.options.maps) else None
+        anomaly_map = result.anomaly_map if (kind is None and self.maps) else None
         try:
             self.publisher.publish_decision(decision, anomaly_map)
             if kind is not None:
                 self.publisher.publish_fault(kind, reason, int(frame.frame_id))
         except Exception as error:
             log.error("camera %s: cannot publish the decision on frame %s: %s", self.camera, frame.frame_id, error)
-            self._set_fatal(69, f"cannot publish: {error}")
+            self._set_fatal(OutputError(f"cannot publish: {error}"))
             self._stop.set()
         with self._lock:
             self._counts["frames"] += 1

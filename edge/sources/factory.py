@@ -24,6 +24,8 @@ class FolderSourceConfig(_Config):
     path: Path
     fps: float | None = Field(default=None, gt=0)
     loop: bool = False
+    # How long the pipeline waits in one read() (every source config has its own; see genicam's).
+    timeout_s: float = Field(default=0.5, gt=0)
 
 
 class OpenCVSourceConfig(_Config):
@@ -31,6 +33,7 @@ class OpenCVSourceConfig(_Config):
     # A device index, an RTSP/HTTP URL, or a video file path.
     target: int | str
     loop: bool = False
+    timeout_s: float = Field(default=0.5, gt=0)
     reconnect_backoff_initial_s: float = Field(default=0.1, gt=0)
     reconnect_backoff_max_s: float = Field(default=5.0, gt=0)
 

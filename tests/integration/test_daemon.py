@@ -422,7 +422,7 @@ def _line_stops(tiny_model_dir, calibrated, line_images, silence: type):
 
     run = Running(_base(tiny_model_dir, calibrated, line_images,
                         source={"kind": "folder", "path": str(line_images), "loop": True, "fps": 20},
-                        **{"pipeline.read_timeout_s": 0.1, "pipeline.source_fault_repeat_s": 0.3}),
+                        **{"source.timeout_s": 0.1, "pipeline.source_fault_repeat_s": 0.3}),
                   source_wrapper=wrap)
     run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= 2)
     return run, handle["source"]
