@@ -38,8 +38,9 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError as error:
-        raise BackendError(f"TensorRT is not installed ({error}); on a Jetson install JetPack's python3-libnvinfer, "
-                           f"elsewhere pip install -c constraints.txt '.[tensorrt]' (docs/DEPLOYMENT.md)") from error
+        raise BackendError(f"TensorRT is not installed ({error}); on a Jetson install JetPack's python3-libnvinfer "
+                           f"and use a virtualenv made with --system-site-packages, elsewhere pip install -c "
+                           f"constraints.txt '.[tensorrt]' (docs/DEPLOYMENT.md §1)") from error
     tensorrt_major(tensorrt.__version__)
     return tensorrt
 
@@ -110,7 +111,7 @@ def read_onnx_metadata(onnx_path: Path) -> dict:
         import onnx
     except ImportError as error:
         raise BackendError(f"reading {onnx_path} needs the onnx package ({error}); "
-                           f"pip install -c constraints.txt '.[tensorrt]'") from error
+                           f"pip install -c constraints.txt '.[tensorrt]' ('.[jetson]' on a Jetson)") from error
     if not onnx_path.is_file():
         raise ModelFileError(f"ONNX file {onnx_path} does not exist; export it with `hlgfa export --model MODEL_DIR`")
     try:

@@ -107,3 +107,35 @@ def test_too_few_images_are_refused(exported, part_images, tmp_path):
         shutil.copy(path, few / path.name)
     with pytest.raises(InputDataError, match="5 images, expected at least 8"):
         load_batch(exported, few)
+
+
+def test_documented_gpu_installs_bring_everything_the_check_needs():
+    import re
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    doc = (REPO / "docs" / "DEPLOYMENT.md").read_text()
+    installs = [set(names.split(",")) for names in re.findall(r'pip install -c constraints.txt "\.\[([a-z,]+)\]"', doc)]
+    gpu = [names for names in installs if names & {"tensorrt", "jetson"}]
+    assert len(gpu) == 2 and all(names <= set(extras) for names in installs)
+    for names in gpu:  # onnxruntime is the check's reference; pycuda from the release that builds on CUDA 13
+        required = " ".join(requirement for name in names for requirement in extras[name])
+        assert "onnxruntime" in required and "pycuda>=2025.1.2" in required and "torch" not in required
+
+
+def test_check_and_backend_import_without_torch_or_scipy(exported, part_images):
+    """What a Jetson has: the check's and the TensorRT backend's modules load and read the images."""
+    code = f"""
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "scipy"):
+            raise ImportError("not on this box: " + name)
+sys.meta_path.insert(0, Refuse())
+import edge.backends.tensorrt, engines.tensorrt_build, engines.sidecar
+from engines.gpu_check import load_batch
+print(load_batch({str(exported)!r}, {str(part_images)!r})[0].shape)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(16, 3, 128, 128)"
