@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.backends.base import check_batch
-from edge.errors import BackendError, HlgfaError, ModelFileError
+from edge.errors import BackendError, ModelFileError
 from edge.model_dir import load_model_info
 
 log = logging.getLogger(__name__)
@@ -119,16 +119,20 @@ class TensorRTBackend:
         except cuda.Error as error:
             self._context = None
             raise BackendError(f"tensorrt backend: cannot open a CUDA context on device 0 ({error})") from error
+        opened = False
         try:
             self._open(trt, path, rebuild)
-        except HlgfaError:
-            self._release()
-            raise
-        except cuda.Error as error:  # out of device or pinned memory, mostly
-            self._release()
-            raise BackendError(f"tensorrt backend: CUDA error while loading {path}: {error}") from error
+            opened = True
+        except (cuda.Error, RuntimeError) as error:  # out of device or pinned memory; TensorRT's own errors
+            # As a BackendError, so backend "auto" can go on to the next backend.
+            raise BackendError(f"tensorrt backend: cannot load {path}: {error}") from error
         finally:
+            if not opened:
+                self._release()
             self._context.pop()
+            if not opened:
+                self._context.detach()
+                self._context = None
         log.info("tensorrt backend: %s (%s, batch ≤ %d, TensorRT %s on %s)", path, self.precision, max_batch,
                  running["tensorrt_version"], running["gpu_name"])
 
