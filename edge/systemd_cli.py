@@ -164,7 +164,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("systemd", help="install the systemd units (one daemon per camera)")
     actions = parser.add_subparsers(dest="systemd_command", required=True, metavar="ACTION")
     install = actions.add_parser(
-        "install", help="write hlgfa-edge@.service and hlgfa-engine@.service for this hlgfa",
+        "install", help="write hlgfa-edge@.service, hlgfa-engine@.service and hlgfa-gpu-nodes.service for this hlgfa",
         description="Render the units with the absolute path of this hlgfa executable and the service "
                     "account, write them with the sysusers.d and tmpfiles.d snippets, and print the "
                     "commands that enable a camera.")

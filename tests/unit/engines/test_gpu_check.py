@@ -55,8 +55,8 @@ def test_dry_run_prints_build_check_and_parity_and_writes_nothing(exported, part
     result = run_script("--dry-run", exported, part_images, work)
     assert result.returncode == 0, result.stderr
     commands = [line for line in result.stdout.splitlines() if line.startswith("+ ")]
-    assert [line.split()[1:4] for line in commands[1:]] == [
-        [sys.executable, "-m", "edge.cli"], [sys.executable, "-m", "edge.cli"], [sys.executable, "-m", "engines.gpu_check"]]
+    modules = ["edge.cli", "edge.cli", "engines.gpu_check"]
+    assert [line.split()[1:4] for line in commands[1:]] == [[sys.executable, "-m", module] for module in modules]
     assert f"--onnx {exported / 'model.fp16.onnx'} --out {work / 'check.plan'}" in commands[1]
     assert f"--onnx {exported / 'model.onnx'}" in commands[3] and f"--images {part_images}" in commands[3]
     assert not work.exists()
