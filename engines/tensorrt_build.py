@@ -23,6 +23,7 @@ import os
 import time
 from pathlib import Path
 
+from edge.backends.tensorrt import INPUT_NAME, OUTPUT_NAMES
 from edge.errors import BackendError, ConfigError, ModelFileError
 from edge.model_dir import file_sha256, load_model_info
 from engines.export import onnx_input_size
@@ -30,8 +31,7 @@ from engines.sidecar import build_command, device_identity, timing_cache_path, w
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("anomaly_map", "score")
+OPT_BATCH = 1  # the batch TensorRT tunes for: the line's (module docstring)
 
 
 def import_tensorrt():
@@ -51,8 +51,7 @@ def running_environment(trt=None) -> dict:
     try:
         import pycuda.driver as cuda
     except ImportError as error:
-        raise BackendError(f"pycuda is not installed ({error}); see docs/DEPLOYMENT.md, 'Install the software'"
-                           ) from error
+        raise BackendError(f"pycuda is not installed ({error}); install it as docs/DEPLOYMENT.md §1 says") from error
     try:
         cuda.init()
         device = cuda.Device(0)
@@ -157,9 +156,10 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
     if precision == "fp32":
         log.warning("%s is an FP32 graph, so this is an FP32 engine; export with --fp16 for an FP16 engine", onnx_path)
     profile = builder.create_optimization_profile()
-    # opt = 1: the line's batch (see the module docstring).
-    profile.set_shape(INPUT_NAME, (1, 3, height, width), (1, 3, height, width), (max_batch, 3, height, width))
-    config.add_optimization_profile(profile)
+    profile.set_shape(INPUT_NAME, (1, 3, height, width), (OPT_BATCH, 3, height, width), (max_batch, 3, height, width))
+    if config.add_optimization_profile(profile) < 0:
+        raise BackendError(f"TensorRT {trt.__version__} refused the optimisation profile batch 1..{max_batch} "
+                           f"for {onnx_path} (see the TensorRT log above)")
     use_timing_cache(config, timing_cache_path(out))
     log.info("building %s from %s (TensorRT %s, %s, batch 1..%d, workspace %d MB)", out, onnx_path,
              trt.__version__, precision, max_batch, workspace_mb)
@@ -188,7 +188,7 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
         "strongly_typed": True,
         "input_size": [height, width],
         "max_batch": max_batch,
-        "opt_batch": 1,
+        "opt_batch": OPT_BATCH,
         "inputs": {INPUT_NAME: ["batch", 3, height, width]},
         "outputs": {OUTPUT_NAMES[0]: ["batch", height, width], OUTPUT_NAMES[1]: ["batch"]},
         "engine_sha256": file_sha256(out),
