@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS := train,onnx,export,camera,calibrate,demo,dev
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo clean system-packages
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 venv: $(VENV)/.installed
 
-test: venv
+test: venv system-packages
 	$(PY) -m pytest
 
 demo: venv
@@ -23,3 +23,19 @@ demo: venv
 
 clean:
 	rm -rf $(VENV) demo_out runs
+
+# Debian packages tests use: systemd (systemd-analyze verify/security and systemd-sysusers check
+# the units) and shellcheck (engines/check_gpu.sh). Installed when missing and running as root
+# with apt-get; otherwise those tests skip and say why.
+DEB_PACKAGES := systemd shellcheck
+system-packages:
+	@missing=""; for package in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	  echo "not installing$$missing (needs root and apt-get): the tests that use them will skip"; \
+	fi

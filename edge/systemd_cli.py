@@ -21,6 +21,8 @@ from edge.paths import write_atomic
 DEFAULT_HLGFA = "/opt/hlgfa-edge/venv/bin/hlgfa"
 DEFAULT_USER = "hlgfa"
 SERVICE_UNITS = ("hlgfa-edge@.service", "hlgfa-engine@.service")
+# Runs no hlgfa and as root (it creates the NVIDIA device nodes): installed as written.
+PLAIN_UNITS = ("hlgfa-gpu-nodes.service",)
 SYSUSERS_SOURCE = "hlgfa-edge.sysusers.conf"
 TMPFILES_SOURCE = "hlgfa-edge.tmpfiles.conf"
 INSTALLED_SNIPPET_NAME = "hlgfa-edge.conf"
@@ -44,11 +46,11 @@ def unit_source_dir() -> Path:
         Path(sys.prefix) / "share" / "hlgfa-edge" / "systemd",
     )
     for candidate in candidates:
-        if all((candidate / name).is_file() for name in SERVICE_UNITS):
+        if all((candidate / name).is_file() for name in SERVICE_UNITS + PLAIN_UNITS):
             return candidate
     raise HlgfaError("the systemd unit templates are missing; looked in "
                      + ", ".join(str(c) for c in candidates)
-                     + " (expected hlgfa-edge@.service and hlgfa-engine@.service)")
+                     + f" (expected {', '.join(SERVICE_UNITS + PLAIN_UNITS)})")
 
 
 def find_hlgfa(explicit: str | None) -> Path:
@@ -92,6 +94,7 @@ def render_all(source: Path, prefix: Path, sysusers_dir: Path, tmpfiles_dir: Pat
                user: str) -> list[RenderedFile]:
     files = [RenderedFile(prefix / name, render_service((source / name).read_text(), name, hlgfa, user))
              for name in SERVICE_UNITS]
+    files += [RenderedFile(prefix / name, (source / name).read_text()) for name in PLAIN_UNITS]
     files.append(RenderedFile(sysusers_dir / INSTALLED_SNIPPET_NAME,
                               render_sysusers((source / SYSUSERS_SOURCE).read_text(), user)))
     files.append(RenderedFile(tmpfiles_dir / INSTALLED_SNIPPET_NAME, (source / TMPFILES_SOURCE).read_text()))
@@ -157,7 +160,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("systemd", help="install the systemd units (one daemon per camera)")
     actions = parser.add_subparsers(dest="systemd_command", required=True, metavar="ACTION")
     install = actions.add_parser(
-        "install", help="write hlgfa-edge@.service and hlgfa-engine@.service for this hlgfa",
+        "install", help="write hlgfa-edge@.service, hlgfa-engine@.service and hlgfa-gpu-nodes.service for this hlgfa",
         description="Render the units with the absolute path of this hlgfa executable and the service "
                     "account, write them with the sysusers.d and tmpfiles.d snippets, and print the "
                     "commands that enable a camera.")

@@ -48,7 +48,8 @@ def run_build(args) -> int:
     sidecar = build_engine(args.onnx, args.out, max_batch=args.max_batch, workspace_mb=args.workspace,
                            model_dir=args.model)
     print(f"{args.out}: {sidecar['precision']}, batch 1..{sidecar['max_batch']}, TensorRT "
-          f"{sidecar['tensorrt_version']} on {sidecar['gpu_name']} (sm {sidecar['compute_capability']})")
+          f"{sidecar['tensorrt_version']} on {sidecar['gpu_name']} (compute capability "
+          f"{sidecar['compute_capability']}, {sidecar['gpu_sm_count']} SMs, {sidecar['gpu_memory_gib']} GiB)")
     return 0
 
 

@@ -2,10 +2,17 @@
 
 Every build is strongly typed: precision comes from the graph's own types, so an FP16 engine
 needs the FP16 graph (`hlgfa export --fp16`) and an FP32 graph gives an FP32 engine. TensorRT 11
-knows nothing else; TensorRT 10 (JetPack 6 ships 10.3) still offers the weak-typing FP16 builder
+knows nothing else (its STRONGLY_TYPED creation flag is deprecated and ignored, so it is passed to
+TensorRT 10 only); TensorRT 10 (JetPack 6 ships 10.3) still offers the weak-typing FP16 builder
 flag, which we do not use: it lets TensorRT pick FP16 for any layer, including the FP32 tail of the
 graph (the whitened discrepancy's quadratic form, the smoothing sums), where FP16 overflows or
 loses the score's resolution. The FP16 graph keeps that tail FP32 by construction.
+
+One optimisation profile, batch 1..max_batch, tuned for batch 1 (opt = 1): the line inspects one
+part per trigger, so batch 1 is the shape whose latency matters; larger batches (a backlog after
+a stall) run with the same kernels, correct but not tuned for. A second profile tuned for
+max_batch would need its own execution context and buffers bound per profile in the backend,
+for a case whose speed nothing depends on.
 
 tensorrt and pycuda are imported inside the functions: this module is imported by the CLI on
 machines without a GPU.
@@ -16,41 +23,86 @@ import os
 import time
 from pathlib import Path
 
+from edge.backends.tensorrt import INPUT_NAME, OUTPUT_NAMES
 from edge.errors import BackendError, ConfigError, ModelFileError
 from edge.model_dir import file_sha256, load_model_info
 from engines.export import onnx_input_size
-from engines.sidecar import build_command, timing_cache_path, write_sidecar
+from engines.sidecar import build_command, device_identity, timing_cache_path, write_sidecar
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("anomaly_map", "score")
+OPT_BATCH = 1  # the batch TensorRT tunes for: the line's (module docstring)
 
 
 def import_tensorrt():
     try:
         import tensorrt
     except ImportError as error:
-        raise BackendError(f"TensorRT is not installed ({error}); on a Jetson install JetPack's python3-libnvinfer, "
-                           f"elsewhere pip install -c constraints.txt '.[tensorrt]'") from error
+        raise BackendError(f"TensorRT is not installed ({error}); on a Jetson install JetPack's python3-libnvinfer "
+                           f"and use a virtualenv made with --system-site-packages, elsewhere pip install -c "
+                           f"constraints.txt '.[tensorrt]' (docs/DEPLOYMENT.md §1)") from error
+    tensorrt_major(tensorrt.__version__)
     return tensorrt
 
 
 def running_environment(trt=None) -> dict:
-    """TensorRT version, GPU name and compute capability of device 0, as the sidecar records them."""
+    """TensorRT version and device 0's identity, as the sidecar records them (engines.sidecar.MATCH_KEYS)."""
     trt = trt or import_tensorrt()
     try:
         import pycuda.driver as cuda
     except ImportError as error:
-        raise BackendError(f"pycuda is not installed ({error}); pip install -c constraints.txt '.[tensorrt]'") from error
+        raise BackendError(f"pycuda is not installed ({error}); install it as docs/DEPLOYMENT.md §1 says") from error
     try:
         cuda.init()
         device = cuda.Device(0)
-        major, minor = device.compute_capability()
-        name = device.name()
+        return device_identity(trt.__version__, device.name(), device.compute_capability(),
+                               device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT),
+                               device.total_memory())
     except cuda.Error as error:
         raise BackendError(f"no usable CUDA device ({error})") from error
-    return {"tensorrt_version": trt.__version__, "gpu_name": name, "compute_capability": f"{major}.{minor}"}
+
+
+def tensorrt_major(version: str) -> int:
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise BackendError(f"TensorRT version {version!r}: expected MAJOR.MINOR.PATCH") from None
+    if major < 10:
+        raise BackendError(f"TensorRT {version} is installed; hlgfa needs TensorRT 10 or later (JetPack 6.1+, "
+                           f"or NVIDIA's tensorrt wheels)")
+    return major
+
+
+def network_flags(trt) -> int:
+    """create_network() flags: strongly typed. Opt-in on TensorRT 10; always on, flag ignored, from 11."""
+    if tensorrt_major(trt.__version__) == 10:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
+
+
+def use_timing_cache(config, cache_path: Path):
+    """Give the builder config the timing cache kept beside the engine, or an empty one.
+
+    A cache written by another TensorRT version or another GPU cannot be used: TensorRT returns
+    no cache (or raises) for bytes it cannot read, and set_timing_cache() answers False for a
+    cache from another device. Either way the build starts from an empty cache, which only
+    makes it slower, and the cache written afterwards replaces the old one.
+    """
+    cache = None
+    data = cache_path.read_bytes() if cache_path.is_file() else b""
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except (RuntimeError, TypeError, ValueError):  # the binding's exception for an unreadable blob
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return cache
+        log.warning("timing cache %s cannot be used here (another TensorRT version or GPU); building with an "
+                    "empty cache, which is slower once", cache_path)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise BackendError(f"TensorRT refused an empty timing cache for {cache_path} (see the TensorRT log)")
+    return cache
 
 
 def read_onnx_metadata(onnx_path: Path) -> dict:
@@ -58,7 +110,7 @@ def read_onnx_metadata(onnx_path: Path) -> dict:
         import onnx
     except ImportError as error:
         raise BackendError(f"reading {onnx_path} needs the onnx package ({error}); "
-                           f"pip install -c constraints.txt '.[tensorrt]'") from error
+                           f"pip install -c constraints.txt '.[tensorrt]' ('.[jetson]' on a Jetson)") from error
     if not onnx_path.is_file():
         raise ModelFileError(f"ONNX file {onnx_path} does not exist; export it with `hlgfa export --model MODEL_DIR`")
     try:
@@ -93,8 +145,7 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
     environment = running_environment(trt)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    # Strong typing is unconditional in TensorRT 11 (the flag is accepted and ignored) and opt-in in 10.
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -105,13 +156,11 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
     if precision == "fp32":
         log.warning("%s is an FP32 graph, so this is an FP32 engine; export with --fp16 for an FP16 engine", onnx_path)
     profile = builder.create_optimization_profile()
-    opt = min(max_batch, 1 if max_batch < 4 else max_batch // 2)
-    profile.set_shape(INPUT_NAME, (1, 3, height, width), (opt, 3, height, width), (max_batch, 3, height, width))
-    config.add_optimization_profile(profile)
-
-    cache_path = timing_cache_path(out)
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=True)
+    profile.set_shape(INPUT_NAME, (1, 3, height, width), (OPT_BATCH, 3, height, width), (max_batch, 3, height, width))
+    if config.add_optimization_profile(profile) < 0:
+        raise BackendError(f"TensorRT {trt.__version__} refused the optimisation profile batch 1..{max_batch} "
+                           f"for {onnx_path} (see the TensorRT log above)")
+    use_timing_cache(config, timing_cache_path(out))
     log.info("building %s from %s (TensorRT %s, %s, batch 1..%d, workspace %d MB)", out, onnx_path,
              trt.__version__, precision, max_batch, workspace_mb)
     started = time.perf_counter()
@@ -124,6 +173,7 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
     with open(temp, "wb") as handle:
         handle.write(memoryview(serialized))
     os.replace(temp, out)
+    cache_path = timing_cache_path(out)
     cache_temp = cache_path.with_name(f".{cache_path.name}.tmp")
     with open(cache_temp, "wb") as handle:
         handle.write(memoryview(config.get_timing_cache().serialize()))
@@ -138,6 +188,7 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
         "strongly_typed": True,
         "input_size": [height, width],
         "max_batch": max_batch,
+        "opt_batch": OPT_BATCH,
         "inputs": {INPUT_NAME: ["batch", 3, height, width]},
         "outputs": {OUTPUT_NAMES[0]: ["batch", height, width], OUTPUT_NAMES[1]: ["batch"]},
         "engine_sha256": file_sha256(out),

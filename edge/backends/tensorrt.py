@@ -1,10 +1,9 @@
 """TensorRT backend: a prebuilt engine (`hlgfa engine build`), pycuda buffers, one stream.
 
-Page-locked host buffers and device buffers are allocated once for the largest batch, their
+Page-locked host buffers and device buffers are allocated once for the largest batch and their
 addresses bound to the execution context once; each batch is one H2D copy, one
-`execute_async_v3`, two D2H copies and a synchronise on the backend's own stream. Batch 1 (the
-usual line case) can be replayed as a captured CUDA graph, which removes the per-layer launch
-overhead that dominates small engines.
+`execute_async_v3`, two D2H copies and a synchronise on the backend's own stream. The input
+shape is set on the context only when the batch size differs from the previous call's.
 
 The CUDA context is pushed around every call, so the backend may be opened in one thread and
 used from another (the daemon's inference thread). tensorrt and pycuda are imported in open().
@@ -26,10 +25,69 @@ OUTPUT_NAMES = ("anomaly_map", "score")
 OPTIONS = frozenset({"engine", "max_batch"})
 
 
+def io_shapes(count: int, input_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """The shape of every engine tensor for a batch of `count`."""
+    height, width = input_size
+    return {INPUT_NAME: (count, 3, height, width), OUTPUT_NAMES[0]: (count, height, width),
+            OUTPUT_NAMES[1]: (count,)}
+
+
+def io_type_errors(tensor_types: dict[str, object], float32) -> list[str]:
+    """Tensors whose type is not `float32` (TensorRT's DataType.FLOAT), as messages.
+
+    Compared as TensorRT types rather than through `trt.nptype`, which raises TypeError for
+    types numpy lacks (bf16, fp8) instead of letting the engine be refused cleanly.
+    """
+    return [f"tensor {name} is {kind}" for name, kind in tensor_types.items() if kind != float32]
+
+
+class ShapeBinding:
+    """What one execution context has bound: tensor addresses once, the input shape per batch size.
+
+    Every call TensorRT answers with a boolean is checked; a refusal is a BackendError naming the
+    tensor and the engine. Holds no CUDA state, so it runs in tests against a stand-in context.
+    """
+
+    def __init__(self, context, input_size: tuple[int, int], engine_path):
+        self._context = context
+        self._input_size = tuple(input_size)
+        self._engine_path = engine_path
+        self.batch = None  # the batch size the context's input shape is set for; None: not set yet
+
+    def bind_addresses(self, addresses: dict[str, int]) -> None:
+        for name, address in addresses.items():
+            if not self._context.set_tensor_address(name, address):
+                raise BackendError(f"tensorrt backend: engine {self._engine_path} refused the device address "
+                                   f"of tensor {name}")
+
+    def prepare(self, count: int) -> None:
+        """Make the context ready for a batch of `count` (sets the input shape only when it changes)."""
+        if count == self.batch:
+            return
+        shapes = io_shapes(count, self._input_size)
+        self.batch = None  # a refused shape leaves the context in no known state
+        if not self._context.set_input_shape(INPUT_NAME, shapes[INPUT_NAME]):
+            raise BackendError(f"tensorrt backend: engine {self._engine_path} refused shape "
+                               f"{shapes[INPUT_NAME]} for tensor {INPUT_NAME} (outside its optimisation profile)")
+        for name in OUTPUT_NAMES:
+            produced = tuple(self._context.get_tensor_shape(name))
+            if produced != shapes[name]:
+                raise BackendError(f"tensorrt backend: engine {self._engine_path} gives tensor {name} shape "
+                                   f"{produced} for a batch of {count}, expected {shapes[name]}")
+        self.batch = count
+
+    def execute(self, stream_handle: int) -> None:
+        if self.batch is None:
+            raise BackendError(f"tensorrt backend: engine {self._engine_path} run before an input shape was set")
+        if not self._context.execute_async_v3(stream_handle):
+            raise BackendError(f"tensorrt backend: execute_async_v3 failed on {self._engine_path} "
+                               f"(batch {self.batch}; see the TensorRT log)")
+
+
 class TensorRTBackend:
     kind = "tensorrt"
 
-    def __init__(self, model_dir, engine=None, max_batch: int = 1, cuda_graph: bool = True, **_):
+    def __init__(self, model_dir, engine=None, max_batch: int = 1, **_):
         from engines.sidecar import mismatches, read_sidecar
         from engines.tensorrt_build import import_tensorrt, running_environment
 
@@ -56,20 +114,30 @@ class TensorRTBackend:
         self.model_hash = info.model_hash
         self.engine_path = path
         self.precision = sidecar.get("precision")
-        self._context = cuda.Device(0).retain_primary_context()
-        self._context.push()
         try:
-            self._open(trt, path, rebuild, cuda_graph)
-        except Exception:
-            self._release()
-            raise
+            self._context = cuda.Device(0).retain_primary_context()
+            self._context.push()
+        except cuda.Error as error:
+            self._context = None
+            raise BackendError(f"tensorrt backend: cannot open a CUDA context on device 0 ({error})") from error
+        opened = False
+        try:
+            self._open(trt, path, rebuild)
+            opened = True
+        except (cuda.Error, RuntimeError) as error:  # out of device or pinned memory; TensorRT's own errors
+            # As a BackendError, so backend "auto" can go on to the next backend.
+            raise BackendError(f"tensorrt backend: cannot load {path}: {error}") from error
         finally:
+            if not opened:
+                self._release()
             self._context.pop()
+            if not opened:
+                self._context.detach()
+                self._context = None
         log.info("tensorrt backend: %s (%s, batch ≤ %d, TensorRT %s on %s)", path, self.precision, max_batch,
                  running["tensorrt_version"], running["gpu_name"])
 
-    def _open(self, trt, path: Path, rebuild: str, cuda_graph: bool) -> None:
-        cuda = self._cuda
+    def _open(self, trt, path: Path, rebuild: str) -> None:
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
@@ -80,94 +148,59 @@ class TensorRTBackend:
         if sorted(names) != sorted((INPUT_NAME, *OUTPUT_NAMES)):
             raise ModelFileError(f"tensorrt backend: engine {path} has tensors {names}, expected "
                                  f"{[INPUT_NAME, *OUTPUT_NAMES]}; rebuild with `{rebuild}`")
-        height, width = self.input_size
-        _, _, largest = self._engine.get_tensor_profile_shape(INPUT_NAME, 0)
-        if tuple(largest)[1:] != (3, height, width) or largest[0] < self.max_batch:
-            raise ModelFileError(f"tensorrt backend: engine {path} takes up to {tuple(largest)}, expected "
-                                 f"({self.max_batch}, 3, {height}, {width}); rebuild with `{rebuild}`")
-        for name in names:
-            if trt.nptype(self._engine.get_tensor_dtype(name)) != np.float32:
-                raise ModelFileError(f"tensorrt backend: engine {path} tensor {name} is "
-                                     f"{self._engine.get_tensor_dtype(name)}, expected float32 I/O")
+        largest = io_shapes(self.max_batch, self.input_size)[INPUT_NAME]
+        _, _, built_max = self._engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        if tuple(built_max)[1:] != largest[1:] or built_max[0] < self.max_batch:
+            raise ModelFileError(f"tensorrt backend: engine {path} takes up to {tuple(built_max)}, expected "
+                                 f"{largest}; rebuild with `{rebuild}`")
+        wrong_types = io_type_errors({name: self._engine.get_tensor_dtype(name) for name in names},
+                                     trt.DataType.FLOAT)
+        if wrong_types:
+            raise ModelFileError(f"tensorrt backend: engine {path}: {', '.join(wrong_types)}, expected float32 "
+                                 f"I/O (the FP16 graph keeps FP32 inputs and outputs); rebuild with `{rebuild}`")
         self._exec = self._engine.create_execution_context()
+        if self._exec is None:
+            raise BackendError(f"tensorrt backend: no execution context for {path} (out of device memory?)")
+        self._allocate()
+
+    def _allocate(self) -> None:
+        """The stream and the buffers for the largest batch, bound to the execution context once."""
+        cuda = self._cuda
         self._stream = cuda.Stream()
-        shapes = {INPUT_NAME: (self.max_batch, 3, height, width), OUTPUT_NAMES[0]: (self.max_batch, height, width),
-                  OUTPUT_NAMES[1]: (self.max_batch,)}
+        shapes = io_shapes(self.max_batch, self.input_size)
         self._host = {name: cuda.pagelocked_empty(shape, np.float32) for name, shape in shapes.items()}
         self._device = {name: cuda.mem_alloc(self._host[name].nbytes) for name in shapes}
-        for name in shapes:
-            self._exec.set_tensor_address(name, int(self._device[name]))
-        self._graph = None
-        self._graph_exec = None
-        if cuda_graph:
-            self._capture_batch1_graph()
-
-    def _enqueue(self, count: int) -> None:
-        cuda, stream = self._cuda, self._stream
-        cuda.memcpy_htod_async(self._device[INPUT_NAME], self._host[INPUT_NAME][:count], stream)
-        if not self._exec.execute_async_v3(stream.handle):
-            raise BackendError(f"tensorrt backend: execute_async_v3 failed on {self.engine_path}")
-        # Slices of the leading axis of C-contiguous page-locked arrays stay contiguous and pinned.
-        cuda.memcpy_dtoh_async(self._host[OUTPUT_NAMES[0]][:count], self._device[OUTPUT_NAMES[0]], stream)
-        cuda.memcpy_dtoh_async(self._host[OUTPUT_NAMES[1]][:count], self._device[OUTPUT_NAMES[1]], stream)
-
-    def _capture_batch1_graph(self) -> None:
-        """Capture copy-in, inference and copy-out of batch 1 once; replay it for every single frame."""
-        cuda = self._cuda
-        capturing = False
-        try:
-            self._exec.set_input_shape(INPUT_NAME, (1, 3) + self.input_size)
-            self._enqueue(1)  # TensorRT must see the shape once outside capture
-            self._stream.synchronize()
-            self._stream.begin_capture()
-            capturing = True
-            self._enqueue(1)
-            self._graph = self._stream.end_capture()
-            capturing = False
-            self._graph_exec = self._graph.instance()
-        except (AttributeError, TypeError, cuda.Error, BackendError) as error:
-            # Older pycuda lacks stream capture; the plain path gives the same answers, a little slower.
-            log.warning("tensorrt backend: CUDA graph for batch 1 not available (%s); using plain launches", error)
-            if capturing:
-                try:
-                    self._stream.end_capture()
-                except Exception:  # the capture is discarded either way
-                    pass
-            self._graph = self._graph_exec = None
-            self._stream.synchronize()
-        self._current_batch = 1
+        self._binding = ShapeBinding(self._exec, self.input_size, self.engine_path)
+        self._binding.bind_addresses({name: int(allocation) for name, allocation in self._device.items()})
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if getattr(self, "_exec", None) is None:
             raise BackendError("tensorrt backend: infer() after close()")
         batch = check_batch(batch, self.input_size, self.max_batch, self.kind)
         count = batch.shape[0]
+        cuda, stream = self._cuda, self._stream
+        maps, scores = (self._host[name] for name in OUTPUT_NAMES)
         self._context.push()
         try:
+            self._binding.prepare(count)
             self._host[INPUT_NAME][:count] = batch
-            if count == 1 and self._graph_exec is not None:
-                if self._current_batch != 1:
-                    self._exec.set_input_shape(INPUT_NAME, (1, 3) + self.input_size)
-                    self._current_batch = 1
-                self._graph_exec.launch(self._stream)
-            else:
-                if count != self._current_batch:
-                    if not self._exec.set_input_shape(INPUT_NAME, (count, 3) + self.input_size):
-                        raise BackendError(f"tensorrt backend: engine {self.engine_path} refused batch {count}")
-                    self._current_batch = count
-                self._enqueue(count)
-            self._stream.synchronize()
-        except self._cuda.Error as error:
+            # Slices of the leading axis of C-contiguous page-locked arrays stay contiguous and pinned.
+            cuda.memcpy_htod_async(self._device[INPUT_NAME], self._host[INPUT_NAME][:count], stream)
+            self._binding.execute(stream.handle)
+            cuda.memcpy_dtoh_async(maps[:count], self._device[OUTPUT_NAMES[0]], stream)
+            cuda.memcpy_dtoh_async(scores[:count], self._device[OUTPUT_NAMES[1]], stream)
+            stream.synchronize()
+        except cuda.Error as error:
             raise BackendError(f"tensorrt backend: CUDA error during inference: {error}") from error
         finally:
             self._context.pop()
-        return self._host[OUTPUT_NAMES[0]][:count].copy(), self._host[OUTPUT_NAMES[1]][:count].copy()
+        return maps[:count].copy(), scores[:count].copy()
 
     def warmup(self) -> None:
         self.infer(np.zeros((1, 3) + self.input_size, dtype=np.float32))
 
     def _release(self) -> None:
-        for name in ("_graph_exec", "_graph", "_exec", "_engine", "_runtime"):
+        for name in ("_binding", "_exec", "_engine", "_runtime"):
             setattr(self, name, None)
         for allocation in getattr(self, "_device", {}).values():
             allocation.free()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge import cli
-from edge.systemd_cli import DEFAULT_HLGFA, SERVICE_UNITS, unit_source_dir
+from edge.systemd_cli import DEFAULT_HLGFA, PLAIN_UNITS, SERVICE_UNITS, unit_source_dir
 
 REPO = Path(__file__).resolve().parents[2]
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
@@ -70,7 +70,8 @@ def test_installed_units_pass_systemd_analyze_verify(dirs, hlgfa_shim, capsys):
 
     # Instances are verified: a template alone has no %i to expand. The template file in the
     # same directory is what systemd-analyze loads for them.
-    result = verify(dirs["units"] / "hlgfa-edge@line1.service", dirs["units"] / "hlgfa-engine@line1.service")
+    result = verify(dirs["units"] / "hlgfa-edge@line1.service", dirs["units"] / "hlgfa-engine@line1.service",
+                    dirs["units"] / "hlgfa-gpu-nodes.service")
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr  # unknown keys and bad values are only warnings
 
@@ -117,6 +118,23 @@ def test_daemon_unit_has_the_contract_the_daemon_relies_on(dirs, hlgfa_shim):
     assert engine["Unit.Before"] == ["hlgfa-edge@%i.service"]
 
 
+def test_gpu_nodes_are_created_outside_the_hardened_units(dirs, hlgfa_shim):
+    """The hardened units cannot load nvidia_uvm or mknod /dev/nvidia-uvm, and a "+" ExecStartPre=
+    in them would still be under their cgroup's DevicePolicy=closed, so a separate root unit does
+    it before either starts."""
+    cli.main(install(dirs, hlgfa_shim))
+    nodes = directives(dirs["units"] / "hlgfa-gpu-nodes.service")
+    assert nodes["Service.ExecStart"] == ["-/usr/bin/nvidia-modprobe -u -c=0"]
+    assert nodes["Service.Type"] == ["oneshot"] and nodes["Service.RemainAfterExit"] == ["yes"]
+    assert nodes["Unit.ConditionPathExists"] == ["/usr/bin/nvidia-modprobe"]  # skipped on a Jetson
+    assert not {"Service.User", "Service.DevicePolicy", "Service.CapabilityBoundingSet"} & set(nodes)
+    for name in SERVICE_UNITS:
+        unit = directives(dirs["units"] / name)
+        assert "hlgfa-gpu-nodes.service" in unit["Unit.Wants"] and "hlgfa-gpu-nodes.service" in unit["Unit.After"]
+        assert unit["Service.DevicePolicy"] == ["closed"] and unit["Service.NoNewPrivileges"] == ["yes"]
+        assert not any(line.startswith("+") for line in unit.get("Service.ExecStartPre", []))
+
+
 def test_user_option_renames_the_account_everywhere(dirs, hlgfa_shim):
     cli.main(install(dirs, hlgfa_shim, "--user", "inspect"))
     for name in SERVICE_UNITS:
@@ -149,7 +167,7 @@ def test_install_again_reports_unchanged(dirs, hlgfa_shim, capsys):
     capsys.readouterr()
     cli.main(install(dirs, hlgfa_shim))
     out = capsys.readouterr().out
-    assert out.count("unchanged") == 4 and "created" not in out
+    assert out.count("unchanged") == len(SERVICE_UNITS) + len(PLAIN_UNITS) + 2 and "created" not in out
 
 
 def test_the_real_command_line_runs_through_the_installed_executable(dirs, hlgfa_shim):

@@ -6,9 +6,15 @@ import pytest
 
 from edge.errors import BackendError, ConfigError, ModelFileError
 from engines.engine_cli import stale_reasons
-from engines.sidecar import mismatches, read_sidecar, sidecar_path, write_sidecar
+from engines.sidecar import device_identity, mismatches, read_sidecar, sidecar_path, write_sidecar
 
-RUNNING = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+GIB = 2**30
+# Illustrative module descriptions (SM counts from NVIDIA's module data sheets: 2048 and 1024
+# CUDA cores, 128 per SM; memory as the CUDA driver reports a module's shared RAM, a little
+# under the nominal size).
+AGX_ORIN_64GB = device_identity("10.3.0", "Orin", (8, 7), 16, int(61.4 * GIB))
+ORIN_NANO_8GB = device_identity("10.3.0", "Orin", (8, 7), 8, int(7.4 * GIB))
+RUNNING = AGX_ORIN_64GB
 
 
 @pytest.fixture
@@ -39,6 +45,8 @@ def test_matching_engine_is_kept(model, tmp_path):
 @pytest.mark.parametrize("change, expected", [
     ({"tensorrt_version": "10.1.0"}, "tensorrt_version is '10.3.0' here"),
     ({"compute_capability": "7.2"}, "compute_capability"),
+    ({"gpu_sm_count": 8}, "gpu_sm_count is 16 here, the engine was built for 8"),
+    ({"gpu_memory_gib": 7}, "gpu_memory_gib is 61 here, the engine was built for 7"),
     ({"model_hash": "0" * 64}, "model_hash"),
     ({"max_batch": 2}, "max_batch 4 is asked for"),
     ({"onnx_sha256": "f" * 64}, "ONNX file changed"),
@@ -96,3 +104,26 @@ def test_tensorrt_backend_without_tensorrt_is_a_clear_error(model, tmp_path):
 
     with pytest.raises(BackendError, match="TensorRT is not installed"):
         open_backend("tensorrt", model, engine=tmp_path / "line1.plan")
+
+
+def test_jetson_modules_with_the_same_name_and_capability_do_not_match():
+    assert AGX_ORIN_64GB["gpu_name"] == ORIN_NANO_8GB["gpu_name"]
+    assert AGX_ORIN_64GB["compute_capability"] == ORIN_NANO_8GB["compute_capability"] == "8.7"
+    reasons = mismatches({**AGX_ORIN_64GB, "model_hash": "a"}, {**ORIN_NANO_8GB, "model_hash": "a"})
+    assert [reason.split()[0] for reason in reasons] == ["gpu_sm_count", "gpu_memory_gib"]
+
+
+def test_memory_is_compared_in_whole_gib():
+    # A kernel carve-out that moves the reported size by some MiB is the same module.
+    assert device_identity("10.3.0", "Orin", (8, 7), 8, int(7.4 * GIB))["gpu_memory_gib"] == \
+        device_identity("10.3.0", "Orin", (8, 7), 8, int(7.2 * GIB))["gpu_memory_gib"] == 7
+
+
+def test_sidecar_without_the_module_keys_means_rebuild(model, tmp_path):
+    engine = built_engine(model, tmp_path)
+    old = read_sidecar(engine)
+    for key in ("gpu_sm_count", "gpu_memory_gib"):
+        del old[key]
+    write_sidecar(engine, {key: value for key, value in old.items() if key != "format"})
+    reasons = stale_reasons(model, model / "model.onnx", engine, 4, RUNNING)
+    assert len(reasons) == 2 and all("does not record it" in reason for reason in reasons)
