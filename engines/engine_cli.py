@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge.errors import ConfigError, ModelFileError
 from edge.model_dir import file_sha256, load_model_info
-from engines.sidecar import build_command, mismatches, read_sidecar, sidecar_path
+from edge.sidecar import build_command, mismatches, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def run_build(args) -> int:
 
 
 def run_check(args) -> int:
-    from engines.tensorrt_build import running_environment
+    from edge.backends.tensorrt import running_environment
 
     sidecar = read_sidecar(args.engine)
     running = running_environment()
@@ -110,7 +110,8 @@ def run_ensure(args) -> int:
     if targets is None:
         return 0
     model_dir, onnx, engine, max_batch = targets
-    from engines.tensorrt_build import build_engine, running_environment
+    from edge.backends.tensorrt import running_environment
+    from engines.tensorrt_build import build_engine
 
     reasons = stale_reasons(model_dir, onnx, engine, max_batch, running_environment())
     if not reasons:

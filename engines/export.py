@@ -30,6 +30,17 @@ import warnings
 from pathlib import Path
 
 from edge.errors import ConfigError, ModelFileError
+from edge.graph import (
+    INPUT_NAME,
+    META_FORMAT,
+    META_INPUT_SIZE,
+    META_LEGACY_IMAGE_SIZE,
+    META_MAX_BATCH,
+    META_MODEL_HASH,
+    META_PRECISION,
+    META_PREPROCESS,
+    OUTPUT_NAMES,
+)
 from edge.model_dir import load_model_info
 from edge.paths import write_atomic
 
@@ -38,8 +49,6 @@ log = logging.getLogger(__name__)
 ONNX_FORMAT = "hlgfa-onnx/1"
 DEFAULT_OPSET = 17
 SUPPORTED_OPSETS = range(13, 21)
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("anomaly_map", "score")
 # The backbone and the aligners hold nearly all the arithmetic and are FP16-safe (bounded
 # activations, batch-norm folded into the convs). What follows them stays FP32: the cosine
 # similarity (a normalisation: sums of squares overflow/underflow in FP16), the upsampled
@@ -306,12 +315,12 @@ def export_onnx(model_dir, out=None, *, fp16: bool = False, max_batch: int = 8, 
     proto.doc_string = f"HLGFA model {info.model_hash}, {precision}"
     del proto.metadata_props[:]
     for key, value in {
-        "hlgfa.format": ONNX_FORMAT,
-        "hlgfa.model_hash": info.model_hash,
-        "hlgfa.input_size": f"{size[0]}x{size[1]}",
-        "hlgfa.precision": precision,
-        "hlgfa.max_batch": str(max_batch),
-        "hlgfa.preprocess": json.dumps(info.description["preprocess"], sort_keys=True),
+        META_FORMAT: ONNX_FORMAT,
+        META_MODEL_HASH: info.model_hash,
+        META_INPUT_SIZE: f"{size[0]}x{size[1]}",
+        META_PRECISION: precision,
+        META_MAX_BATCH: str(max_batch),
+        META_PREPROCESS: json.dumps(info.description["preprocess"], sort_keys=True),
     }.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -329,10 +338,10 @@ def export_onnx(model_dir, out=None, *, fp16: bool = False, max_batch: int = 8, 
 def onnx_input_size(metadata: dict[str, str]) -> tuple[int, int]:
     """(height, width) from an exported graph's metadata; files from before non-square inputs
     carry one side as `hlgfa.image_size`."""
-    if "hlgfa.input_size" in metadata:
-        height, width = metadata["hlgfa.input_size"].split("x")
+    if META_INPUT_SIZE in metadata:
+        height, width = metadata[META_INPUT_SIZE].split("x")
         return int(height), int(width)
-    side = int(metadata["hlgfa.image_size"])
+    side = int(metadata[META_LEGACY_IMAGE_SIZE])
     return side, side
 
 

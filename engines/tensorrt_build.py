@@ -23,54 +23,22 @@ import os
 import time
 from pathlib import Path
 
-from edge.backends.tensorrt import INPUT_NAME, OUTPUT_NAMES
+from edge.backends.tensorrt import import_tensorrt, running_environment, tensorrt_major
 from edge.errors import BackendError, ConfigError, ModelFileError
+from edge.graph import (
+    INPUT_NAME,
+    META_MAX_BATCH,
+    META_MODEL_HASH,
+    META_PRECISION,
+    OUTPUT_NAMES,
+)
 from edge.model_dir import file_sha256, load_model_info
+from edge.sidecar import build_command, timing_cache_path, write_sidecar
 from engines.export import onnx_input_size
-from engines.sidecar import build_command, device_identity, timing_cache_path, write_sidecar
 
 log = logging.getLogger(__name__)
 
 OPT_BATCH = 1  # the batch TensorRT tunes for: the line's (module docstring)
-
-
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as error:
-        raise BackendError(f"TensorRT is not installed ({error}); on a Jetson install JetPack's python3-libnvinfer "
-                           f"and use a virtualenv made with --system-site-packages, elsewhere pip install -c "
-                           f"constraints.txt '.[tensorrt]' (docs/DEPLOYMENT.md §1)") from error
-    tensorrt_major(tensorrt.__version__)
-    return tensorrt
-
-
-def running_environment(trt=None) -> dict:
-    """TensorRT version and device 0's identity, as the sidecar records them (engines.sidecar.MATCH_KEYS)."""
-    trt = trt or import_tensorrt()
-    try:
-        import pycuda.driver as cuda
-    except ImportError as error:
-        raise BackendError(f"pycuda is not installed ({error}); install it as docs/DEPLOYMENT.md §1 says") from error
-    try:
-        cuda.init()
-        device = cuda.Device(0)
-        return device_identity(trt.__version__, device.name(), device.compute_capability(),
-                               device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT),
-                               device.total_memory())
-    except cuda.Error as error:
-        raise BackendError(f"no usable CUDA device ({error})") from error
-
-
-def tensorrt_major(version: str) -> int:
-    try:
-        major = int(str(version).split(".")[0])
-    except ValueError:
-        raise BackendError(f"TensorRT version {version!r}: expected MAJOR.MINOR.PATCH") from None
-    if major < 10:
-        raise BackendError(f"TensorRT {version} is installed; hlgfa needs TensorRT 10 or later (JetPack 6.1+, "
-                           f"or NVIDIA's tensorrt wheels)")
-    return major
 
 
 def network_flags(trt) -> int:
@@ -119,7 +87,7 @@ def read_onnx_metadata(onnx_path: Path) -> dict:
         raise ModelFileError(f"ONNX file {onnx_path}: cannot be read ({error}); it is truncated or not ONNX; "
                              f"re-export with `hlgfa export`") from error
     metadata = {prop.key: prop.value for prop in proto.metadata_props}
-    if "hlgfa.model_hash" not in metadata:
+    if META_MODEL_HASH not in metadata:
         raise ModelFileError(f"ONNX file {onnx_path}: no hlgfa.model_hash metadata (not written by `hlgfa export`)")
     return metadata
 
@@ -131,16 +99,16 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
     metadata = read_onnx_metadata(onnx_path)
     if model_dir is not None:
         info = load_model_info(model_dir)
-        if info.model_hash != metadata["hlgfa.model_hash"]:
+        if info.model_hash != metadata[META_MODEL_HASH]:
             raise ModelFileError(
                 f"ONNX file {onnx_path} was exported from model {metadata['hlgfa.model_hash'][:12]}, but model "
                 f"directory {model_dir} is {info.model_hash[:12]}; re-export with "
                 f"`hlgfa export --model {model_dir} --out {onnx_path}`")
     height, width = onnx_input_size(metadata)
-    max_batch = max_batch or int(metadata.get("hlgfa.max_batch", 8))
+    max_batch = max_batch or int(metadata.get(META_MAX_BATCH, 8))
     if max_batch < 1:
         raise ConfigError(f"--max-batch {max_batch}: expected ≥ 1")
-    graph_precision = metadata.get("hlgfa.precision", "fp32")
+    graph_precision = metadata.get(META_PRECISION, "fp32")
 
     environment = running_environment(trt)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -180,7 +148,7 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
     os.replace(cache_temp, cache_path)
     sidecar = {
         **environment,
-        "model_hash": metadata["hlgfa.model_hash"],
+        "model_hash": metadata[META_MODEL_HASH],
         "onnx": str(onnx_path),
         "onnx_sha256": file_sha256(onnx_path),
         "graph_precision": graph_precision,

@@ -12,12 +12,11 @@ import numpy as np
 
 from edge.backends.base import check_batch
 from edge.errors import BackendError, ModelFileError
+from edge.graph import INPUT_NAME, META_MODEL_HASH, META_PRECISION, OUTPUT_NAMES
 from edge.model_dir import load_model_info
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("anomaly_map", "score")
 OPTIONS = frozenset({"onnx", "max_batch", "threads"})
 # Best first; CPU is always there. The TensorRT EP builds its own engine at first run (slow);
 # it is used only when asked for, the tensorrt backend being the way to run TensorRT.
@@ -62,7 +61,7 @@ class OnnxRuntimeBackend:
                                  f"{str(error).strip()[:300]}); the file is truncated or not an ONNX model; "
                                  f"{_reexport_hint(model_dir, path)}") from error
         metadata = self.session.get_modelmeta().custom_metadata_map
-        exported_hash = metadata.get("hlgfa.model_hash")
+        exported_hash = metadata.get(META_MODEL_HASH)
         if exported_hash is None:
             raise ModelFileError(f"onnxruntime backend: ONNX file {path} has no hlgfa.model_hash metadata "
                                  f"(not written by `hlgfa export`); {_reexport_hint(model_dir, path)}")
@@ -75,7 +74,7 @@ class OnnxRuntimeBackend:
         if inputs != [INPUT_NAME] or tuple(outputs) != OUTPUT_NAMES:
             raise ModelFileError(f"onnxruntime backend: ONNX file {path} has inputs {inputs} and outputs {outputs}, "
                                  f"expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}")
-        self.precision = metadata.get("hlgfa.precision", "fp32")
+        self.precision = metadata.get(META_PRECISION, "fp32")
         self.providers = self.session.get_providers()
         log.info("onnxruntime backend: %s (%s) on %s", path, self.precision, ", ".join(self.providers))
 

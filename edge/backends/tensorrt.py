@@ -16,13 +16,52 @@ import numpy as np
 
 from edge.backends.base import check_batch
 from edge.errors import BackendError, ModelFileError
+from edge.graph import INPUT_NAME, OUTPUT_NAMES
 from edge.model_dir import load_model_info
+from edge.sidecar import device_identity, mismatches, read_sidecar
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("anomaly_map", "score")
 OPTIONS = frozenset({"engine", "max_batch"})
+
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError as error:
+        raise BackendError(f"TensorRT is not installed ({error}); on a Jetson install JetPack's python3-libnvinfer "
+                           f"and use a virtualenv made with --system-site-packages, elsewhere pip install -c "
+                           f"constraints.txt '.[tensorrt]' (docs/DEPLOYMENT.md §1)") from error
+    tensorrt_major(tensorrt.__version__)
+    return tensorrt
+
+
+def running_environment(trt=None) -> dict:
+    """TensorRT version and device 0's identity, as the sidecar records them (edge/sidecar.py MATCH_KEYS)."""
+    trt = trt or import_tensorrt()
+    try:
+        import pycuda.driver as cuda
+    except ImportError as error:
+        raise BackendError(f"pycuda is not installed ({error}); install it as docs/DEPLOYMENT.md §1 says") from error
+    try:
+        cuda.init()
+        device = cuda.Device(0)
+        return device_identity(trt.__version__, device.name(), device.compute_capability(),
+                               device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT),
+                               device.total_memory())
+    except cuda.Error as error:
+        raise BackendError(f"no usable CUDA device ({error})") from error
+
+
+def tensorrt_major(version: str) -> int:
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        raise BackendError(f"TensorRT version {version!r}: expected MAJOR.MINOR.PATCH") from None
+    if major < 10:
+        raise BackendError(f"TensorRT {version} is installed; hlgfa needs TensorRT 10 or later (JetPack 6.1+, "
+                           f"or NVIDIA's tensorrt wheels)")
+    return major
 
 
 def io_shapes(count: int, input_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
@@ -87,9 +126,7 @@ class ShapeBinding:
 class TensorRTBackend:
     kind = "tensorrt"
 
-    def __init__(self, model_dir, engine=None, max_batch: int = 1, **_):
-        from engines.sidecar import mismatches, read_sidecar
-        from engines.tensorrt_build import import_tensorrt, running_environment
+    def __init__(self, model_dir, engine=None, max_batch: int = 1):
 
         trt = import_tensorrt()
         running = running_environment(trt)

@@ -137,11 +137,12 @@ def test_close_from_another_thread_waits_for_the_read_in_progress(make_source, u
     """The daemon closes from its main thread while its acquire thread may still be in read()."""
     source = make_source(device="0", settings={"AcquisitionFrameRate": 2}, reconnect_backoff_initial_s=0.3)
     source.open()
-    outcomes = []
+    outcomes, reading = [], threading.Event()
 
     def reader():
         if unplugged:
             source.acquirer.destroy()
+        reading.set()
         while True:
             try:
                 source.read(2.0)
@@ -153,6 +154,7 @@ def test_close_from_another_thread_waits_for_the_read_in_progress(make_source, u
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
+    assert reading.wait(10.0)  # on a loaded machine the thread can start after the close below
     # Not needed for correctness, only to make the close likely to land inside a fetch (2 frames/s) or
     # inside the reconnect backoff (0.3 s), where an unguarded close breaks the read.
     time.sleep(0.2)

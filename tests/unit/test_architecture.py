@@ -18,7 +18,6 @@ OPTIONAL_HEAVY = {"torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "
 # root that registers every package's subcommands.
 LAZY_CROSSINGS = {
     ("edge/backends/torch.py", "calibrate"),  # the PyTorch backend is the training stack's own model
-    ("edge/backends/tensorrt.py", "engines"),  # the engine sidecar's reader and the running environment
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from edge.errors import BackendError, ConfigError, ModelFileError
 from engines.engine_cli import stale_reasons
-from engines.sidecar import device_identity, mismatches, read_sidecar, sidecar_path, write_sidecar
+from edge.sidecar import device_identity, mismatches, read_sidecar, sidecar_path, write_sidecar
 
 GIB = 2**30
 # Illustrative module descriptions (SM counts from NVIDIA's module data sheets: 2048 and 1024

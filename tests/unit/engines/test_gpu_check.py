@@ -132,7 +132,7 @@ class Refuse:
         if name.split(".")[0] in ("torch", "scipy"):
             raise ImportError("not on this box: " + name)
 sys.meta_path.insert(0, Refuse())
-import edge.backends.tensorrt, engines.tensorrt_build, engines.sidecar
+import edge.backends.tensorrt, engines.tensorrt_build, edge.sidecar
 from engines.gpu_check import load_batch
 print(load_batch({str(exported)!r}, {str(part_images)!r})[0].shape)
 """

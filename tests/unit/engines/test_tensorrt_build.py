@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from edge.errors import BackendError
-from engines.tensorrt_build import network_flags, tensorrt_major, use_timing_cache
+from edge.backends.tensorrt import tensorrt_major
+from engines.tensorrt_build import network_flags, use_timing_cache
 
 VALID = b"timing cache written by this TensorRT on this GPU"
 OTHER_DEVICE = b"timing cache written on another GPU"

@@ -129,7 +129,7 @@ def test_auto_without_an_exported_graph_is_an_error_naming_export_where_torch_is
         open_backend("auto", tiny_model_dir, allow_torch=False)
 
 
-@pytest.mark.parametrize("kind", ["onnxruntime", "torch"])
+@pytest.mark.parametrize("kind", ["tensorrt", "onnxruntime", "torch"])
 def test_each_backend_declares_exactly_the_options_its_constructor_takes(kind):
     import importlib
     import inspect

@@ -15,8 +15,9 @@ import itertools
 import numpy as np
 import pytest
 
-from edge.backends.tensorrt import INPUT_NAME, OUTPUT_NAMES, ShapeBinding, TensorRTBackend, io_type_errors
+from edge.backends.tensorrt import ShapeBinding, TensorRTBackend, io_type_errors
 from edge.errors import BackendError
+from edge.graph import INPUT_NAME, OUTPUT_NAMES
 
 SIZE = (8, 6)
 
