@@ -161,7 +161,7 @@ class CameraBridge:
             except wire.WireError as error:
                 # A daemon speaking another schema, or garbage on the port: never guess, fail safe.
                 log.error("camera %s: %s", self.link.camera, error)
-                self._health.fault(time.monotonic())
+                self._health.fault(time.monotonic(), "bad_message", str(error))
                 continue
             if message is None:
                 return beat
@@ -180,7 +180,7 @@ class CameraBridge:
                 beat = True
             elif isinstance(message, wire.Fault):
                 log.warning("camera %s: fault %s: %s", message.camera, message.code, message.message)
-                self._health.fault(now)
+                self._health.fault(now, message.code, message.message)
 
     def _drain_reliable(self, reliable: ReliableClient) -> None:
         while len(self._pending) < self.backlog_limit:
@@ -188,7 +188,7 @@ class CameraBridge:
                 decision = reliable.recv(timeout=0)
             except wire.WireError as error:
                 log.error("camera %s: reliable channel: %s", self.link.camera, error)
-                self._health.fault(time.monotonic())
+                self._health.fault(time.monotonic(), "bad_message", str(error))
                 continue
             if decision is None:
                 return
@@ -196,7 +196,8 @@ class CameraBridge:
                 log.error("camera %s: the acknowledged channel at %s delivered a decision of camera %r; "
                           "check the bridge's camera/endpoint pairs", self.link.camera, self.link.reliable,
                           decision.camera)
-                self._health.fault(time.monotonic())
+                self._health.fault(time.monotonic(), "wrong_camera",
+                                   f"decision of camera {decision.camera!r} on {self.link.reliable}")
                 continue
             self._health.decision(decision, time.monotonic())
             self._pending.append(_Pending(decision))
@@ -235,7 +236,7 @@ class CameraBridge:
 
 
 def _shown_fields(state: CameraState) -> tuple:
-    return (state.healthy, state.reason, state.ready, state.busy, state.fault, state.session)
+    return (state.healthy, state.reason, state.ready, state.busy, state.fault, state.session, state.faults)
 
 
 class Bridge:

@@ -46,6 +46,9 @@ class CameraState:
     last: wire.Decision | None = None
     counts: dict = field(default_factory=lambda: {"ok": 0, "reject": 0, "fault": 0})
     daemon_state: str = ""
+    faults: int = 0  # faults seen since the bridge started (fault messages, fault verdicts, bad messages)
+    fault_code: str = ""  # of the last one
+    fault_message: str = ""
 
     @property
     def reason_code(self) -> int:
@@ -85,7 +88,8 @@ class CameraHealth:
         self._state = replace(self._state, heartbeats=self._state.heartbeats + 1, session=beat.session,
                               daemon_state=beat.state)
 
-    def fault(self, now: float) -> None:
+    def fault(self, now: float, code: str, message: str) -> None:
+        self._state = replace(self._state, faults=self._state.faults + 1, fault_code=code, fault_message=message)
         self._latch("fault", now)
 
     def gap(self, now: float) -> None:
@@ -99,7 +103,7 @@ class CameraHealth:
         counts[decision.verdict] = counts.get(decision.verdict, 0) + 1
         self._state = replace(self._state, last=decision, counts=counts)
         if decision.verdict == "fault":
-            self._latch("fault", now)
+            self.fault(now, "fault_verdict", f"frame {decision.frame_id}: {decision.reason}")
 
     def _reason(self, now: float) -> str:
         if self._last_heartbeat_at is None:

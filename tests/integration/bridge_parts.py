@@ -2,9 +2,13 @@
 own, a Modbus PLC (a pymodbus server) that records every write, and waiting helpers."""
 
 import asyncio
+import getpass
+import os
 import socket
 import threading
 import time
+
+import pytest
 
 from edge import wire
 from edge.publisher import Publisher, PublisherConfig
@@ -124,3 +128,86 @@ class RecordingPlc:
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(10)
         self._thread.join(10)
+
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+class Mosquitto:
+    """A real Mosquitto broker on a free loopback port, with persistence in `directory`, so a stop and
+    a start keep durable sessions and their queued messages, as a production broker does."""
+
+    def __init__(self, directory, port: int | None = None):
+        import shutil
+
+        binary = shutil.which("mosquitto") or (MOSQUITTO if os.path.exists(MOSQUITTO) else None)
+        if binary is None:
+            pytest.skip("mosquitto is not installed (`make test` apt-installs it when run as root)")
+        self.binary = binary
+        self.port = port or free_port()
+        self.config = os.path.join(str(directory), "mosquitto.conf")
+        with open(self.config, "w") as file:
+            # user: run as whoever runs the tests (started as root it would switch to "mosquitto" and
+            # could not write its persistence into the test's directory)
+            file.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                       f"persistence_location {directory}/\nautosave_interval 1\nuser {getpass.getuser()}\n")
+        self.process = None
+        self.start()
+
+    def start(self) -> None:
+        import subprocess
+
+        self.process = subprocess.Popen([self.binary, "-c", self.config], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True)
+
+        def listening():
+            if self.process.poll() is not None:
+                raise AssertionError(f"mosquitto exited with {self.process.returncode}: {self.process.stderr.read()}")
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+        wait_for(listening, f"mosquitto listening on {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.communicate(timeout=WAIT_S)
+        self.process = None
+
+
+class MqttRecorder:
+    """A durable MQTT subscriber (QoS 1, persistent session) recording (topic, payload, retained)."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "test-recorder"):
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+
+        def on_connect(client, userdata, flags, reason_code, properties):
+            client.subscribe(topic, qos=1)
+
+        def on_subscribe(client, userdata, mid, reason_codes, properties):
+            self.subscribed.set()
+
+        def on_message(client, userdata, message):
+            with self._lock:
+                self.messages.append((message.topic, message.payload, bool(message.retain)))
+
+        self.client.on_connect, self.client.on_subscribe, self.client.on_message = on_connect, on_subscribe, on_message
+        self.client.connect("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+        assert self.subscribed.wait(WAIT_S), "the recorder did not subscribe"
+
+    def payloads(self, suffix: str) -> list:
+        import json
+
+        with self._lock:
+            return [json.loads(p) if p[:1] == b"{" else p.decode() for t, p, _ in self.messages if t.endswith(suffix)]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

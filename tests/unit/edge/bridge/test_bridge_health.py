@@ -39,7 +39,7 @@ def test_three_missed_periods_is_a_timeout_and_the_next_heartbeat_heals_it():
 def test_fault_gap_and_restart_latch_for_three_periods(event, reason):
     health = CameraHealth("cam1")
     health.heartbeat(beat(), 0.0)
-    getattr(health, event)(0.5)
+    getattr(health, event)(0.5, *(("source_unavailable", "lost") if event == "fault" else ()))
     health.heartbeat(beat(), 1.0)
     health.heartbeat(beat(), 2.0)
     health.heartbeat(beat(), 3.0)
