@@ -163,10 +163,24 @@ def _flags(args: argparse.Namespace) -> dict:
     return flags
 
 
+def _certs(args: argparse.Namespace) -> int:
+    import socket
+
+    from edge.bridge.opcua import make_certificates
+
+    if args.out is None:
+        raise ConfigError("hlgfa bridge certs needs --out DIR")
+    certificate, key = make_certificates(args.out, args.name, args.hostname or socket.gethostname(), args.client_uri)
+    print(f"certificate {certificate}\nprivate key {key} (mode 0600)")
+    return 0
+
+
 def _handler(args: argparse.Namespace) -> int:
     from edge.bridge.core import Bridge
     from edge.health import SystemdNotifier
 
+    if args.action == "certs":
+        return _certs(args)
     config = build_config(args.config, _flags(args))
     # asyncua logs every node of the standard address space it loads at INFO
     logging.getLogger("asyncua").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -215,6 +229,8 @@ def register(subparsers) -> None:
                     "(server the PLC polls, or client writing into the PLC), OPC UA (server) and MQTT "
                     "(to a broker). A camera that goes quiet, faults or restarts is shown not healthy on "
                     "every protocol at once. See docs/PLC.md.")
+    parser.add_argument("action", nargs="?", choices=("certs",),
+                        help="certs: make a self-signed OPC UA application certificate and key (--out DIR)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config (docs/PLC.md)")
     parser.add_argument("--check", action="store_true", help="validate the config, print it, exit")
     parser.add_argument("--camera", default="cam0", help="camera name, with --connect/--reliable (default cam0)")
@@ -224,4 +240,10 @@ def register(subparsers) -> None:
     parser.add_argument("--modbus-client", metavar="HOST:PORT", help="Modbus TCP PLC to write into")
     parser.add_argument("--opcua-server", metavar="opc.tcp://HOST:PORT", help="OPC UA server endpoint")
     parser.add_argument("--mqtt-broker", metavar="HOST:PORT", help="MQTT broker to publish to")
+    certs = parser.add_argument_group("certs")
+    certs.add_argument("--out", type=Path, metavar="DIR", help="where certs writes NAME.der and NAME.key.pem")
+    certs.add_argument("--name", default="server", help="file and common name (default server)")
+    certs.add_argument("--hostname", help="DNS name in the certificate (default this host's name)")
+    certs.add_argument("--client-uri", metavar="URI",
+                       help="make a client certificate with this application URI instead of the server's")
     parser.set_defaults(handler=_handler)

@@ -24,6 +24,7 @@ import collections
 import json
 import logging
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Literal
@@ -53,6 +54,7 @@ class OpcuaConfig(_Section):
     certificate: Path | None = None  # the server's certificate (DER or PEM)
     private_key: Path | None = None  # its private key (PEM)
     allow_anonymous: bool = False  # without it, a client identifies itself with its certificate
+    trusted_clients: Path | None = None  # directory of the client certificates (DER/PEM) allowed to connect
     recent_results: int = 20
     write_timeout_s: float = 2.0
 
@@ -67,9 +69,10 @@ class OpcuaConfig(_Section):
     @model_validator(mode="after")
     def _certificates(self):
         secure = any(policy != "None" for policy in self.security)
-        if secure and (self.certificate is None or self.private_key is None):
-            raise ValueError(f"security {self.security} needs certificate and private_key "
-                             "(make them with `hlgfa bridge certs --out DIR`), or security = [\"None\"]")
+        if secure and (self.certificate is None or self.private_key is None or self.trusted_clients is None):
+            raise ValueError(f"security {self.security} needs certificate, private_key (make them with `hlgfa "
+                             "bridge certs --out DIR`) and trusted_clients (a directory of the client certificates "
+                             "to accept; without it any certificate would do), or security = [\"None\"]")
         if not self.security:
             raise ValueError("security: expected at least one policy")
         if not secure and not self.allow_anonymous:
@@ -168,6 +171,17 @@ class OpcuaServer:
         if config.certificate is not None:
             await server.load_certificate(str(config.certificate))
             await server.load_private_key(str(config.private_key))
+        if secure:
+            from asyncua.crypto.truststore import TrustStore
+            from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+            if not config.trusted_clients.is_dir():
+                raise ConfigError(f"opcua.trusted_clients {config.trusted_clients}: not a directory")
+            store = TrustStore([config.trusted_clients], [])
+            await store.load()
+            options = (CertificateValidatorOptions.EXT_VALIDATION | CertificateValidatorOptions.TRUSTED
+                       | CertificateValidatorOptions.PEER_CLIENT)
+            server.set_certificate_validator(CertificateValidator(options, store))
         idx = await server.register_namespace(NAMESPACE)
         event_type = await server.create_custom_event_type(
             idx, "ResultReadyEventType", ua.ObjectIds.BaseEventType,
@@ -242,3 +256,24 @@ class OpcuaServer:
         if self._loop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stopped.set)
             self._thread.join(15)
+
+
+def make_certificates(out: Path, name: str, hostname: str, client_uri: str | None) -> tuple[Path, Path]:
+    """A self-signed application certificate (DER) and its key (PEM, mode 0600) in `out`: the server's
+    (application URI = NAMESPACE) or, with `client_uri`, a client's. Returns (certificate, key)."""
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    out.mkdir(parents=True, exist_ok=True)
+    certificate, key = out / f"{name}.der", out / f"{name}.key.pem"
+    if certificate.exists() or key.exists():
+        raise ConfigError(f"{certificate} or {key} exists already; remove them first (a new key invalidates every "
+                          "trust list that holds the old certificate)")
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client_uri else ExtendedKeyUsageOID.SERVER_AUTH
+    previous = os.umask(0o077)  # the key is never readable by others, not even for a moment
+    try:
+        asyncio.run(setup_self_signed_certificate(key, certificate, client_uri or NAMESPACE, hostname, [usage],
+                                                  {"commonName": name, "organizationName": "hlgfa-edge"}))
+    finally:
+        os.umask(previous)
+    return certificate, key

@@ -85,3 +85,61 @@ def test_variables_events_and_fail_safe_over_opcua(camera):
         bridge.start()
         asyncio.run(_client_session(endpoint, camera, bridge))
         assert camera.acked() == 4
+
+
+async def _secure_read(endpoint: str, certs, name: str | None):
+    """Read Healthy as client `name` (its certificate from `hlgfa bridge certs`), over Basic256Sha256
+    SignAndEncrypt; `name` None: no security, anonymous."""
+    from asyncua import Client
+    from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+
+    client = Client(endpoint, timeout=10)
+    if name is not None:
+        client.application_uri = f"urn:test:{name}"
+        await client.set_security(SecurityPolicyBasic256Sha256, str(certs / f"{name}.der"),
+                                  str(certs / f"{name}.key.pem"), server_certificate=str(certs / "server.der"))
+        # the same certificate as its identity (anonymous is off)
+        await client.load_client_certificate(str(certs / f"{name}.der"))
+        await client.load_private_key(str(certs / f"{name}.key.pem"))
+    async with client:
+        idx = await client.get_namespace_index(NAMESPACE)
+        node = await client.nodes.objects.get_child([f"{idx}:HLGFA", f"{idx}:cam1", f"{idx}:Healthy"])
+        return await node.read_value()
+
+
+def test_basic256sha256_with_certificates_from_hlgfa_bridge_certs_admits_only_trusted_clients(tmp_path, camera):
+    from edge.cli import main
+
+    certs, trusted = tmp_path / "certs", tmp_path / "trusted"
+    trusted.mkdir()
+    assert main(["bridge", "certs", "--out", str(certs), "--hostname", "localhost"]) == 0
+    for name in ("plc", "stranger"):
+        assert main(["bridge", "certs", "--out", str(certs), "--name", name, "--client-uri", f"urn:test:{name}"]) == 0
+    assert (certs / "server.key.pem").stat().st_mode & 0o077 == 0
+    (trusted / "plc.der").write_bytes((certs / "plc.der").read_bytes())
+    endpoint = f"opc.tcp://127.0.0.1:{free_port()}/hlgfa/"
+    server = OpcuaServer(OpcuaConfig(endpoint=endpoint, certificate=certs / "server.der",
+                                     private_key=certs / "server.key.pem", trusted_clients=trusted))
+    with Bridge([CameraLink(camera.camera, camera.endpoint, camera.reliable)], [server]) as bridge:
+        bridge.start()
+        assert asyncio.run(_secure_read(endpoint, certs, "plc")) in (True, False)
+        from asyncua.ua import UaError
+        from asyncua.ua.uaerrors import BadCertificateUntrusted
+
+        with pytest.raises(BadCertificateUntrusted):
+            asyncio.run(_secure_read(endpoint, certs, "stranger"))
+        with pytest.raises(UaError, match="No matching endpoints"):  # no unsecured endpoint exists
+            asyncio.run(_secure_read(endpoint, certs, None))
+
+
+def test_opcua_config_refuses_insecure_defaults():
+    from edge.errors import ConfigError
+    from edge.bridge.cli import build_config
+
+    base = {"cameras": [{"name": "cam1", "connect": "tcp://127.0.0.1:1", "reliable": "tcp://127.0.0.1:2"}]}
+    with pytest.raises(ConfigError, match="certificate, private_key"):
+        build_config(None, {**base, "opcua": {"endpoint": "opc.tcp://127.0.0.1:4840"}})
+    with pytest.raises(ConfigError, match="allow_anonymous"):
+        build_config(None, {**base, "opcua": {"endpoint": "opc.tcp://127.0.0.1:4840", "security": ["None"]}})
+    with pytest.raises(ConfigError, match="opc.tcp://HOST:PORT"):
+        build_config(None, {**base, "opcua": {"endpoint": "http://x", "security": ["None"], "allow_anonymous": True}})
