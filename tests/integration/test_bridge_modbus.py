@@ -167,3 +167,45 @@ def test_client_writes_every_decision_in_order_pulses_the_coil_and_acks_only_wha
             assert True in plc.coil_writes(7)
         finally:
             plc.close()
+
+
+def test_hlgfa_bridge_speaks_sd_notify_ready_watchdog_and_stopping(tmp_path, cameras):
+    """`hlgfa bridge` as systemd runs it (Type=notify, WatchdogSec=): READY=1 once serving, WATCHDOG=1
+    pings, STOPPING=1 and exit 0 on SIGTERM, with every camera shown not healthy when it stops."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.integration.test_daemon import ROOT
+
+    cam = cameras("cam1")
+    port = free_port()
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(address)
+        notify.settimeout(60)
+        env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000",
+               "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+        env.pop("WATCHDOG_PID", None)
+        process = subprocess.Popen([sys.executable, "-m", "edge.cli", "bridge", "--camera", "cam1",
+                                    "--connect", cam.endpoint, "--reliable", cam.reliable,
+                                    "--modbus-server", f"127.0.0.1:{port}"], cwd=ROOT, env=env,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            received = []
+            while not any("WATCHDOG=1" in m for m in received):
+                received.append(notify.recv(4096).decode())
+            assert "READY=1" in received[0]
+            plc = Poller(port)
+            wait_for(lambda: _healthy(plc.block(0)), "healthy through the CLI")
+            plc.close()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0
+            while not any("STOPPING=1" in m for m in received):
+                received.append(notify.recv(4096).decode())
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
