@@ -86,6 +86,7 @@ class RecordingPlc:
 
         self.port = port or free_port()
         self.writes: list[tuple[int, int, list]] = []
+        self.write_times: list[int] = []  # wall clock ns of each write, for latency benchmarks
         self._lock = threading.Lock()
         device = SimDevice(id=0, simdata=([SimData(0, count=size, datatype=DataType.BITS)],
                                           [SimData(0, count=size, datatype=DataType.BITS)],
@@ -114,6 +115,7 @@ class RecordingPlc:
         if values is not None:
             with self._lock:
                 self.writes.append((function_code, address, list(values)))
+                self.write_times.append(time.time_ns())
         return None
 
     def blocks(self, address: int) -> list[list[int]]:
