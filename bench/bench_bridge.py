@@ -14,7 +14,9 @@
 Latency = host wall clock at the counterpart − the decision's `wall_ns` (stamped by the publisher as
 it sends). One camera, decisions at `--rate` per second, one protocol at a time. Then the load run:
 `--cameras` daemons at `--rate` each into one bridge serving Modbus server + MQTT, counting decisions
-not acknowledged to the daemons or missing at the MQTT subscriber.
+not acknowledged to the daemons or missing at the MQTT subscriber. Last, the fail-safe bound: time
+from a daemon's last heartbeat to "not healthy" on Modbus, OPC UA and MQTT (heartbeats every 0.2 s,
+so 3 missed periods = 0.6 s; the counterparts poll every ~2 ms).
 """
 
 import argparse
@@ -233,18 +235,82 @@ def bench_mqtt(directory: Path, frames: int, rate: float, cameras: int = 1, modb
     return out
 
 
+def bench_failsafe(directory: Path, repeats: int = 5, period_s: float = 0.2) -> dict:
+    """Time from a daemon's last heartbeat to "not healthy" on the Modbus server, OPC UA and MQTT at once
+    (one bridge with all three); a fresh daemon each round (its heartbeats stop as a killed daemon's do)."""
+    from asyncua.sync import Client
+    from pymodbus.client import ModbusTcpClient
+
+    broker = Mosquitto(directory)
+    recorder = MqttRecorder(broker.port, "hlgfa/bench/+/health", client_id="bench-failsafe")
+    times: dict[str, list] = {"modbus-server": [], "opcua": [], "mqtt": []}
+    for round_ in range(repeats):
+        camera = FakeCamera(f"cam{round_}", period_s=period_s)
+        port, endpoint = free_port(), f"opc.tcp://127.0.0.1:{free_port()}/hlgfa/"
+        bridge = _bridge(directory, [camera], f'[modbus_server]\nlisten = "127.0.0.1:{port}"\n'
+                                              f'[opcua]\nendpoint = "{endpoint}"\nsecurity = ["None"]\n'
+                                              f'allow_anonymous = true\n[mqtt]\nbroker = "127.0.0.1:{broker.port}"\n'
+                                              'bridge_id = "bench"\n')
+        plc = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+        try:
+            _wait_healthy(lambda: plc.connect() and (plc.read_holding_registers(0, count=R.BLOCK).registers[R.STATUS]
+                                                     & R.HEALTHY))
+            client = wait_for(lambda: _connected(Client, endpoint), "OPC UA connected", timeout_s=60)
+            idx = client.get_namespace_index(NAMESPACE)
+            healthy = client.nodes.objects.get_child([f"{idx}:HLGFA", f"{idx}:{camera.camera}", f"{idx}:Healthy"])
+            wait_for(lambda: healthy.read_value(), "healthy on OPC UA")
+            with recorder._lock:
+                recorder.messages.clear()
+            camera.silence()
+            last_beat = camera.last_beat_ns
+            pending = set(times)
+            while pending:
+                now = time.time_ns()
+                if "modbus-server" in pending and not (
+                        plc.read_holding_registers(0, count=R.BLOCK).registers[R.STATUS] & R.HEALTHY):
+                    times["modbus-server"].append(now - last_beat)
+                    pending.discard("modbus-server")
+                if "opcua" in pending and not healthy.read_value():
+                    times["opcua"].append(now - last_beat)
+                    pending.discard("opcua")
+                if "mqtt" in pending and any(not h["healthy"] for h in recorder.payloads(f"{camera.camera}/health")):
+                    times["mqtt"].append(now - last_beat)
+                    pending.discard("mqtt")
+                time.sleep(0.002)
+            client.disconnect()
+        finally:
+            plc.close()
+            bridge.terminate()
+            bridge.wait(30)
+            camera.close()
+    recorder.close()
+    broker.stop()
+    return {"period_s": period_s, "misses": 3, "repeats": repeats,
+            **{f"{name}_ms": [round(t / 1e6) for t in values] for name, values in times.items()}}
+
+
+def _connected(client_class, endpoint: str):
+    client = client_class(endpoint, timeout=10)
+    try:
+        client.connect()
+    except (OSError, TimeoutError):
+        return None
+    return client
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--cameras", type=int, default=4)
-    parser.add_argument("--only", choices=("modbus-server", "modbus-client", "opcua", "mqtt", "load"))
+    parser.add_argument("--only", choices=("modbus-server", "modbus-client", "opcua", "mqtt", "load", "failsafe"))
     args = parser.parse_args()
     runs = {"modbus-server": lambda d: bench_modbus_server(d, args.frames, args.rate),
             "modbus-client": lambda d: bench_modbus_client(d, args.frames, args.rate),
             "opcua": lambda d: bench_opcua(d, args.frames, args.rate),
             "mqtt": lambda d: bench_mqtt(d, args.frames, args.rate),
-            "load": lambda d: bench_mqtt(d, args.frames, args.rate, cameras=args.cameras, modbus=True)}
+            "load": lambda d: bench_mqtt(d, args.frames, args.rate, cameras=args.cameras, modbus=True),
+            "failsafe": bench_failsafe}
     print(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "load_before": os.getloadavg(),
                       "frames": args.frames, "rate_per_camera": args.rate}))
     for name, run in runs.items():

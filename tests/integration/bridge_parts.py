@@ -45,6 +45,7 @@ class FakeCamera:
         self.camera = camera
         self.period_s = period_s
         self.frames = 0
+        self.last_beat_ns = 0
         self._quiet = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
         self._thread.start()
@@ -53,6 +54,7 @@ class FakeCamera:
         while not self._quiet.wait(self.period_s):
             self.publisher.heartbeat(wire.Counters(frames=self.frames),
                                      source=wire.SourceStatus("delivering", 0.0))
+            self.last_beat_ns = time.time_ns()
 
     def decide(self, verdict: str = "ok", score: float = 0.1) -> wire.Decision:
         self.frames += 1
