@@ -99,11 +99,22 @@ class CameraBridge:
         self._thread = threading.Thread(target=self._run, name=f"bridge-{link.camera}", daemon=True)
 
     def start(self) -> None:
+        """Connects here, so a bad endpoint is an error of the start (exit 78), not of the thread. The
+        sockets then belong to the thread alone (starting it is the memory barrier ZeroMQ asks for)."""
+        link = self.link
+        self._sub = Subscriber(link.connect, cameras=[link.camera], topics=(wire.HEARTBEAT, wire.FAULT),
+                               curve=link.curve, context=self._context)
+        try:
+            self._reliable = ReliableClient(link.reliable, curve=link.curve, context=self._context)
+        except Exception:
+            self._sub.close()
+            raise
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
-        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
         self._show(stopped(self.state()))
 
     def _show(self, state: CameraState) -> None:
@@ -128,10 +139,7 @@ class CameraBridge:
     def _run(self) -> None:
         import zmq
 
-        link = self.link
-        with Subscriber(link.connect, cameras=[link.camera], topics=(wire.HEARTBEAT, wire.FAULT), curve=link.curve,
-                        context=self._context) as sub, \
-                ReliableClient(link.reliable, curve=link.curve, context=self._context) as reliable:
+        with self._sub as sub, self._reliable as reliable:
             poller = zmq.Poller()
             poller.register(sub.socket, zmq.POLLIN)
             poller.register(reliable.socket, zmq.POLLIN)
@@ -266,8 +274,12 @@ class Bridge:
                 adapter.close()
             self._context.destroy(linger=0)
             raise
-        for camera in self.cameras.values():
-            camera.start()
+        try:
+            for camera in self.cameras.values():
+                camera.start()
+        except BaseException:
+            self.close()
+            raise
 
     def states(self) -> dict[str, CameraState]:
         return {name: camera.state() for name, camera in self.cameras.items()}
