@@ -31,6 +31,10 @@ from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# A copy still unconfirmed after this long (paho did not resend it across a reconnect) is published
+# again: at-least-once allows the duplicate, never the loss.
+REPUBLISH_S = 10.0
+
 
 class MqttConfig(_Section):
     """`[mqtt]`."""
@@ -82,8 +86,12 @@ class Mqtt:
         self.base = _topic_base(config)
         self.status_topic = f"{self.base}/status"
         self._client = None
-        self._acked: set[int] = set()
-        self._in_flight: dict[str, tuple[tuple[str, int], int]] = {}  # camera → ((session, seq), mid)
+        # Message ids are 16 bits and paho reuses them, so a PUBACK is matched to a publication by when it
+        # came: mid → the number of PUBACKs seen when it arrived (bounded: at most 65,536 keys).
+        self._puback_at: dict[int, int] = {}
+        self._pubacks = 0
+        # camera → ((session, seq), mid, after, published at)
+        self._in_flight: dict[str, tuple[tuple[str, int], int, int, float]] = {}
         self._changed = threading.Condition()
         self._latest: dict[str, CameraState] = {}
         self._faults_sent: dict[str, int] = {}
@@ -144,7 +152,8 @@ class Mqtt:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._changed:
-            self._acked.add(mid)
+            self._pubacks += 1
+            self._puback_at[mid] = self._pubacks
             self._changed.notify_all()
 
     # the core's threads call these
@@ -153,25 +162,27 @@ class Mqtt:
         key = (decision.session, decision.seq)
         with self._lock:
             in_flight = self._in_flight.get(decision.camera)
-        if in_flight is not None and in_flight[0] == key:
-            mid = in_flight[1]  # published before and not yet confirmed: wait for that copy
+        if in_flight is not None and in_flight[0] == key and time.monotonic() - in_flight[3] < REPUBLISH_S:
+            _, mid, after, _ = in_flight  # published before and not yet confirmed: wait for that copy
         else:
             if not self._client.is_connected():
                 raise DeliveryError(f"MQTT broker {self.host}:{self.port} not connected")
             payload = json.dumps(wire.to_json_dict(decision), separators=(",", ":"))
+            with self._changed:
+                after = self._pubacks  # its PUBACK can only come after this
+            # not under our lock: paho calls on_publish holding its own, which publish() also takes
             info = self._client.publish(f"{self.base}/{decision.camera}/decision", payload, qos=1)
             mid = info.mid
             with self._lock:
-                self._in_flight[decision.camera] = (key, mid)
+                self._in_flight[decision.camera] = (key, mid, after, time.monotonic())
         deadline = time.monotonic() + self.config.puback_timeout_s
         with self._changed:
-            while mid not in self._acked:
+            while self._puback_at.get(mid, 0) <= after:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DeliveryError(f"MQTT broker {self.host}:{self.port}: no PUBACK for decision seq "
                                         f"{decision.seq} within {self.config.puback_timeout_s} s")
                 self._changed.wait(left)
-            self._acked.discard(mid)
         with self._lock:
             self._in_flight.pop(decision.camera, None)
 
