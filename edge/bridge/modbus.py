@@ -31,6 +31,8 @@ from edge.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+SHOW_BACKOFF_S = 2.0  # after a failed request, health updates skip the PLC this long (decisions do not)
+
 
 def parse_host_port(text: str, what: str) -> tuple[str, int]:
     host, colon, port = text.rpartition(":")
@@ -212,6 +214,7 @@ class ModbusClient:
         self._closing = False
         self._pulser: threading.Thread | None = None
         self._unreachable_logged_at = -float("inf")
+        self._failed_at = -float("inf")
 
     def start(self, cameras: list[str]) -> None:
         from pymodbus.client import ModbusTcpClient
@@ -228,10 +231,12 @@ class ModbusClient:
 
         try:
             if not self._client.connected and not self._client.connect():
+                self._failed_at = time.monotonic()
                 raise DeliveryError(f"Modbus PLC {self.host}:{self.port} unreachable")
             response = getattr(self._client, method)(*args, device_id=self.config.device_id, **kwargs)
         except (ModbusException, OSError) as error:
             self._client.close()
+            self._failed_at = time.monotonic()
             raise DeliveryError(f"Modbus PLC {self.host}:{self.port}: {what} failed: {error}") from None
         if response.isError():
             raise DeliveryError(f"Modbus PLC {self.host}:{self.port}: {what} answered with exception "
@@ -261,6 +266,8 @@ class ModbusClient:
     def show(self, state: CameraState) -> None:
         with self._lock:
             block = self._image.set(state)
+            if not self._client.connected and time.monotonic() - self._failed_at < SHOW_BACKOFF_S:
+                return  # an unreachable PLC (up to timeout_s per try) must not slow the camera's thread
             try:
                 self._write_block(state.camera, block)
             except DeliveryError as error:
