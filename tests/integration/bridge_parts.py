@@ -37,11 +37,12 @@ class FakeCamera:
     every `period_s` until `silence()`: a daemon without a model, for tests of what the bridge does."""
 
     def __init__(self, camera: str, period_s: float = 0.2, endpoint: str | None = None,
-                 reliable: str | None = None):
+                 reliable: str | None = None, reliable_capacity: int = 1000):
         self.endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         self.reliable = reliable or f"tcp://127.0.0.1:{free_port()}"
         self.publisher = Publisher(PublisherConfig(camera=camera, endpoint=self.endpoint, reliable_endpoint=self.reliable,
-                                                   heartbeat_period_s=period_s, map_size=None))
+                                                   heartbeat_period_s=period_s, map_size=None,
+                                                   reliable_capacity=reliable_capacity))
         self.camera = camera
         self.period_s = period_s
         self.frames = 0

@@ -209,3 +209,26 @@ def test_hlgfa_bridge_speaks_sd_notify_ready_watchdog_and_stopping(tmp_path, cam
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_a_protocol_refusing_for_long_fills_the_backlog_then_the_daemon_evicts_and_the_camera_is_unhealthy(cameras):
+    """The bridge holds at most `backlog` decisions for a refusing protocol, then stops taking more: the
+    daemon's bounded buffer fills, evicts, reports reliable_buffer_full, and the camera turns unhealthy
+    on every protocol (here the Modbus server) — never a silent loss."""
+    cam = cameras("cam1", reliable_capacity=5)
+    port = free_port()
+    refusing = ModbusClient(ModbusClientConfig(plc=f"127.0.0.1:{free_port()}", timeout_s=0.2))
+    with Bridge([_link(cam)], [ModbusServer(ModbusServerConfig(listen=f"127.0.0.1:{port}")), refusing],
+                backlog=3, retry_s=0.1) as bridge:
+        bridge.start()
+        plc = Poller(port)
+        try:
+            wait_for(lambda: _healthy(plc.block(0)), "healthy")
+            for _ in range(12):
+                cam.decide("ok")
+            wait_for(lambda: plc.block(0)[R.REASON] == REASONS["fault"], "unhealthy after the daemon's evictions")
+            assert bridge.cameras["cam1"].pending() == 3 and cam.acked() == 0
+            assert bridge.states()["cam1"].fault_code == "reliable_buffer_full"
+            assert cam.publisher.reliable_stats()["evicted"] >= 1
+        finally:
+            plc.close()
