@@ -11,7 +11,7 @@ reads or subscribes to, and a `ResultReadyEventType` event per decision.
     events: ResultReadyEventType (subtype of BaseEventType) emitted by the camera object, with
         Camera, Verdict, Score, Threshold, FrameId, Session, Seq, Reason.
 
-The variables are read-only to clients (a write is answered BadNotWritable by the server). A
+The variables are read-only to clients (a write is answered BadUserAccessDenied). A
 decision counts as accepted once every variable was written and its event fired, in the server's own
 event loop (a thread of its own; the core's threads hand work to it and wait for the result).
 

@@ -70,8 +70,9 @@ async def _client_session(endpoint: str, camera: FakeCamera, bridge):
         assert math.isnan(handler.seen[2].Score) and handler.seen[1].Score == pytest.approx(0.1)
 
         assert bridge.states()["cam1"].fault_code == "fault_verdict"
-        with pytest.raises(ua.UaStatusCodeError):
+        with pytest.raises(ua.uaerrors.BadUserAccessDenied):
             await (await cam.get_child(f"{idx}:Healthy")).write_value(True)
+        assert await var("Seq") == sent[-1].seq  # and the server lives on
 
         camera.silence()
         await _poll(lambda: var("Reason"), lambda r: r == "heartbeat_timeout", "unhealthy once the daemon is quiet")
