@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS := train,onnx,export,camera,calibrate,demo,dev
+EXTRAS := train,onnx,export,camera,calibrate,demo,dev,bridge
 
 .PHONY: venv test demo clean system-packages
 
@@ -25,9 +25,10 @@ clean:
 	rm -rf $(VENV) demo_out runs
 
 # Debian packages tests use: systemd (systemd-analyze verify/security and systemd-sysusers check
-# the units) and shellcheck (engines/check_gpu.sh). Installed when missing and running as root
+# the units), shellcheck (engines/check_gpu.sh) and mosquitto (the bridge's MQTT tests start a
+# real broker). Installed when missing and running as root
 # with apt-get; otherwise those tests skip and say why.
-DEB_PACKAGES := systemd shellcheck
+DEB_PACKAGES := systemd shellcheck mosquitto
 system-packages:
 	@missing=""; for package in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \

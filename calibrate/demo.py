@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
 
 def step(number: int, text: str) -> None:
-    print(f"\n[{number}/6] {text}", flush=True)
+    print(f"\n[{number}/7] {text}", flush=True)
 
 
 def elpv_cells() -> tuple[list[Path], list[Path]]:
@@ -313,5 +313,9 @@ def run(args) -> int:
     result = inspect(out, model, onnx_path, thresholds, manifest, args.line_rate)
     step(6, "result")
     code = report(result)
+    step(7, "PLC side: `hlgfa bridge` serving the daemon over Modbus TCP and OPC UA, read back as a PLC would")
+    from calibrate.demo_bridge import plc_step
+
+    code = plc_step(out, model, onnx_path, thresholds, args.line_rate, len(manifest["replay"])) or code
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; everything it built is in {out}")
     return code

@@ -27,6 +27,7 @@ SUBCOMMAND_MODULES = (
     "engines.export_cli",
     "engines.engine_cli",
     "calibrate.demo",
+    "edge.bridge.cli",
 )
 
 

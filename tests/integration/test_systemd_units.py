@@ -209,3 +209,15 @@ def test_missing_prefix_is_refused_not_created(dirs, hlgfa_shim, tmp_path, capsy
 
 def test_templates_are_found_in_this_checkout():
     assert unit_source_dir() == REPO / "systemd"
+
+
+@needs_analyze
+def test_the_bridge_unit_verifies_and_is_notify_with_a_watchdog(tmp_path, hlgfa_shim):
+    unit = tmp_path / "hlgfa-bridge.service"
+    unit.write_text((REPO / "systemd" / "hlgfa-bridge.service").read_text().replace(DEFAULT_HLGFA, str(hlgfa_shim)))
+    result = verify(unit)
+    assert result.returncode == 0, result.stderr
+    found = directives(unit)
+    assert found["Service.Type"] == ["notify"] and found["Service.WatchdogSec"] == ["10"]
+    assert found["Service.RestartPreventExitStatus"] == ["78"]
+    assert found["Service.ExecStart"][0].endswith("bridge --config /etc/hlgfa-edge/bridge.toml")

@@ -1,0 +1,308 @@
+"""Modbus TCP, with pymodbus: a server the PLC polls, and a client that writes into the PLC.
+
+Both show the register map of edge/bridge/registers.py, one 32-register block per camera.
+
+Server (`ModbusServer`): the PLC reads holding registers (FC3) or input registers (FC4) — the same
+words. Our image is kept here, under a lock, and copied into pymodbus's store inside the request
+(the device's `action` hook), so a read of a whole block is one consistent snapshot, never half of
+one decision and half of the next. The map is read-only: a write (FC5/6/15/16) is answered with
+exception 02 (illegal data address) and logged; it changes nothing.
+
+Client (`ModbusClient`): every decision is written with one FC16 (write multiple registers) into the
+PLC's holding registers at `base_address + i × 32`, then, for a reject or a fault, the camera's reject
+coil is set (FC5) and cleared `pulse_ms` later; a reject during a pulse extends it. The decision
+counts as accepted once both writes returned without a Modbus exception. Health changes are written
+the same way; a PLC that cannot be reached is retried at the next change or decision.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+
+from pydantic import field_validator
+
+from edge import wire
+from edge.bridge import registers
+from edge.bridge.core import DeliveryError
+from edge.bridge.health import CameraState
+from edge.config import _Section
+from edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SHOW_BACKOFF_S = 2.0  # after a failed request, health updates skip the PLC this long (decisions do not)
+
+
+def parse_host_port(text: str, what: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{what} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:1502")
+    return host.strip("[]"), int(port)
+
+
+class ModbusServerConfig(_Section):
+    """`[modbus_server]`: where the PLC connects. Port 502 needs root or CAP_NET_BIND_SERVICE."""
+
+    listen: str = "127.0.0.1:502"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        parse_host_port(value, "listen")
+        return value
+
+
+class ModbusClientConfig(_Section):
+    """`[modbus_client]`: the PLC the bridge writes into."""
+
+    plc: str
+    device_id: int = 1
+    base_address: int = 0
+    reject_coil: int | None = 0  # camera i's coil is reject_coil + i; None: no coil
+    pulse_ms: float = 200.0
+    timeout_s: float = 1.0
+
+    @field_validator("plc")
+    @classmethod
+    def _plc(cls, value: str) -> str:
+        parse_host_port(value, "plc")
+        return value
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, value: int) -> int:
+        if not 0 <= value <= 255:
+            raise ValueError("expected a Modbus unit id 0-255")
+        return value
+
+    @field_validator("base_address", "reject_coil")
+    @classmethod
+    def _address(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= 65535:
+            raise ValueError("expected a Modbus address 0-65535")
+        return value
+
+    @field_validator("pulse_ms", "timeout_s")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("expected a positive number")
+        return value
+
+
+def _import_pymodbus():
+    try:
+        import pymodbus  # noqa: F401
+    except ImportError:
+        raise ConfigError("Modbus needs pymodbus: pip install -c constraints.txt 'hlgfa-edge[bridge]'") from None
+
+
+class _Image:
+    """Per camera: the last decision this protocol delivered and its result toggle, and the block."""
+
+    def __init__(self, cameras: list[str]):
+        self.index = {camera: i for i, camera in enumerate(cameras)}
+        self.last: dict[str, wire.Decision | None] = {camera: None for camera in cameras}
+        self.toggle = {camera: False for camera in cameras}
+        self.words = [0] * (registers.BLOCK * len(cameras))
+        for camera in cameras:
+            self.set(CameraState(camera=camera))
+
+    def set(self, state: CameraState, decision: wire.Decision | None = None) -> list[int]:
+        camera = state.camera
+        if decision is not None:
+            self.last[camera] = decision
+            self.toggle[camera] = not self.toggle[camera]
+        block = registers.block(state, self.last[camera], self.toggle[camera])
+        start = self.index[camera] * registers.BLOCK
+        self.words[start:start + registers.BLOCK] = block
+        return block
+
+
+class ModbusServer:
+    name = "modbus-server"
+
+    def __init__(self, config: ModbusServerConfig):
+        _import_pymodbus()
+        self.host, self.port = parse_host_port(config.listen, "modbus_server.listen")
+        self._lock = threading.Lock()
+        self._image: _Image | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self.refused_writes = 0
+
+    def start(self, cameras: list[str]) -> None:
+        from pymodbus.server import ModbusTcpServer
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
+        self._image = _Image(cameras)
+        device = SimDevice(id=0, simdata=[SimData(0, count=len(self._image.words), datatype=DataType.REGISTERS)],
+                           action=self._access)
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+
+            async def main() -> None:
+                self._server = ModbusTcpServer(device, address=(self.host, self.port))
+                try:
+                    await self._server.serve_forever(background=True)
+                except Exception as error:  # noqa: BLE001 - reported to start() below
+                    failure.append(error)
+                    started.set()
+                    return
+                started.set()
+                await self._server.serving
+
+            loop.run_until_complete(main())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="modbus-server", daemon=True)
+        self._thread.start()
+        if not started.wait(30):
+            raise ConfigError(f"modbus_server.listen {self.host}:{self.port}: the server did not start within 30 s")
+        if failure:
+            raise ConfigError(f"modbus_server.listen {self.host}:{self.port}: cannot listen ({failure[0]}); "
+                              "expected a local address and a free port") from None
+        log.info("Modbus server listening on %s:%d (%d cameras, %d registers each)", self.host, self.port,
+                 len(cameras), registers.BLOCK)
+
+    async def _access(self, function_code, start_address, address, count, current, values):
+        from pymodbus.constants import ExcCodes
+
+        if values is not None:
+            self.refused_writes += 1
+            log.warning("Modbus server: refused a write (function %d, address %d, %d values): the register map "
+                        "is read-only", function_code, address, count)
+            return ExcCodes.ILLEGAL_ADDRESS
+        offset = address - start_address
+        with self._lock:
+            current[offset:offset + count] = self._image.words[address:address + count]
+        return None
+
+    def deliver(self, decision: wire.Decision, state: CameraState) -> None:
+        with self._lock:
+            self._image.set(state, decision)
+
+    def show(self, state: CameraState) -> None:
+        with self._lock:
+            self._image.set(state)
+
+    def close(self) -> None:
+        if self._loop is not None and self._server is not None and self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(10)
+            self._thread.join(10)
+
+
+class ModbusClient:
+    name = "modbus-client"
+
+    def __init__(self, config: ModbusClientConfig):
+        _import_pymodbus()
+        self.config = config
+        self.host, self.port = parse_host_port(config.plc, "modbus_client.plc")
+        self._lock = threading.Lock()
+        self._image: _Image | None = None
+        self._client = None
+        self._coil_off_at: dict[str, float] = {}
+        self._wake = threading.Condition(self._lock)
+        self._closing = False
+        self._pulser: threading.Thread | None = None
+        self._unreachable_logged_at = -float("inf")
+        self._failed_at = -float("inf")
+
+    def start(self, cameras: list[str]) -> None:
+        from pymodbus.client import ModbusTcpClient
+
+        self._image = _Image(cameras)
+        # retries=0: a refused write is the core's to retry, in order, with the newest state
+        self._client = ModbusTcpClient(self.host, port=self.port, timeout=self.config.timeout_s, retries=0)
+        self._pulser = threading.Thread(target=self._pulse_loop, name="modbus-reject-coil", daemon=True)
+        self._pulser.start()
+
+    def _call(self, what: str, method: str, *args, **kwargs):
+        """One request; raises DeliveryError naming the PLC and what failed. Call under `_lock`."""
+        from pymodbus.exceptions import ModbusException
+
+        try:
+            if not self._client.connected and not self._client.connect():
+                self._failed_at = time.monotonic()
+                raise DeliveryError(f"Modbus PLC {self.host}:{self.port} unreachable")
+            response = getattr(self._client, method)(*args, device_id=self.config.device_id, **kwargs)
+        except (ModbusException, OSError) as error:
+            self._client.close()
+            self._failed_at = time.monotonic()
+            raise DeliveryError(f"Modbus PLC {self.host}:{self.port}: {what} failed: {error}") from None
+        if response.isError():
+            raise DeliveryError(f"Modbus PLC {self.host}:{self.port}: {what} answered with exception "
+                                f"{getattr(response, 'exception_code', '?')}")
+        return response
+
+    def _write_block(self, camera: str, block: list[int]) -> None:
+        address = self.config.base_address + self._image.index[camera] * registers.BLOCK
+        self._call(f"writing registers {address}..{address + registers.BLOCK - 1}", "write_registers", address, block)
+
+    def deliver(self, decision: wire.Decision, state: CameraState) -> None:
+        with self._lock:
+            previous = (self._image.last[state.camera], self._image.toggle[state.camera])
+            block = self._image.set(state, decision)
+            try:
+                self._write_block(state.camera, block)
+                if decision.verdict in ("reject", "fault") and self.config.reject_coil is not None:
+                    coil = self.config.reject_coil + self._image.index[state.camera]
+                    self._call(f"setting reject coil {coil}", "write_coil", coil, True)
+                    self._coil_off_at[state.camera] = time.monotonic() + self.config.pulse_ms / 1000
+                    self._wake.notify()
+            except DeliveryError:
+                # not delivered: the retry must flip the toggle once, not twice
+                self._image.last[state.camera], self._image.toggle[state.camera] = previous
+                raise
+
+    def show(self, state: CameraState) -> None:
+        with self._lock:
+            block = self._image.set(state)
+            if not self._client.connected and time.monotonic() - self._failed_at < SHOW_BACKOFF_S:
+                return  # an unreachable PLC (up to timeout_s per try) must not slow the camera's thread
+            try:
+                self._write_block(state.camera, block)
+            except DeliveryError as error:
+                now = time.monotonic()
+                if now - self._unreachable_logged_at >= 10:
+                    log.warning("%s (health of camera %s not shown; retried on the next change)", error, state.camera)
+                    self._unreachable_logged_at = now
+
+    def _pulse_loop(self) -> None:
+        with self._lock:
+            while not self._closing:
+                now = time.monotonic()
+                due = [camera for camera, at in self._coil_off_at.items() if at <= now]
+                for camera in due:
+                    coil = self.config.reject_coil + self._image.index[camera]
+                    try:
+                        self._call(f"clearing reject coil {coil}", "write_coil", coil, False)
+                        del self._coil_off_at[camera]
+                    except DeliveryError as error:
+                        log.error("%s; retrying in 0.1 s", error)
+                        self._coil_off_at[camera] = now + 0.1
+                pending = self._coil_off_at.values()
+                self._wake.wait(None if not pending else max(0.0, min(pending) - time.monotonic()))
+            for camera in list(self._coil_off_at):  # closing: leave no reject coil set behind
+                try:
+                    self._call("clearing a reject coil", "write_coil", self.config.reject_coil + self._image.index[camera],
+                               False)
+                except DeliveryError as error:
+                    log.error("%s while closing", error)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        if self._pulser is not None:
+            self._pulser.join(5)
+        if self._client is not None:
+            self._client.close()
