@@ -27,6 +27,8 @@ SUBCOMMAND_MODULES = (
     "engines.export_cli",
     "engines.engine_cli",
     "calibrate.demo",
+    "edge.records.cli",
+    "edge.view.cli",
 )
 
 
