@@ -66,7 +66,7 @@ function showDecision(d) {
   c.scores.push([d.wall_ns, d.score, d.threshold, d.verdict]);
   if (c.scores.length > 600) c.scores.shift();
   drawStrip(c.el.querySelector("canvas"), c.scores);
-  if (d.verdict !== "ok" && galleryLoaded) addThumb(d, true);
+  if (d.verdict !== "ok" && galleryLoaded) addThumb(d);
 }
 
 function refreshImage(name) {
@@ -112,7 +112,7 @@ function drawStrip(canvas, scores) {
     const x = (i + 0.5) * (W / Math.max(n, 1));
     if (s[1] === null) { ctx.fillStyle = "#b26a00"; ctx.fillRect(x - 1.5, H - 8, 3, 8); return; }
     ctx.fillStyle = s[3] === "ok" ? "#1b873f" : "#c62828";
-    ctx.fillRect(x - 1.5, y(s[1]) - 1.5, 3, 3);
+    ctx.fillRect(x - 2.5, y(s[1]) - 2.5, 5, 5);
   });
 }
 
@@ -145,22 +145,22 @@ function connect() {
 function thumb(row) {
   const button = el("button", { class: `thumb${row.review ? " reviewed" : ""}`, "data-id": row.id ?? "",
                                 "data-testid": "thumb", onclick: () => openDetail(row.id) });
-  const img = el("img", { alt: `map of frame ${row.frame_id}`, loading: "lazy" });
-  if (row.image || row.id) img.src = `/api/records/${row.id}/map.png`;
-  img.onerror = () => { img.removeAttribute("src"); };
+  const img = el("img", { alt: "", loading: "lazy" });
+  // a live reject's map is written a moment after its decision: try again a few times
+  let tries = 0;
+  img.onerror = () => { if (++tries <= 4) setTimeout(() => { img.src = `/api/records/${row.id}/map.png?try=${tries}`; }, 700 * tries); };
+  img.src = `/api/records/${row.id}/map.png`;
   button.append(img, el("div", {}, el("span", { class: `tag ${row.verdict}` }, row.verdict), ` ${row.camera} #${row.frame_id}`),
                 el("div", { class: "muted" }, `${fmt(row.score, 3)} · ${when(row.wall_ns)}`));
   return button;
 }
 
-function addThumb(d, live) {
+function addThumb(d) {
   if (d.id === null) return;
   if (d.verdict === "fault" && !$("f-faults").checked) return;
   const reason = $("f-reason").value.trim();
   if (reason && !d.reason.includes(reason)) return;
-  const node = thumb(d);
-  if (live) setTimeout(() => { node.querySelector("img").src = `/api/records/${d.id}/map.png?t=${Date.now()}`; }, 500);
-  $("gallery").prepend(node);
+  $("gallery").prepend(thumb(d));
   while ($("gallery").children.length > 500) $("gallery").lastChild.remove();
 }
 
@@ -176,14 +176,17 @@ async function loadGallery() {
 }
 
 let current = null;
-async function openDetail(id) {
+async function openDetail(id, attempt = 0) {
   const row = await api(`/api/records/${id}`);
+  if (attempt && current?.id !== id) return;
   current = row;
+  // a reject's map is stored just after its decision: look again shortly if it is not there yet
+  if (!row.image && row.verdict === "reject" && attempt < 5) setTimeout(() => openDetail(id, attempt + 1), 800);
   $("d-title").textContent = `${row.camera} · frame ${row.frame_id} · ${row.verdict.toUpperCase()}`;
   $("d-map").src = row.image ? `/api/records/${id}/map.png` : "";
   $("d-map").hidden = !row.image;
   $("d-frame").hidden = !row.has_frame;
-  if (row.has_frame) $("d-frame").src = `/api/records/${id}/frame.png?overlay=1`;
+  if (row.has_frame) $("d-frame").src = `/api/records/${id}/frame.png?overlay=1&map=${row.image ? 1 : 0}`;
   const fields = [["time", when(row.wall_ns)], ["score", fmt(row.score, 6)], ["threshold", fmt(row.threshold, 6)],
     ["reason", row.reason || "–"], ["largest region", `${row.region_px} px`], ["latency", `${fmt(row.latency_ms, 3)} ms`],
     ["thresholds version", row.thresholds_version], ["model", row.model_hash.slice(0, 16)],
