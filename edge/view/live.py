@@ -129,11 +129,11 @@ class LiveState:
         beat = camera.heartbeat
         health = {"camera": camera.name, "fps": len(camera.arrivals) / FPS_WINDOW_S, "healthy": False,
                   "state": "no heartbeat", "source": None, "last_frame_age_s": None, "heartbeat_age_s": None,
-                  "counters": None}
+                  "counters": None, "drift": None}
         if beat is not None:
             age = now - camera.heartbeat_at
             source_ok = beat.source is None or beat.source.state != "unavailable"
-            health.update(heartbeat_age_s=age, state=beat.state, counters=vars(beat.counters),
+            health.update(heartbeat_age_s=age, state=beat.state, counters=vars(beat.counters), drift=beat.drift,
                           source=None if beat.source is None else beat.source.state,
                           last_frame_age_s=None if beat.source is None else beat.source.last_frame_age_s,
                           healthy=age < HEARTBEAT_MISSES * beat.period_s and beat.state == "running" and source_ok)

@@ -39,6 +39,7 @@ function camera(name) {
     <div class="small muted" data-testid="reason"></div>
     <img alt="latest anomaly map" data-testid="live-image">
     <canvas class="strip" width="600" height="120" data-testid="strip"></canvas>
+    <div class="small" data-testid="drift"></div>
     <div class="small muted" data-testid="counters"></div>`;
   $("cameras").append(card);
   cams[name] = { el: card, scores: [], lastImage: 0, pendingImage: null };
@@ -89,6 +90,15 @@ function showHealth(h) {
   health.textContent = h.healthy ? `healthy · ${source || h.state}` : `UNHEALTHY · ${h.state}${source ? " · " + source : ""}`;
   health.className = `health ${h.healthy ? "good" : "bad"}`;
   q("fps").textContent = h.fps.toFixed(1);
+  const d = h.drift;
+  if (d) {
+    const figures = d.ks === null ? (d.reason || "") :
+      `KS ${fmt(d.ks, 3)} (drifting above ${fmt(d.ks_drifting, 3)}) · ${(100 * d.above_p95).toFixed(1)} % of passes above the calibration's 95th percentile`;
+    const advice = { drifting: " — scores of good parts are moving: check the light, the lens and the camera mount; a new material lot needs a recalibration",
+                     drifted: " — recalibrate on current good parts (hlgfa calibrate, then SIGHUP), or fix the light/camera first" }[d.state] || "";
+    q("drift").textContent = `drift: ${d.state} · ${figures}${advice}`;
+    q("drift").className = `small ${d.state === "drifted" || d.state === "drifting" ? "error" : "muted"}`;
+  }
   if (h.counters) q("counters").textContent =
     `since start: ${h.counters.frames} frames · ok ${h.counters.ok} · reject ${h.counters.reject} · fault ${h.counters.fault} · dropped ${h.counters.dropped}`;
 }
