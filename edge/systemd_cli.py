@@ -19,7 +19,7 @@ from edge.errors import ConfigError, HlgfaError
 
 DEFAULT_HLGFA = "/opt/hlgfa-edge/venv/bin/hlgfa"
 DEFAULT_USER = "hlgfa"
-SERVICE_UNITS = ("hlgfa-edge@.service", "hlgfa-engine@.service")
+SERVICE_UNITS = ("hlgfa-edge@.service", "hlgfa-engine@.service", "hlgfa-view.service")
 SYSUSERS_SOURCE = "hlgfa-edge.sysusers.conf"
 TMPFILES_SOURCE = "hlgfa-edge.tmpfiles.conf"
 INSTALLED_SNIPPET_NAME = "hlgfa-edge.conf"
@@ -47,7 +47,7 @@ def unit_source_dir() -> Path:
             return candidate
     raise HlgfaError("the systemd unit templates are missing; looked in "
                      + ", ".join(str(c) for c in candidates)
-                     + " (expected hlgfa-edge@.service and hlgfa-engine@.service)")
+                     + f" (expected {', '.join(SERVICE_UNITS)})")
 
 
 def find_hlgfa(explicit: str | None) -> Path:
@@ -128,6 +128,8 @@ Next, as root:
   systemctl daemon-reload
   systemctl enable --now hlgfa-edge@{camera}.service
   journalctl -u hlgfa-edge@{camera} -u hlgfa-engine@{camera} -f
+  # the operator's page and the inspection record (docs/VIEW.md):
+  install -m 0640 -g {user} view.toml /etc/hlgfa-edge/view.toml && systemctl enable --now hlgfa-view.service
 """
 
 

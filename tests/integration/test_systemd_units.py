@@ -70,7 +70,8 @@ def test_installed_units_pass_systemd_analyze_verify(dirs, hlgfa_shim, capsys):
 
     # Instances are verified: a template alone has no %i to expand. The template file in the
     # same directory is what systemd-analyze loads for them.
-    result = verify(dirs["units"] / "hlgfa-edge@line1.service", dirs["units"] / "hlgfa-engine@line1.service")
+    result = verify(dirs["units"] / "hlgfa-edge@line1.service", dirs["units"] / "hlgfa-engine@line1.service",
+                    dirs["units"] / "hlgfa-view.service")
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr  # unknown keys and bad values are only warnings
 
@@ -116,6 +117,10 @@ def test_daemon_unit_has_the_contract_the_daemon_relies_on(dirs, hlgfa_shim):
     assert engine["Service.ExecStart"] == [f"{hlgfa_shim} engine ensure --config /etc/hlgfa-edge/%i.toml"]
     assert engine["Unit.Before"] == ["hlgfa-edge@%i.service"]
 
+    view = directives(dirs["units"] / "hlgfa-view.service")
+    assert view["Service.ExecStart"] == [f"{hlgfa_shim} view --config /etc/hlgfa-edge/view.toml"]
+    assert view["Service.RestartPreventExitStatus"] == ["78"] and view["Service.PrivateDevices"] == ["yes"]
+
 
 def test_user_option_renames_the_account_everywhere(dirs, hlgfa_shim):
     cli.main(install(dirs, hlgfa_shim, "--user", "inspect"))
@@ -149,7 +154,7 @@ def test_install_again_reports_unchanged(dirs, hlgfa_shim, capsys):
     capsys.readouterr()
     cli.main(install(dirs, hlgfa_shim))
     out = capsys.readouterr().out
-    assert out.count("unchanged") == 4 and "created" not in out
+    assert out.count("unchanged") == len(SERVICE_UNITS) + 2 and "created" not in out
 
 
 def test_the_real_command_line_runs_through_the_installed_executable(dirs, hlgfa_shim):
