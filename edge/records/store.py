@@ -183,6 +183,7 @@ class RecordStore:
             lost += self._pending_rows
             self.counters["records"] -= self._pending_rows
         self._pending_rows = 0
+        self._awaiting_map.clear()  # their rows may be among those rolled back
         self.counters["dropped_records"] += lost
         self._alarm(f"{what}: {error}; {lost} record(s) dropped")
         self._prune_fraction(0.05)
@@ -312,7 +313,16 @@ class RecordStore:
         if not force and time.monotonic() - self._last_maintain < self.maintain_interval_s:
             return
         self._last_maintain = time.monotonic()
-        now_ns = time.time_ns() if now_ns is None else now_ns
+        try:
+            self._enforce_retention(time.time_ns() if now_ns is None else now_ns)
+        except sqlite3.OperationalError as error:
+            if not _is_full(error):
+                raise
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            self._alarm(f"retention could not run: {error}; it is tried again in {self.maintain_interval_s:g} s")
+
+    def _enforce_retention(self, now_ns: int) -> None:
         self.commit()
         if self.retention.max_age_s is not None:
             cutoff = now_ns - int(self.retention.max_age_s * 1e9)
