@@ -4,7 +4,8 @@ into a records folder with a size limit small enough that retention must prune d
 
 Reported: decisions sent; rows in the database, pruned by retention, dropped, and lost on the wire
 (sequence gaps); the folder's size against its limit; the view's CPU; and the publisher's cost per
-decision (what the daemon pays) with no subscriber and with the view recording, as percentiles.
+decision (what the daemon pays) with no subscriber, with a subscriber that keeps nothing, and with
+the view recording, as percentiles.
 
     .venv/bin/python -m bench.bench_records [--seconds 180] [--rate 200] [--max-mb 20]
 """
@@ -23,6 +24,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+DISCARD = """
+import sys, zmq
+sub = zmq.Context().socket(zmq.SUB)
+sub.rcvhwm = 10000
+sub.setsockopt(zmq.SUBSCRIBE, b"")
+sub.connect(sys.argv[1])
+print("ready", flush=True)
+while True:
+    sub.recv_multipart()
+"""
 
 
 def maps(count: int, rng) -> list[np.ndarray]:
@@ -94,6 +105,18 @@ def main() -> None:
     publisher = Publisher(PublisherConfig(camera="bench", endpoint=endpoint, map_size=(256, 256)))
     alone, frame = publish(publisher, args.baseline_seconds, args.rate, pool, rng, 0)
 
+    # the same traffic read by a subscriber that keeps nothing: what any subscriber costs the publisher
+    plain = subprocess.Popen([sys.executable, "-c", DISCARD, endpoint], stdout=subprocess.PIPE, text=True)
+    while plain.stdout.readline().strip() != "ready":
+        pass
+    heartbeats_until = time.monotonic() + 1.0
+    while time.monotonic() < heartbeats_until:
+        publisher.heartbeat()
+        time.sleep(0.05)
+    plain_costs, frame = publish(publisher, args.baseline_seconds, args.rate, pool, rng, frame)
+    plain.terminate()
+    plain.wait(timeout=30)
+
     view = subprocess.Popen([sys.executable, "-m", "edge.cli", "--log-level", "WARNING", "view", "--config", str(config),
                              "--connect", endpoint, "--http", "127.0.0.1:0", "--records", str(records)],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -126,7 +149,8 @@ def main() -> None:
         "accounted": saved.get("records", 0) + saved.get("dropped_records", 0) + stats["lost"],
         "limit_mb": args.max_mb, "used_mb_accounted": round(stats["bytes"] / 2**20, 2),
         "folder_mb_on_disk": round(on_disk / 2**20, 2), "view_cpu_percent_of_one_core": round(100 * cpu_used / args.seconds, 1),
-        "publish_us_no_subscriber": percentiles(alone), "publish_us_view_recording": percentiles(recorded),
+        "publish_us_no_subscriber": percentiles(alone), "publish_us_discarding_subscriber": percentiles(plain_costs),
+        "publish_us_view_recording": percentiles(recorded),
         "load_avg": os.getloadavg()}, indent=2))
     shutil.rmtree(records, ignore_errors=True)
     config.unlink()

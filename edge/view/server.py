@@ -143,6 +143,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"error": str(error)}, error.status)
         except HlgfaError as error:
             self._json({"error": str(error)}, HTTPStatus.BAD_REQUEST)
+        except ValueError as error:  # a query parameter that is not a number
+            self._json({"error": f"bad request {url.path}?{url.query}: {error}"}, HTTPStatus.BAD_REQUEST)
         except (BrokenPipeError, ConnectionResetError):
             pass
 

@@ -157,6 +157,8 @@ def test_view_records_serves_and_takes_reviews(tmp_path, publisher, rng):
         assert state["cameras"]["cam1"]["health"]["healthy"] is True
         assert client.get("/api/live/cam1/map.png")[:4] == b"\x89PNG"
         assert client.status(client.get, "/api/records/999999") == 404
+        assert client.status(client.get, "/api/records?limit=many") == 400
+        assert client.status(client.get, "/api/records?since=yesterday") == 400
 
         # reviews: a name first, JSON only, and the verdict must fit
         target = rejects[0]["id"]
