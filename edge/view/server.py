@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 COOKIE = "hlgfa_view"
 SSE_KEEPALIVE_S = 10.0
+HANDSHAKE_TIMEOUT_S = 10.0
 GALLERY_LIMIT = 500
 
 
@@ -56,7 +57,12 @@ class ViewServer(ThreadingHTTPServer):
         if config.tls_cert is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(config.tls_cert, config.tls_key)
-            self.socket = context.wrap_socket(self.socket, server_side=True)
+            # the handshake runs in the request's own thread (Handler.setup), never in the accept loop,
+            # where one silent client would hold up every other
+            self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request, client_address):
+        log.debug("request from %s failed", client_address, exc_info=True)
 
     @property
     def url(self) -> str:
@@ -74,6 +80,13 @@ class HttpError(Exception):
 class Handler(BaseHTTPRequestHandler):
     server: ViewServer
     protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(HANDSHAKE_TIMEOUT_S)
+            self.request.do_handshake()
+            self.request.settimeout(None)
+        super().setup()
 
     def log_message(self, fmt, *args):  # the access log goes to DEBUG, not stderr
         log.debug("%s %s", self.address_string(), fmt % args)

@@ -102,7 +102,7 @@ def wait_for(predicate, what: str):
 
 @pytest.fixture
 def publisher():
-    pub = Publisher(PublisherConfig(camera="cam1", endpoint=free_endpoint(), heartbeat_period_s=0.2, linger_ms=0))
+    pub = Publisher(PublisherConfig(camera="cam1", endpoint=free_endpoint(), heartbeat_period_s=5.0, linger_ms=0))
     yield pub
     pub.close()
 
@@ -242,3 +242,33 @@ def test_the_recorder_counts_and_records_every_gap(tmp_path):
         store.close()
         pub.close(linger=0)
         context.term()
+
+
+def test_https_with_a_provided_certificate_and_a_hashed_password_from_the_cli(tmp_path):
+    import ssl
+
+    from edge.view.auth import verify_password
+
+    cert, key = tmp_path / "view.crt", tmp_path / "view.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    hashed = subprocess.run([sys.executable, "-m", "edge.cli", "view", "--hash-password"], input="line-3-secret\n",
+                            capture_output=True, text=True, check=True, cwd=ROOT, timeout=60).stdout.strip()
+    assert verify_password("line-3-secret", hashed) and not verify_password("line-3-secreT", hashed)
+    config = tmp_path / "view.toml"
+    config.write_text(f'records = "rec"\nhttp = "127.0.0.1:0"\npassword_hash = "{hashed}"\n'
+                      f'tls_cert = "view.crt"\ntls_key = "view.key"\nconnect = "tcp://127.0.0.1:1"\n')
+    view = ViewProcess("--config", str(config))
+    try:
+        assert view.url and view.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(cert))
+        request = urllib.request.Request(view.url + "api/login", json.dumps({"name": "bo", "password": "line-3-secret"})
+                                         .encode(), {"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, context=context, timeout=30) as response:
+            cookie = response.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        with pytest.raises(OSError):  # plain HTTP on the HTTPS port gets nothing
+            urllib.request.urlopen(view.url.replace("https://", "http://") + "api/state", timeout=10).read()
+    finally:
+        assert view.stop() == 0
