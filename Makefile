@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-EXTRAS := train,onnx,export,camera,calibrate,demo,dev,bridge
+EXTRAS := train,onnx,export,camera,calibrate,demo,dev,bridge,browser
 
 .PHONY: venv test demo clean system-packages
 
@@ -25,10 +25,11 @@ clean:
 	rm -rf $(VENV) demo_out runs
 
 # Debian packages tests use: systemd (systemd-analyze verify/security and systemd-sysusers check
-# the units), shellcheck (engines/check_gpu.sh) and mosquitto (the bridge's MQTT tests start a
-# real broker). Installed when missing and running as root
-# with apt-get; otherwise those tests skip and say why.
-DEB_PACKAGES := systemd shellcheck mosquitto
+# the units), shellcheck (engines/check_gpu.sh), mosquitto (the bridge's MQTT tests start a real
+# broker), chromium and a font (the view's browser test; Playwright never downloads a browser
+# here). Installed when missing and running as root with apt-get, as CI does; otherwise the tests
+# that need them skip and say why.
+DEB_PACKAGES := systemd shellcheck mosquitto chromium fonts-dejavu-core
 system-packages:
 	@missing=""; for package in $(DEB_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || missing="$$missing $$package"; \

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.backends.base import BACKEND_KINDS
+from edge.drift import QUANTILE_POINTS
 from edge.errors import BackendError, ConfigError, InputDataError, ModelFileError
 from edge.imageio import IMAGE_SUFFIXES, image_files, read_image
 
@@ -379,7 +380,10 @@ def handle(args) -> int:
                     "n_normals": len(normal_paths), "defects": str(Path(args.defects).resolve()) if args.defects
                     else None, "n_defects": len(defect_paths),
                     "normal_scores": {"min": float(normal.scores.min()), "median": float(np.median(normal.scores)),
-                                      "max": float(normal.scores.max())}})
+                                      "max": float(normal.scores.max()),
+                                      # the daemon's drift watch compares passed parts with these (edge/drift.py)
+                                      "quantiles": [float(q) for q in np.quantile(
+                                          normal.scores, np.linspace(0.0, 1.0, QUANTILE_POINTS))]}})
     if args.normals_from_model:
         details["normals_held_out_by"] = str(info.directory)  # the held-out list of model.json
     content = Thresholds(model_hash=info.model_hash, image_threshold=float(threshold), version="pending",

@@ -212,6 +212,7 @@ def inspect(out: Path, model: Path, onnx_path: Path, thresholds: Path, manifest:
                "--model", str(model), "--thresholds", str(thresholds), "--source", f"folder:{out / 'data' / 'replay'}",
                "--publish", publish, "--reliable", reliable, "--backend", "onnxruntime", "--onnx", str(onnx_path),
                "--set", f"source.fps={line_rate}"]
+    view = start_view(out, publish)
     decisions: dict[int, object] = {}
     client = ReliableClient(reliable)
     daemon = subprocess.Popen(command)
@@ -242,7 +243,7 @@ def inspect(out: Path, model: Path, onnx_path: Path, thresholds: Path, manifest:
         exit_code = daemon.wait(timeout=60)
         client.close()
     return {"decisions": decisions, "labels": labels, "elapsed": elapsed, "daemon_exit": exit_code,
-            "line_rate": line_rate}
+            "line_rate": line_rate, "view": view}
 
 
 def report(result: dict) -> int:
@@ -318,4 +319,40 @@ def run(args) -> int:
 
     code = plc_step(out, model, onnx_path, thresholds, args.line_rate, len(manifest["replay"])) or code
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; everything it built is in {out}")
+    keep_view(result["view"], out)
     return code
+
+
+def start_view(out: Path, publish: str) -> subprocess.Popen | None:
+    """`hlgfa view` on the demo run (docs/VIEW.md), subscribed before the daemon publishes: its records
+    in OUT/records, the replay as its frames. The demo goes on without it if it cannot start."""
+    records = out / "records"
+    shutil.rmtree(records, ignore_errors=True)
+    with socket.socket() as probe:
+        port = 8080 if probe.connect_ex(("127.0.0.1", 8080)) != 0 else free_port()
+    view = subprocess.Popen([sys.executable, "-m", "edge.cli", "--log-level", "WARNING", "view", "--connect", publish,
+                             "--http", f"127.0.0.1:{port}", "--records", str(records),
+                             "--frames", str(out / "data" / "replay")], stdout=subprocess.PIPE, text=True)
+    line = view.stdout.readline()
+    if not line.startswith("view: "):
+        print("demo: the operator's view did not start; going on without it", file=sys.stderr)
+        view.terminate()
+        return None
+    view.url = line.split()[1]
+    return view
+
+
+def keep_view(view: subprocess.Popen | None, out: Path) -> None:
+    """Print the view's URL; keep it up until Ctrl-C when run from a terminal."""
+    if view is None:
+        return
+    print(f"\nthe operator's view of this run: {view.url}  (records in {out / 'records'})")
+    if sys.stdin.isatty():
+        print("it stays up until Ctrl-C", flush=True)
+        try:
+            view.wait()
+        except KeyboardInterrupt:
+            pass
+    if view.poll() is None:
+        view.terminate()
+    view.wait(timeout=30)

@@ -28,6 +28,8 @@ SUBCOMMAND_MODULES = (
     "engines.engine_cli",
     "calibrate.demo",
     "edge.bridge.cli",
+    "edge.records.cli",
+    "edge.view.cli",
 )
 
 

@@ -191,7 +191,10 @@ class Daemon:
             healthy, problems = pipeline.health_state()
             if healthy:
                 health.tick()
-                publisher.maybe_heartbeat(pipeline.counters(), pipeline.source_status())
+                if publisher.heartbeat_due():
+                    drift = pipeline.drift.status()
+                    health.drift(drift)
+                    publisher.maybe_heartbeat(pipeline.counters(), pipeline.source_status(), drift=drift)
             else:
                 # No more watchdog pings or heartbeats: systemd and the PLC bridge both fail safe.
                 log.error("camera %s: pipeline unhealthy: %s", self.config.camera, "; ".join(problems))

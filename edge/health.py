@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from edge.errors import ConfigError
 from edge.wire import VERDICTS
+from edge.wire import DRIFT_STATES
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,10 @@ class Health:
         self._latency = Histogram("hlgfa_latency_seconds", "Time spent per pipeline stage.", ["stage"],
                                   buckets=LATENCY_BUCKETS_S, registry=r)
         self._info = Info("hlgfa_model", "Model and thresholds in use.", registry=r)
+        self._drift_state = Gauge("hlgfa_drift_state", "Drift watch (edge/drift.py): 1 for the current state.",
+                                  ["state"], registry=r)
+        self._drift_figures = Gauge("hlgfa_drift", "Drift watch figures of the last passed parts: ks, ks_drifting, "
+                                    "ks_drifted, above_p95, above_p99, n.", ["figure"], registry=r)
         self._info.info({"camera": camera})
         # Children are looked up once: labels() takes a lock and builds a key on every call.
         # Creating the verdict children now also exports zeros, so rate() works from the start.
@@ -260,6 +265,14 @@ class Health:
                 if child is None:
                     child = self._latency_children[stage] = self._latency.labels(stage=stage)
                 child.observe(seconds)
+
+    def drift(self, status: Mapping) -> None:
+        """The drift watch's status, as the heartbeat carries it."""
+        for state in DRIFT_STATES:
+            self._drift_state.labels(state=state).set(1.0 if status.get("state") == state else 0.0)
+        for figure in ("ks", "ks_drifting", "ks_drifted", "above_p95", "above_p99", "n"):
+            value = status.get(figure)
+            self._drift_figures.labels(figure=figure).set(float("nan") if value is None else float(value))
 
     def fault(self, kind: str) -> None:
         """A fault that is not one frame's verdict: a lost camera, a failed reload."""

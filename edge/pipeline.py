@@ -39,6 +39,7 @@ from edge.errors import HlgfaError, OutputError, StageError
 from edge.decide import FAULT, OK, REJECT, decide
 from edge.frame import Frame
 from edge import quality
+from edge.drift import DriftWatch
 from edge.preprocess import PreprocessSpec, check_image, normalize, resize_to
 from edge.sources.base import FrameError, ReconnectSchedule, SourceExhausted, SourceIdle, SourceUnavailable
 
@@ -108,6 +109,7 @@ class Pipeline:
         self.thresholds = thresholds  # replaced whole by set_thresholds(); read once per frame
         self.publisher = publisher
         self.health = health
+        self.drift = DriftWatch()  # passed parts' scores against the calibration (edge/drift.py)
         self.camera = config.camera
         self.model_hash = model_hash
         self.settings = config.pipeline
@@ -590,6 +592,7 @@ class Pipeline:
             device_timestamp_ns=int(frame.device_timestamp_ns), receive_ns=int(frame.receive_ns),
             decision_ns=decision_ns, latency_ms=(decision_ns - frame.receive_ns) / 1e6,
             model_hash=self.model_hash, thresholds_version=thresholds.version, region_px=int(region_px))
+        self.drift.observe(verdict_name, decision.score, thresholds)
         anomaly_map = result.anomaly_map if (kind is None and self.maps) else None
         try:
             self.publisher.publish_decision(decision, anomaly_map)

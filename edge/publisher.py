@@ -112,6 +112,7 @@ class Publisher:
         self._next_heartbeat_ns = self._started_ns
         self._last_counters = wire.Counters()
         self._last_source: wire.SourceStatus | None = None
+        self._last_drift: dict | None = None
         self._overruns = 0
         self._closed = False
         self._authenticator = None
@@ -204,7 +205,11 @@ class Publisher:
             self._send(wire.encode(fault))
         return fault
 
-    def maybe_heartbeat(self, counters: wire.Counters, source: wire.SourceStatus | None = None) -> bool:
+    def heartbeat_due(self) -> bool:
+        return time.monotonic_ns() >= self._next_heartbeat_ns
+
+    def maybe_heartbeat(self, counters: wire.Counters, source: wire.SourceStatus | None = None,
+                        drift: dict | None = None) -> bool:
         """Send a heartbeat if one is due. Call on every pipeline iteration; cheap when none is due."""
         now = time.monotonic_ns()
         if now < self._next_heartbeat_ns:
@@ -214,21 +219,24 @@ class Publisher:
         self._next_heartbeat_ns += period_ns
         if self._next_heartbeat_ns <= now:
             self._next_heartbeat_ns = now + period_ns
-        self.heartbeat(counters, source=source)
+        self.heartbeat(counters, source=source, drift=drift)
         return True
 
     def heartbeat(self, counters: wire.Counters | None = None, state: str = "running",
-                  source: wire.SourceStatus | None = None) -> wire.Heartbeat:
-        """`counters` and `source` left out repeat the last ones given (the closing heartbeat)."""
+                  source: wire.SourceStatus | None = None, drift: dict | None = None) -> wire.Heartbeat:
+        """`counters`, `source` and `drift` left out repeat the last ones given (the closing heartbeat)."""
         if counters is not None:
             self._last_counters = counters
         if source is not None:
             self._last_source = source
+        if drift is not None:
+            self._last_drift = drift
         with self._lock:
             beat = wire.Heartbeat(
                 self.camera, self.config.heartbeat_period_s, (time.monotonic_ns() - self._started_ns) / 1e9,
                 self._last_counters, seqs={k: v for k, v in self._seqs.items() if k != wire.HEARTBEAT},
-                state=state, reliable=self._reliable_stats, overruns=self._overruns, source=self._last_source)
+                state=state, reliable=self._reliable_stats, overruns=self._overruns, source=self._last_source,
+                drift=self._last_drift)
             beat = self._stamp(beat)
             self._send(wire.encode(beat))
         return beat

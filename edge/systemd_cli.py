@@ -20,7 +20,9 @@ from edge.paths import write_atomic
 
 DEFAULT_HLGFA = "/opt/hlgfa-edge/venv/bin/hlgfa"
 DEFAULT_USER = "hlgfa"
-SERVICE_UNITS = ("hlgfa-edge@.service", "hlgfa-engine@.service")
+# The units that run the model (and so need the GPU device nodes) come first.
+GPU_UNITS = ("hlgfa-edge@.service", "hlgfa-engine@.service")
+SERVICE_UNITS = GPU_UNITS + ("hlgfa-view.service", "hlgfa-bridge.service")
 # Runs no hlgfa and as root (it creates the NVIDIA device nodes): installed as written.
 PLAIN_UNITS = ("hlgfa-gpu-nodes.service",)
 SYSUSERS_SOURCE = "hlgfa-edge.sysusers.conf"
@@ -127,6 +129,8 @@ Next, as root:
   systemctl daemon-reload
   systemctl enable --now hlgfa-edge@{camera}.service
   journalctl -u hlgfa-edge@{camera} -u hlgfa-engine@{camera} -f
+  # the operator's page and the inspection record (docs/VIEW.md):
+  install -m 0640 -g {user} view.toml /etc/hlgfa-edge/view.toml && systemctl enable --now hlgfa-view.service
 """
 
 

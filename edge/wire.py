@@ -34,6 +34,7 @@ DECISION, MAP, HEARTBEAT, FAULT = "decision", "map", "heartbeat", "fault"
 KINDS = (DECISION, MAP, HEARTBEAT, FAULT)
 VERDICTS = ("ok", "reject", "fault")
 SOURCE_STATES = ("delivering", "idle", "unavailable")
+DRIFT_STATES = ("unknown", "stable", "drifting", "drifted")
 MAP_DTYPES = {"uint8": np.dtype("u1"), "float16": np.dtype("<f2")}
 
 # The reliable channel (ROUTER in the daemon, DEALER in the subscriber): the verb, frame 0 of each message.
@@ -187,6 +188,8 @@ class Heartbeat:
     seq: int = 0
     wall_ns: int = 0
     source: SourceStatus | None = None  # optional: absent from publishers that predate it
+    # optional: the drift watch (edge/drift.py): "state" one of DRIFT_STATES and its figures
+    drift: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -323,6 +326,11 @@ def encode(message: Message) -> list[bytes]:
                 raise WireError(f"heartbeat of camera {message.camera!r}: source state {message.source.state!r}, "
                                 f"expected one of {', '.join(SOURCE_STATES)}")
             body["source"] = asdict(message.source)
+        if message.drift is None:
+            del body["drift"]
+        elif message.drift.get("state") not in DRIFT_STATES:
+            raise WireError(f"heartbeat of camera {message.camera!r}: drift state {message.drift.get('state')!r}, "
+                            f"expected one of {', '.join(DRIFT_STATES)}")
     if isinstance(message, Decision):
         if message.verdict not in VERDICTS:
             raise WireError(f"decision for camera {message.camera!r} frame {message.frame_id}: verdict "
@@ -451,12 +459,15 @@ def decode(frames: list[bytes]) -> Message:
             if state not in SOURCE_STATES:
                 raise WireError(f"{where}: source state {state!r}, expected one of {', '.join(SOURCE_STATES)}")
             source = SourceStatus(state, float(_field(source, "last_frame_age_s", _NUMBER, f"{where} source")))
+        drift = _field(header, "drift", dict, where, optional=True)
+        if drift is not None and drift.get("state") not in DRIFT_STATES:
+            raise WireError(f"{where}: drift state {drift.get('state')!r}, expected one of {', '.join(DRIFT_STATES)}")
         return Heartbeat(period_s=float(_field(header, "period_s", _NUMBER, where)),
                          uptime_s=float(_field(header, "uptime_s", _NUMBER, where)),
                          counters=Counters(**counters), seqs=seqs,
                          state=_field(header, "state", str, where),
                          reliable=_field(header, "reliable", dict, where, optional=True),
-                         overruns=_field(header, "overruns", int, where), source=source, **common)
+                         overruns=_field(header, "overruns", int, where), source=source, drift=drift, **common)
     frame_id = _field(header, "frame_id", int, where, optional=True)
     return Fault(code=_field(header, "code", str, where), message=_field(header, "message", str, where),
                  frame_id=frame_id, **common)

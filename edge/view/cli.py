@@ -1,0 +1,111 @@
+"""`hlgfa view`: the operator's page and the inspection record, in one process of their own that
+subscribes to the daemons like any other subscriber."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from edge.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _hash_password() -> int:
+    from edge.view.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise ConfigError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    print(hash_password(password))
+    return 0
+
+
+def _handler(args: argparse.Namespace) -> int:
+    if args.hash_password:
+        return _hash_password()
+    from edge.paths import writable_dir
+    from edge.records.export import FrameFolder
+    from edge.records.recorder import TOPICS, Recorder
+    from edge.records.store import RecordStore
+    from edge.subscriber import Subscriber
+    from edge.view.config import build_view_config
+    from edge.view.live import Hub, LiveState
+    from edge.view.server import ViewServer, start_ticker
+
+    config = build_view_config(args.config, {
+        "connect": args.connect, "cameras": args.camera, "http": args.http, "records": args.records,
+        "frames": args.frames, "tls_cert": args.tls_cert, "tls_key": args.tls_key})
+    writable_dir(config.records, f"--records {config.records}")
+    frames = FrameFolder(config.frames) if config.frames is not None else None
+    curve = None
+    if config.curve_secret is not None:
+        from edge.curve import ClientCurve
+
+        curve = ClientCurve(config.curve_secret, config.curve_server_key)
+
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    hub = Hub()
+    live = LiveState(hub)
+    store = RecordStore(config.records, config.retention.retention())
+    subscriber = Subscriber(config.connect[0], cameras=config.cameras, topics=TOPICS, curve=curve)
+    for endpoint in config.connect[1:]:
+        subscriber.socket.connect(endpoint)
+    recorder = Recorder(store, subscriber, listener=live.on_message)
+
+    def recorder_stats() -> dict:
+        return {**store.stats(), "lost": sum(subscriber.lost.values()), "restarts": subscriber.restarts,
+                "malformed": recorder.malformed, "alive": recorder.alive,
+                "error": None if recorder.error is None else str(recorder.error), "sse_cut_off": hub.cut_off}
+
+    try:
+        server = ViewServer(config, live, hub, recorder_stats, frames)
+    except OSError as error:
+        subscriber.close()
+        store.close()
+        raise ConfigError(f"--http {config.http}: cannot listen ({error.strerror or error})") from None
+    recorder.start()
+    start_ticker(server, stop)
+    serving = threading.Thread(target=server.serve_forever, name="view-http", daemon=True)
+    serving.start()
+    print(f"view: {server.url} (records {config.records}, subscribed to {', '.join(config.connect)})", flush=True)
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        hub.close()
+        server.server_close()
+        recorder.stop()
+        subscriber.close()
+        store.close()
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "view", help="the operator's web page and the inspection record (a subscriber of the daemons)",
+        description="Subscribe to one or more daemons, record every decision into --records DIR (SQLite, maps "
+                    "of rejects and faults), and serve the live page, the rejects gallery, trends and reviews. "
+                    "docs/VIEW.md.")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="view TOML config (docs/VIEW.md)")
+    parser.add_argument("--connect", action="append", metavar="ENDPOINT", help="a daemon's PUB endpoint (repeatable)")
+    parser.add_argument("--camera", action="append", metavar="CAM", help="only this camera (repeatable)")
+    parser.add_argument("--http", metavar="ADDRESS:PORT", help="where the page is served (default 127.0.0.1:8080)")
+    parser.add_argument("--records", type=Path, metavar="DIR", help="the records folder")
+    parser.add_argument("--frames", type=Path, metavar="DIR",
+                        help="the folder or recording the daemon reads: shows frames with the map overlaid")
+    parser.add_argument("--tls-cert", type=Path, metavar="FILE")
+    parser.add_argument("--tls-key", type=Path, metavar="FILE")
+    parser.add_argument("--hash-password", action="store_true",
+                        help="read a password (stdin or prompt), print its hash for password_hash, exit")
+    parser.set_defaults(handler=_handler)
