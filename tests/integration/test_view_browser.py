@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from edge.records.store import open_reader, query
-from edge.thresholds import Thresholds, write_json_atomic
+from edge.paths import write_json_atomic
+from edge.thresholds import Thresholds
 from tests.integration.test_view import ROOT, ViewProcess, free_endpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
