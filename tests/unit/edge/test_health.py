@@ -102,9 +102,11 @@ def test_notifier_does_not_block_when_the_manager_stops_reading(path_listener):
     path, listener = path_listener
     notifier = SystemdNotifier({"NOTIFY_SOCKET": path})
     try:
-        # Far more than the socket queue holds (net.unix.max_dgram_qlen, 10–512 datagrams).
-        results = [notifier.watchdog() for _ in range(3000)]
-        assert results[0] is True and results[-1] is False
+        # Until the socket queue (net.unix.max_dgram_qlen datagrams) is full, however large it is.
+        sent = 0
+        while notifier.watchdog():
+            sent += 1
+        assert sent > 0, "the first ping, with the queue empty, was not sent"
         assert notifier.ready() is False  # a state change waits a little, then gives up too
         assert listener.receive() == ["WATCHDOG=1"]  # what was sent before it filled is intact
     finally:

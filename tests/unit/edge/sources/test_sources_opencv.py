@@ -62,15 +62,15 @@ def test_close_and_reopen_from_another_thread_never_break_a_read(video):
 
     source = OpenCVSource(str(video), loop=True)
     source.open()
-    errors, reads = [], 0
+    errors = []
     stop = threading.Event()
+    read_done = threading.Semaphore(0)  # paces the closes: each cycle starts after a read returned
 
     def reader():
-        nonlocal reads
         while not stop.is_set():
             try:
                 source.read(1.0)
-                reads += 1
+                read_done.release()
             except SourceExhausted:
                 pass  # closed: "not open"
             except Exception as error:  # what an unserialised close causes
@@ -78,10 +78,14 @@ def test_close_and_reopen_from_another_thread_never_break_a_read(video):
 
     thread = threading.Thread(target=reader)
     thread.start()
+    cycles = 0
     for _ in range(200):
+        if not read_done.acquire(timeout=10):
+            break
         source.close()
         source.open()
+        cycles += 1
     stop.set()
     thread.join(10)
     source.close()
-    assert errors == [] and reads > 0
+    assert errors == [] and cycles == 200, f"the reader stopped reading after {cycles} close/open cycles"
