@@ -26,6 +26,7 @@ from edge import wire
 from edge.bridge import registers
 from edge.bridge.core import DeliveryError
 from edge.bridge.health import CameraState
+from edge.bridge.serving import serve_in_thread
 from edge.config import _Section
 from edge.errors import ConfigError
 
@@ -140,35 +141,20 @@ class ModbusServer:
         self._image = _Image(cameras)
         device = SimDevice(id=0, simdata=[SimData(0, count=len(self._image.words), datatype=DataType.REGISTERS)],
                            action=self._access)
-        started = threading.Event()
-        failure: list[BaseException] = []
+        async def setup() -> None:
+            self._server = ModbusTcpServer(device, address=(self.host, self.port))
+            await self._server.serve_forever(background=True)
 
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
+        async def serve() -> None:
+            await self._server.serving
 
-            async def main() -> None:
-                self._server = ModbusTcpServer(device, address=(self.host, self.port))
-                try:
-                    await self._server.serve_forever(background=True)
-                except Exception as error:  # noqa: BLE001 - reported to start() below
-                    failure.append(error)
-                    started.set()
-                    return
-                started.set()
-                await self._server.serving
-
-            loop.run_until_complete(main())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="modbus-server", daemon=True)
-        self._thread.start()
-        if not started.wait(30):
-            raise ConfigError(f"modbus_server.listen {self.host}:{self.port}: the server did not start within 30 s")
-        if failure:
-            raise ConfigError(f"modbus_server.listen {self.host}:{self.port}: cannot listen ({failure[0]}); "
-                              "expected a local address and a free port") from None
+        where = f"modbus_server.listen {self.host}:{self.port}"
+        try:
+            self._loop, self._thread = serve_in_thread(self.name, setup, serve, timeout_s=30)
+        except TimeoutError:
+            raise ConfigError(f"{where}: the server did not start within 30 s") from None
+        except Exception as error:  # noqa: BLE001 - whatever the library raised, named in the message
+            raise ConfigError(f"{where}: cannot listen ({error}); expected a local address and a free port") from None
         log.info("Modbus server listening on %s:%d (%d cameras, %d registers each)", self.host, self.port,
                  len(cameras), registers.BLOCK)
 

@@ -35,6 +35,7 @@ from pydantic import field_validator, model_validator
 from edge import wire
 from edge.bridge.core import DeliveryError
 from edge.bridge.health import VERDICT_CODES, CameraState
+from edge.bridge.serving import serve_in_thread
 from edge.config import _Section
 from edge.errors import ConfigError
 
@@ -116,37 +117,23 @@ class OpcuaServer:
         self._stopped: asyncio.Event | None = None
 
     def start(self, cameras: list[str]) -> None:
-        started = threading.Event()
-        failure: list[BaseException] = []
+        async def setup() -> None:
+            self._stopped = asyncio.Event()
+            await self._build(cameras)
+            await self._server.start()
 
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
+        async def serve() -> None:
+            await self._stopped.wait()
+            await self._server.stop()
 
-            async def main() -> None:
-                self._stopped = asyncio.Event()
-                try:
-                    await self._build(cameras)
-                    await self._server.start()
-                except Exception as error:  # noqa: BLE001 - reported by start() below
-                    failure.append(error)
-                    started.set()
-                    return
-                started.set()
-                await self._stopped.wait()
-                await self._server.stop()
-
-            loop.run_until_complete(main())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="opcua-server", daemon=True)
-        self._thread.start()
-        if not started.wait(60):
-            raise ConfigError(f"opcua.endpoint {self.config.endpoint}: the server did not start within 60 s")
-        if failure:
-            raise ConfigError(f"opcua.endpoint {self.config.endpoint}: cannot serve ({failure[0]!r}); expected a "
-                              "local address, a free port, and readable certificate files") from None
+        where = f"opcua.endpoint {self.config.endpoint}"
+        try:
+            self._loop, self._thread = serve_in_thread("opcua-server", setup, serve, timeout_s=60)
+        except TimeoutError:
+            raise ConfigError(f"{where}: the server did not start within 60 s") from None
+        except Exception as error:  # noqa: BLE001 - whatever the library raised, named in the message
+            raise ConfigError(f"{where}: cannot serve ({error!r}); expected a local address, a free port, and "
+                              "readable certificate files") from None
         if "None" in self.config.security and self.config.allow_anonymous:
             log.warning("OPC UA server %s: no signing, no encryption, anonymous clients allowed: anyone who "
                         "reaches the port reads the line; use Basic256Sha256 on a plant network (docs/PLC.md)",
