@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 # Commands on the inproc hand-over to the I/O thread (first frame).
 _DECISION, _QUIT = b"D", b"Q"
-# Verbs on the reliable channel (first frame after the ROUTER identity).
+# While the bridge's queue is full, how often the I/O thread offers it the oldest unsent decision.
+BACKLOG_RETRY_MS = 10
 
 
 class PublishError(HlgfaError):
@@ -120,7 +121,10 @@ class Publisher:
         self._reliable_stats: dict | None = None
         self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         self._peer: bytes | None = None
-        self._rel_counts = {"acked": 0, "resent": 0, "evicted": 0}
+        self._rel_counts = {"acked": 0, "resent": 0, "evicted": 0, "deferred": 0}
+        # The bridge's queue refused a decision: newer ones wait behind it, so the bridge receives
+        # every decision for the first time in seq order.
+        self._backlogged = False
         self._evictions_logged_at = -math.inf
 
         self._context = zmq.Context()
@@ -332,6 +336,8 @@ class Publisher:
     def _poll_timeout_ms(self) -> int:
         if self._router is None or self._peer is None or not self._pending:
             return 1000
+        if self._backlogged:
+            return BACKLOG_RETRY_MS
         timeout_ns = int(self.config.ack_timeout_s * 1e9)
         due = min(p.last_sent_ns + timeout_ns for p in self._pending.values())
         return max(0, math.ceil((due - time.monotonic_ns()) / 1e6))
@@ -373,23 +379,26 @@ class Publisher:
             except PublishError:
                 log.error("camera %s: decision seq %d evicted unacknowledged while closing", self.camera, evicted.seq)
         self._pending[pending.seq] = pending
-        self._send_pending(pending)
+        if not self._backlogged:
+            self._send_pending(pending)
 
-    def _send_pending(self, pending: _Pending) -> None:
+    def _send_pending(self, pending: _Pending) -> bool:
+        """False when it was not sent: the bridge's queue is full (backlogged) or the bridge is gone."""
         zmq = self._zmq
         if self._peer is None:
-            return
+            return False
         try:
             self._router.send_multipart([self._peer, wire.RELIABLE_DECISION, *pending.frames], flags=zmq.NOBLOCK)
         except zmq.Again:
-            pending.last_sent_ns = time.monotonic_ns()  # bridge's queue full: retry after ack_timeout_s
-            return
+            self._backlogged = True
+            self._rel_counts["deferred"] += 1
+            return False
         except zmq.ZMQError as error:
             if error.errno == zmq.EHOSTUNREACH:
                 log.warning("reliable bridge of camera %s disconnected; keeping %d decisions pending",
                             self.camera, len(self._pending))
                 self._peer = None
-                return
+                return False
             raise
         now = time.monotonic_ns()
         if pending.attempts:
@@ -398,6 +407,7 @@ class Publisher:
             pending.first_sent_ns = now
         pending.attempts += 1
         pending.last_sent_ns = now
+        return True
 
     def _drain_router(self) -> None:
         zmq = self._zmq
@@ -414,8 +424,8 @@ class Publisher:
                     log.info("reliable bridge of camera %s connected; sending %d pending decisions",
                              self.camera, len(self._pending))
                     self._peer = identity
-                    for pending in list(self._pending.values()):
-                        self._send_pending(pending)
+                    self._backlogged = False
+                    self._send_in_order(lambda pending: True)
             elif verb == wire.RELIABLE_ACK and len(frames) == 3:
                 self._on_ack(frames[2])
             else:
@@ -439,11 +449,14 @@ class Publisher:
         if self._peer is None or not self._pending:
             return
         cutoff = time.monotonic_ns() - int(self.config.ack_timeout_s * 1e9)
+        self._send_in_order(lambda pending: pending.attempts == 0 or pending.last_sent_ns <= cutoff)
+
+    def _send_in_order(self, due) -> None:
+        """Send the pending decisions `due` selects, oldest first, stopping at the first refused."""
         for pending in list(self._pending.values()):
-            if pending.last_sent_ns <= cutoff:
-                self._send_pending(pending)
-                if self._peer is None:
-                    return
+            if due(pending) and not self._send_pending(pending):
+                return
+        self._backlogged = False
 
     def _stats_snapshot(self) -> dict:
         return {"pending": len(self._pending), "capacity": self.config.reliable_capacity,
