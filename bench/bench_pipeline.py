@@ -402,16 +402,16 @@ def soak(frames: int, fps: float | None) -> dict:
     cpu0 = time.process_time()
     pipeline.start()
     while not pipeline.done:
-        publisher.maybe_heartbeat(pipeline.concluder.counters())
+        publisher.maybe_heartbeat(health.counters())
         time.sleep(0.05)
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     pipeline.finish(10)
-    publisher.heartbeat(pipeline.concluder.counters(), state="stopping")
+    publisher.heartbeat(health.counters(), state="stopping")
     publisher.close()
     health.close()
     got, dup, lost = (int(x) for x in child.communicate(timeout=120)[0].split())
-    c = pipeline.concluder.counters()
+    c = health.counters()
     return {"frames": frames, "decided": c.frames, "faults": c.fault, "received": got, "duplicates": dup,
             "lost_seq": lost, "fps": frames / wall, "cpu_ms_per_frame": 1000 * cpu / frames}
 

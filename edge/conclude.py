@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from edge import quality, wire
-from edge.decide import FAULT, OK, REJECT, decide
+from edge.decide import FAULT, decide
 from edge.drift import DriftWatch
 from edge.errors import HlgfaError, OutputError
 from edge.frame import Frame
@@ -81,7 +81,7 @@ class Criteria:
 
 
 class Concluder:
-    """The ledger, the verdicts, what is published of them, and the counters.
+    """The ledger, the verdicts and what is published of them; `health` counts them.
 
     `fail(error)` is told when decisions can no longer be published; the pipeline then stops."""
 
@@ -103,7 +103,6 @@ class Concluder:
         self._conclude_lock = threading.Lock()
         self._open: dict[int, Item] = {}
         self._next_key = 0
-        self._counts = {"frames": 0, OK: 0, REJECT: 0, FAULT: 0, "dropped": 0}
 
     # --------------------------------------------------------------------------------- ledger
 
@@ -135,11 +134,6 @@ class Concluder:
             getattr(thresholds, "quality", None), self._quality_overrides,
             f"camera {self.camera}: thresholds {thresholds.version}"))
         self.criteria = Criteria(thresholds, image_ranges, map_ranges)
-
-    def counters(self) -> wire.Counters:
-        with self._lock:
-            c = dict(self._counts)
-        return wire.Counters(frames=c["frames"], ok=c[OK], reject=c[REJECT], fault=c[FAULT], dropped=c["dropped"])
 
     # ---------------------------------------------------------------------------- conclusion
 
@@ -198,11 +192,6 @@ class Concluder:
         except Exception as error:
             self._log.error("cannot publish the decision on frame %s: %s", frame.frame_id, error)
             self._fail(OutputError(f"cannot publish: {error}"))
-        with self._lock:
-            self._counts["frames"] += 1
-            self._counts[verdict] += 1
-            if kind == "overload":
-                self._counts["dropped"] += 1
         item.seconds["decide"] = time.monotonic() - start
         item.seconds["total"] = decision.latency_ms / 1000
         self.health.frame_done(verdict, item.seconds, fault_kind=kind)

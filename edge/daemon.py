@@ -122,7 +122,7 @@ class Daemon:
             self.health = Health(config.camera, config.health.metrics_port, config.health.metrics_address)
             closers.append(self.health.close)
             backend = self._open_backend(info.model_hash)
-            closers.append(lambda: self._close_unless_in_use(self.pipeline.backend if self.pipeline else backend, "infer"))
+            closers.append(lambda: self._close_unless_in_use(self.pipeline.supervisor.backend if self.pipeline else backend, "infer"))
             source = build_source(config.source)
             if self.source_wrapper is not None:
                 source = self.source_wrapper(source)
@@ -151,7 +151,7 @@ class Daemon:
                 self.shutdown_faults = self.pipeline.finish(config.pipeline.drain_timeout_s)
                 if self.pipeline.fatal is not None and code == 0:
                     code = self.pipeline.fatal.exit_code
-                counters = self.pipeline.concluder.counters()
+                counters = self.health.counters()
                 try:
                     self.publisher.heartbeat(counters, state="stopping", source=self.pipeline.source_status())
                 except HlgfaError as error:
@@ -192,7 +192,7 @@ class Daemon:
                 if publisher.heartbeat_due():
                     drift = pipeline.concluder.drift.status()
                     health.drift(drift)
-                    publisher.maybe_heartbeat(pipeline.concluder.counters(), pipeline.source_status(), drift=drift)
+                    publisher.maybe_heartbeat(health.counters(), pipeline.source_status(), drift=drift)
             else:
                 # No more watchdog pings or heartbeats: systemd and the PLC bridge both fail safe.
                 self.log.error("pipeline unhealthy: %s", "; ".join(problems))
@@ -216,7 +216,7 @@ class Daemon:
         else:
             concluder.set_thresholds(new)
             self.health.model_info(model_hash=model_hash, thresholds_version=new.version,
-                                   backend=getattr(self.pipeline.backend, "kind", "?"))
+                                   backend=getattr(self.pipeline.supervisor.backend, "kind", "?"))
             self.log.info("thresholds reloaded: version %s → %s (image threshold %.4g)", old.version, new.version,
                           new.image_threshold)
         self.health.reloaded()

@@ -35,8 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edge.errors import ConfigError
-from edge.wire import VERDICTS
-from edge.wire import DRIFT_STATES
+from edge.wire import DRIFT_STATES, VERDICTS, Counters
 
 log = logging.getLogger(__name__)
 
@@ -288,12 +287,15 @@ class Health:
     def queue_depth(self, stage: str, n: int) -> None:
         self._queue_depth.labels(stage=stage).set(n)
 
-    def status_text(self) -> str:
+    def counters(self) -> Counters:
+        """The frames that got their verdict, as heartbeats carry them."""
         with self._lock:
             counts, dropped = dict(self._counts), self._dropped
-        total = sum(counts.values())
-        return (f"{self.camera}: {total} frames, ok {counts['ok']}, reject {counts['reject']}, "
-                f"fault {counts['fault']}, dropped {dropped}")
+        return Counters(sum(counts.values()), counts["ok"], counts["reject"], counts["fault"], dropped)
+
+    def status_text(self) -> str:
+        c = self.counters()
+        return f"{self.camera}: {c.frames} frames, ok {c.ok}, reject {c.reject}, fault {c.fault}, dropped {c.dropped}"
 
     def tick(self, now: float | None = None) -> None:
         """Ping the watchdog and refresh STATUS= when each is due; cheap to call often."""

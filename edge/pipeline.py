@@ -21,6 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -38,25 +39,21 @@ if TYPE_CHECKING:
     from edge.config import DaemonConfig
 
 _END = object()  # end of stream, passed stage to stage after the last frame
-_POLL_S = 0.1    # how often an idle stage looks at its stop flag
+_POLL_S = 0.1    # how often a stage waiting for room looks again whether it should give up waiting
 # Frames with this many times the model input's pixels get a warning: from 16× (1 MP for 256²) the
 # resize costs 0.8 ms (1.3 MP) to 3–4 ms (2.3–5 MP) and 8 ms (12 MP), as much as or more than the
 # rest of the pipeline's own work (BENCHMARKS.md).
 OVERSIZED_FRAME_FACTOR = 16
 
 
+@dataclass(eq=False)
 class _Stage:
-    """Liveness of one stage thread: `busy_since` is set while it works on one item."""
+    """Liveness of one stage thread."""
 
-    def __init__(self, name: str):
-        self.name = name
-        self.thread: threading.Thread | None = None
-        self.busy_since: float | None = None
-        self.finished = False
-
-    def stalled_for(self, now: float) -> float:
-        since = self.busy_since
-        return 0.0 if since is None else now - since
+    name: str
+    thread: threading.Thread | None = None
+    busy_since: float | None = None  # while it works on one item
+    finished: bool = False
 
 
 class Pipeline:
@@ -97,11 +94,6 @@ class Pipeline:
         self._last_frame_at = time.monotonic()
         self._stages = {name: _Stage(name) for name in ("acquire", "preprocess", "infer", "output")}
         self._stalled_reported: set = set()
-
-    @property
-    def backend(self):
-        """The backend in use (a restart replaces it)."""
-        return self.supervisor.backend
 
     # ------------------------------------------------------------------ control (main thread)
 
@@ -151,7 +143,8 @@ class Pipeline:
         for stage in self._stages.values():
             if stage.thread is not None and not stage.thread.is_alive() and not stage.finished:
                 problems.append(f"stage {stage.name} died")
-            stuck = stage.stalled_for(now)
+            since = stage.busy_since
+            stuck = 0.0 if since is None else now - since
             if stuck > self.settings.stall_timeout_s:
                 problems.append(f"stage {stage.name} stuck on one item for {stuck:.1f} s")
                 if stage.name not in self._stalled_reported:
@@ -213,14 +206,6 @@ class Pipeline:
                     self._fault(item, "overload", f"{next_name} stage is not taking frames")
                     return
 
-    def _put_end(self, target: queue.Queue) -> None:
-        while True:
-            try:
-                target.put(_END, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
-
     def _acquire(self, stage: _Stage) -> None:
         last_fault = None
         # Retrying a source that has not opened yet; one that has reconnects inside its own read().
@@ -276,7 +261,7 @@ class Pipeline:
                 self._pass_on(self._pre_q, self.concluder.register(frame), "preprocess")
         finally:
             stage.busy_since = None
-            self._put_end(self._pre_q)
+            self._pre_q.put(_END)
 
     def _wait_for_room(self) -> None:
         """For a source with back-pressure: block until fewer than the limit of frames are open.
@@ -295,20 +280,9 @@ class Pipeline:
             self.log.info("source is back (%s)", state)
         self.source_state = state
 
-    def _take(self, source: queue.Queue):
-        """The items of `source` until the end-of-stream marker, which is consumed."""
-        while True:
-            try:
-                item = source.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if item is _END:
-                return
-            yield item
-
     def _preprocess(self, stage: _Stage) -> None:
         warned_size = False
-        for item in self._take(self._pre_q):
+        for item in iter(self._pre_q.get, _END):
             stage.busy_since = start = time.monotonic()
             if (late := self.concluder.deadline.missed(item, "not yet preprocessed")) is not None:
                 self._fault(item, "deadline", late)
@@ -327,7 +301,7 @@ class Pipeline:
                         item.seconds["preprocess"] = time.monotonic() - start
                         self._pass_on(self._infer_q, item, "infer")
             stage.busy_since = None
-        self._put_end(self._infer_q)
+        self._infer_q.put(_END)
 
     def _prepare(self, item: Item) -> str | None:
         """The frame resized and normalised into `item.tensor`; or, when its image statistics are
@@ -376,7 +350,7 @@ class Pipeline:
         return batch, ended
 
     def _infer(self, stage: _Stage) -> None:
-        for first in self._take(self._infer_q):
+        for first in iter(self._infer_q.get, _END):
             batch, ended = self._gather(first)
             stage.busy_since = start = time.monotonic()
             live = []
@@ -392,7 +366,7 @@ class Pipeline:
             stage.busy_since = None
             if ended:
                 break
-        self._put_end(self._out_q)
+        self._out_q.put(_END)
 
     def _infer_batch(self, live: list[Item], start: float) -> None:
         # A batch of one is a view, not a copy (3×S×S float32 per frame, on the latency path).
@@ -414,7 +388,7 @@ class Pipeline:
             self._to_output(Result(item, float(scores[index]), maps[index]))
 
     def _output(self, stage: _Stage) -> None:
-        for result in self._take(self._out_q):
+        for result in iter(self._out_q.get, _END):
             stage.busy_since = time.monotonic()
             self.concluder.conclude(result)
             stage.busy_since = None

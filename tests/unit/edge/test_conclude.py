@@ -74,7 +74,7 @@ def test_decisions_leave_in_the_order_concluded_and_a_fault_is_also_on_the_fault
         ("Decision", 2), ("Decision", 1), ("Decision", 3), ("Fault", 3)]
     assert [m.verdict for m in messages[:3]] == ["reject", "ok", "fault"]
     assert messages[2].reason == messages[3].message == "overload: infer queue full" and messages[3].code == "overload"
-    assert concluder.counters() == wire.Counters(frames=3, ok=1, reject=1, fault=1, dropped=1)
+    assert concluder.health.counters() == wire.Counters(frames=3, ok=1, reject=1, fault=1, dropped=1)
     assert not errors and concluder.open_items() == []
 
 
@@ -88,7 +88,7 @@ def test_a_frame_is_concluded_once_whichever_path_comes_second(line):
     concluder.conclude(Result(later, 0.1, MAP))
     assert [(type(m).__name__, m.frame_id) for m in received(subscriber, 3)] == [
         ("Decision", 7), ("Fault", 7), ("Decision", 8)]
-    assert concluder.counters().frames == 2
+    assert concluder.health.counters().frames == 2
 
 
 def test_a_score_ready_after_the_deadline_is_a_deadline_fault_not_a_pass(line):
@@ -114,4 +114,4 @@ def test_a_publisher_that_is_gone_is_an_output_error_and_the_frame_still_counts(
     concluder.publisher.close()
     assert concluder.conclude(Result(concluder.register(frame(1)), 0.1, MAP))
     assert [type(error) for error in errors] == [OutputError] and "cannot publish" in str(errors[0])
-    assert errors[0].exit_code == OutputError.exit_code and concluder.counters().frames == 1
+    assert errors[0].exit_code == OutputError.exit_code and concluder.health.counters().frames == 1
