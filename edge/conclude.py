@@ -4,10 +4,11 @@ A ledger of open frames (keyed by an internal number, since a camera may restart
 one place a frame is concluded; whichever path gets there first publishes, any later one is ignored, so
 a backend that returns after its frames were already faulted cannot publish twice.
 
-Fault kinds (also the `reason_kind` label of `hlgfa_faults_total`): frame_error, preprocess,
-frame_quality, overload, deadline, backend, decide, shutdown. `frame_quality` is the frame-quality
-gate (edge/quality.py): a frame whose image statistics (checked before inference) or anomaly-map mean
-(after) lie outside the calibrated ranges cannot be judged by the model, so it is a fault, never ok.
+Fault kinds of a frame (also the `reason_kind` label of `hlgfa_faults_total`): frame_error, preprocess,
+frame_quality, overload, deadline, backend, decide, shutdown; `frame_quality` is the gate of
+edge/quality.py, whose image statistics the pipeline checks before inference and the map here. Faults
+not tied to a frame: source_unavailable, backend_restarted, backend_failed, stage_stalled,
+thresholds_reload_failed.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Deadline:
         return f"{step} {(now - item.frame.receive_ns) / 1e6:.1f} ms after receipt, past the {self.ms:g} ms deadline"
 
 
-@dataclass
+@dataclass(eq=False)
 class Item:
     """A frame in the ledger, on its way through the stages."""
 
@@ -60,7 +61,7 @@ class Item:
     seconds: dict = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(eq=False)
 class Result:
     """What a path found for one frame: a score (and map), or a fault."""
 

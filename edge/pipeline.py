@@ -2,15 +2,10 @@
 
 One thread per stage, joined by bounded queues, so a slow model never stalls the camera's
 buffers and inference overlaps with acquisition and publishing (numpy, cv2 and the inference
-runtimes release the GIL while they work). This module only wires the stages; a frame's verdict,
-the ledger of frames in flight and what is published live in edge/conclude.py, the backend's
-restarts in edge/supervisor.py.
-
-Every frame read ends in exactly one published decision: ok, reject or fault. At shutdown
-everything still in the ledger is published as a fault ("shutdown"): nothing read is ever silently
-lost. Faults not tied to a frame go to the fault topic: source_unavailable, backend_restarted,
-backend_failed, stage_stalled, thresholds_reload_failed. A triggered camera waiting for its trigger
-(`SourceIdle`) is not a fault: `source_status()` shows it in the heartbeats.
+runtimes release the GIL while they work). This module only wires the stages: every frame read is
+registered in the ledger of edge/conclude.py and ends there in exactly one published decision (ok,
+reject or fault; at shutdown, a "shutdown" fault); the backend's restarts are edge/supervisor.py's.
+A triggered camera waiting for its trigger (`SourceIdle`) is not a fault: `source_status()` shows it.
 
 Decisions are published in the order they are concluded, which is frame order except where a fault
 overtakes earlier frames (an overload fault is published at once): the header's frame id is the key.
@@ -226,11 +221,9 @@ class Pipeline:
                 except FrameError as error:
                     stage.busy_since = None
                     self.reads += 1
-                    frame_id = error.frame_id if error.frame_id is not None else last_frame_id + 1
-                    last_frame_id = frame_id
-                    item = self.concluder.register(Frame(frame_id, getattr(self.source, "source_id", ""), "", None,
-                                                         time.monotonic_ns()))
-                    self._fault(item, "frame_error", str(error))
+                    last_frame_id = error.frame_id if error.frame_id is not None else last_frame_id + 1
+                    self._fault(self.concluder.register(Frame(last_frame_id, getattr(self.source, "source_id", ""), "",
+                                                              None, time.monotonic_ns())), "frame_error", str(error))
                     continue
                 except SourceExhausted:
                     self.log.info("source ended after %d frames", self.reads)
