@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edge.errors import ConfigError
+from edge.logs import camera_log
 from edge.wire import DRIFT_STATES, VERDICTS, Counters
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class Health:
         self.metrics: MetricsServer | None = None
         if metrics_port is not None:
             self.metrics = start_metrics_server(metrics_port, metrics_address, self.registry)
-            log.info("metrics for %s at http://%s:%d/metrics", camera, metrics_address, self.metrics.port)
+            camera_log(__name__, camera).info("metrics at http://%s:%d/metrics", metrics_address, self.metrics.port)
 
     def model_info(self, **fields: str) -> None:
         """Publish e.g. model_hash=, thresholds_version=, backend= (again after a reload)."""
