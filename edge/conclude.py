@@ -178,10 +178,10 @@ class Concluder:
         item, frame, criteria = result.item, result.item.frame, self.criteria
         verdict, reason, kind, region_px = self._verdict(result, criteria)
         decision_ns = time.monotonic_ns()
-        score = result.score if result.score is not None and np.isfinite(result.score) else None
+        score = float(result.score) if result.score is not None and np.isfinite(result.score) else None
         decision = wire.Decision(
             camera=self.camera, frame_id=int(frame.frame_id), verdict=verdict, reason=reason,
-            score=None if score is None else float(score), threshold=float(criteria.thresholds.image_threshold),
+            score=score, threshold=float(criteria.thresholds.image_threshold),
             device_timestamp_ns=int(frame.device_timestamp_ns), receive_ns=int(frame.receive_ns),
             decision_ns=decision_ns, latency_ms=(decision_ns - frame.receive_ns) / 1e6,
             model_hash=self.model_hash, thresholds_version=criteria.thresholds.version, region_px=int(region_px))

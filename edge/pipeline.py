@@ -100,10 +100,6 @@ class Pipeline:
                                             name=f"{name}-{self.camera}", daemon=True)
             stage.thread.start()
 
-    def request_stop(self) -> None:
-        """Stop acquiring; the frames already read flow on to their verdicts."""
-        self._stop.set()
-
     @property
     def done(self) -> bool:
         """Every stage has ended (the source ran out, max_frames, or a stop request)."""
@@ -117,7 +113,7 @@ class Pipeline:
     def finish(self, timeout_s: float) -> int:
         """Stop, let frames in flight finish for up to `timeout_s`, then fault whatever is left.
         Returns the number of frames faulted as "shutdown"."""
-        self.request_stop()
+        self._stop.set()  # stop acquiring; the frames already read flow on to their verdicts
         deadline = time.monotonic() + timeout_s
         for stage in self._stages.values():
             if stage.thread is not None:
