@@ -203,13 +203,6 @@ class LoggingConfig(_Section):
     # Per logger: a module ("edge.publisher", "edge.pipeline") or a library ("asyncua").
     levels: dict[str, LogLevel] = Field(default_factory=dict)
 
-    @field_validator("level", "levels", mode="before")
-    @classmethod
-    def _lower_case(cls, value):
-        if isinstance(value, dict):
-            return {name: level.lower() if isinstance(level, str) else level for name, level in value.items()}
-        return value.lower() if isinstance(value, str) else value
-
 
 class DaemonConfig(_Section):
     camera: str = "cam0"

@@ -127,8 +127,8 @@ def test_config_check_refuses_a_log_level_naming_the_key(tmp_path, capsys, table
     assert key in error and "'debug', 'info', 'warning', 'error' or 'critical'" in error, error
 
 
-def test_log_levels_are_read_in_either_case_and_default_to_info(tmp_path):
-    config = build_config(write(tmp_path, GOOD + '[logging]\nlevel = "WARNING"\nlevels = { "edge.publisher" = "Debug" }\n'))
+def test_log_levels_are_read_per_logger_and_default_to_info(tmp_path):
+    config = build_config(write(tmp_path, GOOD + '[logging]\nlevel = "warning"\nlevels = { "edge.publisher" = "debug" }\n'))
     assert (config.logging.level, config.logging.levels) == ("warning", {"edge.publisher": "debug"})
     assert build_config(write(tmp_path, GOOD)).logging.level == "info"
 
