@@ -158,8 +158,8 @@ def bare_fps(model, onnx, images, frames: int, offloaded_ms: float | None = None
 
 
 class StageStamps:
-    """Stamps (monotonic ns) around each preprocessing and publish call of the daemon's pipeline.
-    Instrumentation for this bench only: it wraps the functions the pipeline calls."""
+    """Stamps (monotonic ns) around each frame's preprocessing and publish call in the daemon's pipeline.
+    Instrumentation for this bench only: it wraps the methods the pipeline calls."""
 
     def __init__(self):
         from edge import pipeline, publisher
@@ -167,12 +167,12 @@ class StageStamps:
         self.preprocess: list[tuple[int, int]] = []
         self.publish: list[tuple[int, int]] = []
         self._modules = (pipeline, publisher)
-        self._originals = (pipeline.preprocess, publisher.Publisher.publish_decision)
-        preprocess, publish_decision = self._originals
+        self._originals = (pipeline.Pipeline._prepare, publisher.Publisher.publish_decision)
+        prepare, publish_decision = self._originals
 
-        def timed_preprocess(images, spec):
+        def timed_preprocess(pipeline_self, item):
             start = time.monotonic_ns()
-            out = preprocess(images, spec)
+            out = prepare(pipeline_self, item)
             self.preprocess.append((start, time.monotonic_ns()))
             return out
 
@@ -182,12 +182,12 @@ class StageStamps:
             self.publish.append((start, time.monotonic_ns()))
             return out
 
-        pipeline.preprocess = timed_preprocess
+        pipeline.Pipeline._prepare = timed_preprocess
         publisher.Publisher.publish_decision = timed_publish
 
     def restore(self):
         pipeline, publisher = self._modules
-        pipeline.preprocess, publisher.Publisher.publish_decision = self._originals
+        pipeline.Pipeline._prepare, publisher.Publisher.publish_decision = self._originals
 
 
 def stage_breakdown(decisions, stamps: StageStamps, infer_spans) -> dict:
@@ -402,16 +402,16 @@ def soak(frames: int, fps: float | None) -> dict:
     cpu0 = time.process_time()
     pipeline.start()
     while not pipeline.done:
-        publisher.maybe_heartbeat(pipeline.counters())
+        publisher.maybe_heartbeat(health.counters())
         time.sleep(0.05)
     wall = time.perf_counter() - start
     cpu = time.process_time() - cpu0
     pipeline.finish(10)
-    publisher.heartbeat(pipeline.counters(), state="stopping")
+    publisher.heartbeat(health.counters(), state="stopping")
     publisher.close()
     health.close()
     got, dup, lost = (int(x) for x in child.communicate(timeout=120)[0].split())
-    c = pipeline.counters()
+    c = health.counters()
     return {"frames": frames, "decided": c.frames, "faults": c.fault, "received": got, "duplicates": dup,
             "lost_seq": lost, "fps": frames / wall, "cpu_ms_per_frame": 1000 * cpu / frames}
 

@@ -9,6 +9,7 @@
     [publish]   endpoint, reliable_endpoint, maps, map_format, map_size, heartbeat_period_s, CURVE keys, ...
     [health]    metrics_port, metrics_address
     [quality]   per-statistic overrides of the calibrated frame-quality ranges, e.g. mean = [30, 220]
+    [logging]   level, and levels per logger, e.g. levels = {"edge.publisher" = "debug"}
 
 docs/CONFIG.md is the reference. Every section is a pydantic model with extra="forbid", so a typo is an
 error naming the key (and its line in the file) instead of a silently ignored setting. Relative paths
@@ -193,6 +194,16 @@ class QualityConfig(_Section):
         return {name: value for name, value in self.model_dump().items() if value is not None}
 
 
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class LoggingConfig(_Section):
+    # Every logger not named in `levels`; the --log-level flag, when given, replaces it.
+    level: LogLevel = "info"
+    # Per logger: a module ("edge.publisher", "edge.pipeline") or a library ("asyncua").
+    levels: dict[str, LogLevel] = Field(default_factory=dict)
+
+
 class DaemonConfig(_Section):
     camera: str = "cam0"
     model: Path
@@ -203,6 +214,7 @@ class DaemonConfig(_Section):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @field_validator("camera")
     @classmethod

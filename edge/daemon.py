@@ -18,17 +18,15 @@ model keeps the old thresholds and is published as a fault).
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Callable
 
 from edge.config import DaemonConfig
 from edge.errors import HlgfaError, ModelFileError, StageError
+from edge.logs import camera_log
 from edge.pipeline import Pipeline
 from edge.signals import SignalRequests
 from edge.sources.base import SourceUnavailable
-
-log = logging.getLogger(__name__)
 
 LOOP_PERIOD_S = 0.05  # main loop: watchdog, heartbeats, signals, queue gauges
 
@@ -67,6 +65,7 @@ class Daemon:
     def __init__(self, config: DaemonConfig, backend_wrapper: Callable | None = None,
                  source_wrapper: Callable | None = None, signals: SignalRequests | None = None):
         self.config = config
+        self.log = camera_log(__name__, config.camera)
         self.backend_wrapper = backend_wrapper
         self.source_wrapper = source_wrapper
         # `hlgfa run` passes the requests it began collecting at its start (edge.signals).
@@ -123,7 +122,7 @@ class Daemon:
             self.health = Health(config.camera, config.health.metrics_port, config.health.metrics_address)
             closers.append(self.health.close)
             backend = self._open_backend(info.model_hash)
-            closers.append(lambda: self._close_unless_in_use(self.pipeline.backend if self.pipeline else backend, "infer"))
+            closers.append(lambda: self._close_unless_in_use(self.pipeline.supervisor.backend if self.pipeline else backend, "infer"))
             source = build_source(config.source)
             if self.source_wrapper is not None:
                 source = self.source_wrapper(source)
@@ -133,7 +132,7 @@ class Daemon:
             except SourceUnavailable as error:
                 # An absent camera at start is the same condition as one lost later: report and retry.
                 source_open = False
-                log.warning("camera %s: source not available at start (%s); retrying", config.camera, error)
+                self.log.warning("source not available at start (%s); retrying", error)
             closers.append(lambda: self._close_unless_in_use(source, "acquire"))
             self.pipeline = Pipeline(
                 source, backend, lambda: self._open_backend(info.model_hash), spec, thresholds, self.publisher,
@@ -143,8 +142,8 @@ class Daemon:
             self.pipeline.start()
             self.health.ready()
             self.ready.set()
-            log.info("camera %s: inspecting with %s backend, model %s, thresholds %s (%s)", config.camera,
-                     getattr(backend, "kind", "?"), info.model_hash[:12], thresholds.version, config.thresholds_path)
+            self.log.info("inspecting with %s backend, model %s, thresholds %s (%s)", getattr(backend, "kind", "?"),
+                          info.model_hash[:12], thresholds.version, config.thresholds_path)
             code = self._loop(info.model_hash)
         finally:
             if self.pipeline is not None:
@@ -152,20 +151,19 @@ class Daemon:
                 self.shutdown_faults = self.pipeline.finish(config.pipeline.drain_timeout_s)
                 if self.pipeline.fatal is not None and code == 0:
                     code = self.pipeline.fatal.exit_code
+                counters = self.health.counters()
                 try:
-                    self.publisher.heartbeat(self.pipeline.counters(), state="stopping",
-                                             source=self.pipeline.source_status())
+                    self.publisher.heartbeat(counters, state="stopping", source=self.pipeline.source_status())
                 except HlgfaError as error:
-                    log.error("camera %s: last heartbeat not sent: %s", config.camera, error)
-                counters = self.pipeline.counters()
-                log.info("camera %s: stopped after %d frames read, %d decided (ok %d, reject %d, fault %d, dropped %d)",
-                         config.camera, self.pipeline.reads, counters.frames, counters.ok, counters.reject, counters.fault,
-                         counters.dropped)
+                    self.log.error("last heartbeat not sent: %s", error)
+                self.log.info("stopped after %d frames read, %d decided (ok %d, reject %d, fault %d, dropped %d)",
+                              self.pipeline.reads, counters.frames, counters.ok, counters.reject, counters.fault,
+                              counters.dropped)
             for close in reversed(closers):
                 try:
                     close()
                 except Exception as error:  # closing must go on: the other resources still need releasing
-                    log.warning("camera %s: while closing: %s", config.camera, error)
+                    self.log.warning("while closing: %s", error)
         return code
 
     def _close_unless_in_use(self, part, stage: str) -> None:
@@ -174,8 +172,8 @@ class Daemon:
         call can crash the process, or block its exit behind a call that does not return. The
         process exit releases such a part instead (see `edge.daemon_cli`)."""
         if self.pipeline is not None and stage in self.pipeline.running_stages():
-            log.warning("camera %s: %s stage still inside a call; %s left open for the process exit to release",
-                        self.config.camera, stage, type(part).__name__)
+            self.log.warning("%s stage still inside a call; %s left open for the process exit to release",
+                             stage, type(part).__name__)
             return
         part.close()
 
@@ -186,18 +184,18 @@ class Daemon:
                 self._reload.clear()
                 self._reload_thresholds(model_hash)
             if self._stop.is_set():
-                log.info("camera %s: stop requested; finishing frames in flight", self.config.camera)
+                self.log.info("stop requested; finishing frames in flight")
                 return 0
             healthy, problems = pipeline.health_state()
             if healthy:
                 health.tick()
                 if publisher.heartbeat_due():
-                    drift = pipeline.drift.status()
+                    drift = pipeline.concluder.drift.status()
                     health.drift(drift)
-                    publisher.maybe_heartbeat(pipeline.counters(), pipeline.source_status(), drift=drift)
+                    publisher.maybe_heartbeat(health.counters(), pipeline.source_status(), drift=drift)
             else:
                 # No more watchdog pings or heartbeats: systemd and the PLC bridge both fail safe.
-                log.error("camera %s: pipeline unhealthy: %s", self.config.camera, "; ".join(problems))
+                self.log.error("pipeline unhealthy: %s", "; ".join(problems))
                 return (pipeline.fatal or StageError("pipeline unhealthy")).exit_code
             if pipeline.done:
                 return 0
@@ -208,16 +206,17 @@ class Daemon:
     def _reload_thresholds(self, model_hash: str) -> None:
         from edge.thresholds import load_thresholds
 
-        old = self.pipeline.thresholds
+        concluder = self.pipeline.concluder
+        old = concluder.thresholds
         self.health.reloading()
         try:
             new = load_thresholds(self.config.thresholds_path, model_hash)
         except HlgfaError as error:
-            self.pipeline.report_fault("thresholds_reload_failed", f"{error}; keeping thresholds version {old.version}")
+            concluder.report_fault("thresholds_reload_failed", f"{error}; keeping thresholds version {old.version}")
         else:
-            self.pipeline.set_thresholds(new)
+            concluder.set_thresholds(new)
             self.health.model_info(model_hash=model_hash, thresholds_version=new.version,
-                                   backend=getattr(self.pipeline.backend, "kind", "?"))
-            log.info("camera %s: thresholds reloaded: version %s → %s (image threshold %.4g)", self.config.camera,
-                     old.version, new.version, new.image_threshold)
+                                   backend=getattr(self.pipeline.supervisor.backend, "kind", "?"))
+            self.log.info("thresholds reloaded: version %s → %s (image threshold %.4g)", old.version, new.version,
+                          new.image_threshold)
         self.health.reloaded()

@@ -15,6 +15,7 @@ import threading
 from edge.cli import exit_status
 from edge.config import DaemonConfig, build_config, parse_override
 from edge.errors import ConfigError
+from edge.logs import apply_levels, camera_log
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def _run_handler(args: argparse.Namespace) -> int:
     if args.config is None and args.model is None:
         raise ConfigError("hlgfa run: give --config FILE, or at least --model, --source and --publish")
     config = _config(args)
+    apply_levels(getattr(args, "log_level", None) or config.logging.level, config.logging.levels)
     from edge.daemon import Daemon
 
     # The stage threads hand each frame on through the GIL; a thread woken by a finished inference
@@ -96,7 +98,7 @@ def _run_handler(args: argparse.Namespace) -> int:
     daemon = Daemon(config, signals=args.signals)
     daemon.install_signal_handlers()  # the same handlers again: also when called without edge.cli.main
     if daemon.signals.stop.is_set():
-        log.info("camera %s: stop requested while starting; exiting before opening anything", config.camera)
+        camera_log(__name__, config.camera).info("stop requested while starting; exiting before opening anything")
         return 0
     ours_before = set(threading.enumerate())
     try:

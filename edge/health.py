@@ -35,8 +35,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edge.errors import ConfigError
-from edge.wire import VERDICTS
-from edge.wire import DRIFT_STATES
+from edge.logs import camera_log
+from edge.wire import DRIFT_STATES, VERDICTS, Counters
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class Health:
         self.metrics: MetricsServer | None = None
         if metrics_port is not None:
             self.metrics = start_metrics_server(metrics_port, metrics_address, self.registry)
-            log.info("metrics for %s at http://%s:%d/metrics", camera, metrics_address, self.metrics.port)
+            camera_log(__name__, camera).info("metrics at http://%s:%d/metrics", metrics_address, self.metrics.port)
 
     def model_info(self, **fields: str) -> None:
         """Publish e.g. model_hash=, thresholds_version=, backend= (again after a reload)."""
@@ -288,12 +288,15 @@ class Health:
     def queue_depth(self, stage: str, n: int) -> None:
         self._queue_depth.labels(stage=stage).set(n)
 
-    def status_text(self) -> str:
+    def counters(self) -> Counters:
+        """The frames that got their verdict, as heartbeats carry them."""
         with self._lock:
             counts, dropped = dict(self._counts), self._dropped
-        total = sum(counts.values())
-        return (f"{self.camera}: {total} frames, ok {counts['ok']}, reject {counts['reject']}, "
-                f"fault {counts['fault']}, dropped {dropped}")
+        return Counters(sum(counts.values()), counts["ok"], counts["reject"], counts["fault"], dropped)
+
+    def status_text(self) -> str:
+        c = self.counters()
+        return f"{self.camera}: {c.frames} frames, ok {c.ok}, reject {c.reject}, fault {c.fault}, dropped {c.dropped}"
 
     def tick(self, now: float | None = None) -> None:
         """Ping the watchdog and refresh STATUS= when each is due; cheap to call often."""

@@ -18,9 +18,9 @@ pipeline goes silent and the bridge fails safe. The loop must come round at leas
 """
 
 import collections
-import logging
 import math
 import secrets
+import struct
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -29,20 +29,20 @@ import numpy as np
 
 from edge import wire
 from edge.curve import ServerCurve, apply_server, start_authenticator
-from edge.errors import ConfigError, HlgfaError
-
-log = logging.getLogger(__name__)
+from edge.errors import ConfigError, OutputError
+from edge.logs import camera_log
 
 # Commands on the inproc hand-over to the I/O thread (first frame).
 _DECISION, _QUIT = b"D", b"Q"
 # While the bridge's queue is full, how often the I/O thread offers it the oldest unsent decision.
 BACKLOG_RETRY_MS = 10
+# A decision's seq and frame id (a camera's unsigned 64-bit counter) on that hand-over: binary, it never
+# leaves the process.
+_SEQ_FRAME = struct.Struct("=qQ")
 
 
-class PublishError(HlgfaError):
+class PublishError(OutputError):
     """The publisher cannot send any more (its I/O thread stopped or it was closed)."""
-
-    exit_code = 69  # EX_UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class Publisher:
         config.check()
         self.config = config
         self.camera = config.camera
+        self.log = camera_log(__name__, config.camera)
         self.session = secrets.token_hex(8)
         self._zmq = zmq
         self._lock = threading.Lock()
@@ -157,8 +158,8 @@ class Publisher:
             raise
         self._thread = threading.Thread(target=self._run, name=f"zmq-publisher-{self.camera}", daemon=True)
         self._thread.start()
-        log.info("publishing camera %s on %s (reliable: %s, CURVE: %s, session %s)", self.camera, self.endpoint,
-                 self.reliable_endpoint, config.curve is not None, self.session)
+        self.log.info("publishing on %s (reliable: %s, CURVE: %s, session %s)", self.endpoint, self.reliable_endpoint,
+                      config.curve is not None, self.session)
 
     def _make_socket(self, kind, endpoint: str, hwm: int):
         zmq = self._zmq
@@ -194,7 +195,7 @@ class Publisher:
             frames = wire.encode(decision)
             self._send(frames)
             if self._router is not None:
-                self._handover([_DECISION, str(decision.seq).encode(), str(decision.frame_id).encode(), *frames])
+                self._handover([_DECISION, _SEQ_FRAME.pack(decision.seq, decision.frame_id), *frames])
         if anomaly_map is not None:
             map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.config.map_size,
                                         self.config.map_dtype, self.config.map_value_range)
@@ -262,7 +263,7 @@ class Publisher:
             self._closed = True
         self._thread.join(timeout=self.config.linger_ms / 1000 + 5)
         if self._thread.is_alive():
-            log.error("publisher I/O thread of camera %s did not stop; leaving its context open", self.camera)
+            self.log.error("publisher I/O thread did not stop; leaving its context open")
             return
         self._pub.close(linger=self.config.linger_ms)
         self._front.close(linger=0)
@@ -319,17 +320,17 @@ class Publisher:
                     self._resend_due()
                     self._reliable_stats = self._stats_snapshot()
         except Exception:  # a bug here must be loud: the next hand-over of a decision raises PublishError
-            log.exception("publisher I/O thread of camera %s failed", self.camera)
+            self.log.exception("publisher I/O thread failed")
         finally:
             if self._router is not None:
                 if self._pending:
                     # Decisions the PLC bridge may never have acted on: its operator must hear of them.
                     pending = list(self._pending.values())
-                    log.error("camera %s: %d decisions never acknowledged by the reliable bridge at exit "
-                              "(seq %d..%d, frames %s%s; bridge %s)", self.camera, len(pending), pending[0].seq,
-                              pending[-1].seq, ", ".join(str(p.frame_id) for p in pending[:10]),
-                              ", ..." if len(pending) > 10 else "",
-                              "connected" if self._peer else "not connected")
+                    self.log.error("%d decisions never acknowledged by the reliable bridge at exit "
+                                   "(seq %d..%d, frames %s%s; bridge %s)", len(pending), pending[0].seq,
+                                   pending[-1].seq, ", ".join(str(p.frame_id) for p in pending[:10]),
+                                   ", ..." if len(pending) > 10 else "",
+                                   "connected" if self._peer else "not connected")
                 self._router.close(linger=self.config.linger_ms)
             self._back.close(linger=0)
 
@@ -353,8 +354,7 @@ class Publisher:
             if command == _QUIT:
                 return False
             if command == _DECISION:
-                seq, frame_id, message = int(frames[1]), int(frames[2]), frames[3:]
-                self._add_pending(_Pending(seq, frame_id, message))
+                self._add_pending(_Pending(*_SEQ_FRAME.unpack(frames[1]), frames[2:]))
 
     def _add_pending(self, pending: _Pending) -> None:
         if len(self._pending) >= self.config.reliable_capacity:
@@ -364,10 +364,10 @@ class Publisher:
             # with the count since, as a bridge that is gone evicts one decision per frame.
             now = time.monotonic()
             if now - self._evictions_logged_at >= 1.0:
-                log.warning("camera %s: reliable buffer full (%d pending, bridge %s): decision seq %d (frame %d) "
-                            "evicted unacknowledged; %d evicted in all", self.camera, self.config.reliable_capacity,
-                            "connected" if self._peer else "not connected", evicted.seq, evicted.frame_id,
-                            self._rel_counts["evicted"])
+                self.log.warning("reliable buffer full (%d pending, bridge %s): decision seq %d (frame %d) evicted "
+                                 "unacknowledged; %d evicted in all", self.config.reliable_capacity,
+                                 "connected" if self._peer else "not connected", evicted.seq, evicted.frame_id,
+                                 self._rel_counts["evicted"])
                 self._evictions_logged_at = now
             # Goes through the normal hand-over so it gets its own seq in order; the bridge sees it on
             # the fault topic and as a gap in the reliable channel's decision seqs.
@@ -377,7 +377,7 @@ class Publisher:
                                    f"{self.config.reliable_capacity} decisions pending, bridge "
                                    f"{'connected' if self._peer else 'not connected'}", evicted.frame_id)
             except PublishError:
-                log.error("camera %s: decision seq %d evicted unacknowledged while closing", self.camera, evicted.seq)
+                self.log.error("decision seq %d evicted unacknowledged while closing", evicted.seq)
         self._pending[pending.seq] = pending
         if not self._backlogged:
             self._send_pending(pending)
@@ -395,8 +395,7 @@ class Publisher:
             return False
         except zmq.ZMQError as error:
             if error.errno == zmq.EHOSTUNREACH:
-                log.warning("reliable bridge of camera %s disconnected; keeping %d decisions pending",
-                            self.camera, len(self._pending))
+                self.log.warning("reliable bridge disconnected; keeping %d decisions pending", len(self._pending))
                 self._peer = None
                 return False
             raise
@@ -421,21 +420,20 @@ class Publisher:
             identity, verb = frames[0], frames[1]
             if verb == wire.RELIABLE_HELLO:
                 if identity != self._peer:
-                    log.info("reliable bridge of camera %s connected; sending %d pending decisions",
-                             self.camera, len(self._pending))
+                    self.log.info("reliable bridge connected; sending %d pending decisions", len(self._pending))
                     self._peer = identity
                     self._backlogged = False
                     self._send_in_order(lambda pending: True)
             elif verb == wire.RELIABLE_ACK and len(frames) == 3:
                 self._on_ack(frames[2])
             else:
-                log.warning("reliable channel of camera %s: ignoring a message with verb %r", self.camera, verb[:20])
+                self.log.warning("reliable channel: ignoring a message with verb %r", verb[:20])
 
     def _on_ack(self, body: bytes) -> None:
         try:
             session, seq = wire.parse_ack_body(body)
         except wire.WireError as error:
-            log.warning("reliable channel of camera %s: malformed %s", self.camera, error)
+            self.log.warning("reliable channel: malformed %s", error)
             return
         if session != self.session:
             return  # an ACK for a previous run of this publisher

@@ -17,14 +17,12 @@ from pathlib import Path
 
 from edge import wire
 from edge.curve import ClientCurve, apply_client
-from edge.errors import ConfigError, HlgfaError
+from edge.errors import ConfigError, SourceError
 
 
 
-class NoMessagesError(HlgfaError):
+class NoMessagesError(SourceError):
     """Nothing arrived within the timeout: the publisher is down, unreachable, or refuses our key."""
-
-    exit_code = 69  # EX_UNAVAILABLE
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 
 import numpy as np
 
@@ -69,7 +70,13 @@ def check_camera(camera: object) -> str:
 
 
 def topic(kind: str, camera: str) -> bytes:
-    """The exact topic frame, e.g. topic("decision", "cam1") == b"decision.cam1/"."""
+    """The exact topic frame, e.g. topic("decision", "cam1") == b"decision.cam1/". A camera's names are
+    checked at its first message of each kind, not on every one (the frame path encodes several per frame)."""
+    return _checked_topic(kind, camera if isinstance(camera, str) else check_camera(camera))
+
+
+@lru_cache(maxsize=256)
+def _checked_topic(kind: str, camera: str) -> bytes:
     if kind not in KINDS:
         raise WireError(f"message kind {kind!r}: expected one of {', '.join(KINDS)}")
     return f"{kind}.{check_camera(camera)}/".encode("ascii")
@@ -298,7 +305,7 @@ def _finite_or_none(value):
 def encode(message: Message) -> list[bytes]:
     """Message → multipart frames [topic, header] or [topic, header, payload] for maps."""
     kind = kind_of(message)
-    check_camera(message.camera)
+    topic_frame = topic(kind, message.camera)
     if message.session and not _SESSION_RE.match(message.session):
         raise WireError(f"session {message.session!r}: expected 16 lowercase hex digits")
     header = {"schema": SCHEMA_VERSION, "kind": kind}
@@ -314,7 +321,7 @@ def encode(message: Message) -> list[bytes]:
                       shape=list(data.shape), byte_order="little",
                       value_range=None if message.value_range is None else [float(v) for v in message.value_range])
         payload = data.astype(MAP_DTYPES[dtype_name], copy=False).tobytes()
-        return [topic(kind, message.camera), _dumps(header), payload]
+        return [topic_frame, _dumps(header), payload]
     # not dataclasses.asdict: it deep-copies and was most of the cost of encoding a decision
     body = {f.name: getattr(message, f.name) for f in fields(message)}
     if isinstance(message, Heartbeat):
@@ -343,7 +350,7 @@ def encode(message: Message) -> list[bytes]:
                             f"{message.threshold!r}; only a fault may lack a finite score and threshold")
         body["latency_ms"] = float(message.latency_ms)
     header.update(body)
-    return [topic(kind, message.camera), _dumps(header)]
+    return [topic_frame, _dumps(header)]
 
 
 # ------------------------------------------------------------------------------------------ decoding

@@ -26,16 +26,15 @@ from typing import Protocol
 from edge import wire
 from edge.bridge.health import CameraHealth, CameraState, stopped
 from edge.curve import ClientCurve
-from edge.errors import HlgfaError
+from edge.errors import HlgfaError, OutputError
+from edge.logs import camera_log
 from edge.subscriber import Gap, ReliableClient, Restart, Subscriber
 
 log = logging.getLogger(__name__)
 
 
-class DeliveryError(HlgfaError):
+class DeliveryError(OutputError):
     """A protocol did not accept a value (the PLC or broker is unreachable, or refused it)."""
-
-    exit_code = 69  # EX_UNAVAILABLE
 
 
 class Adapter(Protocol):
@@ -81,6 +80,7 @@ class CameraBridge:
     def __init__(self, link: CameraLink, adapters: list, misses: int = 3, tick_s: float = 0.05,
                  retry_s: float = 0.5, backlog: int = 10_000, context=None):
         self.link = link
+        self.log = camera_log(__name__, link.camera)
         self.adapters = adapters
         self.tick_s = tick_s
         self.retry_s = retry_s
@@ -122,7 +122,7 @@ class CameraBridge:
             try:
                 adapter.show(state)
             except Exception:  # noqa: BLE001 - health on the other protocols must still change
-                log.exception("camera %s: %s failed to show its state", self.link.camera, adapter.name)
+                self.log.exception("%s failed to show its state", adapter.name)
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -168,7 +168,7 @@ class CameraBridge:
                 message = sub.recv(timeout=0)
             except wire.WireError as error:
                 # A daemon speaking another schema, or garbage on the port: never guess, fail safe.
-                log.error("camera %s: %s", self.link.camera, error)
+                self.log.error("%s", error)
                 self._health.fault(time.monotonic(), "bad_message", str(error))
                 continue
             if message is None:
@@ -176,18 +176,16 @@ class CameraBridge:
             now = time.monotonic()
             for event in sub.pop_events():
                 if isinstance(event, Gap):
-                    log.warning("camera %s: %d %s message(s) lost after seq %d", event.camera, event.lost,
-                                event.kind, event.after_seq)
+                    self.log.warning("%d %s message(s) lost after seq %d", event.lost, event.kind, event.after_seq)
                     self._health.gap(now)
                 elif isinstance(event, Restart):
-                    log.warning("camera %s: daemon restarted (session %s → %s)", event.camera,
-                                event.old_session, event.new_session)
+                    self.log.warning("daemon restarted (session %s → %s)", event.old_session, event.new_session)
                     self._health.restart(now)
             if isinstance(message, wire.Heartbeat):
                 self._health.heartbeat(message, now)
                 beat = True
             elif isinstance(message, wire.Fault):
-                log.warning("camera %s: fault %s: %s", message.camera, message.code, message.message)
+                self.log.warning("fault %s: %s", message.code, message.message)
                 self._health.fault(now, message.code, message.message)
 
     def _drain_reliable(self, reliable: ReliableClient) -> None:
@@ -195,15 +193,14 @@ class CameraBridge:
             try:
                 decision = reliable.recv(timeout=0)
             except wire.WireError as error:
-                log.error("camera %s: reliable channel: %s", self.link.camera, error)
+                self.log.error("reliable channel: %s", error)
                 self._health.fault(time.monotonic(), "bad_message", str(error))
                 continue
             if decision is None:
                 return
             if decision.camera != self.link.camera:
-                log.error("camera %s: the acknowledged channel at %s delivered a decision of camera %r; "
-                          "check the bridge's camera/endpoint pairs", self.link.camera, self.link.reliable,
-                          decision.camera)
+                self.log.error("the acknowledged channel at %s delivered a decision of camera %r; check the "
+                               "bridge's camera/endpoint pairs", self.link.reliable, decision.camera)
                 self._health.fault(time.monotonic(), "wrong_camera",
                                    f"decision of camera {decision.camera!r} on {self.link.reliable}")
                 continue
@@ -227,13 +224,11 @@ class CameraBridge:
                     adapter.deliver(item.decision, state)
                 except Exception as error:  # noqa: BLE001 - a bug in one protocol must not stop the others
                     if not isinstance(error, DeliveryError):
-                        log.exception("camera %s: %s failed on decision seq %d", self.link.camera, adapter.name,
-                                      item.decision.seq)
+                        self.log.exception("%s failed on decision seq %d", adapter.name, item.decision.seq)
                     self.refused[adapter.name] += 1
                     self._retry_at[adapter.name] = now + self.retry_s
-                    log.warning("camera %s: %s did not accept decision seq %d (frame %d): %s; retrying in %.1f s",
-                                self.link.camera, adapter.name, item.decision.seq, item.decision.frame_id, error,
-                                self.retry_s)
+                    self.log.warning("%s did not accept decision seq %d (frame %d): %s; retrying in %.1f s",
+                                     adapter.name, item.decision.seq, item.decision.frame_id, error, self.retry_s)
                     break
                 item.accepted.add(adapter.name)
                 self.delivered[adapter.name] += 1

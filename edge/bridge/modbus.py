@@ -29,6 +29,7 @@ from edge.bridge.health import CameraState
 from edge.bridge.serving import serve_in_thread
 from edge.config import _Section
 from edge.errors import ConfigError
+from edge.logs import camera_log
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,7 @@ class ModbusClient:
             except DeliveryError as error:
                 now = time.monotonic()
                 if now - self._unreachable_logged_at >= 10:
-                    log.warning("%s (health of camera %s not shown; retried on the next change)", error, state.camera)
+                    camera_log(__name__, state.camera).warning("%s (health not shown; retried on the next change)", error)
                     self._unreachable_logged_at = now
 
     def _pulse_loop(self) -> None:

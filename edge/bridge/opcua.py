@@ -38,6 +38,7 @@ from edge.bridge.health import VERDICT_CODES, CameraState
 from edge.bridge.serving import serve_in_thread
 from edge.config import _Section
 from edge.errors import ConfigError
+from edge.logs import camera_log
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class OpcuaServer:
         try:
             self._run(self._write(state.camera, self._state_values(state)), "writing the health")
         except DeliveryError as error:
-            log.warning("%s (camera %s)", error, state.camera)
+            camera_log(__name__, state.camera).warning("%s", error)
 
     def close(self) -> None:
         if self._loop is not None and self._thread.is_alive():

@@ -557,7 +557,7 @@ def test_a_subscriber_that_stops_reading_blocks_nothing(tiny_model_dir, calibrat
         run.daemon.request_stop()
         # The daemon's own test subscriber did not read either: only the acked channel is complete.
         assert run.wait_exit() == 0
-        assert run.daemon.pipeline.counters().frames >= 60
+        assert run.daemon.health.counters().frames >= 60
     finally:
         stalled.close()
         context.term()

@@ -339,6 +339,17 @@ def test_full_reliable_buffer_is_a_published_fault(make_publisher, make_subscrib
     assert publisher.reliable_stats()["evicted"] == 1
 
 
+def test_frame_ids_up_to_a_cameras_64_bit_counter_survive_the_hand_over_to_the_reliable_channel(make_publisher,
+                                                                                                make_subscriber):
+    publisher = make_publisher(reliable_endpoint=LOOPBACK, reliable_capacity=1)
+    subscriber = make_subscriber(publisher.endpoint, topics=("fault", "heartbeat"))
+    handshake(publisher, subscriber)
+    for frame_id in (2**64 - 1, 0):
+        publisher.publish_decision(decision(frame_id))
+    fault = drain(subscriber, lambda m: isinstance(m, wire.Fault))[-1]
+    assert fault.frame_id == 2**64 - 1 and f"(frame {2**64 - 1})" in fault.message
+
+
 def test_evictions_and_decisions_unacknowledged_at_exit_are_logged(make_publisher, caplog):
     with caplog.at_level("WARNING", logger="edge.publisher"):
         publisher = make_publisher(reliable_endpoint=LOOPBACK, reliable_capacity=2)

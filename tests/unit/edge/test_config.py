@@ -116,6 +116,23 @@ def test_config_check_exits_78_naming_the_key(tmp_path, capsys):
     assert "key backend.max_batch (line 13)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("table, key", [
+    ('level = "loud"', "key logging.level (line 6)"),
+    ('levels = { "edge.publisher" = "debug", "edge.pipeline" = "chatty" }', "key logging.levels.edge.pipeline (line 6)"),
+])
+def test_config_check_refuses_a_log_level_naming_the_key(tmp_path, capsys, table, key):
+    path = write(tmp_path, f'model = "m"\n[source]\nkind = "genicam"\n\n[logging]\n{table}\n')
+    assert main(["config", "check", str(path), "--schema-only"]) == 78
+    error = capsys.readouterr().err
+    assert key in error and "'debug', 'info', 'warning', 'error' or 'critical'" in error, error
+
+
+def test_log_levels_are_read_per_logger_and_default_to_info(tmp_path):
+    config = build_config(write(tmp_path, GOOD + '[logging]\nlevel = "warning"\nlevels = { "edge.publisher" = "debug" }\n'))
+    assert (config.logging.level, config.logging.levels) == ("warning", {"edge.publisher": "debug"})
+    assert build_config(write(tmp_path, GOOD)).logging.level == "info"
+
+
 def test_config_check_refuses_a_missing_model_directory(tmp_path, capsys):
     assert main(["config", "check", str(write(tmp_path, GOOD))]) == 66
     assert "does not exist" in capsys.readouterr().err

@@ -60,10 +60,17 @@ def test_topics_end_in_slash_so_cam1_never_matches_cam10():
     assert not wire.topic("decision", "cam1").startswith(wire.subscription_prefix("map", None))
 
 
-@pytest.mark.parametrize("camera", ["cam.1", "cam/1", "", "c" * 65, "kamera ü"])
+@pytest.mark.parametrize("camera", ["cam.1", "cam/1", "", "c" * 65, "kamera ü", None, ["cam1"]])
 def test_camera_names_that_would_break_topics_are_refused(camera):
     with pytest.raises(WireError, match="camera name"):
         wire.topic("decision", camera)
+
+
+def test_a_camera_name_is_checked_once_but_a_refused_one_is_refused_on_every_message():
+    assert wire.encode(_decision())[0] is wire.encode(_decision(frame_id=43))[0], "the topic was built twice"
+    for _ in range(2):
+        with pytest.raises(WireError, match="camera name 'cam.1'"):
+            wire.encode(_decision(camera="cam.1"))
 
 
 def test_uint8_map_round_trip_keeps_shape_scale_and_values():

@@ -1,0 +1,117 @@
+"""The concluder: one decision per frame, in the order concluded, published over a real socket."""
+
+import numpy as np
+import pytest
+
+from edge import wire
+from edge.conclude import Concluder, Deadline, Result
+from edge.config import DaemonConfig
+from edge.errors import OutputError
+from edge.frame import Frame
+from edge.health import Health
+from edge.logs import camera_log
+from edge.publisher import Publisher, PublisherConfig
+from edge.subscriber import Subscriber
+from edge.thresholds import Thresholds
+from tests.integration.test_zmq_publish import handshake
+
+pytestmark = pytest.mark.timeout(30)
+
+THRESHOLDS = Thresholds(model_hash="0" * 64, image_threshold=0.5, version="v1")
+MAP = np.zeros((8, 8), np.float32)
+
+
+class Clock:
+    def __init__(self):
+        self.now_ns = 0
+
+    def __call__(self):
+        return self.now_ns
+
+
+@pytest.fixture
+def line(tmp_path):
+    """(concluder, subscriber, errors given to `fail`, clock of the deadlines) for camera cam1."""
+    config = DaemonConfig.model_validate({
+        "camera": "cam1", "model": str(tmp_path), "source": {"kind": "folder", "path": str(tmp_path)},
+        "pipeline": {"deadline_ms": 100}, "publish": {"maps": False}})
+    publisher = Publisher(PublisherConfig(camera="cam1", endpoint="tcp://127.0.0.1:*", linger_ms=100))
+    subscriber = Subscriber(publisher.endpoint, cameras=["cam1"], topics=(wire.DECISION, wire.FAULT, wire.HEARTBEAT))
+    health = Health("cam1")
+    errors = []
+    concluder = Concluder(config, THRESHOLDS, "0" * 64, publisher, health, errors.append, camera_log(__name__, "cam1"))
+    clock = Clock()
+    concluder.deadline = Deadline(100, clock_ns=clock)
+    handshake(publisher, subscriber)
+    yield concluder, subscriber, errors, clock
+    subscriber.close()
+    publisher.close()
+    health.close()
+
+
+def frame(frame_id: int) -> Frame:
+    return Frame(frame_id, "test", "Mono8", None, receive_ns=0)
+
+
+def received(subscriber, count: int) -> list:
+    messages = []
+    while len(messages) < count:
+        message = subscriber.recv(timeout=5)
+        assert message is not None, f"only {messages} arrived"
+        if not isinstance(message, wire.Heartbeat):
+            messages.append(message)
+    return messages
+
+
+def test_decisions_leave_in_the_order_concluded_and_a_fault_is_also_on_the_fault_topic(line):
+    concluder, subscriber, errors, _ = line
+    first, second, third = (concluder.register(frame(n)) for n in (1, 2, 3))
+    assert concluder.conclude(Result(second, 0.9, MAP))
+    assert concluder.conclude(Result(first, 0.1, MAP))
+    assert concluder.conclude(Result(third, fault_kind="overload", fault_message="infer queue full"))
+    messages = received(subscriber, 4)
+    assert [(type(m).__name__, m.frame_id) for m in messages] == [
+        ("Decision", 2), ("Decision", 1), ("Decision", 3), ("Fault", 3)]
+    assert [m.verdict for m in messages[:3]] == ["reject", "ok", "fault"]
+    assert messages[2].reason == messages[3].message == "overload: infer queue full" and messages[3].code == "overload"
+    assert concluder.health.counters() == wire.Counters(frames=3, ok=1, reject=1, fault=1, dropped=1)
+    assert not errors and concluder.open_items() == []
+
+
+def test_a_frame_is_concluded_once_whichever_path_comes_second(line):
+    concluder, subscriber, _, _ = line
+    item = concluder.register(frame(7))
+    assert concluder.conclude(Result(item, fault_kind="shutdown", fault_message="not inspected"))
+    assert not concluder.conclude(Result(item, 0.1, MAP)), "a late score published a second decision"
+    later = concluder.register(frame(8))
+    assert concluder.open_items() == [later]
+    concluder.conclude(Result(later, 0.1, MAP))
+    assert [(type(m).__name__, m.frame_id) for m in received(subscriber, 3)] == [
+        ("Decision", 7), ("Fault", 7), ("Decision", 8)]
+    assert concluder.health.counters().frames == 2
+
+
+def test_a_score_ready_after_the_deadline_is_a_deadline_fault_not_a_pass(line):
+    concluder, subscriber, _, clock = line
+    item = concluder.register(frame(1))
+    clock.now_ns = 100_000_001  # receipt at 0, deadline 100 ms
+    concluder.conclude(Result(item, 0.1, MAP))
+    decision, fault = received(subscriber, 2)
+    assert decision.verdict == "fault" and decision.score == pytest.approx(0.1)
+    assert fault.message == "deadline: score ready 100.0 ms after receipt, past the 100 ms deadline"
+
+
+def test_new_thresholds_judge_the_next_frame_and_are_named_in_its_decision(line):
+    concluder, subscriber, _, _ = line
+    concluder.set_thresholds(Thresholds(model_hash="0" * 64, image_threshold=0.05, version="v2"))
+    concluder.conclude(Result(concluder.register(frame(1)), 0.1, MAP))
+    (decision,) = received(subscriber, 1)
+    assert (decision.verdict, decision.thresholds_version, decision.threshold) == ("reject", "v2", 0.05)
+
+
+def test_a_publisher_that_is_gone_is_an_output_error_and_the_frame_still_counts(line):
+    concluder, _, errors, _ = line
+    concluder.publisher.close()
+    assert concluder.conclude(Result(concluder.register(frame(1)), 0.1, MAP))
+    assert [type(error) for error in errors] == [OutputError] and "cannot publish" in str(errors[0])
+    assert errors[0].exit_code == OutputError.exit_code and concluder.health.counters().frames == 1
