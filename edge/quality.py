@@ -102,7 +102,7 @@ def image_stats(image: np.ndarray, size: int | tuple[int, int], name: str = "ima
 
 
 def map_stats(anomaly_map: np.ndarray) -> dict[str, float]:
-    return {"map_mean": float(np.asarray(anomaly_map, dtype=np.float64).mean())}
+    return {"map_mean": float(np.mean(anomaly_map, dtype=np.float64))}  # accumulates in float64, no copy
 
 
 def format_range(low: float, high: float) -> str:

@@ -26,7 +26,7 @@ from typing import Protocol
 from edge import wire
 from edge.bridge.health import CameraHealth, CameraState, stopped
 from edge.curve import ClientCurve
-from edge.errors import HlgfaError, OutputError
+from edge.errors import ConfigError, OutputError
 from edge.logs import camera_log
 from edge.subscriber import Gap, ReliableClient, Restart, Subscriber
 
@@ -249,10 +249,10 @@ class Bridge:
         import zmq
 
         if not links:
-            raise HlgfaError("the bridge needs at least one camera")
+            raise ConfigError("the bridge needs at least one camera ([[cameras]] or --camera)")
         names = [link.camera for link in links]
         if len(set(names)) != len(names):
-            raise HlgfaError(f"cameras {names}: each camera may appear once")
+            raise ConfigError(f"cameras {names}: each camera may appear once")
         self.adapters = adapters
         self._context = zmq.Context()
         self.cameras = {link.camera: CameraBridge(link, adapters, context=self._context, **camera_options)

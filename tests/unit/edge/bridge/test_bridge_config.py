@@ -3,6 +3,7 @@
 import pytest
 
 from edge.bridge.cli import build_config
+from edge.bridge.core import Bridge, CameraLink
 from edge.cli import main
 from edge.errors import ConfigError
 
@@ -49,3 +50,12 @@ def test_flags_describe_one_camera_and_refuse_to_add_to_a_file_with_cameras(tmp_
     assert main(["bridge", "--check", "--config", str(path), "--connect", "tcp://127.0.0.1:1",
                  "--reliable", "tcp://127.0.0.1:2", "--mqtt-broker", "127.0.0.1:1883"]) == 78
     assert "already lists cameras" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("links, says", [
+    ([], "at least one camera"),
+    ([CameraLink("a", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2")] * 2, "each camera may appear once"),
+])
+def test_a_bridge_built_without_the_cli_refuses_a_bad_camera_list_as_a_config_error(links, says):
+    with pytest.raises(ConfigError, match=says):
+        Bridge(links, adapters=[])
