@@ -375,7 +375,8 @@ def soak(frames: int, fps: float | None) -> dict:
     from edge.config import DaemonConfig
     from edge.pipeline import Pipeline
     from edge.preprocess import PreprocessSpec
-    from edge.publisher import Publisher, PublisherConfig
+    from edge.config import PublishConfig
+    from edge.publisher import Publisher
     from edge.thresholds import Thresholds
 
     with socket.socket() as sock:
@@ -384,7 +385,7 @@ def soak(frames: int, fps: float | None) -> dict:
     child = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, endpoint, str(frames), str(ROOT)],
                              stdout=subprocess.PIPE, text=True)
     child.stdout.readline()
-    publisher = Publisher(PublisherConfig(camera="soak", endpoint=endpoint, map_size=None))
+    publisher = Publisher("soak", PublishConfig(endpoint=endpoint))
     # The child subscribed before we bound; wait for its subscription to arrive (first heartbeat seen there
     # is not observable here, so wait until the PUB socket has a peer by sending heartbeats for a moment).
     for _ in range(10):

@@ -19,8 +19,10 @@ import time
 
 import numpy as np
 
+from calibrate.demo import free_port
 from edge import wire
-from edge.publisher import Publisher, PublisherConfig
+from edge.config import PublishConfig
+from edge.publisher import Publisher
 
 
 def _decision(frame_id: int) -> wire.Decision:
@@ -77,7 +79,7 @@ def _handshake(publisher, ready) -> None:
 
 
 def bench_pubsub(messages: int) -> dict:
-    publisher = Publisher(PublisherConfig("cam1", endpoint="tcp://127.0.0.1:*", map_size=(256, 256)))
+    publisher = Publisher("cam1", PublishConfig(endpoint=f"tcp://127.0.0.1:{free_port()}", map_size=(256, 256)))
     ready_recv, ready_send = multiprocessing.Pipe(duplex=False)
     result_recv, result_send = multiprocessing.Pipe(duplex=False)
     child = multiprocessing.Process(target=_subscriber, args=(publisher.endpoint, messages, ready_send, result_send))
@@ -100,8 +102,9 @@ def bench_pubsub(messages: int) -> dict:
 
 def bench_reliable(acks: int) -> dict:
     ack_rtts_ns = []
-    publisher = Publisher(PublisherConfig("cam1", endpoint="tcp://127.0.0.1:*", reliable_endpoint="tcp://127.0.0.1:*",
-                                          reliable_capacity=max(1000, acks)), on_ack_rtt_ns=ack_rtts_ns.append)
+    publisher = Publisher("cam1", PublishConfig(endpoint=f"tcp://127.0.0.1:{free_port()}",
+                                                reliable_endpoint=f"tcp://127.0.0.1:{free_port()}",
+                                                reliable_capacity=max(1000, acks)), on_ack_rtt_ns=ack_rtts_ns.append)
     child = multiprocessing.Process(target=_bridge, args=(publisher.reliable_endpoint, 1 + 2 * acks))
     child.start()
     publisher.publish_decision(_decision(0))  # warm-up: wait until the bridge is connected and acking

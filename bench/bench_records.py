@@ -82,7 +82,8 @@ def cpu_s(pid: int) -> float:
 
 
 def main() -> None:
-    from edge.publisher import Publisher, PublisherConfig
+    from edge.config import PublishConfig
+    from edge.publisher import Publisher
     from edge.records.store import open_reader, saved_counters
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,7 +103,7 @@ def main() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         endpoint = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
-    publisher = Publisher(PublisherConfig(camera="bench", endpoint=endpoint, map_size=(256, 256)))
+    publisher = Publisher("bench", PublishConfig(endpoint=endpoint, map_size=(256, 256)))
     alone, frame = publish(publisher, args.baseline_seconds, args.rate, pool, rng, 0)
 
     # the same traffic read by a subscriber that keeps nothing: what any subscriber costs the publisher

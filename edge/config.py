@@ -135,10 +135,19 @@ class PublishConfig(_Section):
     # uint8 scale [lo, hi]; unset scales each map to its own min..max.
     map_value_range: tuple[float, float] | None = None
     heartbeat_period_s: float = Field(default=1.0, gt=0)
+    # Per-subscriber queue on the PUB socket, in messages: 1000 ≈ 10 s of decision+map traffic at
+    # 50 fps, ≈ 64 MiB worst case with 256×256 uint8 maps per stalled subscriber; past it ZeroMQ
+    # drops for that subscriber only, which sees the gap from sequence numbers.
     sndhwm: int = Field(default=1000, ge=1)
+    # How long closing lets queued messages (the "stopping" heartbeat, the last decision) leave;
+    # bounded so a systemd stop never hangs on an absent subscriber.
     linger_ms: int = Field(default=500, ge=0)
+    # Unacknowledged decisions kept for the bridge; beyond it the oldest is evicted and a fault is
+    # published for it (never silent).
     reliable_capacity: int = Field(default=1000, ge=1)
     ack_timeout_s: float = Field(default=0.25, gt=0)
+    # Messages ZeroMQ queues towards the bridge before a send is refused (and retried in seq order).
+    reliable_hwm: int = Field(default=1000, ge=1)
     # CURVE: the publisher's NAME.key_secret file and the directory of allowed subscriber public keys.
     curve_secret_key: Path | None = None
     curve_allowed_clients: Path | None = None

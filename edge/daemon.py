@@ -31,23 +31,6 @@ from edge.sources.base import SourceUnavailable
 LOOP_PERIOD_S = 0.05  # main loop: watchdog, heartbeats, signals, queue gauges
 
 
-def publisher_config(config: DaemonConfig, input_size: tuple[int, int]):
-    from edge.curve import ServerCurve
-    from edge.publisher import PublisherConfig
-
-    p = config.publish
-    curve = None
-    if p.curve_secret_key is not None:
-        curve = ServerCurve(p.curve_secret_key, p.curve_allowed_clients)
-    map_size = input_size if p.map_size == "model" else tuple(p.map_size)
-    return PublisherConfig(
-        camera=config.camera, endpoint=p.endpoint, reliable_endpoint=p.reliable_endpoint, curve=curve,
-        heartbeat_period_s=p.heartbeat_period_s, map_size=map_size, map_dtype=p.map_format,
-        map_value_range=None if p.map_value_range is None else tuple(p.map_value_range),
-        sndhwm=p.sndhwm, linger_ms=p.linger_ms, reliable_capacity=p.reliable_capacity,
-        ack_timeout_s=p.ack_timeout_s)
-
-
 def backend_options(config: DaemonConfig) -> dict:
     b = config.backend
     options = {"max_batch": b.max_batch}
@@ -117,7 +100,7 @@ class Daemon:
         closers: list[Callable[[], None]] = []
         code = 0
         try:
-            self.publisher = Publisher(publisher_config(config, spec.input_size))
+            self.publisher = Publisher(config.camera, config.publish, spec.input_size)
             closers.append(self.publisher.close)
             self.health = Health(config.camera, config.health.metrics_port, config.health.metrics_address)
             closers.append(self.health.close)

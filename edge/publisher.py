@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edge import wire
+from edge.config import PublishConfig
 from edge.curve import ServerCurve, apply_server, start_authenticator
 from edge.errors import ConfigError, OutputError
 from edge.logs import camera_log
@@ -45,47 +46,6 @@ class PublishError(OutputError):
     """The publisher cannot send any more (its I/O thread stopped or it was closed)."""
 
 
-@dataclass(frozen=True)
-class PublisherConfig:
-    """Settings of one camera's output. The defaults are the documented production values.
-
-    sndhwm: per-subscriber queue on the PUB socket, in messages (a multipart message counts once).
-      1000 ≈ 10 s of decision+map traffic at 50 fps, ≈ 64 MiB worst case with 256×256 uint8 maps per
-      stalled subscriber; past it ZeroMQ drops for that subscriber only and the subscriber sees the gap
-      from sequence numbers. Large enough to ride out a subscriber's GC pause, small enough for a Jetson.
-    linger_ms: how long close() lets queued messages (the final "stopping" heartbeat, the last decision)
-      leave; bounded so a systemd stop never hangs on an absent subscriber.
-    reliable_capacity: unacknowledged decisions kept for the bridge; beyond it the oldest is evicted
-      and a fault is published for it (never silent).
-    """
-
-    camera: str
-    endpoint: str = "tcp://127.0.0.1:5555"
-    reliable_endpoint: str | None = None
-    curve: ServerCurve | None = None
-    heartbeat_period_s: float = 1.0
-    map_size: tuple[int, int] | None = (256, 256)
-    map_dtype: str = "uint8"
-    map_value_range: tuple[float, float] | None = None
-    sndhwm: int = 1000
-    linger_ms: int = 500
-    reliable_capacity: int = 1000
-    ack_timeout_s: float = 0.25
-    reliable_hwm: int = 1000
-
-    def check(self) -> None:
-        wire.check_camera(self.camera)
-        if not (math.isfinite(self.heartbeat_period_s) and self.heartbeat_period_s > 0):
-            raise ConfigError(f"heartbeat_period_s {self.heartbeat_period_s!r}: expected a positive number")
-        if self.map_dtype not in wire.MAP_DTYPES:
-            raise ConfigError(f"map_dtype {self.map_dtype!r}: expected one of {', '.join(wire.MAP_DTYPES)}")
-        for name in ("sndhwm", "reliable_capacity", "reliable_hwm"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} {getattr(self, name)!r}: expected ≥ 1")
-        if self.linger_ms < 0 or not self.ack_timeout_s > 0:
-            raise ConfigError("linger_ms must be ≥ 0 and ack_timeout_s > 0")
-
-
 @dataclass
 class _Pending:
     seq: int
@@ -97,15 +57,23 @@ class _Pending:
 
 
 class Publisher:
-    def __init__(self, config: PublisherConfig, on_ack_rtt_ns=None):
-        """`on_ack_rtt_ns(ns)`, when given, is called from the I/O thread with each decision's
+    def __init__(self, camera: str, config: PublishConfig, model_map_size: tuple[int, int] | None = None,
+                 on_ack_rtt_ns=None):
+        """Camera `camera`'s output, as its `[publish]` section says. Maps go out at
+        `publish.map_size`, or at `model_map_size` (None: as they come) when that says "model".
+        `on_ack_rtt_ns(ns)`, when given, is called from the I/O thread with each decision's
         publish-to-ACK time (bench/bench_publish.py); the daemon keeps no per-ACK history."""
         import zmq
 
-        config.check()
+        wire.check_camera(camera)
         self.config = config
-        self.camera = config.camera
-        self.log = camera_log(__name__, config.camera)
+        self.camera = camera
+        self.log = camera_log(__name__, camera)
+        self.map_size = model_map_size if config.map_size == "model" else tuple(config.map_size)
+        self.map_value_range = None if config.map_value_range is None else tuple(config.map_value_range)
+        self.curve = None
+        if config.curve_secret_key is not None:
+            self.curve = ServerCurve(config.curve_secret_key, config.curve_allowed_clients)
         self.session = secrets.token_hex(8)
         self._zmq = zmq
         self._lock = threading.Lock()
@@ -130,8 +98,8 @@ class Publisher:
 
         self._context = zmq.Context()
         try:
-            if config.curve is not None:
-                self._authenticator = start_authenticator(self._context, config.curve)
+            if self.curve is not None:
+                self._authenticator = start_authenticator(self._context, self.curve)
             self._pub = self._make_socket(zmq.PUB, config.endpoint, config.sndhwm)
             self.endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self._router = None
@@ -159,7 +127,7 @@ class Publisher:
         self._thread = threading.Thread(target=self._run, name=f"zmq-publisher-{self.camera}", daemon=True)
         self._thread.start()
         self.log.info("publishing on %s (reliable: %s, CURVE: %s, session %s)", self.endpoint, self.reliable_endpoint,
-                      config.curve is not None, self.session)
+                      self.curve is not None, self.session)
 
     def _make_socket(self, kind, endpoint: str, hwm: int):
         zmq = self._zmq
@@ -170,8 +138,8 @@ class Publisher:
         # queue freed, instead of holding HWM messages until TCP gives up many minutes later.
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
-        if self.config.curve is not None:
-            apply_server(sock, self.config.curve)
+        if self.curve is not None:
+            apply_server(sock, self.curve)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as error:
@@ -197,8 +165,8 @@ class Publisher:
             if self._router is not None:
                 self._handover([_DECISION, _SEQ_FRAME.pack(decision.seq, decision.frame_id), *frames])
         if anomaly_map is not None:
-            map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.config.map_size,
-                                        self.config.map_dtype, self.config.map_value_range)
+            map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.map_size,
+                                        self.config.map_format, self.map_value_range)
             with self._lock:
                 self._send(wire.encode(self._stamp(map_message)))
         return decision

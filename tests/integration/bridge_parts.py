@@ -11,15 +11,11 @@ import time
 import pytest
 
 from edge import wire
-from edge.publisher import Publisher, PublisherConfig
+from edge.config import PublishConfig
+from edge.publisher import Publisher
+from tests.ports import free_port
 
 WAIT_S = 30.0  # generous on a loaded 2-core machine; a hang fails instead of blocking for ever
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate, what: str, timeout_s: float = WAIT_S, interval_s: float = 0.01):
@@ -40,9 +36,9 @@ class FakeCamera:
                  reliable: str | None = None, reliable_capacity: int = 1000):
         self.endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         self.reliable = reliable or f"tcp://127.0.0.1:{free_port()}"
-        self.publisher = Publisher(PublisherConfig(camera=camera, endpoint=self.endpoint, reliable_endpoint=self.reliable,
-                                                   heartbeat_period_s=period_s, map_size=None,
-                                                   reliable_capacity=reliable_capacity))
+        self.publisher = Publisher(camera, PublishConfig(endpoint=self.endpoint, reliable_endpoint=self.reliable,
+                                                         heartbeat_period_s=period_s,
+                                                         reliable_capacity=reliable_capacity))
         self.camera = camera
         self.period_s = period_s
         self.frames = 0

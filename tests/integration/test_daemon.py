@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,19 +29,10 @@ from edge.sources.base import SourceIdle, SourceUnavailable
 from edge.subscriber import ReliableClient, Subscriber
 from edge.paths import write_json_atomic
 from edge.thresholds import RegionRule, Thresholds, load_thresholds
+from tests.ports import free_endpoint, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RECV_S = 60.0  # generous: a loaded 2-core machine; a hang fails instead of blocking for ever
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def free_endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture(scope="module")
@@ -737,8 +727,6 @@ def _wait_for_queue_depth(port: int, stage: str, depth: int) -> None:
 
 def fault_frame(messages) -> int:
     return max(m.frame_id for m in messages if isinstance(m, wire.Decision))
-
-
 
 
 class UnpluggableSource(WrappedSource):

@@ -14,12 +14,12 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from tests.ports import free_port
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
@@ -57,12 +57,6 @@ def fill_optionals(command: str) -> str:
         return OPTIONAL[flag] or ""
 
     return re.sub(r"\s+", " ", re.sub(r"\[([^\]]+)\]", choose, command)).strip()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

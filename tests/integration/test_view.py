@@ -15,22 +15,16 @@ import numpy as np
 import pytest
 
 from edge import wire
-from edge.publisher import Publisher, PublisherConfig
+from edge.config import PublishConfig
+from edge.publisher import Publisher
 from edge.records.recorder import TOPICS, Recorder
 from edge.records.store import RecordStore, open_reader, query
 from edge.subscriber import Subscriber
 from edge.view.auth import hash_password
+from tests.ports import free_endpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 60.0
-
-
-def free_endpoint() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
 
 
 class ViewProcess:
@@ -102,7 +96,7 @@ def wait_for(predicate, what: str):
 
 @pytest.fixture
 def publisher():
-    pub = Publisher(PublisherConfig(camera="cam1", endpoint=free_endpoint(), heartbeat_period_s=5.0, linger_ms=0))
+    pub = Publisher("cam1", PublishConfig(endpoint=free_endpoint(), heartbeat_period_s=5.0, linger_ms=0))
     yield pub
     pub.close()
 

@@ -16,23 +16,24 @@ from zmq.utils.monitor import recv_monitor_message
 
 from edge import wire
 from edge.cli import main
-from edge.curve import ClientCurve, ServerCurve, generate
-from edge.publisher import Publisher, PublisherConfig, PublishError
+from edge.curve import ClientCurve, generate
+from edge.config import PublishConfig
+from edge.publisher import Publisher, PublishError
 from edge.subscriber import Gap, ReliableClient, Restart, Subscriber
+from tests.ports import free_endpoint
 
 pytestmark = pytest.mark.timeout(30)
 
-LOOPBACK = "tcp://127.0.0.1:*"
 
 
 @pytest.fixture
 def make_publisher():
     made = []
 
-    def make(**overrides):
-        settings = dict(camera="cam1", endpoint=LOOPBACK, map_size=(64, 64), linger_ms=100)
+    def make(camera="cam1", **overrides):
+        settings = dict(endpoint=free_endpoint(), map_size=(64, 64), linger_ms=100)
         settings.update(overrides)
-        publisher = Publisher(PublisherConfig(**settings))
+        publisher = Publisher(camera, PublishConfig(**settings))
         made.append(publisher)
         return publisher
 
@@ -228,7 +229,8 @@ def test_curve_lets_authorised_subscribers_in_and_keeps_others_out(tmp_path, mak
     generate(tmp_path / "stranger", "stranger")
     (tmp_path / "clients").mkdir()
     (tmp_path / "clients" / "line-plc.key").write_bytes((tmp_path / "allowed" / "line-plc.key").read_bytes())
-    publisher = make_publisher(curve=ServerCurve(tmp_path / "server" / "server.key_secret", tmp_path / "clients"))
+    publisher = make_publisher(curve_secret_key=tmp_path / "server" / "server.key_secret",
+                               curve_allowed_clients=tmp_path / "clients")
     server_key = tmp_path / "server" / "server.key"
 
     stranger = make_subscriber(publisher.endpoint,
@@ -257,8 +259,8 @@ def test_curve_without_allowed_keys_is_a_config_error(tmp_path):
     generate(tmp_path, "server")
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="holds no \\*.key public key files"):
-        Publisher(PublisherConfig("cam1", endpoint=LOOPBACK,
-                                  curve=ServerCurve(tmp_path / "server.key_secret", tmp_path / "empty")))
+        Publisher("cam1", PublishConfig(endpoint=free_endpoint(), curve_secret_key=tmp_path / "server.key_secret",
+                                        curve_allowed_clients=tmp_path / "empty"))
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o666, 0o640, 0o604])
@@ -270,7 +272,8 @@ def test_a_secret_key_others_may_read_is_refused_naming_the_chmod(tmp_path, mode
     secret = tmp_path / "server.key_secret"
     secret.chmod(mode)
     with pytest.raises(Exception, match=f"mode {mode:04o} lets group or others.*chmod 600 {secret}") as caught:
-        Publisher(PublisherConfig("cam1", endpoint=LOOPBACK, curve=ServerCurve(secret, tmp_path / "clients")))
+        Publisher("cam1", PublishConfig(endpoint=free_endpoint(), curve_secret_key=secret,
+                                        curve_allowed_clients=tmp_path / "clients"))
     assert caught.value.exit_code == 78
     secret.chmod(0o600)
     assert load_keypair(secret)[1]
@@ -283,8 +286,8 @@ def test_an_allowed_clients_folder_or_key_others_may_write_is_refused_naming_the
     writable = tmp_path / "clients" if target == "folder" else tmp_path / "clients" / "plc.key"
     writable.chmod(0o777 if target == "folder" else 0o666)
     with pytest.raises(Exception, match=f"lets group or others write it.*chmod go-w {writable}") as caught:
-        Publisher(PublisherConfig("cam1", endpoint=LOOPBACK,
-                                  curve=ServerCurve(tmp_path / "server.key_secret", tmp_path / "clients")))
+        Publisher("cam1", PublishConfig(endpoint=free_endpoint(), curve_secret_key=tmp_path / "server.key_secret",
+                                        curve_allowed_clients=tmp_path / "clients"))
     assert caught.value.exit_code == 78
 
 
@@ -298,7 +301,7 @@ def test_binding_a_taken_endpoint_names_it(make_publisher):
 # --------------------------------------------------------------------------------- reliable channel
 
 def test_reliable_channel_buffers_until_the_bridge_connects_and_stops_after_ack(make_publisher):
-    publisher = make_publisher(reliable_endpoint=LOOPBACK, ack_timeout_s=0.05)
+    publisher = make_publisher(reliable_endpoint=free_endpoint(), ack_timeout_s=0.05)
     for frame_id in (1, 2, 3):  # no bridge yet: kept, not lost
         publisher.publish_decision(decision(frame_id))
     with ReliableClient(publisher.reliable_endpoint) as bridge:
@@ -327,7 +330,7 @@ def test_reliable_channel_buffers_until_the_bridge_connects_and_stops_after_ack(
 
 
 def test_full_reliable_buffer_is_a_published_fault(make_publisher, make_subscriber):
-    publisher = make_publisher(reliable_endpoint=LOOPBACK, reliable_capacity=2)
+    publisher = make_publisher(reliable_endpoint=free_endpoint(), reliable_capacity=2)
     subscriber = make_subscriber(publisher.endpoint, topics=("fault", "heartbeat"))
     handshake(publisher, subscriber)
     for frame_id in (1, 2, 3):
@@ -341,7 +344,7 @@ def test_full_reliable_buffer_is_a_published_fault(make_publisher, make_subscrib
 
 def test_frame_ids_up_to_a_cameras_64_bit_counter_survive_the_hand_over_to_the_reliable_channel(make_publisher,
                                                                                                 make_subscriber):
-    publisher = make_publisher(reliable_endpoint=LOOPBACK, reliable_capacity=1)
+    publisher = make_publisher(reliable_endpoint=free_endpoint(), reliable_capacity=1)
     subscriber = make_subscriber(publisher.endpoint, topics=("fault", "heartbeat"))
     handshake(publisher, subscriber)
     for frame_id in (2**64 - 1, 0):
@@ -352,7 +355,7 @@ def test_frame_ids_up_to_a_cameras_64_bit_counter_survive_the_hand_over_to_the_r
 
 def test_evictions_and_decisions_unacknowledged_at_exit_are_logged(make_publisher, caplog):
     with caplog.at_level("WARNING", logger="edge.publisher"):
-        publisher = make_publisher(reliable_endpoint=LOOPBACK, reliable_capacity=2)
+        publisher = make_publisher(reliable_endpoint=free_endpoint(), reliable_capacity=2)
         for frame_id in (1, 2, 3):
             publisher.publish_decision(decision(frame_id))
         publisher.close()  # returns after the I/O thread has ended: its last log line is written
@@ -364,7 +367,7 @@ def test_evictions_and_decisions_unacknowledged_at_exit_are_logged(make_publishe
 
 
 def test_bridge_restart_receives_unacknowledged_decisions(make_publisher):
-    publisher = make_publisher(reliable_endpoint=LOOPBACK, ack_timeout_s=10)
+    publisher = make_publisher(reliable_endpoint=free_endpoint(), ack_timeout_s=10)
     publisher.publish_decision(decision(1))
     with ReliableClient(publisher.reliable_endpoint) as bridge:
         assert bridge.recv(timeout=5).seq == 1  # dies before acknowledging
@@ -376,7 +379,7 @@ def test_bridge_restart_receives_unacknowledged_decisions(make_publisher):
 
 def test_a_bridge_that_reads_slower_than_decisions_come_receives_them_in_seq_order(make_publisher):
     """A full bridge queue refuses a send; the decisions after it must wait, not overtake it."""
-    publisher = make_publisher(reliable_endpoint=LOOPBACK, reliable_hwm=1, reliable_capacity=100_000,
+    publisher = make_publisher(reliable_endpoint=free_endpoint(), reliable_hwm=1, reliable_capacity=100_000,
                                ack_timeout_s=60)
     context = zmq.Context.instance()
     bridge = context.socket(zmq.DEALER)
@@ -440,7 +443,7 @@ def test_cli_subscribe_prints_json_lines_and_saves_maps(make_publisher, tmp_path
 def test_cli_subscribe_times_out_with_unavailable_exit_code(capsys):
     with zmq.Context() as context, context.socket(zmq.REP) as placeholder:  # a port nobody publishes on
         placeholder.linger = 0
-        placeholder.bind(LOOPBACK)
+        placeholder.bind("tcp://127.0.0.1:*")
         endpoint = placeholder.getsockopt_string(zmq.LAST_ENDPOINT)
         assert main(["subscribe", "--connect", endpoint, "--timeout", "0.2"]) == 69
     assert "no message from" in capsys.readouterr().err

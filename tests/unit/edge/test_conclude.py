@@ -10,10 +10,11 @@ from edge.errors import OutputError
 from edge.frame import Frame
 from edge.health import Health
 from edge.logs import camera_log
-from edge.publisher import Publisher, PublisherConfig
+from edge.publisher import Publisher
 from edge.subscriber import Subscriber
 from edge.thresholds import Thresholds
 from tests.integration.test_zmq_publish import handshake
+from tests.ports import free_endpoint
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,7 +36,7 @@ def line(tmp_path):
     config = DaemonConfig.model_validate({
         "camera": "cam1", "model": str(tmp_path), "source": {"kind": "folder", "path": str(tmp_path)},
         "pipeline": {"deadline_ms": 100}, "publish": {"maps": False}})
-    publisher = Publisher(PublisherConfig(camera="cam1", endpoint="tcp://127.0.0.1:*", linger_ms=100))
+    publisher = Publisher("cam1", config.publish.model_copy(update={"endpoint": free_endpoint(), "linger_ms": 100}))
     subscriber = Subscriber(publisher.endpoint, cameras=["cam1"], topics=(wire.DECISION, wire.FAULT, wire.HEARTBEAT))
     health = Health("cam1")
     errors = []
