@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -169,6 +170,11 @@ def _as_record(line: str) -> dict | None:
     return None
 
 
+def _same_table(a: dict, b: dict) -> bool:
+    """Consecutive objects are rows of one table when they have the same keys or are all named."""
+    return set(a) == set(b) or ("name" in a and "name" in b)
+
+
 def _table(records: list[dict]) -> list[str]:
     if len(records) == 1:  # one record: a key | value table reads better than one wide row
         return ["| measure | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in records[0].items()]
@@ -181,6 +187,14 @@ def render(output: str) -> str:
     """What a bench printed, as Markdown: its own Markdown tables kept, JSON objects (one a line, or
     the whole output) as tables (consecutive objects with the same keys as rows of one), other
     lines as a code block."""
+    lines = output.splitlines()
+    if "{" in lines[1:]:  # a report printed with indent after other lines: render the two parts apart
+        split = lines.index("{", 1)
+        try:
+            json.loads("\n".join(lines[split:]))
+            return render("\n".join(lines[:split])) + "\n\n" + render("\n".join(lines[split:]))
+        except json.JSONDecodeError:
+            pass
     try:
         whole = json.loads(output)
     except json.JSONDecodeError:
@@ -198,7 +212,7 @@ def render(output: str) -> str:
             continue
         item = record if record is not None else line
         previous = blocks[-1] if blocks else None
-        if previous and previous[0] == kind and (kind != "table" or set(previous[1][-1]) == set(record)):
+        if previous and previous[0] == kind and (kind != "table" or _same_table(previous[1][-1], record)):
             previous[1].append(item)
         else:
             blocks.append((kind, [item]))
@@ -207,6 +221,12 @@ def render(output: str) -> str:
         parts.append("\n".join(_table(items) if kind == "table" else items if kind == "markdown"
                                else ["```", *items, "```"]))
     return "\n\n".join(parts)
+
+
+def _without_local_paths(output: str) -> str:
+    """Paths as a reader's checkout has them: relative to the repository, ../shared, a temporary folder."""
+    output = output.replace(str(ROOT.parent / "shared"), "../shared").replace(f"{ROOT}/", "").replace(str(ROOT), ".")
+    return re.sub(r"/tmp/[^\s\"',)]*", "<temporary folder>", output)
 
 
 def machine() -> str:
@@ -246,7 +266,7 @@ def run_section(section: Section) -> str:
         sys.stdout.write(done.stdout)
         if done.returncode != 0:
             raise RuntimeError(f"`{command}` exited {done.returncode}")
-        shown = done.stdout
+        shown = _without_local_paths(done.stdout)
         if section.shown_from and section.shown_from in shown:
             shown = shown[shown.rindex("\n", 0, shown.index(section.shown_from)) + 1:]
         outputs.append(render(shown))

@@ -69,3 +69,11 @@ def test_printed_json_lines_with_the_same_keys_become_rows_of_one_table():
     assert render(output).splitlines() == [
         "| rate | fps |", "|---|---|", "| 50 | 49.3 |", "| 200 | 186.8 |", "", "```", "note", "```", "",
         "| a | b |", "|---|---|"]
+
+
+def test_paths_of_this_checkout_do_not_reach_the_document():
+    from bench.run_all import ROOT, _without_local_paths
+
+    output = f"built in {ROOT}/runs/bench/demo, data {ROOT.parent}/shared/datasets/bsdata, log /tmp/x1/b.log"
+    assert _without_local_paths(output) == ("built in runs/bench/demo, data ../shared/datasets/bsdata, "
+                                            "log <temporary folder>")
