@@ -167,13 +167,17 @@ class StageStamps:
         self.preprocess: list[tuple[int, int]] = []
         self.publish: list[tuple[int, int]] = []
         self._modules = (pipeline, publisher)
-        self._originals = (pipeline.preprocess, publisher.Publisher.publish_decision)
-        preprocess, publish_decision = self._originals
+        self._originals = (pipeline.resize_to, pipeline.normalize, publisher.Publisher.publish_decision)
+        resize_to, normalize, publish_decision = self._originals
+        started: list[int] = []  # one preprocess thread: a frame's resize, then its normalisation
 
-        def timed_preprocess(images, spec):
-            start = time.monotonic_ns()
-            out = preprocess(images, spec)
-            self.preprocess.append((start, time.monotonic_ns()))
+        def timed_resize(image, size):
+            started.append(time.monotonic_ns())
+            return resize_to(image, size)
+
+        def timed_normalize(resized, spec):
+            out = normalize(resized, spec)
+            self.preprocess.append((started.pop(), time.monotonic_ns()))
             return out
 
         def timed_publish(publisher_self, decision, anomaly_map=None):
@@ -182,12 +186,12 @@ class StageStamps:
             self.publish.append((start, time.monotonic_ns()))
             return out
 
-        pipeline.preprocess = timed_preprocess
+        pipeline.resize_to, pipeline.normalize = timed_resize, timed_normalize
         publisher.Publisher.publish_decision = timed_publish
 
     def restore(self):
         pipeline, publisher = self._modules
-        pipeline.preprocess, publisher.Publisher.publish_decision = self._originals
+        pipeline.resize_to, pipeline.normalize, publisher.Publisher.publish_decision = self._originals
 
 
 def stage_breakdown(decisions, stamps: StageStamps, infer_spans) -> dict:

@@ -139,6 +139,8 @@ def replace_block(text: str, name: str, body: str) -> str:
 
 
 def _cell(value) -> str:
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
