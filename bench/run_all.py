@@ -34,6 +34,7 @@ HLGFA = ".venv/bin/hlgfa"
 DEMO = "runs/bench/demo"
 MODEL = f"{DEMO}/model"
 ELPV_SMALL = "runs/bench/elpv100"
+NOISE = ("Loaded pretrained weights for",)  # printed by the backbone's package on every load
 VERSIONS = ("torch", "onnxruntime", "numpy", "opencv-python-headless", "pyzmq")
 
 
@@ -104,7 +105,7 @@ SECTIONS = [
                                               else "needs the magnetic tile model of the detection section")),
     Section("bridge", [f"{PY} bench/bench_bridge.py --frames 2000 --rate 200 --cameras 4"], needs=_missing_mosquitto),
     Section("drift", [f"{PY} -m bench.bench_drift --out runs/bench/drift"]),
-    Section("records", [f"{PY} -m bench.bench_records --seconds 60 --baseline-seconds 20"]),
+    Section("records", [f"{PY} -m bench.bench_records --seconds 120 --baseline-seconds 20"]),
     Section("detection", [*_detection(f"{SHARED}/magnetic_tile", "0.2"), *_detection(f"{SHARED}/bsdata", "0.2"),
                           *_detection("runs/bench/elpv", "0"),
                           f"{PY} -m bench.detection_table runs/bench/detection/*.metrics.json"],
@@ -205,7 +206,7 @@ def render(output: str) -> str:
         rows = {k: v for k, v in whole.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)}
         rest = _flatten({k: v for k, v in whole.items() if k not in rows})
         return "\n\n".join(["\n".join(_table([rest]))] * bool(rest)
-                           + ["\n".join(_table([_flatten(r) for r in v])) for v in rows.values()])
+                           + [f"{k}:\n\n" + "\n".join(_table([_flatten(r) for r in v])) for k, v in rows.items()])
     blocks: list[tuple[str, list]] = []  # ("table", records) | ("markdown", lines) | ("text", lines)
     for line in output.splitlines():
         record = _as_record(line.strip())
@@ -268,7 +269,8 @@ def run_section(section: Section) -> str:
         sys.stdout.write(done.stdout)
         if done.returncode != 0:
             raise RuntimeError(f"`{command}` exited {done.returncode}")
-        shown = _without_local_paths(done.stdout)
+        shown = "".join(line for line in _without_local_paths(done.stdout).splitlines(keepends=True)
+                        if not line.startswith(NOISE))
         if section.shown_from and section.shown_from in shown:
             shown = shown[shown.rindex("\n", 0, shown.index(section.shown_from)) + 1:]
         outputs.append(render(shown))
