@@ -143,7 +143,7 @@ def _cell(value) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.5g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_cell(v) for v in value)
     return str(value).replace("|", "\\|")
