@@ -21,7 +21,7 @@ test: venv system-packages
 demo: venv
 	$(VENV)/bin/hlgfa demo
 
-# Runs the benches and rewrites their tables in BENCHMARKS.md (bench/run_all.py; tens of minutes on
+# Runs the benches and rewrites their tables in BENCHMARKS.md (bench/run_all.py; about 30 minutes on
 # 2 cores). bench-detection trains and evaluates on the dev sets in ../shared/datasets: hours.
 bench: venv
 	$(PY) -m bench.run_all

@@ -1,6 +1,6 @@
 """Runs the benches whose figures BENCHMARKS.md holds and rewrites each one's table in place.
 
-    .venv/bin/python -m bench.run_all                  # make bench: the fast sections (tens of minutes)
+    .venv/bin/python -m bench.run_all                  # make bench: the fast sections (about 30 minutes)
     .venv/bin/python -m bench.run_all --group detection # make bench-detection: the dev sets (hours)
     .venv/bin/python -m bench.run_all --only health,publish
     .venv/bin/python -m bench.run_all --list
