@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 EXTRAS := train,onnx,export,camera,calibrate,demo,dev,bridge,browser
 
-.PHONY: venv test demo clean system-packages
+.PHONY: venv test demo bench bench-detection clean system-packages
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ test: venv system-packages
 
 demo: venv
 	$(VENV)/bin/hlgfa demo
+
+# Runs the benches and rewrites their tables in BENCHMARKS.md (bench/run_all.py; about 30 minutes on
+# 2 cores). bench-detection trains and evaluates on the dev sets in ../shared/datasets: hours.
+bench: venv
+	$(PY) -m bench.run_all
+
+bench-detection: venv
+	$(PY) -m bench.run_all --group detection
 
 clean:
 	rm -rf $(VENV) demo_out runs

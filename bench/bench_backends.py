@@ -113,11 +113,12 @@ def main() -> None:
     meta = {"input_size": list(size), "batch": args.batch, "threads": args.threads, "iters": args.iters,
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average": os.getloadavg(),
             "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__}
-    print(f"per frame at {size[0]}×{size[1]}, batch {args.batch}, {args.threads} threads, {args.iters} interleaved rounds")
-    print(f"{'backend':24s} {'median ms':>10s} {'p90 ms':>8s} {'min ms':>8s} {'÷ torch':>8s}")
+    print(f"per frame at {size[0]}×{size[1]}, batch {args.batch}, {args.threads} threads, {args.iters} interleaved rounds\n")
+    print("| backend | median ms | p90 ms | min ms | ÷ torch |\n|---|---|---|---|---|")
     for name in names:
         r = results[name]
-        print(f"{name:24s} {r['median_ms']:10.2f} {r['p90_ms']:8.2f} {r['min_ms']:8.2f} {r.get('ratio_to_torch', float('nan')):8.3f}")
+        print(f"| {name} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {r['min_ms']:.2f} | "
+              f"{r.get('ratio_to_torch', float('nan')):.3f} |")
     print(json.dumps(meta))
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "meta": meta}, indent=2) + "\n")

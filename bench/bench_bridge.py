@@ -311,7 +311,7 @@ def main() -> None:
             "mqtt": lambda d: bench_mqtt(d, args.frames, args.rate),
             "load": lambda d: bench_mqtt(d, args.frames, args.rate, cameras=args.cameras, modbus=True),
             "failsafe": bench_failsafe}
-    print(json.dumps({"machine": platform.platform(), "cpus": os.cpu_count(), "load_before": os.getloadavg(),
+    print(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "load_before": os.getloadavg(),
                       "frames": args.frames, "rate_per_camera": args.rate}))
     for name, run in runs.items():
         if args.only and name != args.only:

@@ -53,10 +53,11 @@ def main() -> None:
         reader.start()
         health = Health("line1", notifier=SystemdNotifier({"NOTIFY_SOCKET": path}))
         try:
-            print(f"frame_done, 3 stages:      {per_call_us(lambda: health.frame_done('ok', LATENCIES), 20000):6.1f} µs")
-            print(f"tick, nothing due:         {per_call_us(health.tick, 20000):6.2f} µs")
-            print(f"status_text:               {per_call_us(health.status_text, 20000):6.1f} µs")
-            print(f"WATCHDOG=1 datagram sent:  {datagram_us(health.notifier):6.1f} µs (median of 200)")
+            print("| call | µs per call |\n|---|---|")
+            print(f"| `Health.frame_done('ok', 3 stage latencies)` | {per_call_us(lambda: health.frame_done('ok', LATENCIES), 20000):.1f} |")
+            print(f"| `Health.tick()`, nothing due | {per_call_us(health.tick, 20000):.2f} |")
+            print(f"| `Health.status_text()` | {per_call_us(health.status_text, 20000):.1f} |")
+            print(f"| `WATCHDOG=1` datagram sent (median of 200) | {datagram_us(health.notifier):.1f} |")
         finally:
             stop.set()
             health.close()

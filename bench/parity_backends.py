@@ -120,7 +120,9 @@ def main() -> None:
                         "score_spearman": float(spearmanr(scores, ref_scores).statistic),
                         "max_abs_score_diff": float(np.abs(scores - ref_scores).max()),
                         "d_image_auroc": metrics["image_auroc"] - results["torch"]["image_auroc"],
-                        "d_pixel_auroc": metrics["pixel_auroc"] - results["torch"]["pixel_auroc"]})
+                        # None on a set without masks (ELPV): no pixel metric to compare
+                        "d_pixel_auroc": None if metrics["pixel_auroc"] is None
+                        else metrics["pixel_auroc"] - results["torch"]["pixel_auroc"]})
         if name == "onnxruntime-fp16graph" or name == "torch-half-split":
             fp32_maps, fp32_scores = outputs.get("onnxruntime", outputs["torch"])
             row["vs_ort_fp32_spearman"] = float(spearmanr(scores, fp32_scores).statistic)

@@ -306,8 +306,8 @@ class Pipeline:
 
     def _warn_if_oversized(self, image: np.ndarray) -> bool:
         """Log once when frames are far larger than the model's input: the CPU then spends
-        milliseconds per frame averaging pixels away that the camera can drop for free (5 MP: 3.7 ms
-        here; BENCHMARKS.md, preprocessing by frame size). True once the warning was given."""
+        milliseconds per frame averaging pixels away that the camera can drop for free (5 MP: 3 ms
+        on a 2-core x86_64; BENCHMARKS.md, preprocessing by frame size). True once the warning was given."""
         height, width = image.shape[:2]
         input_height, input_width = self.spec.input_size
         if height * width < OVERSIZED_FRAME_FACTOR * self.spec.pixels:
