@@ -152,12 +152,15 @@ def free_port() -> int:
 
 def train_model(out: Path, args, manifest: dict) -> Path:
     model = out / "model"
-    wanted = {"epochs": args.epochs, "seed": args.seed, "train_files": sorted(manifest["train"])}
     description = model / "model.json"
     if not args.fresh and description.is_file():
-        training = json.loads(description.read_text()).get("training", {})
-        if {k: (sorted(training[k]) if k == "train_files" else training.get(k)) for k in wanted if k in training} == wanted \
-                and json.loads(description.read_text())["architecture"].get("input_size") == [args.image_size] * 2:
+        described = json.loads(description.read_text())
+        training = described.get("training", {})
+        # Training holds some of its cells out for validation: together they are the cells it was given.
+        given = sorted([*training.get("train_files", []), *(training.get("validation_files") or [])])
+        same_run = (training.get("epochs"), training.get("seed")) == (args.epochs, args.seed)
+        if (given == sorted(manifest["train"]) and same_run
+                and described["architecture"].get("input_size") == [args.image_size] * 2):
             print(f"reusing {model} (same cells, epochs and seed)")
             return model
     shutil.rmtree(model, ignore_errors=True)

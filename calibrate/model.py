@@ -28,8 +28,8 @@ class HLGFAConfig:
     # (height, width) of the HR view, both multiples of 16 × lr_factor; frames of another aspect
     # ratio are resized to it. `hlgfa train` picks it from the data (calibrate.train.choose_input_size).
     input_size: tuple[int, int] = (256, 256)
-    # Measured on the magnetic tile dev split (BENCHMARKS.md): r = 4 and strides 8/16 beat
-    # r = 2 and strides 4/8/16 on pixel AUROC and PRO, at lower cost.
+    # r = 4 and strides 8/16 beat r = 2 and strides 4/8/16 on pixel AUROC and PRO on the magnetic
+    # tile dev split, at lower cost (an ablation; its figures are not kept in BENCHMARKS.md).
     lr_factor: int = 4
     strides: tuple[int, ...] = (8, 16)
     # Dilated 3×3 depthwise convs (receptive fields 3, 5, 7): the same multi-scale layout as

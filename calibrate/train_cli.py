@@ -8,7 +8,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="MVTec category root (uses train/good) or a folder of good images")
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--epochs", type=int, default=3,
-                        help="3 and 6 epochs score alike with the whitened discrepancy; 3 takes half the time (BENCHMARKS.md)")
+                        help="3 and 6 epochs score alike with the whitened discrepancy; 3 takes half the time")
     parser.add_argument("--image-size", type=int, default=256,
                         help="pixel budget: the input gets about this side squared in pixels, shaped to the training "
                              "frames' common aspect ratio (square when they have none); a multiple of 64")
