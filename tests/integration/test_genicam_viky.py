@@ -191,9 +191,17 @@ def test_camera_grab_writes_pngs_and_jsonl_that_replay(tmp_path, capsys):
 
 
 def test_fetch_timeouts_are_counted_and_repeated_ones_mean_device_lost(make_source):
-    # At 1 frame/s a 10 ms fetch cannot succeed twice in a row.
+    # At 1 frame/s, right after a fetch that had to wait for its frame, the next frame is a whole
+    # second away: two 10 ms fetches then cannot succeed. Frames queued while opening are drained first.
     source = make_source(device="0", settings={"AcquisitionFrameRate": 1}, reconnect_after_timeouts=2)
     source.open()
+    for _ in range(5):
+        started = time.monotonic()
+        source.read(5.0)
+        if time.monotonic() - started > 0.5:
+            break
+    else:
+        pytest.fail("every fetch returned a queued frame: the camera does not run at 1 frame/s")
     messages = []
     for _ in range(2):
         with pytest.raises(SourceUnavailable) as error:
