@@ -24,8 +24,6 @@ import threading
 
 import numpy as np
 
-from edge.wire import DRIFT_STATES  # noqa: F401  (the states are part of the wire format)
-
 # Two-sample Kolmogorov–Smirnov: c(α) · sqrt((n + m) / (n·m)) for α = 0.01 and 0.001.
 _C_DRIFTING, _C_DRIFTED = 1.628, 1.949
 QUANTILE_POINTS = 101  # the calibration's 0th, 1st, ..., 100th percentile
@@ -85,7 +83,10 @@ class DriftWatch:
         if n:
             status["above_p95"] = float(np.mean(window > np.interp(0.95, levels, quantiles)))
             status["above_p99"] = float(np.mean(window > np.interp(0.99, levels, quantiles)))
-        if n < self.min_samples or below <= 0:
+        if below <= 0:
+            status["reason"] = "the image threshold lies below every calibration normal: no reference for passed parts"
+            return status
+        if n < self.min_samples:
             status["reason"] = f"{n} passed parts since the thresholds were loaded; {self.min_samples} needed"
             return status
         expected = np.minimum(np.interp(window, quantiles, levels), below) / below

@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 
 _END = object()  # end of stream, passed stage to stage after the last frame
 _POLL_S = 0.1    # how often a stage waiting for room looks again whether it should give up waiting
-# Frames with this many times the model input's pixels get a warning: from 16× (1 MP for 256²) the
-# resize costs 0.8 ms (1.3 MP) to 3–4 ms (2.3–5 MP) and 8 ms (12 MP), as much as or more than the
-# rest of the pipeline's own work (BENCHMARKS.md).
+# Frames with this many times the model input's pixels get a warning: from 16× (1 MP for 256²)
+# preprocessing costs 1 ms (1.3 MP) to 2–3 ms (2.3–5 MP) and 8.5 ms (12 MP) on a 2-core x86_64, as
+# much as or more than the rest of the pipeline's own work (BENCHMARKS.md, preprocessing by frame size).
 OVERSIZED_FRAME_FACTOR = 16
 
 

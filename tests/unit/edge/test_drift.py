@@ -59,6 +59,15 @@ def test_without_quantiles_the_state_is_unknown_and_says_why(rng, normals):
     assert status["state"] == "unknown" and "recalibrate" in status["reason"]
 
 
+def test_a_threshold_below_every_normal_is_unknown_and_says_so_not_too_few_parts(rng, normals):
+    t = Thresholds("ab" * 32, float(normals.min()) - 1.0, "v1", details=thresholds(normals).details)
+    watch = DriftWatch(window=200, min_samples=10)
+    for score in rng.gamma(4.0, 0.5, 300):
+        watch.observe("ok", float(score), t)
+    status = watch.status()
+    assert status["state"] == "unknown" and "below every calibration normal" in status["reason"]
+
+
 def test_drift_travels_in_the_heartbeat_and_the_metrics(rng, normals):
     t = thresholds(normals)
     watch = DriftWatch(window=200, min_samples=10)
