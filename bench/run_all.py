@@ -8,7 +8,7 @@
 Each section's table sits between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` and is replaced
 whole: its commands, the date, the machine (cores, load average before and after) and the versions,
 then what the bench printed. A section whose hardware, service or data is absent is skipped with
-the reason, and its table is left as it was. Everything it builds goes under --work.
+the reason, and its table is left as it was. Everything it builds goes under runs/bench.
 """
 
 import argparse

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 _END = object()  # end of stream, passed stage to stage after the last frame
 _POLL_S = 0.1    # how often a stage waiting for room looks again whether it should give up waiting
 # Frames with this many times the model input's pixels get a warning: from 16× (1 MP for 256²)
-# preprocessing costs 1 ms (1.3 MP) to 2–3 ms (2.3–5 MP) and 8.5 ms (12 MP) on a 2-core x86_64, as
+# preprocessing costs about 1 ms (1.3 MP), 2.5–3 ms (2.3–5 MP) and 9 ms (12 MP) on a 2-core x86_64, as
 # much as or more than the rest of the pipeline's own work (BENCHMARKS.md, preprocessing by frame size).
 OVERSIZED_FRAME_FACTOR = 16
 
@@ -306,7 +306,7 @@ class Pipeline:
 
     def _warn_if_oversized(self, image: np.ndarray) -> bool:
         """Log once when frames are far larger than the model's input: the CPU then spends
-        milliseconds per frame averaging pixels away that the camera can drop for free (5 MP: 3 ms
+        milliseconds per frame averaging pixels away that the camera can drop for free (5 MP: 2.5 ms
         on a 2-core x86_64; BENCHMARKS.md, preprocessing by frame size). True once the warning was given."""
         height, width = image.shape[:2]
         input_height, input_width = self.spec.input_size

@@ -68,10 +68,10 @@ def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     A frame at least twice the size in both directions, unless both are whole multiples of it, is
     first averaged over k×k blocks (k the whole factor both allow; the last rows and columns padded
     by repeating the edge, so no pixel is dropped), then area-resized from there. OpenCV's area
-    resize is several times faster per pixel at whole factors: a 5 MP frame takes 3.7 ms instead
-    of 15.7 (BENCHMARKS.md). Against one area resize the result differs by 0.1–0.8 grey levels on
-    average on real images (at most 14), 1.2–1.8 on pixel-level noise; training, calibration and
-    the line all resize through here, so they agree."""
+    resize is several times faster per pixel at whole factors (the resulting costs: BENCHMARKS.md,
+    preprocessing by frame size). Against one area resize the result differs by 0.1–0.8 grey
+    levels on average on real images (at most 14), 1.2–1.8 on pixel-level noise; training,
+    calibration and the line all resize through here, so they agree."""
     height, width = image.shape[:2]
     target_height, target_width = size
     if height == 0 or width == 0:

@@ -6,8 +6,8 @@ a memory barrier between threads, which a lock gives. Callers (the pipeline's st
 encode in their own thread, take `_lock`, assign the per-topic sequence number and send on the PUB
 socket themselves, non-blocking (PUB drops for a subscriber at its HWM, it never waits): numbering and
 sending under one lock keeps wire order == seq order, and a decision leaves without waiting for
-another Python thread to be scheduled (the hop through an I/O thread cost a decision 0.3–0.4 ms at
-p50 on its way to a subscriber process: BENCHMARKS.md). The acknowledged channel (ROUTER) needs a loop of its own for acks and resends: an I/O
+another Python thread to be scheduled (a hop through an I/O thread adds a wake-up to every
+decision's way to a subscriber). The acknowledged channel (ROUTER) needs a loop of its own for acks and resends: an I/O
 thread owns it, and callers hand it each decision over an inproc PAIR socket, also under the lock.
 That hand-over is non-blocking too; an overrun is counted and reported in the next heartbeat.
 
