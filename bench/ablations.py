@@ -18,12 +18,12 @@ import numpy as np
 
 from calibrate.dataset import list_images, training_folder
 from calibrate.evaluate import evaluate
-from calibrate.model import HLGFA
-from calibrate.model_io import save_model
+from calibrate.model.hlgfa import HLGFA
+from calibrate.model.io import save_model
 from calibrate.train import fit_choices, fit_constants, fit_position_statistics, load_resized, train
-from edge.errors import ConfigError
-from edge.model_dir import ModelInfo
-from edge.preprocess import PreprocessSpec
+from edge.core.errors import ConfigError
+from edge.artifacts.model_dir import ModelInfo
+from edge.imaging.preprocess import PreprocessSpec
 
 TRAINING_VARIANTS = {
     "default": {},
@@ -49,7 +49,7 @@ def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | No
     on the same normal images: ablations of inference-only parts without retraining."""
     from dataclasses import replace
 
-    from calibrate.model_io import load_model
+    from calibrate.model.io import load_model
 
     model, info = load_model(model_dir)
     config = replace(model.config, **(config_overrides or {}))

@@ -32,10 +32,10 @@ import torch.nn.functional as F
 
 from calibrate.dataset import evaluation_samples, list_images, read_image, read_mask, training_folder
 from calibrate.evaluate import compute_metrics
-from calibrate.model import whitened_distance
-from calibrate.model_io import load_model
+from calibrate.model.hlgfa import whitened_distance
+from calibrate.model.io import load_model
 from calibrate.train import ERROR_SHRINKAGE, position_moments, shrunk_inverse
-from edge.preprocess import preprocess
+from edge.imaging.preprocess import preprocess
 
 STRUCTURES = ("full", "shared-correlation", "diagonal", "shared-covariance", "global")
 VECTORS = ("hr", "error")

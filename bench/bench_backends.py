@@ -21,8 +21,8 @@ import numpy as np
 
 
 def load_batch(images: Path | None, size: tuple[int, int], batch: int) -> np.ndarray:
-    from edge.model_dir import load_model_info  # noqa: F401 - keeps the import order of the runtime
-    from edge.preprocess import PreprocessSpec, preprocess
+    from edge.artifacts.model_dir import load_model_info  # noqa: F401 - keeps the import order of the runtime
+    from edge.imaging.preprocess import PreprocessSpec, preprocess
 
     if images is not None and images.is_dir():
         from calibrate.dataset import list_images, read_image
@@ -66,7 +66,7 @@ def main() -> None:
     import torch
 
     from edge.backends.base import open_backend
-    from edge.model_dir import load_model_info
+    from edge.artifacts.model_dir import load_model_info
 
     torch.set_num_threads(args.threads)
     info = load_model_info(args.model)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_bridge.py [--frames 2000] [--rate 200] [--cameras 4]
 
 `hlgfa bridge` runs as its own process, as in production. This process plays the camera daemons
-(edge.publisher, what `hlgfa run` publishes with; heartbeats every 0.2 s) and the counterparts:
+(edge.transport.publisher, what `hlgfa run` publishes with; heartbeats every 0.2 s) and the counterparts:
 
 * modbus-server: a PLC polling the camera's 32-register block back to back (pymodbus client); a
   decision is visible when its seq is in the block read.

@@ -19,8 +19,8 @@ import numpy as np
 from calibrate.calibrate_cli import labelled_images, score_images
 from calibrate.thresholds_fit import (SmallSampleWarning, clopper_pearson, fit_image_threshold, fit_region_rule)
 from edge.backends.base import open_backend
-from edge.decide import largest_region_area
-from edge.model_dir import load_model_info
+from edge.inspection.decide import largest_region_area
+from edge.artifacts.model_dir import load_model_info
 
 
 def main(argv=None) -> int:

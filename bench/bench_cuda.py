@@ -67,8 +67,8 @@ def main() -> None:
     from calibrate.dataset import evaluation_samples, read_image
     from calibrate.evaluate import compute_metrics, score_samples
     from edge.backends.base import open_backend
-    from edge.model_dir import load_model_info
-    from edge.preprocess import preprocess
+    from edge.artifacts.model_dir import load_model_info
+    from edge.imaging.preprocess import preprocess
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("bench_cuda: torch sees no CUDA device")

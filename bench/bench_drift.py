@@ -3,7 +3,7 @@ alarms on an unshifted line.
 
 A small HLGFA model is trained on good ELPV cells, the calibration normals' quantiles and a 5 % FRR
 threshold are fitted on other good cells (as `hlgfa calibrate` does), and the remaining good cells
-are replayed three ways through `edge.drift.DriftWatch` exactly as the pipeline feeds it (passed
+are replayed three ways through `edge.inspection.drift.DriftWatch` exactly as the pipeline feeds it (passed
 parts only), the state read every 10 frames (a heartbeat a second at 10 parts/s):
 
     unshifted  the cells as they are, in 20 random orders: false alarms per state reading
@@ -27,7 +27,7 @@ READ_EVERY = 10
 
 
 def score_arrays(backend, spec, images, batch=8) -> np.ndarray:
-    from edge.preprocess import preprocess
+    from edge.imaging.preprocess import preprocess
 
     scores = []
     for first in range(0, len(images), batch):
@@ -36,7 +36,7 @@ def score_arrays(backend, spec, images, batch=8) -> np.ndarray:
 
 
 def run_stream(thresholds, scores) -> list[tuple[int, str]]:
-    from edge.drift import DriftWatch
+    from edge.inspection.drift import DriftWatch
 
     watch = DriftWatch()
     readings = []
@@ -54,13 +54,13 @@ def first(readings, states) -> int | None:
 def main() -> None:
     import cv2
 
-    from calibrate.demo import elpv_cells
+    from calibrate.demo.run import elpv_cells
     from calibrate.thresholds_fit import fit_image_threshold
     from calibrate.train import train
     from edge.backends.base import open_backend
-    from edge.drift import QUANTILE_POINTS
-    from edge.model_dir import load_model_info
-    from edge.thresholds import Thresholds
+    from edge.inspection.drift import QUANTILE_POINTS
+    from edge.artifacts.model_dir import load_model_info
+    from edge.artifacts.thresholds import Thresholds
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_drift"))

@@ -1,4 +1,4 @@
-"""Per-frame cost of edge.health on the pipeline's hot path, and of one notify datagram.
+"""Per-frame cost of edge.service.health on the pipeline's hot path, and of one notify datagram.
 
     .venv/bin/python bench/bench_health.py
 """
@@ -11,7 +11,8 @@ import threading
 import time
 import timeit
 
-from edge.health import Health, SystemdNotifier
+from edge.core.notify import SystemdNotifier
+from edge.service.health import Health
 
 LATENCIES = {"preprocess": 0.002, "infer": 0.012, "decide": 0.001}
 

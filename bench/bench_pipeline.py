@@ -46,8 +46,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge import wire  # noqa: E402
-from edge.daemon_cli import DAEMON_SWITCH_INTERVAL_S  # noqa: E402
+from edge.transport import wire  # noqa: E402
+from edge.service.daemon_cli import DAEMON_SWITCH_INTERVAL_S  # noqa: E402
 
 
 def tiny_model(work: Path):
@@ -137,8 +137,8 @@ def bare_fps(model, onnx, images, frames: int, offloaded_ms: float | None = None
     import cv2
 
     from edge.backends.base import open_backend
-    from edge.model_dir import load_model_info
-    from edge.preprocess import preprocess
+    from edge.artifacts.model_dir import load_model_info
+    from edge.imaging.preprocess import preprocess
 
     info = load_model_info(model)
     backend = open_backend("onnxruntime", model, onnx=onnx, max_batch=1, threads=1)
@@ -162,7 +162,8 @@ class StageStamps:
     Instrumentation for this bench only: it wraps the methods the pipeline calls."""
 
     def __init__(self):
-        from edge import pipeline, publisher
+        from edge.inspection import pipeline
+        from edge.transport import publisher
 
         self.preprocess: list[tuple[int, int]] = []
         self.publish: list[tuple[int, int]] = []
@@ -216,8 +217,8 @@ def stage_breakdown(decisions, stamps: StageStamps, infer_spans) -> dict:
 LATENCY_SUBSCRIBER = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[3])
-from edge import wire
-from edge.subscriber import Subscriber
+from edge.transport import wire
+from edge.transport.subscriber import Subscriber
 sub = Subscriber(sys.argv[1], topics=("decision", "heartbeat"))
 want = int(sys.argv[2]); rows = []; joined = False
 while len(rows) < want:
@@ -245,8 +246,8 @@ class ReceivedDecision:
 def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, offloaded_ms: float | None = None):
     import socket
 
-    from edge.config import build_config
-    from edge.daemon import Daemon
+    from edge.config.daemon import build_config
+    from edge.service.daemon import Daemon
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -305,8 +306,8 @@ def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, 
 SUBSCRIBER = r"""
 import sys, time
 sys.path.insert(0, sys.argv[3])
-from edge import wire
-from edge.subscriber import Subscriber
+from edge.transport import wire
+from edge.transport.subscriber import Subscriber
 sub = Subscriber(sys.argv[1], topics=("decision", "heartbeat"), rcvhwm=100000)
 print("ready", flush=True)
 want = int(sys.argv[2]); ids = set(); dup = 0
@@ -334,7 +335,7 @@ class SyntheticSource:
         pass
 
     def read(self, timeout_s):
-        from edge.frame import Frame
+        from edge.core.frame import Frame
         from edge.sources.base import SourceExhausted
 
         if self.next >= self.count:
@@ -371,13 +372,14 @@ class TrivialBackend:
 def soak(frames: int, fps: float | None) -> dict:
     import socket
 
-    from edge.health import Health
-    from edge.config import DaemonConfig
-    from edge.pipeline import Pipeline
-    from edge.preprocess import PreprocessSpec
-    from edge.config import PublishConfig
-    from edge.publisher import Publisher
-    from edge.thresholds import Thresholds
+    from edge.service.health import Health
+    from edge.backends.base import BackendSettings
+    from edge.inspection.conclude import VerdictSettings
+    from edge.inspection.pipeline import Pipeline, PipelineConfig
+    from edge.imaging.preprocess import PreprocessSpec
+    from edge.transport.publisher import PublishConfig
+    from edge.transport.publisher import Publisher
+    from edge.artifacts.thresholds import Thresholds
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -393,12 +395,9 @@ def soak(frames: int, fps: float | None) -> dict:
         time.sleep(0.05)
     health = Health("soak")
     thresholds = Thresholds(model_hash="0" * 64, image_threshold=0.0, version="soak")
-    config = DaemonConfig.model_validate({
-        "camera": "soak", "model": str(ROOT), "source": {"kind": "folder", "path": str(ROOT)},
-        "backend": {"max_batch": 8}, "pipeline": {"overload": "block", "deadline_ms": 60_000},
-        "publish": {"maps": False}})
-    pipeline = Pipeline(SyntheticSource(frames, fps), TrivialBackend(), None, PreprocessSpec(16), thresholds,
-                        publisher, health, "0" * 64, config)
+    pipeline = Pipeline("soak", PipelineConfig(overload="block", deadline_ms=60_000), SyntheticSource(frames, fps),
+                        0.5, TrivialBackend(), None, BackendSettings(max_batch=8), PreprocessSpec(16),
+                        VerdictSettings(deadline_ms=60_000, publish_maps=False), thresholds, publisher, health, "0" * 64)
     start = time.perf_counter()
     cpu0 = time.process_time()
     pipeline.start()
@@ -464,9 +463,9 @@ def main():
     args = parser.parse_args()
     sys.setswitchinterval(args.switch_interval_ms / 1000)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from edge.model_dir import load_model_info
-    from edge.paths import write_json_atomic
-    from edge.thresholds import Thresholds
+    from edge.artifacts.model_dir import load_model_info
+    from edge.core.paths import write_json_atomic
+    from edge.artifacts.thresholds import Thresholds
 
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:

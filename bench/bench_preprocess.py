@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_preprocess.py [--image FILE] [--size 256] [--repeats 50]
 
-Preprocessing (`edge.preprocess.preprocess`: area resize to the working size, then normalisation)
+Preprocessing (`edge.imaging.preprocess.preprocess`: area resize to the working size, then normalisation)
 runs on the CPU for every frame and is part of the pipeline's added latency. Its cost grows with
 the frame, not with the model: this prints the median and p99 per call, and the resize alone, for
 Mono8 frames of common sensor sizes. The frames are one real image (default: the first good
@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge.preprocess import PreprocessSpec, preprocess, resize_to  # noqa: E402
+from edge.imaging.preprocess import PreprocessSpec, preprocess, resize_to  # noqa: E402
 
 # (height, width): VGA, the 1.3 MP and 2.3 MP sensors common on lines, 5 MP, 12 MP.
 SENSOR_SIZES = ((480, 640), (1024, 1280), (1200, 1920), (2048, 2448), (3000, 4000))

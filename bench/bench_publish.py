@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from calibrate.demo import free_port
-from edge import wire
-from edge.config import PublishConfig
-from edge.publisher import Publisher
+from calibrate.demo.processes import free_port
+from edge.transport import wire
+from edge.transport.publisher import PublishConfig
+from edge.transport.publisher import Publisher
 
 
 def _decision(frame_id: int) -> wire.Decision:
@@ -30,7 +30,7 @@ def _decision(frame_id: int) -> wire.Decision:
 
 
 def _subscriber(endpoint: str, expected: int, ready, result) -> None:
-    from edge.subscriber import Subscriber
+    from edge.transport.subscriber import Subscriber
 
     with Subscriber(endpoint, cameras=["cam1"]) as sub:
         while not isinstance(sub.recv(timeout=10), wire.Heartbeat):
@@ -56,7 +56,7 @@ def _subscriber(endpoint: str, expected: int, ready, result) -> None:
 
 
 def _bridge(endpoint: str, expected: int) -> None:
-    from edge.subscriber import ReliableClient
+    from edge.transport.subscriber import ReliableClient
 
     with ReliableClient(endpoint) as bridge:
         received = 0

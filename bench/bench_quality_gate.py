@@ -12,7 +12,7 @@ but the model cannot judge:
     one pixel    a 1×1 frame of the image's mean grey
 plus every good test image of another dataset (`--wrong-product`) as another product.
 
-Each frame goes through the gate as the daemon applies it (edge/quality.py; image statistics
+Each frame goes through the gate as the daemon applies it (edge/imaging/quality.py; image statistics
 first, and only frames that pass them are inferred for the map statistic) and the table gives,
 per kind, how many were faulted and by which statistic (the first out of range, as the daemon
 names it), and what the score made of the frames the gate let through (`reject` or `ok`).
@@ -32,13 +32,13 @@ import cv2
 import numpy as np
 
 from calibrate.calibrate_cli import labelled_images
-from edge import quality
+from edge.imaging import quality
 from edge.backends.base import open_backend
-from edge.decide import decide
-from edge.imageio import read_image
-from edge.model_dir import load_model_info
-from edge.preprocess import preprocess
-from edge.thresholds import load_thresholds
+from edge.inspection.decide import decide
+from edge.imaging.files import read_image
+from edge.artifacts.model_dir import load_model_info
+from edge.imaging.preprocess import preprocess
+from edge.artifacts.thresholds import load_thresholds
 
 BLANK_LEVELS = (0, 32, 64, 96, 128, 160, 192, 224, 255)
 

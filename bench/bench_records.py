@@ -52,7 +52,7 @@ def maps(count: int, rng) -> list[np.ndarray]:
 
 def publish(publisher, seconds: float, rate: float, pool, rng, first_frame: int) -> tuple[np.ndarray, int]:
     """Decisions at `rate`/s for `seconds`; the time each publish_decision call took (µs)."""
-    from edge import wire
+    from edge.transport import wire
 
     costs, frame, period = [], first_frame, 1.0 / rate
     due = time.monotonic()
@@ -82,8 +82,8 @@ def cpu_s(pid: int) -> float:
 
 
 def main() -> None:
-    from edge.config import PublishConfig
-    from edge.publisher import Publisher
+    from edge.transport.publisher import PublishConfig
+    from edge.transport.publisher import Publisher
     from edge.records.store import open_reader, saved_counters
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

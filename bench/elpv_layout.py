@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibrate.demo import elpv_cells
+from calibrate.demo.run import elpv_cells
 
 TRAIN_FRACTION = 0.6
 

@@ -27,7 +27,7 @@ class TorchHalfSplit:
         import torch
         import torch.nn.functional as F
 
-        from calibrate.model_io import load_model
+        from calibrate.model.io import load_model
 
         torch.set_num_threads(threads)
         self._torch = torch
@@ -86,7 +86,7 @@ def main() -> None:
     from calibrate.dataset import evaluation_samples
     from calibrate.evaluate import compute_metrics, score_samples
     from edge.backends.base import open_backend
-    from edge.model_dir import load_model_info
+    from edge.artifacts.model_dir import load_model_info
 
     info = load_model_info(args.model)
     samples = evaluation_samples(args.data)

@@ -67,7 +67,7 @@ class Daemon:
     """`hlgfa run` in a process, with a reliable bridge (every decision, acked) and a PUB subscriber."""
 
     def __init__(self, *args):
-        from edge.subscriber import ReliableClient, Subscriber
+        from edge.transport.subscriber import ReliableClient, Subscriber
 
         self.publish, self.reliable = free_endpoint(), free_endpoint()
         self.bridge = ReliableClient(self.reliable)
@@ -93,7 +93,7 @@ class Daemon:
         raise TimeoutError("daemon neither met the condition nor ended")
 
     def faults(self):
-        from edge import wire
+        from edge.transport import wire
 
         return [m for m in self.messages if isinstance(m, wire.Fault)]
 
@@ -217,7 +217,7 @@ def main() -> None:
         f"exit {code}, {traceback_note(err)}: {last_error(err)}")
     foreign = work / "foreign_model"
     if not foreign.exists():
-        from edge.model_dir import compute_model_hash
+        from edge.artifacts.model_dir import compute_model_hash
 
         shutil.copytree(model, foreign)
         description = json.loads((foreign / "model.json").read_text())
@@ -266,7 +266,7 @@ def main() -> None:
     # 8. CURVE permissions
     keys = work / "keys"
     shutil.rmtree(keys, ignore_errors=True)
-    from edge.curve import generate
+    from edge.transport.curve_keys import generate
 
     generate(keys, "server")
     generate(keys / "clients", "plc")
@@ -291,7 +291,7 @@ def main() -> None:
         code, err = hlgfa("run", *base, "--thresholds", bad, "--source", f"folder:{replay}", "--publish",
                           free_endpoint())
         row("9", f"image_threshold {label}", "hlgfa run --thresholds FILE", f"exit {code}: {last_error(err)[:140]}")
-    from edge.thresholds import load_thresholds
+    from edge.artifacts.thresholds import load_thresholds
 
     edited = work / "t_edited.json"
     edited.write_text(json.dumps({**data, "image_threshold": data["image_threshold"] * 1.01}))
@@ -324,7 +324,7 @@ def main() -> None:
         f"exit {code}, {traceback_note(err)}: {last_error(err)[:100]}")
     damaged = work / "model_no_input_size"
     if not damaged.exists():
-        from edge.model_dir import compute_model_hash
+        from edge.artifacts.model_dir import compute_model_hash
 
         shutil.copytree(model, damaged)
         description = json.loads((damaged / "model.json").read_text())
@@ -364,7 +364,7 @@ def main() -> None:
         daemon = Daemon(*base, "--thresholds", thresholds, "--camera", "absent", "--source", "genicam:cam-42",
                         "--set", f"source.cti={viky}", "--set", "pipeline.source_fault_repeat_s=0.5")
         daemon.pump(lambda d: len(d.faults()) >= 2, timeout_s=120)
-        from edge import wire
+        from edge.transport import wire
 
         states = {m.source.state for m in daemon.messages if isinstance(m, wire.Heartbeat)}
         code, err = daemon.finish(signal.SIGTERM)

@@ -19,20 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from edge.backends.base import BACKEND_KINDS
-from edge.drift import QUANTILE_POINTS
-from edge.errors import BackendError, ConfigError, InputDataError, ModelFileError
-from edge.imageio import IMAGE_SUFFIXES, image_files, read_image
+from edge.inspection.drift import QUANTILE_POINTS
+from edge.core.errors import BackendError, ConfigError, InputDataError, ModelFileError
+from edge.imaging.files import IMAGE_SUFFIXES, image_files, read_image
 
 log = logging.getLogger(__name__)
 
 BATCH = 16
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "calibrate", help="fit image and region thresholds on good parts at a target false-reject rate",
-        description="Score good images (and optionally defect images) with the model and write a thresholds "
-                    "file bound to the model's hash.")
+def configure(parser) -> None:
+    """The arguments and handler of `hlgfa calibrate` (edge/cli.py names the command and its one-line help)."""
+    parser.description = (
+        "Score good images (and optionally defect images) with the model and write a thresholds "
+        "file bound to the model's hash.")
     parser.add_argument("--model", required=True, help="model directory (output of `hlgfa train`)")
     normals = parser.add_mutually_exclusive_group(required=True)
     normals.add_argument("--normals",
@@ -90,10 +90,10 @@ def score_images(backend, spec, paths: list[Path], what: str, *,
     """Scores and maps of `paths`. With a `skipped` list, an unreadable file (empty, damaged, a header
     claiming too many pixels) is appended to it as (path, reason) and left out, as the daemon faults
     that one frame and reads on; the arrays then hold the readable files in order. Without, it raises.
-    With `stats`, also appends each scored image's frame-quality statistics (edge/quality.py),
+    With `stats`, also appends each scored image's frame-quality statistics (edge/imaging/quality.py),
     computed from the same pixels the model scored."""
-    from edge import quality
-    from edge.preprocess import preprocess
+    from edge.imaging import quality
+    from edge.imaging.preprocess import preprocess
 
     batch_size = max(1, min(BATCH, int(getattr(backend, "max_batch", 1))))
     maps = np.empty((len(paths),) + spec.input_size, dtype=np.float32)
@@ -232,7 +232,7 @@ def check_report_dir(path: Path | None, force: bool) -> None:
 
 
 def make_version(content: dict) -> str:
-    from edge.thresholds import content_digest
+    from edge.artifacts.thresholds import content_digest
 
     return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{content_digest(content)}"
 
@@ -258,7 +258,7 @@ def fit_all(normal: Scored, defect: Scored | None, target_frr: float, confidence
         details["policy"]["escape_by_class"] = per_class
     region = None
     if region_rule:
-        from edge.thresholds import RegionRule
+        from edge.artifacts.thresholds import RegionRule
 
         fit = tf.fit_region_rule(normal.maps, target_frr)
         details["region"] = fit.to_details()
@@ -269,7 +269,7 @@ def fit_all(normal: Scored, defect: Scored | None, target_frr: float, confidence
             region = RegionRule(fit.pixel_threshold, fit.min_area_px)
     else:
         details["region"] = {"dropped": "--no-region-rule"}
-    from edge.decide import largest_region_area
+    from edge.inspection.decide import largest_region_area
 
     combined = normal.scores > choice.threshold
     if region is not None:
@@ -283,9 +283,9 @@ def fit_all(normal: Scored, defect: Scored | None, target_frr: float, confidence
 def handle(args) -> int:
     from calibrate.thresholds_fit import check_target, parse_policy
     from edge.backends.base import open_backend
-    from edge.model_dir import file_sha256, load_model_info
-    from edge.paths import write_json_atomic
-    from edge.thresholds import Thresholds, parse_thresholds
+    from edge.artifacts.model_dir import file_sha256, load_model_info
+    from edge.core.paths import write_json_atomic
+    from edge.artifacts.thresholds import Thresholds, parse_thresholds
 
     # Cheap checks first: a bad flag should not cost minutes of scoring.
     check_target(args.target_frr, args.confidence)
@@ -295,7 +295,7 @@ def handle(args) -> int:
     info = load_model_info(args.model)
     check_out(out, args.force, info.model_hash)
     check_report_dir(report_dir, args.force)
-    from edge.paths import writable_dir
+    from edge.core.paths import writable_dir
 
     # Where the file and the report are staged (a temp file / folder beside each): before the scoring.
     writable_dir(out.parent, f"--out {out}")
@@ -381,7 +381,7 @@ def handle(args) -> int:
                     else None, "n_defects": len(defect_paths),
                     "normal_scores": {"min": float(normal.scores.min()), "median": float(np.median(normal.scores)),
                                       "max": float(normal.scores.max()),
-                                      # the daemon's drift watch compares passed parts with these (edge/drift.py)
+                                      # the daemon's drift watch compares passed parts with these (edge/inspection/drift.py)
                                       "quantiles": [float(q) for q in np.quantile(
                                           normal.scores, np.linspace(0.0, 1.0, QUANTILE_POINTS))]}})
     if args.normals_from_model:

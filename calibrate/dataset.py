@@ -14,8 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.errors import InputDataError
-from edge.imageio import IMAGE_SUFFIXES, image_files, read_image  # noqa: F401 - read_image re-exported for the dataset's users
+from edge.core.errors import InputDataError
+from edge.imaging.files import IMAGE_SUFFIXES, image_files, read_image  # noqa: F401 - read_image re-exported for the dataset's users
 
 log = logging.getLogger(__name__)
 

@@ -15,17 +15,17 @@ from tqdm import tqdm
 
 from calibrate.dataset import read_image, read_mask, evaluation_samples
 from calibrate.metrics import image_auroc, pixel_auroc, pro_score
-from edge import quality
+from edge.imaging import quality
 from edge.backends.base import open_backend
-from edge.model_dir import load_model_info
-from edge.preprocess import preprocess, resize_rgb8
+from edge.artifacts.model_dir import load_model_info
+from edge.imaging.preprocess import preprocess, resize_rgb8
 
 log = logging.getLogger(__name__)
 
 
 def score_samples(backend, samples, spec, batch_size: int, progress: bool = True, stats: list | None = None):
     """Maps (N×H×W float32), scores, masks at H×W (None where a class has no ground truth), images.
-    With `stats`, also appends each image's frame-quality statistics (edge/quality.py)."""
+    With `stats`, also appends each image's frame-quality statistics (edge/imaging/quality.py)."""
     height, width = spec.input_size
     maps = np.empty((len(samples), height, width), dtype=np.float32)
     scores = np.empty(len(samples), dtype=np.float32)
@@ -120,7 +120,7 @@ def quality_gate_result(samples, stats: list[dict], thresholds) -> dict:
 def evaluate(model_dir, data, *, backend: str = "auto", batch_size: int = 8, scores_csv=None, save_maps=None,
              progress: bool = True, thresholds=None, **backend_options) -> dict:
     """`thresholds`: a thresholds file of this model; its frame-quality gate is then measured too."""
-    from edge.thresholds import load_thresholds
+    from edge.artifacts.thresholds import load_thresholds
 
     info = load_model_info(model_dir)
     fitted = None if thresholds is None else load_thresholds(thresholds, info.model_hash)

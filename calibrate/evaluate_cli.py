@@ -6,8 +6,8 @@ from pathlib import Path
 from edge.backends.base import BACKEND_KINDS
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="evaluate a model on MVTec-layout test data")
+def configure(parser) -> None:
+    """The arguments and handler of `hlgfa eval` (edge/cli.py names the command and its one-line help)."""
     parser.add_argument("--model", required=True, help="model directory from `hlgfa train`")
     parser.add_argument("--data", required=True, help="MVTec category root (uses test/ and ground_truth/)")
     parser.add_argument("--backend", default="auto", choices=("auto",) + BACKEND_KINDS,

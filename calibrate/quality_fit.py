@@ -1,4 +1,4 @@
-"""Frame-quality ranges from good parts: one [low, high] per statistic of edge/quality.py.
+"""Frame-quality ranges from good parts: one [low, high] per statistic of edge/imaging/quality.py.
 
 The rule, per statistic, on the calibration normals' values x(1) ≤ … ≤ x(n) (on a log scale for
 `contrast` and `sharpness`, whose good values spread multiplicatively and whose failures — a
@@ -32,8 +32,8 @@ import math
 
 import numpy as np
 
-from edge.errors import InputDataError
-from edge.quality import IMAGE_STATISTICS, STATISTICS
+from edge.core.errors import InputDataError
+from edge.imaging.quality import IMAGE_STATISTICS, STATISTICS
 
 TAIL_FACTOR = 1.5
 # Statistics fitted on log(value + offset): the offset keeps log finite at 0 (a flat frame) and
@@ -92,7 +92,7 @@ def fit_quality_ranges(stats: list[dict]) -> tuple[dict[str, tuple[float, float]
 
 def count_faults(stats: list[dict], ranges: dict) -> int:
     """How many of these frames the gate faults."""
-    from edge.quality import out_of_range
+    from edge.imaging.quality import out_of_range
 
     return sum(out_of_range(s, ranges) is not None for s in stats)
 
@@ -100,7 +100,7 @@ def count_faults(stats: list[dict], ranges: dict) -> int:
 def gate_summary(stats: list[dict], ranges: dict) -> dict:
     """Frames faulted, and per statistic how many fell outside its range (a frame may count under
     several)."""
-    from edge.quality import out_of_range
+    from edge.imaging.quality import out_of_range
 
     by_statistic = {name: sum(1 for s in stats if out_of_range({name: s[name]}, ranges) is not None)
                     for name in STATISTICS if name in ranges and all(name in s for s in stats)}

@@ -68,8 +68,8 @@ def plot_overlays(path: Path, image_paths, scores, maps, region: dict | None) ->
     """The highest-scoring normals: the model's input view with its heat map."""
     import cv2
 
-    from calibrate.calibrate_cli import read_image
-    from edge.preprocess import resize_rgb8
+    from edge.imaging.files import read_image
+    from edge.imaging.preprocess import resize_rgb8
 
     plt = _pyplot()
     order = np.argsort(scores)[::-1][:TOP_NORMALS]

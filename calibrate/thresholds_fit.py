@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge.decide import largest_region_area
-from edge.errors import ConfigError, InputDataError
+from edge.inspection.decide import largest_region_area
+from edge.core.errors import ConfigError, InputDataError
 
 MIN_NORMALS = 20
 MIN_EXPECTED_EXCEEDANCES = 10

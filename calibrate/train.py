@@ -14,13 +14,13 @@ from tqdm import tqdm
 
 from calibrate import synth
 from calibrate.augment import noise_augment
-from calibrate.backbones import build_backbone
+from calibrate.model.backbones import build_backbone
 from calibrate.dataset import list_images, read_image, training_folder
-from calibrate.model import HLGFA, FittedConstants, HLGFAConfig, local_instability, whitened_distance
-from calibrate.model_io import save_model
-from edge.errors import ConfigError, InputDataError
-from edge.model_dir import ModelInfo
-from edge.preprocess import PreprocessSpec, normalize, resize_rgb8
+from calibrate.model.hlgfa import HLGFA, FittedConstants, HLGFAConfig, local_instability, whitened_distance
+from calibrate.model.io import save_model
+from edge.core.errors import ConfigError, InputDataError
+from edge.artifacts.model_dir import ModelInfo
+from edge.imaging.preprocess import PreprocessSpec, normalize, resize_rgb8
 
 log = logging.getLogger(__name__)
 

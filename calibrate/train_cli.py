@@ -3,8 +3,8 @@
 import json
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train HLGFA on good images (MVTec layout or a folder)")
+def configure(parser) -> None:
+    """The arguments and handler of `hlgfa train` (edge/cli.py names the command and its one-line help)."""
     parser.add_argument("--data", required=True, help="MVTec category root (uses train/good) or a folder of good images")
     parser.add_argument("--out", required=True, help="model directory to write")
     parser.add_argument("--epochs", type=int, default=3,
@@ -44,8 +44,8 @@ def input_size_argument(text: str) -> tuple[int, int]:
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    from calibrate.model import HLGFAConfig
-    from edge.errors import ConfigError
+    from calibrate.model.hlgfa import HLGFAConfig
+    from edge.core.errors import ConfigError
 
     known = HLGFAConfig().to_dict()
     overrides = {}

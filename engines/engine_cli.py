@@ -7,15 +7,15 @@ version comparison that ends at once when the engine still matches, a build when
 import logging
 from pathlib import Path
 
-from edge.errors import ConfigError, ModelFileError
-from edge.model_dir import file_sha256, load_model_info
-from edge.sidecar import build_command, mismatches, read_sidecar, sidecar_path
+from edge.core.errors import ConfigError, ModelFileError
+from edge.artifacts.model_dir import file_sha256, load_model_info
+from edge.artifacts.engine_sidecar import build_command, mismatches, read_sidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("engine", help="build and check TensorRT engines")
+def configure(parser) -> None:
+    """The arguments and handler of `hlgfa engine` (edge/cli.py names the command and its one-line help)."""
     commands = parser.add_subparsers(dest="engine_command", required=True, metavar="ACTION")
 
     build = commands.add_parser("build", help="build a TensorRT engine from an exported ONNX file")
@@ -73,18 +73,19 @@ def run_check(args) -> int:
 def ensure_targets(args) -> tuple[Path, Path, Path, int] | None:
     """(model_dir, onnx, engine, max_batch) from --config or the flags; None: not a TensorRT camera."""
     if args.config:
-        from edge.config import load_config
+        from edge.config.daemon import load_config
+
+        from edge.backends.tensorrt import TensorRTConfig
 
         config = load_config(args.config)
         backend = config.backend
-        if backend.kind not in ("tensorrt", "auto") or (backend.kind == "auto" and backend.engine is None):
+        if backend.kind == "auto" and backend.engine is not None:
+            backend = TensorRTConfig(engine=backend.engine, max_batch=backend.max_batch)
+        if not isinstance(backend, TensorRTConfig):
             log.info("%s: backend %s uses no TensorRT engine; nothing to do", args.config, backend.kind)
             return None
-        if backend.engine is None:
-            raise ConfigError(f"{args.config}: backend.kind is tensorrt but backend.engine is not set")
         model_dir = Path(config.model)
-        onnx = Path(backend.onnx) if backend.onnx else load_model_info(model_dir, verify_hash=False).default_onnx
-        return model_dir, onnx, Path(backend.engine), args.max_batch or backend.max_batch
+        return model_dir, backend.source_graph(model_dir), Path(backend.engine), args.max_batch or backend.max_batch
     if not (args.model and args.out):
         raise ConfigError("hlgfa engine ensure: give --config FILE, or --model DIR and --out ENGINE [--onnx FILE]")
     model_dir = Path(args.model)
@@ -126,4 +127,4 @@ def run_ensure(args) -> int:
     return 0
 
 
-__all__ = ["register", "stale_reasons", "ensure_targets", "build_command"]
+__all__ = ["configure", "stale_reasons", "ensure_targets", "build_command"]

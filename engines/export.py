@@ -29,20 +29,19 @@ import logging
 import warnings
 from pathlib import Path
 
-from edge.errors import ConfigError, ModelFileError
-from edge.graph import (
+from edge.core.errors import ConfigError, ModelFileError
+from edge.artifacts.graph import (
     INPUT_NAME,
     META_FORMAT,
     META_INPUT_SIZE,
-    META_LEGACY_IMAGE_SIZE,
     META_MAX_BATCH,
     META_MODEL_HASH,
     META_PRECISION,
     META_PREPROCESS,
     OUTPUT_NAMES,
 )
-from edge.model_dir import load_model_info
-from edge.paths import write_atomic
+from edge.artifacts.model_dir import load_model_info
+from edge.core.paths import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +282,7 @@ def export_onnx(model_dir, out=None, *, fp16: bool = False, max_batch: int = 8, 
     import onnx
     import torch
 
-    from calibrate.model_io import load_model
+    from calibrate.model.io import load_model
 
     if opset not in SUPPORTED_OPSETS:
         raise ConfigError(f"--opset {opset}: expected {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1} "
@@ -336,13 +335,12 @@ def export_onnx(model_dir, out=None, *, fp16: bool = False, max_batch: int = 8, 
 
 
 def onnx_input_size(metadata: dict[str, str]) -> tuple[int, int]:
-    """(height, width) from an exported graph's metadata; files from before non-square inputs
-    carry one side as `hlgfa.image_size`."""
-    if META_INPUT_SIZE in metadata:
-        height, width = metadata[META_INPUT_SIZE].split("x")
-        return int(height), int(width)
-    side = int(metadata[META_LEGACY_IMAGE_SIZE])
-    return side, side
+    """(height, width) from an exported graph's metadata."""
+    if META_INPUT_SIZE not in metadata:
+        raise ModelFileError(f"ONNX graph without {META_INPUT_SIZE} metadata: not written by this version of "
+                             f"`hlgfa export`; re-export it")
+    height, width = metadata[META_INPUT_SIZE].split("x")
+    return int(height), int(width)
 
 
 def _fix_io_shapes(proto, size: tuple[int, int]) -> None:

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("export", help="export a model directory to ONNX (for ONNX Runtime / TensorRT)")
+def configure(parser) -> None:
+    """The arguments and handler of `hlgfa export` (edge/cli.py names the command and its one-line help)."""
     parser.add_argument("--model", required=True, help="model directory from `hlgfa train`")
     parser.add_argument("--out", help="ONNX file to write (default MODEL/model.onnx)")
     parser.add_argument("--fp16", action="store_true",

@@ -33,10 +33,10 @@ MIN_IMAGES, MAX_IMAGES = 8, 16
 def load_batch(model_dir, images_dir, count: int = MAX_IMAGES) -> tuple[np.ndarray, list[Path]]:
     """The first `count` images of `images_dir` in name order, preprocessed as the daemon does."""
     from calibrate.dataset import list_images
-    from edge.errors import InputDataError
-    from edge.imageio import read_image
-    from edge.model_dir import load_model_info
-    from edge.preprocess import preprocess
+    from edge.core.errors import InputDataError
+    from edge.imaging.files import read_image
+    from edge.artifacts.model_dir import load_model_info
+    from edge.imaging.preprocess import preprocess
 
     if not MIN_IMAGES <= count <= MAX_IMAGES:
         raise InputDataError(f"--count {count}: expected {MIN_IMAGES}..{MAX_IMAGES}")
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch to run (default %(default)s)")
     args = parser.parse_args(argv)
 
-    from edge.errors import HlgfaError
+    from edge.core.errors import HlgfaError
 
     try:
         return check(args)

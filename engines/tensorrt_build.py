@@ -24,16 +24,16 @@ import time
 from pathlib import Path
 
 from edge.backends.tensorrt import import_tensorrt, running_environment, tensorrt_major
-from edge.errors import BackendError, ConfigError, ModelFileError
-from edge.graph import (
+from edge.core.errors import BackendError, ConfigError, ModelFileError
+from edge.artifacts.graph import (
     INPUT_NAME,
     META_MAX_BATCH,
     META_MODEL_HASH,
     META_PRECISION,
     OUTPUT_NAMES,
 )
-from edge.model_dir import file_sha256, load_model_info
-from edge.sidecar import build_command, timing_cache_path, write_sidecar
+from edge.artifacts.model_dir import file_sha256, load_model_info
+from edge.artifacts.engine_sidecar import build_command, timing_cache_path, write_sidecar
 from engines.export import onnx_input_size
 
 log = logging.getLogger(__name__)

@@ -7,17 +7,27 @@ never applied to another model's scores.
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from edge.backends.base import check_batch
-from edge.errors import BackendError, ModelFileError
-from edge.graph import INPUT_NAME, META_MODEL_HASH, META_PRECISION, OUTPUT_NAMES
-from edge.model_dir import load_model_info
+from edge.backends.base import BackendSettings, check_batch
+from edge.core.errors import BackendError, ModelFileError
+from edge.artifacts.graph import INPUT_NAME, META_MODEL_HASH, META_PRECISION, OUTPUT_NAMES
+from edge.artifacts.model_dir import load_model_info
 
 log = logging.getLogger(__name__)
 
-OPTIONS = frozenset({"onnx", "max_batch", "threads"})
+
+
+class OnnxRuntimeConfig(BackendSettings):
+    kind: Literal["onnxruntime"] = "onnxruntime"
+    # The exported graph (default MODEL/model.onnx; `model.fp16.onnx` is the FP16 export).
+    onnx: Path | None = None
+    # Intra-op threads (default: ONNX Runtime's, one per core).
+    threads: int | None = Field(default=None, ge=1, le=1024)
+
 # Best first; CPU is always there. The TensorRT EP builds its own engine at first run (slow);
 # it is used only when asked for, the tensorrt backend being the way to run TensorRT.
 PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -30,7 +40,8 @@ def _reexport_hint(model_dir, onnx_path) -> str:
 class OnnxRuntimeBackend:
     kind = "onnxruntime"
 
-    def __init__(self, model_dir, onnx=None, max_batch: int = 8, threads: int | None = None):
+    def __init__(self, model_dir, config: OnnxRuntimeConfig):
+        onnx, max_batch, threads = config.onnx, config.max_batch, config.threads
         try:
             import onnxruntime
         except ImportError as error:
@@ -94,6 +105,3 @@ class OnnxRuntimeBackend:
     def close(self) -> None:
         self.session = None
 
-
-def open(model_dir, **options) -> OnnxRuntimeBackend:  # noqa: A001 - the backend registry's entry point
-    return OnnxRuntimeBackend(model_dir, **options)

@@ -11,18 +11,37 @@ used from another (the daemon's inference thread). tensorrt and pycuda are impor
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from edge.backends.base import check_batch
-from edge.errors import BackendError, ModelFileError
-from edge.graph import INPUT_NAME, OUTPUT_NAMES
-from edge.model_dir import load_model_info
-from edge.sidecar import device_identity, mismatches, read_sidecar
+from edge.backends.base import BackendSettings, check_batch
+from edge.core.errors import BackendError, ModelFileError
+from edge.artifacts.graph import INPUT_NAME, OUTPUT_NAMES
+from edge.artifacts.model_dir import load_model_info
+from edge.artifacts.engine_sidecar import device_identity, mismatches, read_sidecar
 
 log = logging.getLogger(__name__)
 
-OPTIONS = frozenset({"engine", "max_batch"})
+
+
+class TensorRTConfig(BackendSettings):
+    kind: Literal["tensorrt"] = "tensorrt"
+    # The engine file (`hlgfa engine build|ensure` writes it, with its sidecar NAME.json).
+    engine: Path
+    # The exported graph the engine is built from, and the precision that graph must have: every build
+    # is strongly typed (engines/tensorrt_build.py), so the graph decides the engine's precision.
+    # Default: MODEL/model.fp16.onnx for fp16, MODEL/model.onnx for fp32.
+    onnx: Path | None = None
+    precision: Literal["fp16", "fp32"] = "fp16"
+
+    def source_graph(self, model_dir) -> Path:
+        from edge.artifacts.model_dir import DEFAULT_ONNX, DEFAULT_ONNX_FP16
+
+        if self.onnx is not None:
+            return Path(self.onnx)
+        return Path(model_dir) / (DEFAULT_ONNX_FP16 if self.precision == "fp16" else DEFAULT_ONNX)
+
 
 
 def import_tensorrt():
@@ -37,7 +56,7 @@ def import_tensorrt():
 
 
 def running_environment(trt=None) -> dict:
-    """TensorRT version and device 0's identity, as the sidecar records them (edge/sidecar.py MATCH_KEYS)."""
+    """TensorRT version and device 0's identity, as the sidecar records them (edge/artifacts/engine_sidecar.py MATCH_KEYS)."""
     trt = trt or import_tensorrt()
     try:
         import pycuda.driver as cuda
@@ -126,16 +145,13 @@ class ShapeBinding:
 class TensorRTBackend:
     kind = "tensorrt"
 
-    def __init__(self, model_dir, engine=None, max_batch: int = 1):
-
+    def __init__(self, model_dir, config: TensorRTConfig):
+        engine, max_batch = config.engine, config.max_batch
         trt = import_tensorrt()
         running = running_environment(trt)
         import pycuda.driver as cuda
 
         info = load_model_info(model_dir)
-        if engine is None:
-            raise BackendError("tensorrt backend: no engine file given (backend.engine / --engine); "
-                               f"build one with `hlgfa engine build --onnx ONNX --out ENGINE --model {model_dir}`")
         path = Path(engine)
         sidecar = read_sidecar(path)
         rebuild = sidecar.get("rebuild") or f"hlgfa engine build --onnx ONNX --out {path} --model {model_dir}"
@@ -257,6 +273,3 @@ class TensorRTBackend:
             context.detach()
             self._context = None
 
-
-def open(model_dir, **options) -> TensorRTBackend:  # noqa: A001 - the backend registry's entry point
-    return TensorRTBackend(model_dir, **options)

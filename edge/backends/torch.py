@@ -1,26 +1,34 @@
 """PyTorch backend: the training stack's own model, for development and as the reference.
 
-Imports torch and the model code (`calibrate.model_io`) only when opened: a line box running
+Imports torch and the model code (`calibrate.model.io`) only when opened: a line box running
 TensorRT or ONNX Runtime never needs them.
 """
 
+from typing import Literal
+
 import numpy as np
+from pydantic import Field
 
-from edge.backends.base import check_batch
-from edge.errors import BackendError
+from edge.backends.base import BackendSettings, check_batch
+from edge.core.errors import BackendError
 
 
-OPTIONS = frozenset({"max_batch", "threads", "device"})
+class TorchConfig(BackendSettings):
+    kind: Literal["torch"] = "torch"
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    # "cpu", "cuda" or "cuda:N".
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
 
 
 class TorchBackend:
     kind = "torch"
 
-    def __init__(self, model_dir, max_batch: int = 8, threads: int | None = None, device: str = "cpu"):
+    def __init__(self, model_dir, config: TorchConfig):
+        max_batch, threads, device = config.max_batch, config.threads, config.device
         try:
             import torch
 
-            from calibrate.model_io import load_model
+            from calibrate.model.io import load_model
         except ImportError as error:
             raise BackendError(f"torch backend: torch is not installed ({error}); "
                                f"install the training extra: pip install -c constraints.txt '.[train]'") from error
@@ -48,6 +56,3 @@ class TorchBackend:
     def close(self) -> None:
         self.model = None
 
-
-def open(model_dir, **options) -> TorchBackend:  # noqa: A001 - the backend registry's entry point
-    return TorchBackend(model_dir, **options)

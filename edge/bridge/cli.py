@@ -9,17 +9,16 @@ import argparse
 import logging
 import signal
 import threading
-import tomllib
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from edge import wire
+from edge.transport import wire
 from edge.bridge.modbus import ModbusClientConfig, ModbusServerConfig
 from edge.bridge.mqtt import MqttConfig
 from edge.bridge.opcua import OpcuaConfig
-from edge.config import _describe, _Section
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
+from edge.core.settings import Section, load, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ LOOP_PERIOD_S = 0.1
 STALL_S = 5.0  # a camera thread whose loop has not turned for this long stops the watchdog pings
 
 
-class CameraEntry(_Section):
+class CameraEntry(Section):
     """`[[cameras]]`: one camera daemon."""
 
     name: str = "cam0"
@@ -51,7 +50,7 @@ class CameraEntry(_Section):
         return self
 
 
-class BridgeConfig(_Section):
+class BridgeConfig(Section):
     cameras: list[CameraEntry] = Field(min_length=1)
     misses: int = Field(3, ge=1)  # heartbeat periods without one before a camera is unhealthy
     retry_s: float = Field(0.5, gt=0)  # a protocol that refused a decision gets it again after this
@@ -88,29 +87,9 @@ def _resolve_paths(data: dict, base: Path) -> None:
 
 
 def build_config(file: Path | None, flags: dict) -> BridgeConfig:
-    data: dict = {}
-    text = None
-    origin = "command line"
-    if file is not None:
-        origin = f"config {file}"
-        try:
-            text = file.read_text()
-            data = tomllib.loads(text)
-        except FileNotFoundError:
-            raise ConfigError(f"config {file}: does not exist") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"config {file}: cannot be read ({error})") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config {file}: not valid TOML ({error})") from None
-        _resolve_paths(data, file.resolve().parent)
-    for key, value in flags.items():
-        if key == "cameras" and data.get("cameras"):
-            raise ConfigError("--connect/--reliable describe one camera; the config file already lists cameras")
-        data[key] = value
-    try:
-        return BridgeConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_describe(error, text, origin)) from None
+    if "cameras" in flags and file is not None and read_toml(Path(file))[0].get("cameras"):
+        raise ConfigError("--connect/--reliable describe one camera; the config file already lists cameras")
+    return load(BridgeConfig, file, resolve=_resolve_paths, overrides=[([key], value) for key, value in flags.items()])
 
 
 def make_adapters(config: BridgeConfig) -> list:
@@ -136,7 +115,7 @@ def make_adapters(config: BridgeConfig) -> list:
 
 def make_links(config: BridgeConfig) -> list:
     from edge.bridge.core import CameraLink
-    from edge.curve import ClientCurve
+    from edge.transport.curve_keys import ClientCurve
 
     return [CameraLink(camera.name, camera.connect, camera.reliable,
                        ClientCurve(camera.curve_secret, camera.curve_server_key) if camera.curve_secret else None)
@@ -177,7 +156,7 @@ def _certs(args: argparse.Namespace) -> int:
 
 def _handler(args: argparse.Namespace) -> int:
     from edge.bridge.core import Bridge
-    from edge.health import SystemdNotifier
+    from edge.core.notify import SystemdNotifier
 
     if args.action == "certs":
         return _certs(args)
@@ -222,13 +201,13 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bridge", help="serve decisions to PLCs: Modbus TCP (server/client), OPC UA, MQTT (docs/PLC.md)",
-        description="Subscribe to camera daemons and serve their decisions and health over Modbus TCP "
-                    "(server the PLC polls, or client writing into the PLC), OPC UA (server) and MQTT "
-                    "(to a broker). A camera that goes quiet, faults or restarts is shown not healthy on "
-                    "every protocol at once. See docs/PLC.md.")
+def configure(parser) -> None:
+    """The arguments and handler of `hlgfa bridge` (edge/cli.py names the command and its one-line help)."""
+    parser.description = (
+        "Subscribe to camera daemons and serve their decisions and health over Modbus TCP "
+        "(server the PLC polls, or client writing into the PLC), OPC UA (server) and MQTT "
+        "(to a broker). A camera that goes quiet, faults or restarts is shown not healthy on "
+        "every protocol at once. See docs/PLC.md.")
     parser.add_argument("action", nargs="?", choices=("certs",),
                         help="certs: make a self-signed OPC UA application certificate and key (--out DIR)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config (docs/PLC.md)")

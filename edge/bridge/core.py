@@ -23,12 +23,12 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge import wire
+from edge.transport import wire
 from edge.bridge.health import CameraHealth, CameraState, stopped
-from edge.curve import ClientCurve
-from edge.errors import ConfigError, OutputError
-from edge.logs import camera_log
-from edge.subscriber import Gap, ReliableClient, Restart, Subscriber
+from edge.transport.curve_keys import ClientCurve
+from edge.core.errors import ConfigError, OutputError
+from edge.core.logs import camera_log
+from edge.transport.subscriber import Gap, ReliableClient, Restart, Subscriber
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ Every reason has a number (`REASONS`) that the protocols show next to the health
 import math
 from dataclasses import dataclass, field, replace
 
-from edge import wire
+from edge.transport import wire
 
 # Stable numbers: they are part of the Modbus register map and the OPC UA address space.
 REASONS = {

@@ -22,14 +22,14 @@ import time
 
 from pydantic import field_validator
 
-from edge import wire
+from edge.transport import wire
 from edge.bridge import registers
 from edge.bridge.core import DeliveryError
 from edge.bridge.health import CameraState
 from edge.bridge.serving import serve_in_thread
-from edge.config import _Section
-from edge.errors import ConfigError
-from edge.logs import camera_log
+from edge.core.errors import ConfigError
+from edge.core.settings import Section
+from edge.core.logs import camera_log
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def parse_host_port(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class ModbusServerConfig(_Section):
+class ModbusServerConfig(Section):
     """`[modbus_server]`: where the PLC connects. Port 502 needs root or CAP_NET_BIND_SERVICE."""
 
     listen: str = "127.0.0.1:502"
@@ -55,7 +55,7 @@ class ModbusServerConfig(_Section):
         return value
 
 
-class ModbusClientConfig(_Section):
+class ModbusClientConfig(Section):
     """`[modbus_client]`: the PLC the bridge writes into."""
 
     plc: str

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from pydantic import field_validator
 
-from edge import wire
+from edge.transport import wire
 from edge.bridge.core import DeliveryError
 from edge.bridge.health import CameraState
-from edge.config import _Section
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
+from edge.core.settings import Section
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 REPUBLISH_S = 10.0
 
 
-class MqttConfig(_Section):
+class MqttConfig(Section):
     """`[mqtt]`."""
 
     broker: str  # HOST:PORT

@@ -32,13 +32,13 @@ from urllib.parse import urlparse
 
 from pydantic import field_validator, model_validator
 
-from edge import wire
+from edge.transport import wire
 from edge.bridge.core import DeliveryError
 from edge.bridge.health import VERDICT_CODES, CameraState
 from edge.bridge.serving import serve_in_thread
-from edge.config import _Section
-from edge.errors import ConfigError
-from edge.logs import camera_log
+from edge.core.errors import ConfigError
+from edge.core.settings import Section
+from edge.core.logs import camera_log
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ NAMESPACE = "urn:hlgfa-edge:bridge"
 SECURITY = ("None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt")
 
 
-class OpcuaConfig(_Section):
+class OpcuaConfig(Section):
     """`[opcua]`. Secure by default: Basic256Sha256 SignAndEncrypt with the certificate and key from
     `hlgfa bridge certs`; "None" (no signing, no encryption) must be asked for."""
 

@@ -8,7 +8,7 @@ DINT/UDINT/LINT with no swapping.
 
 import hashlib
 
-from edge import wire
+from edge.transport import wire
 from edge.bridge.health import VERDICT_CODES, CameraState
 
 MAP_VERSION = 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edge.records.export import FrameFolder, export_records, export_reviews, parse_when, write_rows
 from edge.records.store import open_reader, query, saved_counters
-from edge.wire import VERDICTS
+from edge.transport.wire import VERDICTS
 
 
 def _filters(args: argparse.Namespace) -> dict:
@@ -44,7 +44,7 @@ def _query(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from edge.paths import writable_dir
+    from edge.core.paths import writable_dir
 
     writable_dir(args.out, f"--out {args.out}")
     conn = open_reader(args.records)
@@ -77,8 +77,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reviewed", action="store_true", help="only reviewed parts")
 
 
-def register(subparsers) -> None:
-    records = subparsers.add_parser("records", help="query or export the inspection record (hlgfa view --records)")
+def configure(records) -> None:
+    """The arguments and handler of `hlgfa records` (edge/cli.py names the command and its one-line help)."""
     actions = records.add_subparsers(dest="records_command", required=True, metavar="ACTION")
     q = actions.add_parser("query", help="print matching decisions (text, --csv or --json lines)")
     _common(q)

@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from edge.errors import InputDataError
+from edge.core.errors import InputDataError
 from edge.records.store import COLUMNS, DEFECT_CONFIRMED, FALSE_REJECT, MISSED_DEFECT, query
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")

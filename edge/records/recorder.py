@@ -12,9 +12,9 @@ import threading
 import time
 from typing import Callable
 
-from edge import wire
+from edge.transport import wire
 from edge.records.store import RecordStore
-from edge.subscriber import Gap, Restart, Subscriber
+from edge.transport.subscriber import Gap, Restart, Subscriber
 
 log = logging.getLogger(__name__)
 

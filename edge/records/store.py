@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge import wire
-from edge.errors import ConfigError, InputDataError
+from edge.transport import wire
+from edge.core.errors import ConfigError, InputDataError
 
 log = logging.getLogger(__name__)
 

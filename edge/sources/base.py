@@ -20,8 +20,8 @@ import time
 from contextlib import contextmanager
 from typing import Protocol
 
-from edge.errors import HlgfaError, SourceError
-from edge.frame import Frame
+from edge.core.errors import HlgfaError, SourceError
+from edge.core.frame import Frame
 
 
 class FrameError(HlgfaError):

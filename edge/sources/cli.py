@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from edge.errors import ConfigError, SourceError
+from edge.core.errors import ConfigError, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +17,8 @@ ACCESS_STATUS = {0: "unknown", 1: "available (read/write)", 2: "read-only", 3: "
                  5: "open (read/write)", 6: "open (read-only)"}
 
 
-def register(subparsers) -> None:
-    camera = subparsers.add_parser("camera", help="GenICam cameras: list devices, grab frames")
+def configure(camera) -> None:
+    """The arguments and handler of `hlgfa camera` (edge/cli.py names the command and its one-line help)."""
     actions = camera.add_subparsers(dest="camera_command", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", help="GenTL producers, interfaces and devices")

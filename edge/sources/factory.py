@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from edge.sources.base import Source
 
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 
-from edge.errors import ConfigError, InputDataError
-from edge.frame import Frame
-from edge.imageio import IMAGE_SUFFIXES, decode_image, image_files
+from edge.core.errors import ConfigError, InputDataError
+from edge.core.frame import Frame
+from edge.imaging.files import IMAGE_SUFFIXES, decode_image, image_files
 from edge.sources.base import FrameError, SourceExhausted
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class FolderSource:
             raise ConfigError(f"folder source fps must be > 0, got {fps}")
         self.path = Path(path)
         self.fps = fps
-        # Unpaced, the replay waits for the pipeline instead of being read ahead (edge.pipeline,
+        # Unpaced, the replay waits for the pipeline instead of being read ahead (edge.inspection.pipeline,
         # _wait_for_room): a replay must not invent deadline faults from the daemon's own queueing.
         self.backpressure = fps is None
         self.loop = loop

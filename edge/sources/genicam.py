@@ -36,9 +36,9 @@ import time
 from collections import deque
 from pathlib import Path
 
-from edge import pixel_formats
-from edge.errors import ConfigError, InputDataError
-from edge.frame import Frame
+from edge.sources import pixel_formats
+from edge.core.errors import ConfigError, InputDataError
+from edge.core.frame import Frame
 from edge.sources.base import CloseFirstLock, FrameError, ReconnectSchedule, SourceIdle, SourceUnavailable
 
 log = logging.getLogger(__name__)

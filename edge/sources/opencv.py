@@ -12,8 +12,8 @@ import logging
 import time
 from pathlib import Path
 
-from edge.errors import ConfigError
-from edge.frame import Frame
+from edge.core.errors import ConfigError
+from edge.core.frame import Frame
 from edge.sources.base import CloseFirstLock, ReconnectSchedule, SourceExhausted, SourceUnavailable
 
 log = logging.getLogger(__name__)

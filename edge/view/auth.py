@@ -9,7 +9,7 @@ import secrets
 import threading
 import time
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 # scrypt cost: n=2^14, r=8 (~16 MiB, ~50 ms a check): slow for a guesser, quick for a login.
 _N, _R, _P = 2**14, 8, 1

@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,11 @@ def _hash_password() -> int:
 def _handler(args: argparse.Namespace) -> int:
     if args.hash_password:
         return _hash_password()
-    from edge.paths import writable_dir
+    from edge.core.paths import writable_dir
     from edge.records.export import FrameFolder
     from edge.records.recorder import TOPICS, Recorder
     from edge.records.store import RecordStore
-    from edge.subscriber import Subscriber
+    from edge.transport.subscriber import Subscriber
     from edge.view.config import build_view_config
     from edge.view.live import Hub, LiveState
     from edge.view.server import ViewServer, start_ticker
@@ -48,7 +48,7 @@ def _handler(args: argparse.Namespace) -> int:
     frames = FrameFolder(config.frames) if config.frames is not None else None
     curve = None
     if config.curve_secret is not None:
-        from edge.curve import ClientCurve
+        from edge.transport.curve_keys import ClientCurve
 
         curve = ClientCurve(config.curve_secret, config.curve_server_key)
 
@@ -91,12 +91,12 @@ def _handler(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "view", help="the operator's web page and the inspection record (a subscriber of the daemons)",
-        description="Subscribe to one or more daemons, record every decision into --records DIR (SQLite, maps "
-                    "of rejects and faults), and serve the live page, the rejects gallery, trends and reviews. "
-                    "docs/VIEW.md.")
+def configure(parser) -> None:
+    """The arguments and handler of `hlgfa view` (edge/cli.py names the command and its one-line help)."""
+    parser.description = (
+        "Subscribe to one or more daemons, record every decision into --records DIR (SQLite, maps "
+        "of rejects and faults), and serve the live page, the rejects gallery, trends and reviews. "
+        "docs/VIEW.md.")
     parser.add_argument("--config", type=Path, metavar="FILE", help="view TOML config (docs/VIEW.md)")
     parser.add_argument("--connect", action="append", metavar="ENDPOINT", help="a daemon's PUB endpoint (repeatable)")
     parser.add_argument("--camera", action="append", metavar="CAM", help="only this camera (repeatable)")

@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import tomllib
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from edge.errors import ConfigError
+from edge.core.settings import Section, load
 from edge.records.store import Retention
 from edge.view.auth import check_hash_format
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RetentionConfig(_Section):
+class RetentionConfig(Section):
     max_age_days: float | None = Field(default=30.0, gt=0)
     max_gb: float | None = Field(default=10.0, gt=0)
     min_free_mb: float = Field(default=256.0, ge=0)
@@ -43,7 +38,7 @@ class RetentionConfig(_Section):
                          min_free_bytes=int(self.min_free_mb * 2**20), pass_map_every=self.pass_map_every)
 
 
-class ViewConfig(_Section):
+class ViewConfig(Section):
     connect: list[str] = Field(default_factory=lambda: ["tcp://127.0.0.1:5555"], min_length=1)
     cameras: list[str] | None = None
     http: str = "127.0.0.1:8080"
@@ -112,26 +107,15 @@ def is_loopback(host: str) -> bool:
 _PATH_KEYS = ("records", "frames", "tls_cert", "tls_key", "curve_secret", "curve_server_key")
 
 
+def _resolve_paths(data: dict, folder: Path) -> None:
+    if isinstance(data.get("connect"), str):
+        data["connect"] = [data["connect"]]
+    for key in _PATH_KEYS:
+        if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+            data[key] = str(folder / data[key])
+
+
 def build_view_config(file: str | Path | None, overrides: dict) -> ViewConfig:
     """The file's keys (paths relative to its folder), then the flags given (not None)."""
-    data: dict = {}
-    if file is not None:
-        path = Path(file)
-        try:
-            data = tomllib.loads(path.read_text())
-        except OSError as error:
-            raise ConfigError(f"view config {path}: {error.strerror or error}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"view config {path}: not valid TOML ({error})") from None
-        if isinstance(data.get("connect"), str):
-            data["connect"] = [data["connect"]]
-        for key in _PATH_KEYS:
-            if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
-                data[key] = str(path.parent / data[key])
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return ViewConfig.model_validate(data)
-    except ValidationError as error:
-        lines = [f"{'.'.join(str(p) for p in item['loc']) or '(top level)'}: {item['msg'].removeprefix('Value error, ')}"
-                 for item in error.errors()]
-        raise ConfigError(f"view config{' ' + str(file) if file else ''}: " + "; ".join(lines)) from None
+    return load(ViewConfig, file, what="view config", resolve=_resolve_paths,
+                overrides=[([key], value) for key, value in overrides.items() if value is not None])

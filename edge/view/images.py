@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import InputDataError
+from edge.core.errors import InputDataError
 
 OVERLAY_ALPHA = 0.45
 

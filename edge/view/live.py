@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 
-from edge import wire
+from edge.transport import wire
 
 SCORES_KEPT = 600  # points of the strip chart per camera
 FPS_WINDOW_S = 5.0

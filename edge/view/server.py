@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from edge.errors import HlgfaError
+from edge.core.errors import HlgfaError
 from edge.records.export import FrameFolder, parse_when
 from edge.records.store import REVIEWS, counts_per_hour, get, open_reader, query, saved_counters, set_review
 from edge.view import images

@@ -93,7 +93,7 @@ def reference(built, batch):
 
 
 def test_build_writes_engine_sidecar_and_timing_cache(built):
-    from edge.sidecar import read_sidecar, sidecar_path, timing_cache_path
+    from edge.artifacts.engine_sidecar import read_sidecar, sidecar_path, timing_cache_path
     from edge.backends.tensorrt import running_environment
 
     assert built["engine"].stat().st_size > 0
@@ -107,7 +107,7 @@ def test_build_writes_engine_sidecar_and_timing_cache(built):
 
 
 def test_unreadable_timing_cache_still_builds(built, tmp_path):
-    from edge.sidecar import timing_cache_path
+    from edge.artifacts.engine_sidecar import timing_cache_path
     from engines.tensorrt_build import build_engine
 
     engine = tmp_path / "again.plan"
@@ -139,8 +139,8 @@ def test_fp16_engine_matches_onnxruntime_fp32_at_every_batch_size(built, batch, 
 
 def test_stale_or_truncated_engine_is_refused(built, tmp_path):
     from edge.backends.base import open_backend
-    from edge.errors import ModelFileError
-    from edge.sidecar import sidecar_path
+    from edge.core.errors import ModelFileError
+    from edge.artifacts.engine_sidecar import sidecar_path
 
     copy = tmp_path / "copy.plan"
     shutil.copy(built["engine"], copy)

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from edge import wire
-from edge.config import PublishConfig
-from edge.publisher import Publisher
+from edge.transport import wire
+from edge.transport.publisher import PublishConfig
+from edge.transport.publisher import Publisher
 from tests.ports import free_port
 
 WAIT_S = 30.0  # generous on a loaded 2-core machine; a hang fails instead of blocking for ever

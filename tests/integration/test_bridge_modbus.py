@@ -1,4 +1,4 @@
-"""The bridge against real parts on loopback: camera publishers (edge.publisher, as `hlgfa run` uses),
+"""The bridge against real parts on loopback: camera publishers (edge.transport.publisher, as `hlgfa run` uses),
 its Modbus server polled by a pymodbus client, its Modbus client writing into a pymodbus server."""
 
 import time

@@ -134,7 +134,7 @@ def test_basic256sha256_with_certificates_from_hlgfa_bridge_certs_admits_only_tr
 
 
 def test_opcua_config_refuses_insecure_defaults():
-    from edge.errors import ConfigError
+    from edge.core.errors import ConfigError
     from edge.bridge.cli import build_config
 
     base = {"cameras": [{"name": "cam1", "connect": "tcp://127.0.0.1:1", "reliable": "tcp://127.0.0.1:2"}]}

@@ -20,15 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import wire
-from edge.config import build_config
-from edge.daemon import Daemon
-from edge.decide import decide
-from edge.preprocess import preprocess
+from edge.transport import wire
+from edge.config.daemon import build_config
+from edge.service.daemon import Daemon
+from edge.inspection.decide import decide
+from edge.imaging.preprocess import preprocess
 from edge.sources.base import SourceIdle, SourceUnavailable
-from edge.subscriber import ReliableClient, Subscriber
-from edge.paths import write_json_atomic
-from edge.thresholds import RegionRule, Thresholds, load_thresholds
+from edge.transport.subscriber import ReliableClient, Subscriber
+from edge.core.paths import write_json_atomic
+from edge.artifacts.thresholds import RegionRule, Thresholds, load_thresholds
 from tests.ports import free_endpoint, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ def line_images(tmp_path_factory, elpv_images) -> Path:
 def calibrated(tmp_path_factory, tiny_model_dir, onnx_file, bare_backend, elpv_images, line_images):
     """A thresholds file for the tiny model (image threshold at the median score of the line frames, so
     both verdicts occur, plus a region rule) and the bare backend's (score, map) for every line frame."""
-    from edge.model_dir import load_model_info
+    from edge.artifacts.model_dir import load_model_info
 
     info = load_model_info(tiny_model_dir)
     expected = _scores(bare_backend, info, sorted(line_images.iterdir()))
@@ -309,7 +309,7 @@ def test_frames_far_larger_than_the_model_input_are_decided_and_warned_about_onc
     for name in names[2:4]:
         image = cv2.imread(str(folder / name), cv2.IMREAD_UNCHANGED)
         cv2.imwrite(str(folder / name), cv2.resize(image, (side, side), interpolation=cv2.INTER_CUBIC))
-    with caplog.at_level("WARNING", logger="edge.pipeline"):
+    with caplog.at_level("WARNING", logger="edge.inspection.pipeline"):
         run = Running(_base(tiny_model_dir, calibrated, folder))
         assert run.collect_until_stopped() == 0
     by_id = _one_decision_per_frame(run, range(len(names)))

@@ -8,7 +8,7 @@ import cv2
 import pytest
 
 from edge.cli import main
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from edge.sources.base import SourceUnavailable
 from edge.sources.genicam import simulated_producer
 

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import wire
-from edge.paths import write_json_atomic
+from edge.transport import wire
+from edge.core.paths import write_json_atomic
 
 # The daemon harness and its fixtures (ONNX export, bare backend, line images, a thresholds file
 # without ranges), shared rather than copied.
@@ -92,7 +92,7 @@ def test_without_ranges_the_gate_is_off_with_a_warning_and_a_config_override_app
     for one statistic, `map_mean`, that no frame can meet faults every frame after inference."""
     assert "quality" not in json.loads(calibrated["path"].read_text()) or \
         json.loads(calibrated["path"].read_text())["quality"] is None
-    with caplog.at_level(logging.WARNING, logger="edge.quality"):
+    with caplog.at_level(logging.WARNING, logger="edge.imaging.quality"):
         run = Running(_base(tiny_model_dir, calibrated, line_images, **{"quality.map_mean": [-2.0, -1.0]}))
         assert run.collect_until_stopped() == 0
     assert "no frame-quality ranges" in caplog.text and "only the config's overrides apply: map_mean" in caplog.text

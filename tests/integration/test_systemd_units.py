@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge import cli
-from edge.systemd_cli import DEFAULT_HLGFA, GPU_UNITS, PLAIN_UNITS, SERVICE_UNITS, unit_source_dir
+from edge.service.systemd_cli import DEFAULT_HLGFA, GPU_UNITS, PLAIN_UNITS, SERVICE_UNITS, unit_source_dir
 
 REPO = Path(__file__).resolve().parents[2]
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
@@ -105,7 +105,7 @@ def test_daemon_unit_has_the_contract_the_daemon_relies_on(dirs, hlgfa_shim):
     assert edge["Service.WatchdogSec"] == ["10"] and edge["Service.Restart"] == ["on-failure"]
     assert edge["Service.ExecStart"] == [f"{hlgfa_shim} run --config /etc/hlgfa-edge/%i.toml"]
     assert edge["Service.ExecReload"] == ["/bin/kill -HUP $MAINPID"]
-    assert edge["Service.RestartPreventExitStatus"] == ["78"]  # edge.errors.ConfigError.exit_code
+    assert edge["Service.RestartPreventExitStatus"] == ["78"]  # edge.core.errors.ConfigError.exit_code
     assert edge["Service.User"] == ["hlgfa"] and edge["Service.LimitMEMLOCK"] == ["infinity"]
     assert "Service.PrivateDevices" not in edge  # camera and GPU are device nodes
     assert "Service.DynamicUser" not in edge

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import wire
-from edge.config import PublishConfig
-from edge.publisher import Publisher
+from edge.transport import wire
+from edge.transport.publisher import PublishConfig
+from edge.transport.publisher import Publisher
 from edge.records.recorder import TOPICS, Recorder
 from edge.records.store import RecordStore, open_reader, query
-from edge.subscriber import Subscriber
+from edge.transport.subscriber import Subscriber
 from edge.view.auth import hash_password
 from tests.ports import free_endpoint
 

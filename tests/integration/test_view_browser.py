@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from edge.records.store import open_reader, query
-from edge.paths import write_json_atomic
-from edge.thresholds import Thresholds
+from edge.core.paths import write_json_atomic
+from edge.artifacts.thresholds import Thresholds
 from tests.integration.test_view import ROOT, ViewProcess, free_endpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -56,8 +56,8 @@ def line(tmp_path_factory, tiny_model_dir, replay):
     import cv2
 
     from edge.backends.base import open_backend
-    from edge.model_dir import load_model_info
-    from edge.preprocess import preprocess
+    from edge.artifacts.model_dir import load_model_info
+    from edge.imaging.preprocess import preprocess
     from engines.export import export_onnx
 
     folder = tmp_path_factory.mktemp("line")

@@ -14,12 +14,12 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from edge import wire
+from edge.transport import wire
 from edge.cli import main
-from edge.curve import ClientCurve, generate
-from edge.config import PublishConfig
-from edge.publisher import Publisher, PublishError
-from edge.subscriber import Gap, ReliableClient, Restart, Subscriber
+from edge.transport.curve_keys import ClientCurve, generate
+from edge.transport.publisher import PublishConfig
+from edge.transport.publisher import Publisher, PublishError
+from edge.transport.subscriber import Gap, ReliableClient, Restart, Subscriber
 from tests.ports import free_endpoint
 
 pytestmark = pytest.mark.timeout(30)
@@ -265,7 +265,7 @@ def test_curve_without_allowed_keys_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize("mode", [0o644, 0o666, 0o640, 0o604])
 def test_a_secret_key_others_may_read_is_refused_naming_the_chmod(tmp_path, mode):
-    from edge.curve import load_keypair
+    from edge.transport.curve_keys import load_keypair
 
     generate(tmp_path, "server")
     generate(tmp_path / "clients", "plc")
@@ -354,7 +354,7 @@ def test_frame_ids_up_to_a_cameras_64_bit_counter_survive_the_hand_over_to_the_r
 
 
 def test_evictions_and_decisions_unacknowledged_at_exit_are_logged(make_publisher, caplog):
-    with caplog.at_level("WARNING", logger="edge.publisher"):
+    with caplog.at_level("WARNING", logger="edge.transport.publisher"):
         publisher = make_publisher(reliable_endpoint=free_endpoint(), reliable_capacity=2)
         for frame_id in (1, 2, 3):
             publisher.publish_decision(decision(frame_id))

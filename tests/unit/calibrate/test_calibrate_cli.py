@@ -7,7 +7,7 @@ import cv2
 import pytest
 
 from edge.cli import main
-from edge.thresholds import load_thresholds
+from edge.artifacts.thresholds import load_thresholds
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def run(*args):
 
 def test_calibrate_writes_a_bound_versioned_file_and_report(tiny_model_dir, normals_dir, defects_dir, tmp_path,
                                                             capsys):
-    from edge.model_dir import load_model_info
+    from edge.artifacts.model_dir import load_model_info
 
     out, report = tmp_path / "thresholds.json", tmp_path / "report"
     code = run("--model", tiny_model_dir, "--normals", normals_dir, "--defects", defects_dir, "--target-frr",
@@ -61,7 +61,7 @@ def test_calibrate_writes_a_bound_versioned_file_and_report(tiny_model_dir, norm
     assert "data:image/png;base64," in page and thresholds.version in page
     assert {"hist.png", "roc.png", "top_normals.png"} <= {p.name for p in report.iterdir()}
     # The frame-quality gate: a range per statistic, holding every normal, shown in the report.
-    from edge.quality import STATISTICS
+    from edge.imaging.quality import STATISTICS
 
     assert set(thresholds.quality) == set(STATISTICS)
     assert details["quality"]["calibration_faults"] == 0 and details["quality"]["defects"]["n"] == 10
@@ -119,8 +119,8 @@ def test_a_file_for_another_model_is_named(tiny_model_dir, normals_dir, tmp_path
                                "image_threshold": 1.0}))
     assert run("--model", tiny_model_dir, "--normals", normals_dir, "--out", out) == 78
     assert "bound to another model, 000000000000" in capsys.readouterr().err
-    from edge.errors import ConfigError
-    from edge.model_dir import load_model_info
+    from edge.core.errors import ConfigError
+    from edge.artifacts.model_dir import load_model_info
 
     with pytest.raises(ConfigError, match="recalibrate"):
         load_thresholds(out, expected_model_hash=load_model_info(tiny_model_dir).model_hash)
@@ -166,7 +166,7 @@ def test_the_models_own_training_images_are_refused_as_normals_even_copied(tiny_
 
 
 def test_normals_from_model_are_the_held_out_images_model_json_lists(tiny_model_dir, elpv_images, tmp_path, capsys):
-    from edge.model_dir import load_model_info
+    from edge.artifacts.model_dir import load_model_info
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from calibrate.dataset import list_images, read_image, read_mask, evaluation_samples, training_folder
-from edge.errors import InputDataError
+from edge.core.errors import InputDataError
 
 
 def write_png(path, image):

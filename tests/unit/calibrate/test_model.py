@@ -4,9 +4,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from calibrate.augment import add_point_noise, add_stripe_noise  # noqa: E402
-from calibrate.backbones import build_backbone  # noqa: E402
-from calibrate.model import HLGFA, HLGFAConfig, whitened_distance  # noqa: E402
-from calibrate.model_io import load_model  # noqa: E402
+from calibrate.model.backbones import build_backbone  # noqa: E402
+from calibrate.model.hlgfa import HLGFA, HLGFAConfig, whitened_distance  # noqa: E402
+from calibrate.model.io import load_model  # noqa: E402
 from calibrate.train import ERROR_SHRINKAGE, fit_position_statistics, to_batch, train  # noqa: E402
 
 
@@ -107,7 +107,7 @@ def test_whitened_distance_is_the_mahalanobis_norm_at_each_position():
 
 def test_position_statistics_are_the_mean_and_shrunk_inverse_covariance_of_normal_vectors(elpv_images):
     from calibrate.dataset import read_image
-    from edge.preprocess import PreprocessSpec, resize_rgb8
+    from edge.imaging.preprocess import PreprocessSpec, resize_rgb8
 
     model = HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(input_size=64)).eval()
     spec = PreprocessSpec(64)
@@ -131,7 +131,7 @@ def test_position_statistics_are_the_mean_and_shrunk_inverse_covariance_of_norma
 
 def test_whitened_map_is_low_on_the_normals_it_was_fitted_on_and_high_on_defects(tiny_model_dir, elpv_images):
     from calibrate.dataset import read_image
-    from edge.preprocess import preprocess
+    from edge.imaging.preprocess import preprocess
 
     model, info = load_model(tiny_model_dir)
     assert info.description["architecture"]["discrepancy"] == "whitened"
@@ -144,28 +144,31 @@ def test_whitened_map_is_low_on_the_normals_it_was_fitted_on_and_high_on_defects
     assert float(defect_scores.median()) > float(good_scores.median())
 
 
-def test_model_directories_from_before_the_whitened_discrepancy_still_load_as_cosine(tmp_path, elpv_good_dir):
+@pytest.mark.parametrize("section, edit", [
+    ("architecture", lambda table: table.pop("appearance")),
+    ("architecture", lambda table: table.update(image_size=64)),
+    ("fitted", lambda table: table.update(feature_mean=[0.0])),
+])
+def test_a_model_directory_of_another_layout_is_refused_with_the_fix(tmp_path, tiny_model_dir, section, edit):
     import json
+    import shutil
 
-    from edge.model_dir import compute_model_hash
+    from edge.artifacts.model_dir import compute_model_hash
+    from edge.core.errors import ModelFileError
 
-    info = train(elpv_good_dir, tmp_path / "old", epochs=1, image_size=64, seed=0, max_images=8, progress=False,
-                 config_overrides={"discrepancy": "cosine", "appearance": False})
-    description = json.loads((info.directory / "model.json").read_text())
-    del description["architecture"]["discrepancy"]  # what the first format version wrote
-    del description["architecture"]["appearance"]
-    description["hash"] = compute_model_hash(description, info.weights_path)
-    (info.directory / "model.json").write_text(json.dumps(description))
-    model, _ = load_model(info.directory)
-    assert model.config.discrepancy == "cosine"
-    assert not model.config.appearance  # nor did it have an appearance term
-    with torch.no_grad():
-        maps, _ = model(torch.zeros(1, 3, 64, 64))
-    assert maps.shape == (1, 64, 64) and torch.isfinite(maps).all()
+    model_dir = tmp_path / "other"
+    shutil.copytree(tiny_model_dir, model_dir)
+    description = json.loads((model_dir / "model.json").read_text())
+    edit(description[section])
+    description["hash"] = compute_model_hash(description, model_dir / "module.pt")
+    (model_dir / "model.json").write_text(json.dumps(description))
+    with pytest.raises(ModelFileError, match=f"model.json {section}: written by another version of hlgfa .*"
+                                             f"retrain with `hlgfa train`"):
+        load_model(model_dir)
 
 
 def test_an_unknown_discrepancy_is_refused_by_name(tmp_path, elpv_good_dir):
-    from edge.errors import ConfigError
+    from edge.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="discrepancy='mahalanobis': expected one of whitened, cosine"):
         train(elpv_good_dir, tmp_path / "bad", epochs=1, image_size=64, max_images=4, progress=False,
@@ -177,7 +180,7 @@ def test_uniform_frames_score_above_every_good_cell_the_model_was_fitted_on(tiny
     # that the features are unlike a good part's at every position; the alignment term alone
     # would not (a blank frame looks the same at both resolutions).
     from calibrate.dataset import read_image
-    from edge.preprocess import preprocess
+    from edge.imaging.preprocess import preprocess
 
     model, info = load_model(tiny_model_dir)
     trained = set(info.description["training"]["train_files"])

@@ -8,9 +8,9 @@ from scipy.stats import gumbel_r, norm
 
 from calibrate.thresholds_fit import (SmallSampleWarning, choose_threshold, fit_image_threshold, fit_region_rule,
                                       normals_needed, parse_policy, sweep)
-from edge.decide import decide
-from edge.errors import ConfigError, InputDataError
-from edge.thresholds import RegionRule, Thresholds
+from edge.inspection.decide import decide
+from edge.core.errors import ConfigError, InputDataError
+from edge.artifacts.thresholds import RegionRule, Thresholds
 
 
 @pytest.mark.parametrize("target, n", [(0.01, 1500), (0.05, 400)])

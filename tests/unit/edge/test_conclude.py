@@ -3,16 +3,15 @@
 import numpy as np
 import pytest
 
-from edge import wire
-from edge.conclude import Concluder, Deadline, Result
-from edge.config import DaemonConfig
-from edge.errors import OutputError
-from edge.frame import Frame
-from edge.health import Health
-from edge.logs import camera_log
-from edge.publisher import Publisher
-from edge.subscriber import Subscriber
-from edge.thresholds import Thresholds
+from edge.transport import wire
+from edge.inspection.conclude import Concluder, Deadline, Result, VerdictSettings
+from edge.core.errors import OutputError
+from edge.core.frame import Frame
+from edge.service.health import Health
+from edge.core.logs import camera_log
+from edge.transport.publisher import PublishConfig, Publisher
+from edge.transport.subscriber import Subscriber
+from edge.artifacts.thresholds import Thresholds
 from tests.integration.test_zmq_publish import handshake
 from tests.ports import free_endpoint
 
@@ -33,14 +32,12 @@ class Clock:
 @pytest.fixture
 def line(tmp_path):
     """(concluder, subscriber, errors given to `fail`, clock of the deadlines) for camera cam1."""
-    config = DaemonConfig.model_validate({
-        "camera": "cam1", "model": str(tmp_path), "source": {"kind": "folder", "path": str(tmp_path)},
-        "pipeline": {"deadline_ms": 100}, "publish": {"maps": False}})
-    publisher = Publisher("cam1", config.publish.model_copy(update={"endpoint": free_endpoint(), "linger_ms": 100}))
+    publisher = Publisher("cam1", PublishConfig(endpoint=free_endpoint(), linger_ms=100, maps=False))
     subscriber = Subscriber(publisher.endpoint, cameras=["cam1"], topics=(wire.DECISION, wire.FAULT, wire.HEARTBEAT))
     health = Health("cam1")
     errors = []
-    concluder = Concluder(config, THRESHOLDS, "0" * 64, publisher, health, errors.append, camera_log(__name__, "cam1"))
+    concluder = Concluder("cam1", VerdictSettings(deadline_ms=100, publish_maps=False), THRESHOLDS, "0" * 64, publisher,
+                          health, errors.append, camera_log(__name__, "cam1"))
     clock = Clock()
     concluder.deadline = Deadline(100, clock_ns=clock)
     handshake(publisher, subscriber)

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.config import build_config, parse_override
-from edge.errors import ConfigError
+from edge.config.daemon import build_config
+from edge.core.settings import parse_override
+from edge.core.errors import ConfigError
 from edge.sources.factory import FolderSourceConfig, GenicamSourceConfig
 
 GOOD = """
@@ -118,7 +119,7 @@ def test_config_check_exits_78_naming_the_key(tmp_path, capsys):
 
 @pytest.mark.parametrize("table, key", [
     ('level = "loud"', "key logging.level (line 6)"),
-    ('levels = { "edge.publisher" = "debug", "edge.pipeline" = "chatty" }', "key logging.levels.edge.pipeline (line 6)"),
+    ('levels = { "edge.transport.publisher" = "debug", "edge.inspection.pipeline" = "chatty" }', "key logging.levels.edge.inspection.pipeline (line 6)"),
 ])
 def test_config_check_refuses_a_log_level_naming_the_key(tmp_path, capsys, table, key):
     path = write(tmp_path, f'model = "m"\n[source]\nkind = "genicam"\n\n[logging]\n{table}\n')
@@ -128,8 +129,8 @@ def test_config_check_refuses_a_log_level_naming_the_key(tmp_path, capsys, table
 
 
 def test_log_levels_are_read_per_logger_and_default_to_info(tmp_path):
-    config = build_config(write(tmp_path, GOOD + '[logging]\nlevel = "warning"\nlevels = { "edge.publisher" = "debug" }\n'))
-    assert (config.logging.level, config.logging.levels) == ("warning", {"edge.publisher": "debug"})
+    config = build_config(write(tmp_path, GOOD + '[logging]\nlevel = "warning"\nlevels = { "edge.transport.publisher" = "debug" }\n'))
+    assert (config.logging.level, config.logging.levels) == ("warning", {"edge.transport.publisher": "debug"})
     assert build_config(write(tmp_path, GOOD)).logging.level == "info"
 
 

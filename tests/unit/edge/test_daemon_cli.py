@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parents[3]
 DAEMON_LEAVING_A_THREAD_IN_ONNXRUNTIME = """
 import sys, threading
 import numpy as np, onnxruntime
-from edge import daemon
+from edge.service import daemon
 from edge.cli import main
-from edge.errors import BackendError
+from edge.core.errors import BackendError
 
 onnx_file, outcome = sys.argv[1], sys.argv[2]
 options = onnxruntime.SessionOptions()

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from edge.decide import FAULT, OK, REJECT, decide
-from edge.thresholds import RegionRule, Thresholds
+from edge.inspection.decide import FAULT, OK, REJECT, decide
+from edge.artifacts.thresholds import RegionRule, Thresholds
 
 IMAGE_ONLY = Thresholds(model_hash="m" * 64, image_threshold=1.0, version="v1")
 WITH_REGION = Thresholds(model_hash="m" * 64, image_threshold=1.0, version="v1",

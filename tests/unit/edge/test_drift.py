@@ -4,10 +4,10 @@ stable, a shifted one is flagged, and the figures travel in the heartbeat and th
 import numpy as np
 import pytest
 
-from edge import wire
-from edge.drift import QUANTILE_POINTS, DriftWatch
-from edge.health import Health
-from edge.thresholds import Thresholds
+from edge.transport import wire
+from edge.inspection.drift import QUANTILE_POINTS, DriftWatch
+from edge.service.health import Health
+from edge.artifacts.thresholds import Thresholds
 
 
 def thresholds(normals: np.ndarray, version: str = "v1", quantiles: bool = True) -> Thresholds:

@@ -1,4 +1,4 @@
-"""edge.health against a real notify socket and a real HTTP scrape."""
+"""edge.service.health against a real notify socket and a real HTTP scrape."""
 
 import os
 import socket
@@ -10,8 +10,9 @@ import pytest
 pytest.importorskip("prometheus_client", reason="prometheus-client is a base dependency; install it")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from edge.errors import ConfigError  # noqa: E402
-from edge.health import Health, SystemdNotifier  # noqa: E402
+from edge.core.errors import ConfigError  # noqa: E402
+from edge.core.notify import SystemdNotifier
+from edge.service.health import Health  # noqa: E402
 
 
 class NotifyListener:

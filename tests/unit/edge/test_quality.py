@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from calibrate.quality_fit import fit_quality_ranges, fit_range
-from edge import quality
-from edge.config import QualityConfig, build_config
-from edge.errors import ConfigError, InputDataError
-from edge.paths import write_json_atomic
-from edge.thresholds import Thresholds, load_thresholds
+from edge.imaging import quality
+from edge.config.daemon import build_config
+from edge.imaging.quality import QualityConfig
+from edge.core.errors import ConfigError, InputDataError
+from edge.core.paths import write_json_atomic
+from edge.artifacts.thresholds import Thresholds, load_thresholds
 
 
 def test_uniform_frame_has_no_contrast_no_sharpness_and_its_raw_size():
@@ -102,7 +103,7 @@ def test_a_thresholds_file_without_ranges_loads_and_the_gate_is_off_with_a_warni
     assert "quality" not in json.loads(path.read_text())  # the format before the gate
     loaded = load_thresholds(path, "abc")
     assert loaded.quality is None
-    with caplog.at_level(logging.WARNING, logger="edge.quality"):
+    with caplog.at_level(logging.WARNING, logger="edge.imaging.quality"):
         assert quality.effective_ranges(loaded.quality, {}, "camera c") == {}
     assert "no frame-quality ranges" in caplog.text
 

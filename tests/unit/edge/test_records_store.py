@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import wire
+from edge.transport import wire
 from edge.cli import main
-from edge.errors import InputDataError
+from edge.core.errors import InputDataError
 from edge.records.export import FrameFolder, export_reviews, parse_when
 from edge.records.store import (FALSE_REJECT, MISSED_DEFECT, DEFECT_CONFIRMED, RecordStore, Retention,
                                 counts_per_hour, open_reader, query, set_review)

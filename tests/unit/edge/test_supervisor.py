@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from edge.config import BackendConfig
-from edge.errors import StageError
-from edge.logs import camera_log
-from edge.supervisor import BackendSupervisor, InferenceFailed
+from edge.backends.base import BackendSettings
+from edge.core.errors import StageError
+from edge.core.logs import camera_log
+from edge.inspection.supervisor import BackendSupervisor, InferenceFailed
 
 BATCH = np.zeros((2, 3, 8, 8), dtype=np.float32)
 
@@ -42,7 +42,7 @@ class Clock:
 
 
 def supervisor(backend, reopen, faults, clock, **policy):
-    config = BackendConfig(**{"restart_after_failures": 2, "max_restarts": 2, "restart_window_s": 600, **policy})
+    config = BackendSettings(**{"restart_after_failures": 2, "max_restarts": 2, "restart_window_s": 600, **policy})
     return BackendSupervisor(backend, reopen, config, lambda code, message: faults.append((code, message)),
                              camera_log(__name__, "cam1"), clock=clock)
 

@@ -3,9 +3,9 @@ file and what was expected, never another exception (which on SIGHUP would end t
 
 import pytest
 
-from edge.errors import ConfigError
-from edge.paths import write_json_atomic
-from edge.thresholds import Thresholds, load_thresholds
+from edge.core.errors import ConfigError
+from edge.core.paths import write_json_atomic
+from edge.artifacts.thresholds import Thresholds, load_thresholds
 
 HASH = "a" * 64
 

@@ -1,5 +1,5 @@
 """Paths that cannot be written and a damaged model.json end in a message and an exit code from
-edge/errors.py, before any work is done, never in a traceback. The test runs as any user (root
+edge/core/errors.py, before any work is done, never in a traceback. The test runs as any user (root
 included, who ignores permission bits), so "cannot be written" is a folder path under a regular file."""
 
 import json
@@ -42,8 +42,8 @@ def test_calibrate_to_a_path_that_cannot_be_written_is_exit_78_before_scoring(ti
 
 
 def test_a_model_json_without_input_size_is_exit_66_naming_it_even_with_a_recomputed_hash(tiny_model_dir, tmp_path):
-    from edge.errors import ModelFileError
-    from edge.model_dir import compute_model_hash, load_model_info
+    from edge.core.errors import ModelFileError
+    from edge.artifacts.model_dir import compute_model_hash, load_model_info
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from edge import wire
-from edge.wire import WireError
+from edge.transport import wire
+from edge.transport.wire import WireError
 
 SESSION = "0123456789abcdef"
 

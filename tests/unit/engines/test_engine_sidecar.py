@@ -4,9 +4,9 @@ import shutil
 
 import pytest
 
-from edge.errors import BackendError, ConfigError, ModelFileError
+from edge.core.errors import BackendError, ConfigError, ModelFileError
 from engines.engine_cli import stale_reasons
-from edge.sidecar import device_identity, mismatches, read_sidecar, sidecar_path, write_sidecar
+from edge.artifacts.engine_sidecar import device_identity, mismatches, read_sidecar, sidecar_path, write_sidecar
 
 GIB = 2**30
 # Illustrative module descriptions (SM counts from NVIDIA's module data sheets: 2048 and 1024
@@ -26,7 +26,7 @@ def model(tiny_model_dir, tmp_path):
 
 
 def built_engine(model, tmp_path, **changes):
-    from edge.model_dir import file_sha256, load_model_info
+    from edge.artifacts.model_dir import file_sha256, load_model_info
 
     engine = tmp_path / "engines" / "line1.plan"
     engine.parent.mkdir(exist_ok=True)

@@ -8,7 +8,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from edge.errors import ConfigError  # noqa: E402
+from edge.core.errors import ConfigError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def io_signature(proto):
 
 
 def test_graph_passes_checker_and_carries_metadata(exported, tiny_model_dir):
-    from edge.model_dir import load_model_info
+    from edge.artifacts.model_dir import load_model_info
     from engines.export import metadata_of
 
     info = load_model_info(tiny_model_dir)
@@ -71,8 +71,8 @@ def test_fp16_graph_is_mixed_precision_with_fp32_io_and_close(exported, tiny_mod
     from scipy.stats import spearmanr
 
     from calibrate.dataset import read_image
-    from edge.model_dir import load_model_info
-    from edge.preprocess import preprocess
+    from edge.artifacts.model_dir import load_model_info
+    from edge.imaging.preprocess import preprocess
     from engines.export import metadata_of
 
     proto = onnx.load(exported["fp16"])
@@ -115,7 +115,7 @@ def test_bad_options_are_refused(tiny_model_dir, tmp_path):
 def test_both_terms_are_in_the_graph_with_their_per_position_statistics(exported, tiny_model_dir):
     # Per level, two batched MatMuls against a (positions × C × C) precision: the alignment error's
     # and the HR features' (the appearance term).
-    from edge.model_dir import load_model_info
+    from edge.artifacts.model_dir import load_model_info
 
     proto = onnx.load(exported["fp32"])
     height, width = load_model_info(tiny_model_dir).preprocess.input_size
@@ -133,10 +133,10 @@ def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp
     import torch
 
     from calibrate.dataset import read_image
-    from calibrate.model_io import load_model
+    from calibrate.model.io import load_model
     from calibrate.train import train
     from edge.backends.base import open_backend
-    from edge.preprocess import preprocess
+    from edge.imaging.preprocess import preprocess
     from engines.export import export_onnx
 
     folder = tmp_path / "good"
@@ -161,8 +161,10 @@ def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp
     assert np.allclose(scores, torch_scores, rtol=1e-4)
 
 
-def test_the_input_size_is_read_from_new_and_old_onnx_metadata():
+def test_the_input_size_is_read_from_the_graph_metadata_and_a_graph_without_it_is_refused():
+    from edge.core.errors import ModelFileError
     from engines.export import onnx_input_size
 
     assert onnx_input_size({"hlgfa.input_size": "192x448"}) == (192, 448)
-    assert onnx_input_size({"hlgfa.image_size": "256"}) == (256, 256)  # files exported before H × W inputs
+    with pytest.raises(ModelFileError, match="re-export it"):
+        onnx_input_size({"hlgfa.image_size": "256"})

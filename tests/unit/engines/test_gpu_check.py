@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.errors import InputDataError
+from edge.core.errors import InputDataError
 from engines.gpu_check import MAP_MAX_FRACTION, load_batch, parity, parity_failures, run_in_batches
 
 REPO = Path(__file__).resolve().parents[3]
@@ -132,7 +132,7 @@ class Refuse:
         if name.split(".")[0] in ("torch", "scipy"):
             raise ImportError("not on this box: " + name)
 sys.meta_path.insert(0, Refuse())
-import edge.backends.tensorrt, engines.tensorrt_build, edge.sidecar
+import edge.backends.tensorrt, engines.tensorrt_build, edge.artifacts.engine_sidecar
 from engines.gpu_check import load_batch
 print(load_batch({str(exported)!r}, {str(part_images)!r})[0].shape)
 """

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from edge.errors import BackendError
+from edge.core.errors import BackendError
 from edge.backends.tensorrt import tensorrt_major
 from engines.tensorrt_build import network_flags, use_timing_cache
 

@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
 from edge.backends.base import open_backend  # noqa: E402
-from edge.errors import BackendError, ModelFileError  # noqa: E402
+from edge.core.errors import BackendError, ModelFileError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ def model_with_onnx(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def real_batch(model_with_onnx, elpv_images):
     from calibrate.dataset import read_image
-    from edge.model_dir import load_model_info
-    from edge.preprocess import preprocess
+    from edge.artifacts.model_dir import load_model_info
+    from edge.imaging.preprocess import preprocess
 
     spec = load_model_info(model_with_onnx).preprocess
     return preprocess([read_image(p) for p in elpv_images["defect"][:2] + elpv_images["good"][40:41]], spec)
@@ -80,7 +80,7 @@ def truncated_onnx(model_dir, tmp_path):
 
 def model_of_another_hash(model_dir, tmp_path):
     """A copy of the model directory whose hash changed (a refitted constant), keeping the old ONNX."""
-    from edge.model_dir import compute_model_hash
+    from edge.artifacts.model_dir import compute_model_hash
 
     other = tmp_path / "other"
     shutil.copytree(model_dir, other)
@@ -130,22 +130,26 @@ def test_auto_without_an_exported_graph_is_an_error_naming_export_where_torch_is
 
 
 @pytest.mark.parametrize("kind", ["tensorrt", "onnxruntime", "torch"])
-def test_each_backend_declares_exactly_the_options_its_constructor_takes(kind):
+def test_each_backend_kind_has_its_settings_model_beside_its_code_and_takes_only_it(kind):
     import importlib
     import inspect
 
+    from edge.backends.base import config_class
+
     module = importlib.import_module(f"edge.backends.{kind}")
+    model = config_class(kind)
+    assert model.__module__ == module.__name__ and model.model_fields["kind"].default == kind
     backend_class = next(v for v in vars(module).values() if inspect.isclass(v) and getattr(v, "kind", None) == kind)
-    parameters = inspect.signature(backend_class.__init__).parameters
-    assert all(p.kind is not p.VAR_KEYWORD for p in parameters.values()), "a backend must not swallow options"
-    assert module.OPTIONS == set(parameters) - {"self", "model_dir"}
+    assert list(inspect.signature(backend_class.__init__).parameters) == ["self", "model_dir", "config"]
 
 
-def test_an_option_the_named_backend_has_no_use_for_is_a_config_error(model_with_onnx):
-    from edge.errors import ConfigError
+def test_a_key_the_named_backend_does_not_have_is_a_config_error_naming_it(model_with_onnx):
+    from edge.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="backend onnxruntime: option device does not apply.*max_batch, onnx, threads"):
+    with pytest.raises(ConfigError, match="backend onnxruntime: key device: unknown key"):
         open_backend("onnxruntime", model_with_onnx, device="cuda")
+    with pytest.raises(ConfigError, match="backend tensorrt: key threads: unknown key"):
+        open_backend("tensorrt", model_with_onnx, engine="x.plan", threads=2)
 
 
 def test_auto_gives_each_candidate_only_the_options_it_takes(model_with_onnx):

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from edge.backends.tensorrt import ShapeBinding, TensorRTBackend, io_type_errors
-from edge.errors import BackendError
-from edge.graph import INPUT_NAME, OUTPUT_NAMES
+from edge.core.errors import BackendError
+from edge.artifacts.graph import INPUT_NAME, OUTPUT_NAMES
 
 SIZE = (8, 6)
 

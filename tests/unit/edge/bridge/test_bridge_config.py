@@ -5,7 +5,7 @@ import pytest
 from edge.bridge.cli import build_config
 from edge.bridge.core import Bridge, CameraLink
 from edge.cli import main
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 
 CAMERA = '[[cameras]]\nname = "line1"\nconnect = "tcp://127.0.0.1:5555"\nreliable = "tcp://127.0.0.1:5556"\n'
 

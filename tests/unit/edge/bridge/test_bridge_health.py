@@ -2,7 +2,7 @@
 
 import pytest
 
-from edge import wire
+from edge.transport import wire
 from edge.bridge.health import REASONS, CameraHealth
 from edge.bridge.registers import block, read_number, HEARTBEAT, REASON, SCORE, STATUS, HEALTHY, NO_SCORE
 

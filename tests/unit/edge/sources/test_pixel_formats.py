@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from edge import pixel_formats
-from edge.errors import InputDataError
+from edge.sources import pixel_formats
+from edge.core.errors import InputDataError
 
 
 def pack_lsb_first(values: np.ndarray, bits: int) -> bytes:

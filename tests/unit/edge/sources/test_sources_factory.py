@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from edge.sources.factory import (FolderSourceConfig, GenicamSourceConfig, OpenCVSourceConfig, SourceConfig,
                                   build_source, parse_spec, source_config)
 from edge.sources.folder import FolderSource

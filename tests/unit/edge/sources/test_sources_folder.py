@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError, InputDataError
+from edge.core.errors import ConfigError, InputDataError
 from edge.sources.base import FrameError, SourceExhausted
 from edge.sources.folder import FolderSource
 

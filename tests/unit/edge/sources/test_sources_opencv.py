@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.errors import ConfigError
+from edge.core.errors import ConfigError
 from edge.sources.base import SourceExhausted, SourceUnavailable
 from edge.sources.opencv import OpenCVSource
 

@@ -1,0 +1,353 @@
+"""HLGFA: high/low-resolution guided feature alignment (see shared HLGFA.md).
+
+The whole inference path is one `nn.Module` (`HLGFA`) from the preprocessed HR batch to the
+anomaly map and the image score, so the ONNX export and every backend compute exactly this.
+
+Why the model lives in `calibrate/`: it is needed to train, to evaluate and to export, all of
+which run off the line with torch installed. The line runtime (`edge/`) runs the exported graph
+and never imports this module, except in the optional torch backend, which imports it lazily.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calibrate.model.backbones import FrozenBackbone
+from edge.core.errors import ConfigError, ModelFileError
+from edge.imaging.preprocess import input_size
+
+DISCREPANCIES = ("whitened", "cosine")
+
+
+def exact_fields(cls, data: dict, what: str) -> dict:
+    """`data` checked to hold exactly the fields of dataclass `cls`: a model directory written by another
+    version of this code is refused with the fix, never read with guessed defaults."""
+    expected = {item.name for item in fields(cls)}
+    missing, unknown = sorted(expected - set(data)), sorted(set(data) - expected)
+    if missing or unknown:
+        raise ModelFileError(f"model.json {what}: written by another version of hlgfa ("
+                             + "; ".join(part for part in (missing and f"missing {', '.join(missing)}",
+                                                           unknown and f"unknown {', '.join(unknown)}") if part)
+                             + "); retrain with `hlgfa train`")
+    return dict(data)
+
+
+@dataclass
+class HLGFAConfig:
+    # (height, width) of the HR view, both multiples of 16 × lr_factor; frames of another aspect
+    # ratio are resized to it. `hlgfa train` picks it from the data (calibrate.train.choose_input_size).
+    input_size: tuple[int, int] = (256, 256)
+    # r = 4 and strides 8/16 beat r = 2 and strides 4/8/16 on pixel AUROC and PRO on the magnetic
+    # tile dev split, at lower cost (an ablation; its figures are not kept in BENCHMARKS.md).
+    lr_factor: int = 4
+    strides: tuple[int, ...] = (8, 16)
+    # Dilated 3×3 depthwise convs (receptive fields 3, 5, 7): the same multi-scale layout as
+    # 3/5/7 kernels, and an order of magnitude cheaper to train on a CPU (measured).
+    structure_dilations: tuple[int, ...] = (1, 2, 3)
+    use_structure: bool = True
+    # The detail prior is a deliberate bottleneck: wide enough to carry local alignment cues,
+    # too narrow to copy HR through (the identity trap). 0 disables it.
+    detail_channels: int = 8
+    # Blind-spot guidance: the detail prior at a position is made from its 8 neighbours' HR
+    # features only (the centre tap of its 3×3 depthwise conv is held at zero, and no smoothing
+    # mixes the centre back in), so it cannot carry a defect's own feature to the output.
+    blind_spot: bool = False
+    # Residual branch of the gated correction: hidden width as a fraction of the level's
+    # channels, and how many depthwise 3×3 layers (each widens its receptive field by 2).
+    residual_width: float = 1.0
+    residual_depth: int = 2
+    # How the refined LR features and the HR features are compared, per position:
+    # "whitened": Mahalanobis distance of the alignment error (HR − refined LR) under its own mean
+    #   and covariance at that position, fitted on normal images — which channels legitimately
+    #   disagree, and by how much, differs across the part (edges, borders, texture direction);
+    # "cosine": 1 − cosine similarity, the paper's discrepancy (kept for the ablation).
+    discrepancy: str = "whitened"
+    # The appearance term: the Mahalanobis norm of the HR features themselves under their mean and
+    # covariance at that position on good parts. Cross-resolution consistency cannot see a defect
+    # that survives downsampling (a large uneven or stained region: the aligner predicts it); how
+    # unlikely the features are at that place does. Fused with the alignment term after both are
+    # put on one scale (`FittedConstants.fusion`). Off: the alignment term alone, for parts that do
+    # not sit in the same place in every frame (with discrepancy="cosine").
+    appearance: bool = True
+    # The alignment term is divided where the structure prior's local gradient is high (edges,
+    # texture: features that legitimately shift with resolution), by a strength fitted on normals.
+    use_reliability: bool = True
+    # Smoothing and score: `hlgfa train` chooses them on held-out images (train.choose_on_validation).
+    smoothing_sigma: float = 4.0  # pixels at a 256×256 input, scaled with the input's side (geometric mean)
+    score: str = "max"  # or "topk": mean of the top `topk_fraction` pixels
+    topk_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.input_size = input_size(self.input_size)
+        if self.discrepancy not in DISCREPANCIES:
+            raise ConfigError(f"discrepancy={self.discrepancy!r}: expected one of {', '.join(DISCREPANCIES)}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["input_size"] = list(self.input_size)
+        data["strides"] = list(self.strides)
+        data["structure_dilations"] = list(self.structure_dilations)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HLGFAConfig":
+        data = exact_fields(cls, data, "architecture")
+        data["strides"] = tuple(data["strides"])
+        data["structure_dilations"] = tuple(data["structure_dilations"])
+        return cls(**data)
+
+
+@dataclass
+class FittedConstants:
+    """Fitted on normal images after training; part of the model hash."""
+
+    # Per-level mean discrepancy on normals: levels are combined after dividing by it, so a
+    # level that aligns poorly everywhere cannot drown the others (empty: plain mean).
+    level_scale: list[float] = field(default_factory=list)
+    # Per-level mean structure instability on normals: makes the reliability weight scale-free.
+    instability_scale: list[float] = field(default_factory=list)
+    reliability_strength: float = 0.0
+    # Per-level mean appearance distance on normals (levels combined scale-free, as above).
+    appearance_scale: list[float] = field(default_factory=list)
+    # Per term ("alignment", "appearance"): the 0.9 and 0.995 quantiles of its smoothed map over
+    # held-out good images. Each term is mapped affinely so these land on 0 and 1, then the terms
+    # are added (EfficientAD's rule): neither term's units can drown the other. Empty: one term,
+    # unscaled.
+    fusion: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FittedConstants":
+        return cls(**exact_fields(cls, data, "fitted"))
+
+
+class LevelAligner(nn.Module):
+    """Refines LR features towards HR features at one level, guided by thin HR priors."""
+
+    def __init__(self, channels: int, config: HLGFAConfig, grid: tuple[int, int]):
+        super().__init__()
+        if config.discrepancy == "whitened":
+            # Fitted on normal images after training (train.fit_error_statistics); saved with the
+            # weights, so the model hash covers them. Identity until fitted.
+            self.register_buffer("error_mean", torch.zeros(channels, *grid))
+            self.register_buffer("error_precision", torch.eye(channels).repeat(grid[0] * grid[1], 1, 1))
+        if config.appearance:
+            # The HR features' mean and inverse covariance per position (train.fit_position_statistics).
+            self.register_buffer("appearance_mean", torch.zeros(channels, *grid))
+            self.register_buffer("appearance_precision", torch.eye(channels).repeat(grid[0] * grid[1], 1, 1))
+        self.use_structure = config.use_structure
+        self.detail_channels = config.detail_channels
+        if self.use_structure:
+            self.structure_convs = nn.ModuleList(
+                nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=channels, bias=False)
+                for d in config.structure_dilations)
+            self.structure_proj = nn.Conv2d(channels, channels, 1)
+            self.film = nn.Conv2d(channels, 2 * channels, 1)
+            # FiLM starts as the identity so training begins from the plain LR features.
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+        self.blind_spot = config.blind_spot
+        if self.detail_channels > 0:
+            self.detail_align = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+            self.detail_proj = nn.Conv2d(channels, self.detail_channels, 1)
+            if self.blind_spot:
+                with torch.no_grad():
+                    self.detail_align.weight[:, :, 1, 1] = 0
+                # Zero gradient at the centre: the tap stays exactly zero through training.
+                self.detail_align.weight.register_hook(blind_spot_gradient)
+        fused = channels + max(self.detail_channels, 0)
+        self.gate = nn.Conv2d(fused, channels, 1)
+        hidden = max(int(channels * config.residual_width), 16)
+        layers = [nn.Conv2d(fused, hidden, 1), nn.ReLU(inplace=True)]
+        for _ in range(config.residual_depth):
+            layers += [nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.ReLU(inplace=True)]
+        self.residual = nn.Sequential(*layers, nn.Conv2d(hidden, channels, 1))
+        nn.init.zeros_(self.residual[-1].weight)
+        nn.init.zeros_(self.residual[-1].bias)
+
+    def structure_prior(self, hr: torch.Tensor) -> torch.Tensor | None:
+        if not self.use_structure:
+            return None
+        # Smoothed first: the structure prior is the scene's layout, not its fine detail.
+        smooth = F.avg_pool2d(hr, 3, stride=1, padding=1, count_include_pad=False)
+        return self.structure_proj(sum(conv(smooth) for conv in self.structure_convs))
+
+    def forward(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        structure = self.structure_prior(hr)
+        if structure is not None:
+            gamma, beta = self.film(structure).chunk(2, dim=1)
+            modulated = lr * (1 + gamma) + beta
+        else:
+            modulated = lr
+        if self.detail_channels > 0:
+            if self.blind_spot:
+                detail = self.detail_proj(self.detail_align(hr))
+            else:
+                smooth = F.avg_pool2d(hr, 3, stride=1, padding=1, count_include_pad=False)
+                detail = self.detail_proj(self.detail_align(smooth))
+            fused = torch.cat([modulated, detail], dim=1)
+        else:
+            fused = modulated
+        refined = modulated + torch.sigmoid(self.gate(fused)) * self.residual(fused)
+        return refined, structure
+
+
+def blind_spot_gradient(gradient: torch.Tensor) -> torch.Tensor:
+    gradient = gradient.clone()
+    gradient[:, :, 1, 1] = 0
+    return gradient
+
+
+def gaussian_kernel1d(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    positions = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (positions / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def local_instability(structure: torch.Tensor) -> torch.Tensor:
+    """Mean absolute spatial gradient of the structure prior (N×1×h×w): high on edges and
+    textures whose features legitimately shift with resolution."""
+    grad_x = F.pad(structure[..., :, 1:] - structure[..., :, :-1], (0, 1, 0, 0))
+    grad_y = F.pad(structure[..., 1:, :] - structure[..., :-1, :], (0, 0, 0, 1))
+    return (grad_x.abs() + grad_y.abs()).mean(dim=1, keepdim=True)
+
+
+def whitened_distance(error: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Mahalanobis norm per position: error N×C×h×w, mean C×h×w, precision (h·w)×C×C → N×h×w.
+    One batched matrix product over positions (exports as MatMul)."""
+    batch, _, height, width = error.shape
+    centred = (error - mean).flatten(2).permute(2, 0, 1)  # positions × N × C
+    squared = (torch.matmul(centred, precision) * centred).sum(dim=2)  # positions × N
+    return squared.clamp(min=0).sqrt().permute(1, 0).reshape(batch, height, width)
+
+
+@dataclass
+class RawMaps:
+    """Per-level maps upsampled to the input size (N×1×S×S each), before levels are combined."""
+
+    alignment: list[torch.Tensor]
+    instability: torch.Tensor | None
+    appearance: list[torch.Tensor]  # empty when the appearance term is off
+
+
+class HLGFA(nn.Module):
+    """HR batch (N×3×H×W, ImageNet-normalised) → (anomaly map N×H×W, image score N)."""
+
+    def __init__(self, backbone: FrozenBackbone, config: HLGFAConfig, fitted: FittedConstants | None = None):
+        super().__init__()
+        if tuple(backbone.strides) != tuple(config.strides):
+            raise ValueError(f"backbone taps strides {backbone.strides}, the config asks for {config.strides}")
+        self.backbone = backbone
+        self.config = config
+        height, width = config.input_size
+        self.aligners = nn.ModuleList(LevelAligner(backbone.channels[s], config, (height // s, width // s))
+                                      for s in config.strides)
+        self.register_buffer("smoothing_kernel", gaussian_kernel1d(self.smoothing_pixels(config.smoothing_sigma)),
+                             persistent=False)
+        self.fitted = fitted or FittedConstants()
+
+    def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Backbone features of the HR view and of the LR view resized to the HR grid."""
+        with torch.no_grad():
+            hr = self.backbone(images)
+            factor = self.config.lr_factor
+            # Box-filter downsampling is antialiased and exports as one AveragePool op.
+            lr_view = F.avg_pool2d(images, factor, stride=factor)
+            lr = [F.interpolate(f, size=h.shape[-2:], mode="bilinear", align_corners=False)
+                  for f, h in zip(self.backbone(lr_view), hr)]
+        return hr, lr
+
+    def align(self, hr: list[torch.Tensor], lr: list[torch.Tensor]):
+        """Refined LR features and structure priors per level."""
+        outputs = [aligner(l, h) for aligner, l, h in zip(self.aligners, lr, hr)]
+        return [o[0] for o in outputs], [o[1] for o in outputs]
+
+    @staticmethod
+    def alignment_loss(refined: list[torch.Tensor], hr: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([(1 - F.cosine_similarity(r, h, dim=1)).mean() for r, h in zip(refined, hr)]).mean()
+
+    def raw_maps(self, images: torch.Tensor) -> RawMaps:
+        hr, lr = self.features(images)
+        refined, structures = self.align(hr, lr)
+        size = images.shape[-2:]
+
+        def upsampled(level_maps, scales):
+            return [F.interpolate(m.unsqueeze(1) / scale, size=size, mode="bilinear", align_corners=False)
+                    for m, scale in zip(level_maps, scales)]
+
+        alignment = upsampled([self.discrepancy(a, r, h) for a, r, h in zip(self.aligners, refined, hr)],
+                              self.fitted.level_scale or [1.0] * len(hr))
+        appearance = []
+        if self.config.appearance:
+            appearance = upsampled(
+                [whitened_distance(h, a.appearance_mean, a.appearance_precision) for a, h in zip(self.aligners, hr)],
+                self.fitted.appearance_scale or [1.0] * len(hr))
+        instability = None
+        if self.config.use_structure and self.fitted.instability_scale:
+            instability = torch.stack([
+                F.interpolate(local_instability(s), size=size, mode="bilinear", align_corners=False) / scale
+                for s, scale in zip(structures, self.fitted.instability_scale)]).mean(dim=0)
+        return RawMaps(alignment, instability, appearance)
+
+    def discrepancy(self, aligner: LevelAligner, refined: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        """N×h×w: how far the refined LR features are from the HR features at each position."""
+        if self.config.discrepancy == "cosine":
+            return 1 - F.cosine_similarity(refined, hr, dim=1)
+        return whitened_distance(hr - refined, aligner.error_mean, aligner.error_precision)
+
+    def smooth(self, maps: torch.Tensor) -> torch.Tensor:
+        kernel = self.smoothing_kernel
+        radius = kernel.numel() // 2
+        maps = F.pad(maps, (radius, radius, radius, radius), mode="reflect")
+        maps = F.conv2d(maps, kernel.view(1, 1, 1, -1))
+        return F.conv2d(maps, kernel.view(1, 1, -1, 1))
+
+    def term_maps(self, raw: RawMaps, reliability_strength: float) -> dict[str, torch.Tensor]:
+        """Per term, its levels combined (N×1×S×S), unsmoothed; reliability weighs the alignment
+        term only: it says where the two views legitimately disagree, not where parts vary."""
+        alignment = torch.stack(raw.alignment).mean(dim=0)
+        if self.config.use_reliability and raw.instability is not None and reliability_strength > 0:
+            alignment = alignment / (1 + reliability_strength * raw.instability)
+        terms = {"alignment": alignment}
+        if raw.appearance:
+            terms["appearance"] = torch.stack(raw.appearance).mean(dim=0)
+        return terms
+
+    def fuse(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One map from the terms, each mapped by its fitted quantiles (0.9 → 0, 0.995 → 1)."""
+        fusion = self.fitted.fusion
+        return sum((t - fusion[name][0]) / (fusion[name][1] - fusion[name][0]) if name in fusion else t
+                   for name, t in terms.items())
+
+    def image_score(self, anomaly: torch.Tensor) -> torch.Tensor:
+        flat = anomaly.flatten(1)
+        if self.config.score == "topk":
+            # From the config, not the tensor's shape: a traced shape is not a Python int.
+            height, width = self.config.input_size
+            count = max(1, round(self.config.topk_fraction * height * width))
+            return flat.topk(count, dim=1).values.mean(dim=1)
+        return flat.amax(dim=1)
+
+    def finish(self, raw: RawMaps, reliability_strength: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # Smoothing is linear and the fusion affine, so fusing before smoothing equals smoothing
+        # each term first (the fitted quantiles are of smoothed maps), at half the cost.
+        anomaly = self.smooth(self.fuse(self.term_maps(raw, reliability_strength))).squeeze(1)
+        return anomaly, self.image_score(anomaly)
+
+    def smoothing_pixels(self, sigma: float) -> float:
+        """σ given at a 256×256 input → σ at this input, scaled with its side (geometric mean)."""
+        height, width = self.config.input_size
+        return sigma * math.sqrt(height * width) / 256
+
+    def set_smoothing(self, sigma: float) -> None:
+        self.config.smoothing_sigma = sigma
+        self.smoothing_kernel = gaussian_kernel1d(self.smoothing_pixels(sigma))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.finish(self.raw_maps(images), self.fitted.reliability_strength)
+
+    def learned_parameters(self):
+        return self.aligners.parameters()
