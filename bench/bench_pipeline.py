@@ -280,7 +280,7 @@ def run_daemon(model, onnx, thresholds, images, frames: int, fps: float | None, 
         report = json.loads(child.communicate(timeout=600)[0])
     finally:
         # On any failure above, stop the daemon too: its gated source would otherwise hold the bench.
-        daemon.request_stop()
+        daemon.signals.request_stop()
         gate.set()
         thread.join(60)
         child.kill()

@@ -53,16 +53,6 @@ class Daemon:
         self.ready = threading.Event()  # set after READY=1 (tests wait on it)
         self.shutdown_faults = 0
 
-    # Signal handlers only set flags: the main loop acts on them within LOOP_PERIOD_S.
-    def request_stop(self, *_) -> None:
-        self.signals.request_stop()
-
-    def request_reload(self, *_) -> None:
-        self.signals.request_reload()
-
-    def install_signal_handlers(self) -> None:
-        self.signals.install()
-
     def _open_backend(self, model_hash: str):
         from edge.backends.base import open_backend
 

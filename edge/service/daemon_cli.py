@@ -97,7 +97,7 @@ def _run_handler(args: argparse.Namespace) -> int:
     # here, at the daemon's own entry.
     sys.setswitchinterval(DAEMON_SWITCH_INTERVAL_S)
     daemon = Daemon(config, signals=args.signals)
-    daemon.install_signal_handlers()  # the same handlers again: also when called without edge.cli.main
+    daemon.signals.install()  # the same handlers again: also when called without edge.cli.main
     if daemon.signals.stop.is_set():
         camera_log(__name__, config.camera).info("stop requested while starting; exiting before opening anything")
         return 0

@@ -221,7 +221,7 @@ def no_daemon_outlives_its_test():
     while Running.started:
         run = Running.started.pop()
         if run.thread.is_alive():
-            run.daemon.request_stop()
+            run.daemon.signals.request_stop()
             run.wait_exit()
 
 
@@ -430,7 +430,7 @@ def test_a_triggered_camera_waiting_for_parts_is_idle_not_a_fault(tiny_model_dir
     run._wait_for(lambda m: _source_is("idle")(m) and idle_beats.append(m) is None and len(idle_beats) >= 5)
     source.quiet.clear()
     run._wait_for(_source_is("delivering", younger_than_s=0.5))
-    run.daemon.request_stop()
+    run.daemon.signals.request_stop()
     assert run.collect_until_stopped() == 0
     assert run.of(wire.Fault) == [], "an idle line raised faults"
     decisions = _one_decision_per_frame(run, range(run.daemon.pipeline.reads))
@@ -447,7 +447,7 @@ def test_a_free_running_camera_that_stops_sending_is_a_repeated_fault(tiny_model
     run._wait_for(_source_is("unavailable", older_than_s=0.3))
     source.quiet.clear()
     run._wait_for(_source_is("delivering", younger_than_s=0.5))
-    run.daemon.request_stop()
+    run.daemon.signals.request_stop()
     assert run.collect_until_stopped() == 0
     faults = run.of(wire.Fault)
     assert {(f.code, f.frame_id) for f in faults} == {("source_unavailable", None)}
@@ -467,18 +467,18 @@ def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken
                         source={"kind": "folder", "path": str(line_images), "loop": True, "fps": 20}))
     run._wait_for(lambda m: isinstance(m, wire.Decision))
     path.write_text("{ not json")
-    run.daemon.request_reload()
+    run.daemon.signals.request_reload()
     fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
     assert fault.code == "thresholds_reload_failed" and "not valid JSON" in fault.message and "t1" in fault.message
     write_json_atomic(path, {**calibrated["data"], "model_hash": "0" * 64})
-    run.daemon.request_reload()
+    run.daemon.signals.request_reload()
     fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
     assert fault.code == "thresholds_reload_failed" and "fitted on model" in fault.message
     write_json_atomic(path, {**calibrated["data"], "version": "t2", "image_threshold": 1e9, "region": None})
-    run.daemon.request_reload()
+    run.daemon.signals.request_reload()
     first_t2 = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.thresholds_version.startswith("t2+"))
     run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first_t2.frame_id + 2)
-    run.daemon.request_stop()
+    run.daemon.signals.request_stop()
     assert run.collect_until_stopped() == 0
     decisions = run.of(wire.Decision)
     assert [d.frame_id for d in decisions] == list(range(len(decisions)))
@@ -496,13 +496,13 @@ def test_a_thresholds_file_that_is_not_utf8_on_reload_is_a_fault_and_the_old_thr
                         source={"kind": "folder", "path": str(line_images), "loop": True, "fps": 20}))
     first = run._wait_for(lambda m: isinstance(m, wire.Decision))
     path.write_bytes(b"\xff\xfe" + path.read_bytes())
-    run.daemon.request_reload()
+    run.daemon.signals.request_reload()
     fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
     assert fault.code == "thresholds_reload_failed" and "not UTF-8" in fault.message
     assert f"keeping thresholds version {first.thresholds_version}" in fault.message
     after = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first.frame_id + 3)
     assert after.thresholds_version == first.thresholds_version
-    run.daemon.request_stop()
+    run.daemon.signals.request_stop()
     assert run.collect_until_stopped() == 0
 
 
@@ -544,7 +544,7 @@ def test_a_subscriber_that_stops_reading_blocks_nothing(tiny_model_dir, calibrat
         while sum(stalled.lost.values()) == 0 and time.monotonic() < deadline:
             stalled.recv(timeout=0.5)
         assert sum(stalled.lost.values()) > 0
-        run.daemon.request_stop()
+        run.daemon.signals.request_stop()
         # The daemon's own test subscriber did not read either: only the acked channel is complete.
         assert run.wait_exit() == 0
         assert run.daemon.health.counters().frames >= 60
@@ -774,7 +774,7 @@ def test_a_camera_that_cannot_be_opened_at_start_is_ready_and_retried_and_report
     first = run._wait_for(lambda m: isinstance(m, wire.Fault))
     assert first.code == "source_unavailable" and "'cam-42'" in first.message
     run._wait_for(lambda m: isinstance(m, wire.Fault) and m.wall_ns > first.wall_ns)  # retried, still reported
-    run.daemon.request_stop()
+    run.daemon.signals.request_stop()
     assert run.collect_until_stopped() == 0
     assert run.of(wire.Decision) == []
     beats = run.of(wire.Heartbeat)
@@ -825,7 +825,7 @@ def test_genicam_camera_lost_is_a_fault_then_decisions_resume_after_reconnect(ti
     assert resumed.frame_id > source.last_before_unplug
     stats = source.stats()
     assert stats["lost"] == 1 and stats["reconnects"] == 1
-    run.daemon.request_stop()
+    run.daemon.signals.request_stop()
     assert run.collect_until_stopped() == 0
     decisions = run.of(wire.Decision)
     ids = [d.frame_id for d in decisions]

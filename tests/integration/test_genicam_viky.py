@@ -137,27 +137,35 @@ def test_close_from_another_thread_waits_for_the_read_in_progress(make_source, u
     """The daemon closes from its main thread while its acquire thread may still be in read()."""
     source = make_source(device="0", settings={"AcquisitionFrameRate": 2}, reconnect_backoff_initial_s=0.3)
     source.open()
-    outcomes, reading = [], threading.Event()
+    outcomes, fetching, lost = [], threading.Event(), threading.Event()
+    # The close must land inside the fetch (2 frames/s: up to 0.5 s in it) or inside the reconnect after
+    # an unplug: the reader says when it is there, so no timing decides where the close lands.
+    acquirer = source.acquirer
+    fetch = acquirer.fetch
+
+    def gated_fetch(*args, **kwargs):
+        fetching.set()
+        return fetch(*args, **kwargs)
+
+    acquirer.fetch = gated_fetch
 
     def reader():
         if unplugged:
             source.acquirer.destroy()
-        reading.set()
         while True:
             try:
                 source.read(2.0)
                 outcomes.append("frame")
             except SourceUnavailable as error:
                 outcomes.append(str(error))
+                if "image acquirer was destroyed" in str(error):
+                    lost.set()  # the next read reconnects, with its backoff
                 if "is not open" in str(error):
                     return
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    assert reading.wait(10.0)  # on a loaded machine the thread can start after the close below
-    # Not needed for correctness, only to make the close likely to land inside a fetch (2 frames/s) or
-    # inside the reconnect backoff (0.3 s), where an unguarded close breaks the read.
-    time.sleep(0.2)
+    assert (lost if unplugged else fetching).wait(10.0)
     source.close()
     thread.join(10.0)
     assert not thread.is_alive(), outcomes

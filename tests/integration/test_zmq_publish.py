@@ -377,41 +377,54 @@ def test_bridge_restart_receives_unacknowledged_decisions(make_publisher):
         bridge.ack(again)
 
 
-def test_a_bridge_that_reads_slower_than_decisions_come_receives_them_in_seq_order(make_publisher):
+class RefusingRouter:
+    """The publisher's ROUTER socket, refusing its next `count` sends as a bridge whose queue is full does
+    (zmq.Again), then sending as usual: backpressure on demand, without filling kernel buffers."""
+
+    def __init__(self, router, count: int):
+        self._router = router
+        self._left = count
+        self.refused = 0
+
+    def send_multipart(self, frames, flags=0, **kwargs):
+        if self._left > 0:
+            self._left -= 1
+            self.refused += 1
+            raise zmq.Again()
+        return self._router.send_multipart(frames, flags=flags, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._router, name)
+
+
+def test_a_refused_decision_holds_back_the_newer_ones_so_the_bridge_sees_them_in_seq_order(make_publisher):
     """A full bridge queue refuses a send; the decisions after it must wait, not overtake it."""
-    publisher = make_publisher(reliable_endpoint=free_endpoint(), reliable_hwm=1, reliable_capacity=100_000,
-                               ack_timeout_s=60)
+    publisher = make_publisher(reliable_endpoint=free_endpoint(), reliable_capacity=1000, ack_timeout_s=60)
     context = zmq.Context.instance()
     bridge = context.socket(zmq.DEALER)
     bridge.linger = 0
-    bridge.rcvhwm = 1
     bridge.connect(publisher.reliable_endpoint)
     try:
         bridge.send_multipart([wire.RELIABLE_HELLO, str(wire.SCHEMA_VERSION).encode()])
         end = time.monotonic() + 10
         while not publisher.reliable_stats()["bridge_connected"] and time.monotonic() < end:
             time.sleep(0.01)
-        # The bridge does not read: once the kernel's socket buffers are full, sends are refused.
-        published = 0
-        while publisher.reliable_stats()["deferred"] == 0 and published < 90_000:
-            for _ in range(1000):
-                published += 1
-                publisher.publish_decision(decision(published))
-            time.sleep(0.01)  # the stats are refreshed by the I/O thread
-        assert publisher.reliable_stats()["deferred"] > 0, f"no send refused after {published} decisions"
-        for _ in range(100):
-            published += 1
-            publisher.publish_decision(decision(published))
-        first_seen = []
-        seen = set()
+        assert publisher.reliable_stats()["bridge_connected"]
+        refusing = RefusingRouter(publisher._router, count=3)
+        publisher._router = refusing
+        published = 200
+        for frame_id in range(1, published + 1):
+            publisher.publish_decision(decision(frame_id))
+        first_seen, seen = [], set()
         while len(seen) < published:
             assert bridge.poll(10_000), f"{len(seen)} of {published} decisions received"
-            frames = bridge.recv_multipart()
-            seq = wire.decode(frames[1:]).seq
+            seq = wire.decode(bridge.recv_multipart()[1:]).seq
             if seq not in seen:
                 seen.add(seq)
                 first_seen.append(seq)
+        assert refusing.refused == 3
         assert first_seen == list(range(1, published + 1))
+        assert publisher.reliable_stats()["deferred"] == 3
     finally:
         bridge.close()
 
