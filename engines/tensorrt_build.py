@@ -81,7 +81,7 @@ def read_onnx_metadata(onnx_path: Path) -> dict:
         import onnx
     except ImportError as error:
         raise BackendError(f"reading {onnx_path} needs the onnx package ({error}); "
-                           f"pip install -c constraints.txt '.[tensorrt]' ('.[jetson]' on a Jetson)") from error
+                           f"pip install -c constraints.txt '.[tensorrt-cu12]' or '.[tensorrt-cu13]' ('.[jetson]' on a Jetson)") from error
     if not onnx_path.is_file():
         raise ModelFileError(f"ONNX file {onnx_path} does not exist; export it with `hlgfa export --model MODEL_DIR`")
     try:

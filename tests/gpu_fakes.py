@@ -30,6 +30,7 @@ import enum
 import itertools
 import json
 import threading
+import time
 import types
 import uuid
 
@@ -198,23 +199,31 @@ class _DeviceBuffer:
 
 
 class _Event:
+    """Passed when the stream runs past it; its time is the host's clock then (the simulated device
+    works at synchronize), which keeps intervals positive and in order."""
+
     def __init__(self, device: SimulatedDevice):
         self.device = device
-        self.passed = False
+        self.passed_at = None
+        self.stream = None
 
     def record(self, stream) -> None:
-        self.passed = False
-        self.device.enqueue(stream.handle, "record_event", lambda: setattr(self, "passed", True))
+        self.passed_at, self.stream = None, stream
+        self.device.enqueue(stream.handle, "record_event", lambda: setattr(self, "passed_at", time.perf_counter()))
 
     def synchronize(self) -> None:
-        if not self.passed:
-            raise CudaError("CUDA: waiting for an event its stream was never synchronised past")
+        if self.passed_at is None and self.stream is not None:
+            self.stream.synchronize()
+        if self.passed_at is None:
+            raise CudaError("CUDA: waiting for an event that was never recorded")
 
     def done(self) -> bool:
-        return self.passed
+        return self.passed_at is not None
 
     def milliseconds_since(self, start) -> float:
-        return 0.0
+        if self.passed_at is None or start.passed_at is None:
+            raise CudaError("CUDA: timing between events failed (invalid value: an event not passed yet)")
+        return max((self.passed_at - start.passed_at) * 1000, 1e-6)
 
 
 # ---- tensorrt -------------------------------------------------------------------------------------
