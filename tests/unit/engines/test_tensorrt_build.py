@@ -7,6 +7,7 @@ with IBuilderConfig's two timing-cache calls as TensorRT 10/11 document them:
 `set_timing_cache(cache, ignore_mismatch)` answers False for a cache from another device.
 """
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -213,3 +214,22 @@ def test_build_with_a_precision_refuses_a_graph_of_another(line, monkeypatch):
     assert main(["engine", "build", "--onnx", str(model / "model.onnx"), "--out", str(engine),
                  "--precision", "fp16"]) == ConfigError.exit_code
     assert not engine.exists()
+
+
+def test_config_check_accepts_the_tensorrt_backend_on_the_fp16_graph_and_ensure_builds_that(line, monkeypatch, capsys):
+    from edge.artifacts.engine_sidecar import read_sidecar
+    from edge.artifacts.model_dir import file_sha256, load_model_info
+    from edge.artifacts.thresholds import Thresholds
+    from edge.cli import main
+    from edge.core.paths import write_json_atomic
+    from tests import gpu_fakes
+
+    model, engine, config = line
+    write_json_atomic(model / "thresholds.json", Thresholds(load_model_info(model).model_hash, 1.0, "t1").to_dict())
+    path = config(onnx=model / "model.fp16.onnx", precision="fp16")
+    assert main(["config", "check", str(path)]) == 0
+    resolved = json.loads(capsys.readouterr().out)["backend"]
+    assert (resolved["onnx"], resolved["precision"]) == (str(model / "model.fp16.onnx"), "fp16")
+    gpu_fakes.install(monkeypatch)
+    assert main(["engine", "ensure", "--config", str(path)]) == 0
+    assert read_sidecar(engine)["onnx_sha256"] == file_sha256(model / "model.fp16.onnx")
