@@ -121,7 +121,7 @@ class TorchKernel:
     def _tensor(self, buffer, shape):
         class Address:  # __cuda_array_interface__ v2: torch wraps the memory, no copy, no stream sync
             __cuda_array_interface__ = {"shape": tuple(shape), "typestr": "<f4", "data": (buffer.address, False),
-                                        "version": 2}
+                                        "strides": None, "version": 2}
         return self.torch.as_tensor(Address(), device="cuda")
 
     def __call__(self, inputs, maps, scores, count: int, size: tuple[int, int], stream) -> None:

@@ -180,10 +180,10 @@ def test_thresholds_for_another_engine_on_sighup_are_a_fault_and_the_old_ones_st
     live.write_text(json.dumps({**data, "engine_sha256": "e" * 64,
                                 "details": {**data["details"], "engine": {**data["details"]["engine"],
                                                                           "engine_sha256": "e" * 64}}}))
-    daemon.daemon.request_reload()
+    daemon.daemon.signals.request_reload()
     fault = daemon._wait_for(lambda m: isinstance(m, wire.Fault) and m.code == "thresholds_reload_failed")
     assert "calibrated on engine eeeeeeeeeeee" in fault.message
     after = daemon._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first.frame_id + 2)
     assert after.thresholds_version == first.thresholds_version
-    daemon.daemon.request_stop()
+    daemon.daemon.signals.request_stop()
     assert daemon.collect_until_stopped() == 0
