@@ -155,7 +155,7 @@ def run_ensure(args) -> int:
     if targets is None:
         log.info("%s: the backend uses no TensorRT engine; nothing to do", args.config)
         return 0
-    model_dir, backend, _ = targets
+    model_dir, backend, thresholds_path = targets
     onnx, engine = backend.source_graph(model_dir), Path(backend.engine)
     from edge.backends.tensorrt import running_environment
     from engines.tensorrt_build import build_engine, graph_precision, read_onnx_metadata
@@ -172,10 +172,29 @@ def run_ensure(args) -> int:
         flag = " --fp16" if backend.precision == "fp16" else ""
         raise ModelFileError(f"cannot rebuild {engine}: ONNX file {onnx} does not exist; export it where torch is "
                              f"installed with `hlgfa export --model {model_dir}{flag} --out {onnx}` and copy it here")
-    build_engine(onnx, engine, max_batch=backend.max_batch, workspace_mb=args.workspace, model_dir=model_dir,
-                 precision=backend.precision)
+    sidecar = build_engine(onnx, engine, max_batch=backend.max_batch, workspace_mb=args.workspace,
+                           model_dir=model_dir, precision=backend.precision)
     print(f"{engine}: rebuilt ({'; '.join(reasons)}); sidecar {sidecar_path(engine)}")
+    warn_unbound_thresholds(thresholds_path, model_dir, sidecar, backend.engine_binding)
     return 0
+
+
+def warn_unbound_thresholds(thresholds_path: Path, model_dir: Path, sidecar: dict, binding: str) -> None:
+    """Say in the engine unit's journal, before the daemon refuses to start, that the thresholds beside
+    the model were calibrated on another engine than the one just built (and what to do)."""
+    from edge.artifacts.engine_sidecar import binding_problem
+    from edge.artifacts.thresholds import load_thresholds
+
+    if not thresholds_path.is_file():
+        return
+    try:
+        thresholds = load_thresholds(thresholds_path, load_model_info(model_dir, verify_hash=False).model_hash)
+    except (ConfigError, ModelFileError) as error:
+        log.warning("%s: %s", thresholds_path, error)
+        return
+    problem = binding_problem(thresholds, sidecar, binding, "tensorrt")
+    if problem is not None:
+        log.warning("the daemon will refuse thresholds file %s with the rebuilt engine: %s", thresholds_path, problem)
 
 
 def run_parity(args) -> int:

@@ -33,6 +33,7 @@ import threading
 import time
 import types
 import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -447,7 +448,6 @@ def write_engine(path, model_dir, device: SimulatedDevice, *, max_batch: int = 4
     """A plan for `model_dir`'s input size and its sidecar as `hlgfa engine build` writes it on `device`
     (keys in `sidecar` replace the built ones). Returns the sidecar."""
     import hashlib
-    from pathlib import Path
 
     from edge.artifacts.engine_sidecar import device_identity, write_sidecar
     from edge.artifacts.model_dir import load_model_info
@@ -463,3 +463,27 @@ def write_engine(path, model_dir, device: SimulatedDevice, *, max_batch: int = 4
             "onnx_sha256": "a" * 64, "engine_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), **sidecar}
     write_sidecar(path, data)
     return data
+
+
+def graph_file(path, model_dir, precision: str, max_batch: int = 4) -> Path:
+    """An ONNX file carrying what `hlgfa export` writes into its metadata. The stand-in builder does not read
+    the graph itself, so it holds one Identity node; the file's sha256 is what the sidecar must record."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edge.artifacts.graph import META_INPUT_SIZE, META_MAX_BATCH, META_MODEL_HASH, META_PRECISION
+    from edge.artifacts.model_dir import load_model_info
+
+    path = Path(path)
+    info = load_model_info(model_dir)
+    height, width = info.preprocess.input_size
+    tensor = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, height, width])
+    result = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 3, height, width])
+    proto = helper.make_model(helper.make_graph([helper.make_node("Identity", ["images"], ["anomaly_map"])],
+                                                precision, [tensor], [result]))
+    for key, value in {META_MODEL_HASH: info.model_hash, META_INPUT_SIZE: f"{height}x{width}",
+                       META_PRECISION: precision, META_MAX_BATCH: str(max_batch)}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return path

@@ -66,13 +66,17 @@ def rebuild(line, device, name: str, **changes):
     return path
 
 
-def run(line, engine, frames, **backend) -> int:
+def config_file(line, engine, frames, **backend):
     config = line["dir"] / "line1.toml"
     keys = "".join(f'{key} = "{value}"\n' for key, value in backend.items())
     config.write_text(f'camera = "line1"\nmodel = "{line["model"]}"\nthresholds = "{line["thresholds"]}"\n'
                       f'[source]\nkind = "folder"\npath = "{frames}"\n[publish]\nendpoint = "{free_endpoint()}"\n'
                       f'[backend]\nkind = "tensorrt"\nmax_batch = 4\nengine = "{engine}"\n{keys}')
-    return main(["run", "--config", str(config)])
+    return config
+
+
+def run(line, engine, frames, **backend) -> int:
+    return main(["run", "--config", str(config_file(line, engine, frames, **backend))])
 
 
 def test_calibration_on_an_engine_records_its_hash_graph_gpu_and_every_normals_score(line, normals):
@@ -187,3 +191,16 @@ def test_thresholds_for_another_engine_on_sighup_are_a_fault_and_the_old_ones_st
     assert after.thresholds_version == first.thresholds_version
     daemon.daemon.signals.request_stop()
     assert daemon.collect_until_stopped() == 0
+
+
+def test_a_rebuild_by_engine_ensure_says_the_daemon_will_refuse_the_thresholds(line, device, frames, caplog, capsys):
+    from tests.gpu_fakes import graph_file
+
+    graph_file(line["model"] / "model.fp16.onnx", line["model"], "fp16")  # another graph than engine A's: rebuilt
+    config = config_file(line, line["engine"], frames)
+    with caplog.at_level("WARNING", logger="engines.engine_cli"):
+        assert main(["engine", "ensure", "--config", str(config)]) == 0
+    assert "rebuilt (the ONNX file changed" in capsys.readouterr().out
+    assert f"the daemon will refuse thresholds file {line['thresholds']} with the rebuilt engine: they were " \
+           f"calibrated on engine" in caplog.text
+    assert run(line, line["engine"], frames) == ModelFileError.exit_code

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from edge.core.errors import BackendError, ConfigError
+from tests.gpu_fakes import graph_file
 from edge.backends.tensorrt import tensorrt_major
 from engines.tensorrt_build import network_flags, use_timing_cache
 
@@ -96,29 +97,6 @@ def test_tensorrt_before_10_is_refused_by_name(version):
 
 
 # ---- `hlgfa engine ensure` against TensorRT's builder faked at its API boundary (tests/gpu_fakes.py) ----
-
-def graph_file(path, model_dir, precision: str, max_batch: int = 4) -> Path:
-    """An ONNX file carrying what `hlgfa export` writes into its metadata. The stand-in builder does not read
-    the graph itself, so it holds one Identity node; the file's sha256 is what the sidecar must record."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from edge.artifacts.graph import META_INPUT_SIZE, META_MAX_BATCH, META_MODEL_HASH, META_PRECISION
-    from edge.artifacts.model_dir import load_model_info
-
-    info = load_model_info(model_dir)
-    height, width = info.preprocess.input_size
-    tensor = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, height, width])
-    result = helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", 3, height, width])
-    proto = helper.make_model(helper.make_graph([helper.make_node("Identity", ["images"], ["anomaly_map"])],
-                                                precision, [tensor], [result]))
-    for key, value in {META_MODEL_HASH: info.model_hash, META_INPUT_SIZE: f"{height}x{width}",
-                       META_PRECISION: precision, META_MAX_BATCH: str(max_batch)}.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    return Path(path)
-
 
 @pytest.fixture
 def line(tiny_model_dir, tmp_path):
