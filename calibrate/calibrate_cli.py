@@ -231,6 +231,12 @@ def check_report_dir(path: Path | None, force: bool) -> None:
         raise ConfigError(f"--report {path}: exists and is not empty; pass --force to replace it")
 
 
+def scores_by_file(paths: list[Path], scores: np.ndarray, folder: Path) -> dict[str, float]:
+    """{image path relative to `folder`: score}, in scoring order."""
+    return {str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path): float(score)
+            for path, score in zip(paths, scores)}
+
+
 def make_version(content: dict) -> str:
     from edge.artifacts.thresholds import content_digest
 
@@ -283,7 +289,7 @@ def fit_all(normal: Scored, defect: Scored | None, target_frr: float, confidence
 def handle(args) -> int:
     from calibrate.thresholds_fit import check_target, parse_policy
     from edge.backends.base import open_backend
-    from edge.artifacts.model_dir import file_sha256, load_model_info
+    from edge.artifacts.model_dir import load_model_info
     from edge.core.paths import write_json_atomic
     from edge.artifacts.thresholds import Thresholds, parse_thresholds
 
@@ -324,7 +330,6 @@ def handle(args) -> int:
     defect_paths, defect_classes = labelled_images(args.defects, "defects", classes=True) if args.defects else ([], [])
     if args.policy != "frr" and not defect_paths:
         raise ConfigError(f"policy {args.policy!r} needs defect images (--defects DIR); only 'frr' works without")
-    engine_sha = None
     options = {}
     if args.onnx:
         if not Path(args.onnx).is_file():
@@ -334,9 +339,10 @@ def handle(args) -> int:
         if not Path(args.engine).is_file():
             raise ModelFileError(f"--engine {args.engine}: does not exist")
         options["engine"] = args.engine
-        engine_sha = file_sha256(Path(args.engine))
 
     backend = open_backend(args.backend, info.directory, **options)
+    # The engine's sidecar, its sha256 checked against the file the backend loaded: what the daemon binds to.
+    engine_sidecar = backend.engine_sidecar
     skipped: list = []  # (path, reason) of each unreadable image, left out of the fit
     notes_skipped: list[str] = []
     try:
@@ -383,11 +389,18 @@ def handle(args) -> int:
                                       "max": float(normal.scores.max()),
                                       # the daemon's drift watch compares passed parts with these (edge/inspection/drift.py)
                                       "quantiles": [float(q) for q in np.quantile(
-                                          normal.scores, np.linspace(0.0, 1.0, QUANTILE_POINTS))]}})
+                                          normal.scores, np.linspace(0.0, 1.0, QUANTILE_POINTS))],
+                                      # per image: what `hlgfa engine parity` compares a rebuilt engine with
+                                      "by_file": scores_by_file(normal_paths, normal.scores, Path(args.normals))}})
+    if engine_sidecar is not None:
+        from edge.artifacts.engine_sidecar import calibration_record
+
+        details["engine"] = calibration_record(engine_sidecar)
     if args.normals_from_model:
         details["normals_held_out_by"] = str(info.directory)  # the held-out list of model.json
     content = Thresholds(model_hash=info.model_hash, image_threshold=float(threshold), version="pending",
-                         region=region, engine_sha256=engine_sha, policy=args.policy, details=details,
+                         region=region, engine_sha256=engine_sidecar["engine_sha256"] if engine_sidecar else None,
+                         policy=args.policy, details=details,
                          quality=quality_ranges)
     data = content.to_dict()
     data.pop("version")

@@ -66,7 +66,8 @@ fi
 
 engine=$work/check.plan
 run mkdir -p "$work"
-run "$python" -m edge.cli engine build --onnx "$fp16" --out "$engine" --max-batch "$max_batch" --model "$model"
+run "$python" -m edge.cli engine build --onnx "$fp16" --out "$engine" --max-batch "$max_batch" --model "$model" \
+    --precision fp16
 run "$python" -m edge.cli engine check --engine "$engine" --model "$model" --max-batch "$max_batch"
 run "$python" -m engines.gpu_check --model "$model" --onnx "$fp32" --engine "$engine" --images "$images" \
     --max-batch "$max_batch"

@@ -14,8 +14,11 @@ a stall) run with the same kernels, correct but not tuned for. A second profile 
 max_batch would need its own execution context and buffers bound per profile in the backend,
 for a case whose speed nothing depends on.
 
-tensorrt and pycuda are imported inside the functions: this module is imported by the CLI on
-machines without a GPU.
+The graph's precision (its `hlgfa.precision` metadata) must be the one asked for: `hlgfa engine
+ensure` passes `[backend] precision`, so a config that names the FP32 graph for an FP16 engine is a
+configuration error, never an FP32 engine built in its place. TensorRT's log goes into this module's
+log (the engine unit's journal). tensorrt is imported inside the functions, pycuda by
+edge/backends/cuda_rt.py: this module is imported by the CLI on machines without a GPU.
 """
 
 import logging
@@ -23,7 +26,7 @@ import os
 import time
 from pathlib import Path
 
-from edge.backends.tensorrt import import_tensorrt, running_environment, tensorrt_major
+from edge.backends.tensorrt import import_tensorrt, running_environment, tensorrt_logger, tensorrt_major
 from edge.core.errors import BackendError, ConfigError, ModelFileError
 from edge.artifacts.graph import (
     INPUT_NAME,
@@ -78,7 +81,7 @@ def read_onnx_metadata(onnx_path: Path) -> dict:
         import onnx
     except ImportError as error:
         raise BackendError(f"reading {onnx_path} needs the onnx package ({error}); "
-                           f"pip install -c constraints.txt '.[tensorrt]' ('.[jetson]' on a Jetson)") from error
+                           f"pip install -c constraints.txt '.[tensorrt-cu12]' or '.[tensorrt-cu13]' ('.[jetson]' on a Jetson)") from error
     if not onnx_path.is_file():
         raise ModelFileError(f"ONNX file {onnx_path} does not exist; export it with `hlgfa export --model MODEL_DIR`")
     try:
@@ -92,11 +95,33 @@ def read_onnx_metadata(onnx_path: Path) -> dict:
     return metadata
 
 
-def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: int = 1024, model_dir=None) -> dict:
-    """Build `out` from `onnx_path`; writes the engine, its sidecar and the timing cache. Returns the sidecar."""
+GRAPH_PRECISIONS = ("fp16", "fp32")
+
+
+def graph_precision(metadata: dict, onnx_path: Path, expected: str | None = None) -> str:
+    """The precision `hlgfa export` wrote into the graph; a ConfigError naming both when it is not `expected`."""
+    precision = metadata.get(META_PRECISION)
+    if precision not in GRAPH_PRECISIONS:
+        raise ModelFileError(f"ONNX file {onnx_path}: {META_PRECISION} is {precision!r}, expected one of "
+                             f"{', '.join(GRAPH_PRECISIONS)}; re-export it with `hlgfa export`")
+    if expected is not None and precision != expected:
+        flag = " --fp16" if expected == "fp16" else ""
+        raise ConfigError(f"backend.precision is {expected!r} but the graph {onnx_path} is {precision!r} (its "
+                          f"{META_PRECISION}); builds are strongly typed, so the graph decides the engine's precision: "
+                          f"name the {expected} export in backend.onnx (`hlgfa export --model MODEL{flag} --out FILE`) "
+                          f"or set backend.precision = {precision!r}")
+    return precision
+
+
+def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: int = 1024, model_dir=None,
+                 precision: str | None = None) -> dict:
+    """Build `out` from `onnx_path`; writes the engine, its sidecar and the timing cache. Returns the sidecar.
+
+    precision: the precision the graph must have ("fp16", "fp32"); None takes the graph's."""
     onnx_path, out = Path(onnx_path), Path(out)
     trt = import_tensorrt()  # first: on a box without TensorRT, say so before anything else
     metadata = read_onnx_metadata(onnx_path)
+    precision = graph_precision(metadata, onnx_path, precision)
     if model_dir is not None:
         info = load_model_info(model_dir)
         if info.model_hash != metadata[META_MODEL_HASH]:
@@ -104,14 +129,14 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
                 f"ONNX file {onnx_path} was exported from model {metadata['hlgfa.model_hash'][:12]}, but model "
                 f"directory {model_dir} is {info.model_hash[:12]}; re-export with "
                 f"`hlgfa export --model {model_dir} --out {onnx_path}`")
+    source_sha256 = file_sha256(onnx_path)  # of the bytes TensorRT is about to parse
     height, width = onnx_input_size(metadata)
     max_batch = max_batch or int(metadata.get(META_MAX_BATCH, 8))
     if max_batch < 1:
         raise ConfigError(f"--max-batch {max_batch}: expected ≥ 1")
-    graph_precision = metadata.get(META_PRECISION, "fp32")
 
     environment = running_environment(trt)
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = tensorrt_logger(trt, log)
     builder = trt.Builder(logger)
     network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
@@ -120,7 +145,6 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
         raise ModelFileError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    precision = "fp16" if graph_precision == "fp16" else "fp32"
     if precision == "fp32":
         log.warning("%s is an FP32 graph, so this is an FP32 engine; export with --fp16 for an FP16 engine", onnx_path)
     profile = builder.create_optimization_profile()
@@ -150,8 +174,7 @@ def build_engine(onnx_path, out, *, max_batch: int | None = None, workspace_mb: 
         **environment,
         "model_hash": metadata[META_MODEL_HASH],
         "onnx": str(onnx_path),
-        "onnx_sha256": file_sha256(onnx_path),
-        "graph_precision": graph_precision,
+        "onnx_sha256": source_sha256,
         "precision": precision,
         "strongly_typed": True,
         "input_size": [height, width],

@@ -22,7 +22,7 @@ from pydantic import Field, ValidationError
 from edge.core.errors import BackendError, ConfigError, HlgfaError, ModelFileError
 from edge.core.settings import Section, describe
 
-log = logging.getLogger(__name__)
+module_log = logging.getLogger(__name__)
 
 # Explicit, not discovered: a missing library must fail loudly, not remove a config option.
 BACKEND_KINDS = ("tensorrt", "onnxruntime", "torch")
@@ -59,6 +59,9 @@ class Backend(Protocol):
     input_size: tuple[int, int]  # (height, width)
     max_batch: int
     model_hash: str
+    # The loaded TensorRT engine's sidecar (its sha256 checked against the file); None for a backend that
+    # runs no engine. Thresholds are bound to it (edge/artifacts/engine_sidecar.py binding_problem).
+    engine_sidecar: dict | None
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """N×3×H×W float32 → (N×H×W float32 maps, N float32 scores)."""
@@ -135,14 +138,16 @@ def _candidate(kind: str, config: AutoConfig) -> BackendSettings:
                                             if key in config_class(kind).model_fields}}, origin=f"backend {kind}")
 
 
-def open_backend(config: BackendSettings | str, model_dir, allow_torch: bool = True, **options) -> Backend:
+def open_backend(config: BackendSettings | str, model_dir, allow_torch: bool = True,
+                 log: logging.Logger | logging.LoggerAdapter | None = None, **options) -> Backend:
     """Open the backend `config` describes (or the first available for "auto") for the model in `model_dir`.
 
     `config` is a validated `[backend]` model, or a kind with its keys as `options` (onnx=PATH,
     engine=PATH, max_batch=N, threads=N, ...), validated here: a key the kind does not have is a
     ConfigError. `allow_torch=False` keeps "auto" from ending on the PyTorch module (the daemon:
     without an exported graph it is an error naming `hlgfa export`, not a slower backend chosen in
-    silence).
+    silence). `log` is where the backend and its library write (the daemon: the camera's log);
+    default: the backend module's logger.
     """
     if isinstance(config, str):
         config = backend_config({"kind": config, **options}, origin=f"backend {config}")
@@ -150,7 +155,7 @@ def open_backend(config: BackendSettings | str, model_dir, allow_torch: bool = T
         raise TypeError("open_backend: options go with a kind, not with a config model")
     if config.kind != "auto":
         module, backend_class, _ = _REGISTRY[config.kind]
-        return getattr(importlib.import_module(module), backend_class)(model_dir, config)
+        return getattr(importlib.import_module(module), backend_class)(model_dir, config, log)
     reasons = []
     for candidate in AUTO_ORDER:
         if candidate == "torch" and not allow_torch:
@@ -159,7 +164,7 @@ def open_backend(config: BackendSettings | str, model_dir, allow_torch: bool = T
                 f"`hlgfa export --model {model_dir}` first, or choose the PyTorch module explicitly "
                 f"(--backend torch, slower)")
         try:
-            backend = open_backend(_candidate(candidate, config), model_dir)  # a missing key, too: skipped
+            backend = open_backend(_candidate(candidate, config), model_dir, log=log)  # a missing key, too: skipped
         except HlgfaError as error:  # a missing engine or ONNX file too: try the next backend
             why = _asked_for(candidate, model_dir, config, error)
             if why is not None:
@@ -168,7 +173,7 @@ def open_backend(config: BackendSettings | str, model_dir, allow_torch: bool = T
             reasons.append(f"{candidate} skipped: {error}")
             continue
         # WARNING, not INFO: which graph runs decides speed and parity; it must show in a default log.
-        log.warning("backend auto: chose %s%s", candidate, f" ({'; '.join(reasons)})" if reasons else
+        (log or module_log).warning("backend auto: chose %s%s", candidate, f" ({'; '.join(reasons)})" if reasons else
                     " (the first in the order tensorrt, onnxruntime, torch that opened)")
         return backend
     raise BackendError("backend auto: no backend could be opened:\n  " + "\n  ".join(reasons))

@@ -17,7 +17,7 @@ from edge.core.errors import BackendError, ModelFileError
 from edge.artifacts.graph import INPUT_NAME, META_MODEL_HASH, META_PRECISION, OUTPUT_NAMES
 from edge.artifacts.model_dir import load_model_info
 
-log = logging.getLogger(__name__)
+module_log = logging.getLogger(__name__)
 
 
 
@@ -40,7 +40,9 @@ def _reexport_hint(model_dir, onnx_path) -> str:
 class OnnxRuntimeBackend:
     kind = "onnxruntime"
 
-    def __init__(self, model_dir, config: OnnxRuntimeConfig):
+    engine_sidecar = None  # runs no TensorRT engine
+
+    def __init__(self, model_dir, config: OnnxRuntimeConfig, log: logging.Logger | logging.LoggerAdapter | None = None):
         onnx, max_batch, threads = config.onnx, config.max_batch, config.threads
         try:
             import onnxruntime
@@ -87,7 +89,7 @@ class OnnxRuntimeBackend:
                                  f"expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)}")
         self.precision = metadata.get(META_PRECISION, "fp32")
         self.providers = self.session.get_providers()
-        log.info("onnxruntime backend: %s (%s) on %s", path, self.precision, ", ".join(self.providers))
+        (log or module_log).info("onnxruntime backend: %s (%s) on %s", path, self.precision, ", ".join(self.providers))
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.session is None:

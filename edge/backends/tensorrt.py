@@ -1,28 +1,34 @@
-"""TensorRT backend: a prebuilt engine (`hlgfa engine build`), pycuda buffers, one stream.
+"""TensorRT backend: a prebuilt engine (`hlgfa engine build|ensure`), on one CUDA stream.
 
 Page-locked host buffers and device buffers are allocated once for the largest batch and their
 addresses bound to the execution context once; each batch is one H2D copy, one
 `execute_async_v3`, two D2H copies and a synchronise on the backend's own stream. The input
-shape is set on the context only when the batch size differs from the previous call's.
+shape is set on the context only when the batch size differs from the previous call's. Every
+CUDA call goes through `edge.backends.cuda_rt` (the `cuda` argument: tests hand in a recording
+stand-in); the CUDA context is current around every call, so the backend may be opened in one
+thread and used from another (the daemon's inference thread).
 
-The CUDA context is pushed around every call, so the backend may be opened in one thread and
-used from another (the daemon's inference thread). tensorrt and pycuda are imported in open().
+Opening checks, in order: the engine file exists and is read, then its sidecar, which must describe
+that very file (its sha256), this TensorRT and GPU, the model, a batch this large and the precision
+`[backend]` names. TensorRT's own log goes through a `trt.ILogger` into the backend's log (the
+camera's, in the daemon). tensorrt is imported in open(); pycuda by `cuda_rt` on first use.
 """
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from edge.backends.base import BackendSettings, check_batch
-from edge.core.errors import BackendError, ModelFileError
+from edge.artifacts.engine_sidecar import build_command, device_identity, mismatches, read_sidecar
 from edge.artifacts.graph import INPUT_NAME, OUTPUT_NAMES
 from edge.artifacts.model_dir import load_model_info
-from edge.artifacts.engine_sidecar import device_identity, mismatches, read_sidecar
+from edge.backends import cuda_rt
+from edge.backends.base import BackendSettings, check_batch
+from edge.core.errors import BackendError, ModelFileError
 
 log = logging.getLogger(__name__)
-
 
 
 class TensorRTConfig(BackendSettings):
@@ -34,6 +40,10 @@ class TensorRTConfig(BackendSettings):
     # Default: MODEL/model.fp16.onnx for fp16, MODEL/model.onnx for fp32.
     onnx: Path | None = None
     precision: Literal["fp16", "fp32"] = "fp16"
+    # Which engine the thresholds may run on. "exact": the engine file they were calibrated on (its
+    # sha256). "parity": also an engine rebuilt from the same graph on the same GPU model whose sidecar
+    # holds a passed `hlgfa engine parity` record for these thresholds (edge/artifacts/engine_sidecar.py).
+    engine_binding: Literal["exact", "parity"] = "exact"
 
     def source_graph(self, model_dir) -> Path:
         from edge.artifacts.model_dir import DEFAULT_ONNX, DEFAULT_ONNX_FP16
@@ -42,6 +52,8 @@ class TensorRTConfig(BackendSettings):
             return Path(self.onnx)
         return Path(model_dir) / (DEFAULT_ONNX_FP16 if self.precision == "fp16" else DEFAULT_ONNX)
 
+    def rebuild_command(self, model_dir) -> str:
+        return build_command(self.source_graph(model_dir), self.engine, self.max_batch, model_dir)
 
 
 def import_tensorrt():
@@ -50,26 +62,18 @@ def import_tensorrt():
     except ImportError as error:
         raise BackendError(f"TensorRT is not installed ({error}); on a Jetson install JetPack's python3-libnvinfer "
                            f"and use a virtualenv made with --system-site-packages, elsewhere pip install -c "
-                           f"constraints.txt '.[tensorrt]' (docs/DEPLOYMENT.md §1)") from error
+                           f"constraints.txt '.[tensorrt-cu12]' or '.[tensorrt-cu13]' to match the driver "
+                           f"(docs/DEPLOYMENT.md §1)") from error
     tensorrt_major(tensorrt.__version__)
     return tensorrt
 
 
-def running_environment(trt=None) -> dict:
+def running_environment(trt=None, cuda=None) -> dict:
     """TensorRT version and device 0's identity, as the sidecar records them (edge/artifacts/engine_sidecar.py MATCH_KEYS)."""
     trt = trt or import_tensorrt()
-    try:
-        import pycuda.driver as cuda
-    except ImportError as error:
-        raise BackendError(f"pycuda is not installed ({error}); install it as docs/DEPLOYMENT.md §1 says") from error
-    try:
-        cuda.init()
-        device = cuda.Device(0)
-        return device_identity(trt.__version__, device.name(), device.compute_capability(),
-                               device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT),
-                               device.total_memory())
-    except cuda.Error as error:
-        raise BackendError(f"no usable CUDA device ({error})") from error
+    device = (cuda or cuda_rt).device_properties(0)
+    return device_identity(trt.__version__, device.name, device.compute_capability, device.sm_count,
+                           device.total_memory_bytes, device.sm_clock_khz)
 
 
 def tensorrt_major(version: str) -> int:
@@ -79,8 +83,26 @@ def tensorrt_major(version: str) -> int:
         raise BackendError(f"TensorRT version {version!r}: expected MAJOR.MINOR.PATCH") from None
     if major < 10:
         raise BackendError(f"TensorRT {version} is installed; hlgfa needs TensorRT 10 or later (JetPack 6.1+, "
-                           f"or NVIDIA's tensorrt wheels)")
+                           f"or NVIDIA's tensorrt-cu12 / tensorrt-cu13 wheels)")
     return major
+
+
+def tensorrt_logger(trt, destination):
+    """A `trt.ILogger` that writes TensorRT's messages into `destination` (a logger or the camera's log
+    adapter), VERBOSE as DEBUG. TensorRT keeps a reference only: the caller holds the object as long as
+    the builder, runtime or engine it was given to."""
+    severity = trt.ILogger.Severity
+    levels = {severity.INTERNAL_ERROR: logging.CRITICAL, severity.ERROR: logging.ERROR,
+              severity.WARNING: logging.WARNING, severity.INFO: logging.INFO, severity.VERBOSE: logging.DEBUG}
+
+    class Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)  # pybind11: the base must be initialised explicitly
+
+        def log(self, level, message):
+            destination.log(levels.get(level, logging.WARNING), "TensorRT: %s", message)
+
+    return Logger()
 
 
 def io_shapes(count: int, input_size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
@@ -97,6 +119,25 @@ def io_type_errors(tensor_types: dict[str, object], float32) -> list[str]:
     types numpy lacks (bf16, fp8) instead of letting the engine be refused cleanly.
     """
     return [f"tensor {name} is {kind}" for name, kind in tensor_types.items() if kind != float32]
+
+
+def read_engine(path: Path, rebuild: str) -> tuple[bytes, dict]:
+    """The engine's bytes and its sidecar, the file checked first: a missing engine is named as such,
+    and a sidecar describing another file (an engine copied without its sidecar) is refused."""
+    if not path.is_file():
+        raise ModelFileError(f"tensorrt backend: engine {path} does not exist; build it with `{rebuild}` "
+                             f"(or `hlgfa engine ensure --config FILE`)")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ModelFileError(f"tensorrt backend: engine {path} cannot be read ({error})") from error
+    sidecar = read_sidecar(path)
+    actual = hashlib.sha256(data).hexdigest()
+    if sidecar.get("engine_sha256") != actual:
+        raise ModelFileError(f"tensorrt backend: engine {path} is not the file its sidecar describes (sha256 "
+                             f"{actual[:12]}, sidecar {str(sidecar.get('engine_sha256'))[:12]}); rebuild with "
+                             f"`{rebuild}`")
+    return data, sidecar
 
 
 class ShapeBinding:
@@ -145,55 +186,53 @@ class ShapeBinding:
 class TensorRTBackend:
     kind = "tensorrt"
 
-    def __init__(self, model_dir, config: TensorRTConfig):
-        engine, max_batch = config.engine, config.max_batch
+    def __init__(self, model_dir, config: TensorRTConfig, log: logging.Logger | logging.LoggerAdapter | None = None,
+                 cuda=None):
+        self.log = log if log is not None else logging.getLogger(__name__)
+        self._cuda = cuda = cuda or cuda_rt
         trt = import_tensorrt()
-        running = running_environment(trt)
-        import pycuda.driver as cuda
-
+        running = running_environment(trt, cuda)
         info = load_model_info(model_dir)
-        path = Path(engine)
-        sidecar = read_sidecar(path)
-        rebuild = sidecar.get("rebuild") or f"hlgfa engine build --onnx ONNX --out {path} --model {model_dir}"
-        if not path.is_file():
-            raise ModelFileError(f"tensorrt backend: engine {path} does not exist; rebuild with `{rebuild}`")
-        reasons = mismatches(sidecar, {**running, "model_hash": info.model_hash}, max_batch=max_batch)
+        path = Path(config.engine)
+        rebuild = config.rebuild_command(model_dir)
+        data, sidecar = read_engine(path, rebuild)
+        reasons = mismatches(sidecar, {**running, "model_hash": info.model_hash}, max_batch=config.max_batch)
+        if sidecar.get("precision") != config.precision:
+            reasons.append(f"backend.precision is {config.precision!r}, the engine is {sidecar.get('precision')!r}")
         if reasons:
             raise ModelFileError(f"tensorrt backend: engine {path} does not fit: {'; '.join(reasons)}; "
                                  f"rebuild with `{rebuild}`")
-        self._cuda = cuda
         self.input_size = info.preprocess.input_size
-        self.max_batch = max_batch
+        self.max_batch = config.max_batch
         self.model_hash = info.model_hash
         self.engine_path = path
-        self.precision = sidecar.get("precision")
-        try:
-            self._context = cuda.Device(0).retain_primary_context()
-            self._context.push()
-        except cuda.Error as error:
-            self._context = None
-            raise BackendError(f"tensorrt backend: cannot open a CUDA context on device 0 ({error})") from error
+        self.engine_sidecar = sidecar
+        self.precision = sidecar["precision"]
+        self._context = cuda.Context(0)
         opened = False
         try:
-            self._open(trt, path, rebuild)
-            opened = True
-        except (cuda.Error, RuntimeError) as error:  # out of device or pinned memory; TensorRT's own errors
+            with self._context.current():
+                try:
+                    self._open(trt, data, rebuild)
+                    opened = True
+                finally:
+                    if not opened:
+                        self._release()
+        except RuntimeError as error:  # TensorRT's own errors; CUDA's arrive as cuda_rt.CudaError (a BackendError)
             # As a BackendError, so backend "auto" can go on to the next backend.
             raise BackendError(f"tensorrt backend: cannot load {path}: {error}") from error
         finally:
             if not opened:
-                self._release()
-            self._context.pop()
-            if not opened:
-                self._context.detach()
+                self._context.close()
                 self._context = None
-        log.info("tensorrt backend: %s (%s, batch ≤ %d, TensorRT %s on %s)", path, self.precision, max_batch,
-                 running["tensorrt_version"], running["gpu_name"])
+        self.log.info("tensorrt backend: %s (%s, batch ≤ %d, TensorRT %s on %s)", path, self.precision, self.max_batch,
+                      running["tensorrt_version"], running["gpu_name"])
 
-    def _open(self, trt, path: Path, rebuild: str) -> None:
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+    def _open(self, trt, data: bytes, rebuild: str) -> None:
+        path = self.engine_path
+        self._trt_logger = tensorrt_logger(trt, self.log)  # held: TensorRT keeps only a reference
+        self._runtime = trt.Runtime(self._trt_logger)
+        self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise ModelFileError(f"tensorrt backend: engine {path} cannot be deserialised (truncated, or built by "
                                  f"another TensorRT); rebuild with `{rebuild}`")
@@ -221,42 +260,39 @@ class TensorRTBackend:
         cuda = self._cuda
         self._stream = cuda.Stream()
         shapes = io_shapes(self.max_batch, self.input_size)
-        self._host = {name: cuda.pagelocked_empty(shape, np.float32) for name, shape in shapes.items()}
-        self._device = {name: cuda.mem_alloc(self._host[name].nbytes) for name in shapes}
+        self._host = {name: cuda.PinnedBuffer(shape, np.float32) for name, shape in shapes.items()}
+        self._device = {name: cuda.DeviceBuffer(self._host[name].array.nbytes) for name in shapes}
         self._binding = ShapeBinding(self._exec, self.input_size, self.engine_path)
-        self._binding.bind_addresses({name: int(allocation) for name, allocation in self._device.items()})
+        self._binding.bind_addresses({name: buffer.address for name, buffer in self._device.items()})
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if getattr(self, "_exec", None) is None:
+        if self._context is None:
             raise BackendError("tensorrt backend: infer() after close()")
         batch = check_batch(batch, self.input_size, self.max_batch, self.kind)
         count = batch.shape[0]
         cuda, stream = self._cuda, self._stream
-        maps, scores = (self._host[name] for name in OUTPUT_NAMES)
-        self._context.push()
-        try:
+        # Slices of the leading axis of C-contiguous page-locked arrays stay contiguous and pinned.
+        images, maps, scores = (self._host[name].array[:count] for name in (INPUT_NAME, *OUTPUT_NAMES))
+        with self._context.current():
             self._binding.prepare(count)
-            self._host[INPUT_NAME][:count] = batch
-            # Slices of the leading axis of C-contiguous page-locked arrays stay contiguous and pinned.
-            cuda.memcpy_htod_async(self._device[INPUT_NAME], self._host[INPUT_NAME][:count], stream)
+            images[...] = batch  # before the copy is queued: the stream reads the page-locked buffer later
+            cuda.copy_to_device(self._device[INPUT_NAME], images, stream)
             self._binding.execute(stream.handle)
-            cuda.memcpy_dtoh_async(maps[:count], self._device[OUTPUT_NAMES[0]], stream)
-            cuda.memcpy_dtoh_async(scores[:count], self._device[OUTPUT_NAMES[1]], stream)
+            cuda.copy_to_host(maps, self._device[OUTPUT_NAMES[0]], stream)
+            cuda.copy_to_host(scores, self._device[OUTPUT_NAMES[1]], stream)
             stream.synchronize()
-        except cuda.Error as error:
-            raise BackendError(f"tensorrt backend: CUDA error during inference: {error}") from error
-        finally:
-            self._context.pop()
-        return maps[:count].copy(), scores[:count].copy()
+        # Copies: the next batch overwrites the page-locked buffers.
+        return maps.copy(), scores.copy()
 
     def warmup(self) -> None:
         self.infer(np.zeros((1, 3) + self.input_size, dtype=np.float32))
 
     def _release(self) -> None:
+        """Drop TensorRT's objects and free the buffers; the context must be current."""
         for name in ("_binding", "_exec", "_engine", "_runtime"):
             setattr(self, name, None)
-        for allocation in getattr(self, "_device", {}).values():
-            allocation.free()
+        for buffer in (*getattr(self, "_device", {}).values(), *getattr(self, "_host", {}).values()):
+            buffer.free()
         self._device = {}
         self._host = {}
         self._stream = None
@@ -265,11 +301,9 @@ class TensorRTBackend:
         context = getattr(self, "_context", None)
         if context is None:
             return
-        context.push()
         try:
-            self._release()
+            with context.current():
+                self._release()
         finally:
-            context.pop()
-            context.detach()
             self._context = None
-
+            context.close()

@@ -4,6 +4,7 @@ Imports torch and the model code (`calibrate.model.io`) only when opened: a line
 TensorRT or ONNX Runtime never needs them.
 """
 
+import logging
 from typing import Literal
 
 import numpy as np
@@ -23,7 +24,9 @@ class TorchConfig(BackendSettings):
 class TorchBackend:
     kind = "torch"
 
-    def __init__(self, model_dir, config: TorchConfig):
+    engine_sidecar = None  # runs no TensorRT engine
+
+    def __init__(self, model_dir, config: TorchConfig, log: logging.Logger | logging.LoggerAdapter | None = None):
         max_batch, threads, device = config.max_batch, config.threads, config.device
         try:
             import torch
@@ -43,6 +46,7 @@ class TorchBackend:
         self.model_hash = info.model_hash
         self.input_size = info.preprocess.input_size
         self.max_batch = max_batch
+        (log or logging.getLogger(__name__)).info("torch backend: model %s on %s", info.directory, device)
 
     def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = check_batch(batch, self.input_size, self.max_batch, self.kind)

@@ -3,8 +3,10 @@
 Start-up order is chosen so that every refusal happens before READY=1 and before the camera
 starts: model directory (exit 66 if damaged) → thresholds bound to that model (exit 78 if fitted
 on another) → publisher (78 if the endpoint cannot be bound) → health/metrics (78 if the port is
-taken) → backend opened and warmed up (70) → source (78 for a bad setting; an absent camera is not
-a refusal: it is reported on the fault topic and retried) → pipeline → READY=1.
+taken) → backend opened (70; 66 for thresholds calibrated on another engine than it loaded, or on
+none where it runs one: edge/artifacts/engine_sidecar.py binding_problem) and warmed up → source
+(78 for a bad setting; an absent camera is not a refusal: it is reported on the fault topic and
+retried) → pipeline → READY=1.
 
 The main thread owns signals and the watchdog: it pings systemd and sends heartbeats only while
 every stage is alive and none is stuck, so a hung stage makes both stop and the PLC bridge and
@@ -13,7 +15,7 @@ systemd each fail safe on their own. SIGTERM/SIGINT: stop acquiring, finish the 
 exit 0. A stage still inside a call past drain_timeout_s keeps the backend or source it uses
 open; `hlgfa run` (edge.service.daemon_cli) then ends the process without the interpreter's teardown.
 SIGHUP: reload the thresholds file atomically (a file that fails to load or is bound to another
-model keeps the old thresholds and is published as a fault).
+model or engine keeps the old thresholds and is published as a fault).
 """
 
 from __future__ import annotations
@@ -51,21 +53,37 @@ class Daemon:
         self.publisher = None
         self.health = None
         self.ready = threading.Event()  # set after READY=1 (tests wait on it)
+        # What the open backend runs, for the thresholds' engine binding on SIGHUP.
+        self._engine_sidecar: dict | None = None
+        self._backend_kind = ""
         self.shutdown_faults = 0
 
-    def _open_backend(self, model_hash: str):
+    def _open_backend(self, model_hash: str, thresholds):
         from edge.backends.base import open_backend
 
         # "auto" never ends on the PyTorch module here: run before export is an error naming the fix.
-        backend = open_backend(self.config.backend, self.config.model, allow_torch=False)
+        backend = open_backend(self.config.backend, self.config.model, allow_torch=False,
+                               log=camera_log("edge.backends", self.config.camera))
         if backend.model_hash != model_hash:
             backend.close()
             raise ModelFileError(f"backend {backend.kind}: serves model {backend.model_hash[:12]}, but {self.config.model} "
                                  f"is {model_hash[:12]}; rebuild it (`hlgfa engine ensure`) or fix backend.onnx/engine")
+        problem = self._binding_problem(thresholds, backend.engine_sidecar, backend.kind)
+        if problem is not None:
+            backend.close()
+            raise ModelFileError(f"thresholds file {self.config.thresholds_path}: {problem}")
+        self._engine_sidecar, self._backend_kind = backend.engine_sidecar, backend.kind
         if self.backend_wrapper is not None:
             backend = self.backend_wrapper(backend)
         backend.warmup()
         return backend
+
+    def _binding_problem(self, thresholds, engine_sidecar: dict | None, backend_kind: str) -> str | None:
+        """Why `thresholds` must not judge what this backend scores (edge/artifacts/engine_sidecar.py), or None."""
+        from edge.artifacts.engine_sidecar import binding_problem
+
+        return binding_problem(thresholds, engine_sidecar, getattr(self.config.backend, "engine_binding", "exact"),
+                               backend_kind)
 
     def run(self) -> int:
         from edge.service.health import Health
@@ -85,7 +103,7 @@ class Daemon:
             closers.append(self.publisher.close)
             self.health = Health(config.camera, config.health.metrics_port, config.health.metrics_address)
             closers.append(self.health.close)
-            backend = self._open_backend(info.model_hash)
+            backend = self._open_backend(info.model_hash, thresholds)
             closers.append(lambda: self._close_unless_in_use(self.pipeline.supervisor.backend if self.pipeline else backend, "infer"))
             source = build_source(config.source)
             if self.source_wrapper is not None:
@@ -100,7 +118,8 @@ class Daemon:
             closers.append(lambda: self._close_unless_in_use(source, "acquire"))
             self.pipeline = Pipeline(
                 config.camera, config.pipeline.model_copy(update={"overload": config.overload_policy}), source,
-                config.source.timeout_s, backend, lambda: self._open_backend(info.model_hash), config.backend, spec,
+                config.source.timeout_s, backend,
+                lambda: self._open_backend(info.model_hash, self.pipeline.concluder.thresholds), config.backend, spec,
                 VerdictSettings(config.pipeline.deadline_ms, config.publish.maps, config.quality.overrides()),
                 thresholds, self.publisher, self.health, info.model_hash, source_open=source_open)
             self.health.model_info(model_hash=info.model_hash, thresholds_version=thresholds.version,
@@ -177,6 +196,9 @@ class Daemon:
         self.health.reloading()
         try:
             new = load_thresholds(self.config.thresholds_path, model_hash)
+            problem = self._binding_problem(new, self._engine_sidecar, self._backend_kind)
+            if problem is not None:
+                raise ModelFileError(f"thresholds file {self.config.thresholds_path}: {problem}")
         except HlgfaError as error:
             concluder.report_fault("thresholds_reload_failed", f"{error}; keeping thresholds version {old.version}")
         else:

@@ -153,6 +153,12 @@ def test_stale_or_truncated_engine_is_refused(built, tmp_path):
         with pytest.raises(ModelFileError, match=f"{key} .*rebuild with `hlgfa engine build"):
             open_backend("tensorrt", built["model"], engine=copy)
     sidecar_path(copy).write_text(json.dumps(sidecar))
-    copy.write_bytes(built["engine"].read_bytes()[:1000])
+    truncated = built["engine"].read_bytes()[:1000]
+    copy.write_bytes(truncated)
+    with pytest.raises(ModelFileError, match="not the file its sidecar describes"):
+        open_backend("tensorrt", built["model"], engine=copy)
+    import hashlib
+
+    sidecar_path(copy).write_text(json.dumps({**sidecar, "engine_sha256": hashlib.sha256(truncated).hexdigest()}))
     with pytest.raises(ModelFileError, match="cannot be deserialised"):
         open_backend("tensorrt", built["model"], engine=copy)

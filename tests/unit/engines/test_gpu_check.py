@@ -109,18 +109,47 @@ def test_too_few_images_are_refused(exported, part_images, tmp_path):
         load_batch(exported, few)
 
 
-def test_documented_gpu_installs_bring_everything_the_check_needs():
-    import re
+def gpu_extras() -> dict[str, list[str]]:
     import tomllib
 
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def test_documented_gpu_installs_bring_everything_the_check_needs():
+    import re
+
+    extras = gpu_extras()
     doc = (REPO / "docs" / "DEPLOYMENT.md").read_text()
-    installs = [set(names.split(",")) for names in re.findall(r'pip install -c constraints.txt "\.\[([a-z,]+)\]"', doc)]
-    gpu = [names for names in installs if names & {"tensorrt", "jetson"}]
+    installs = [set(names.split(",")) for names in
+                re.findall(r'pip install -c constraints.txt "\.\[([a-z0-9,-]+)\]"', doc)]
+    gpu = [names for names in installs if names & {"tensorrt-cu12", "tensorrt-cu13", "jetson"}]
     assert len(gpu) == 2 and all(names <= set(extras) for names in installs)
-    for names in gpu:  # onnxruntime is the check's reference; pycuda from the release that builds on CUDA 13
+    for names in gpu:  # onnxruntime is the check's reference
         required = " ".join(requirement for name in names for requirement in extras[name])
-        assert "onnxruntime" in required and "pycuda>=2025.1.2" in required and "torch" not in required
+        assert "onnxruntime" in required and "pycuda>=" in required and "torch" not in required
+
+
+def test_each_x86_extra_pins_tensorrt_to_one_cuda_major_and_a_pycuda_that_builds_against_it():
+    """Plain `tensorrt` resolves to the newest CUDA major, which an older driver cannot run."""
+    from packaging.requirements import Requirement
+
+    extras = gpu_extras()
+    for major, pycuda_floor in (("12", "2022.2"), ("13", "2025.1.2")):
+        requirements = {Requirement(text).name: Requirement(text) for text in extras[f"tensorrt-cu{major}"]}
+        assert f"tensorrt-cu{major}" in requirements and "tensorrt" not in requirements
+        assert "12" not in requirements[f"tensorrt-cu{major}"].specifier  # TensorRT 12's API is unknown
+        assert str(requirements["pycuda"].specifier) == f">={pycuda_floor}"
+    assert not any(Requirement(text).name == "tensorrt" for texts in extras.values() for text in texts)
+
+
+def test_the_jetson_extra_keeps_numpy_1_and_an_opencv_that_runs_on_it():
+    from packaging.requirements import Requirement
+
+    requirements = {Requirement(text).name: Requirement(text).specifier for text in gpu_extras()["jetson"]}
+    assert "1.26.4" in requirements["numpy"] and "2.0.0" not in requirements["numpy"]
+    # opencv-python-headless 4.11 and later require NumPy 2 (their own metadata).
+    assert "4.10.0.84" in requirements["opencv-python-headless"]
+    assert "4.11.0.86" not in requirements["opencv-python-headless"]
 
 
 def test_check_and_backend_import_without_torch_or_scipy(exported, part_images):

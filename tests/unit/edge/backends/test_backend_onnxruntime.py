@@ -140,7 +140,11 @@ def test_each_backend_kind_has_its_settings_model_beside_its_code_and_takes_only
     model = config_class(kind)
     assert model.__module__ == module.__name__ and model.model_fields["kind"].default == kind
     backend_class = next(v for v in vars(module).values() if inspect.isclass(v) and getattr(v, "kind", None) == kind)
-    assert list(inspect.signature(backend_class.__init__).parameters) == ["self", "model_dir", "config"]
+    parameters = inspect.signature(backend_class.__init__).parameters
+    # Settings come only in the model; besides it: where to log, and (TensorRT) the CUDA module its tests replace.
+    assert list(parameters)[:3] == ["self", "model_dir", "config"]
+    assert {name: parameters[name].default for name in list(parameters)[3:]} == (
+        {"log": None, "cuda": None} if kind == "tensorrt" else {"log": None})
 
 
 def test_a_key_the_named_backend_does_not_have_is_a_config_error_naming_it(model_with_onnx):
