@@ -204,21 +204,27 @@ class Publisher:
 
     # ------------------------------------------------------------------------- caller-side API
 
-    def publish_decision(self, decision: wire.Decision, anomaly_map: np.ndarray | None = None) -> wire.Decision:
-        """Publish a decision, then its map (when given and maps are on). Returns it with session/seq set.
+    def publish_decision(self, decision: wire.Decision, anomaly_map: np.ndarray | None = None,
+                         at_handover=None) -> wire.Decision:
+        """Publish a decision, then its map (when given and maps are on, and the decision is not a
+        fault). Returns it as sent, with session/seq set.
 
-        The decision leaves before the map is resized and encoded: the PLC waits on the verdict,
-        not on the picture.
+        `at_handover(decision) -> decision`, when given, is called under the send lock right before the
+        send, so the decision can be judged at the moment it leaves (the concluder's deadline); one
+        waiting for the lock behind another send is judged after that wait. The decision leaves before
+        the map is resized and encoded: the PLC waits on the verdict, not on the picture.
         """
         if decision.camera != self.camera:
             raise wire.WireError(f"decision for camera {decision.camera!r} given to the publisher of {self.camera!r}")
         with self._lock:
+            if at_handover is not None:
+                decision = at_handover(decision)
             decision = self._stamp(decision)
             frames = wire.encode(decision)
             self._send(frames)
             if self._router is not None:
                 self._handover([_DECISION, _SEQ_FRAME.pack(decision.seq, decision.frame_id), *frames])
-        if anomaly_map is not None:
+        if anomaly_map is not None and decision.verdict != "fault":
             map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.map_size,
                                         self.config.map_format, self.map_value_range)
             with self._lock:

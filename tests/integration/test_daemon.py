@@ -375,6 +375,30 @@ def test_frames_past_their_deadline_are_faults(tiny_model_dir, calibrated, line_
     assert all(d.verdict == "fault" and d.reason.startswith("deadline:") for d in by_id.values())
 
 
+class SleepsAfterScoring(FailingBackend):
+    """Scores the batch, then sleeps `delay_s` before returning it (a device synchronising late)."""
+
+    def infer(self, batch):
+        result = self._backend.infer(batch)
+        time.sleep(self.delay_s)
+        return result
+
+
+def test_a_backend_that_sleeps_past_the_deadline_after_scoring_gives_deadline_faults_never_ok_or_reject(
+        tiny_model_dir, calibrated, line_images):
+    """Each decision is judged when it is handed to the socket (tests/unit/edge/test_conclude.py steps
+    the clock between scoring and that moment); here a whole daemon, end to end."""
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{"pipeline.deadline_ms": 400,
+                                                                  "pipeline.max_frames": 4}),
+                  backend_wrapper=lambda b: SleepsAfterScoring(b, fail_on=set(), delay_s=0.5))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(4))
+    assert all(d.verdict == "fault" and d.reason.startswith("deadline:") for d in by_id.values()), \
+        [(d.verdict, d.reason, d.latency_ms) for d in by_id.values()]
+    assert all(d.latency_ms > 400 for d in by_id.values())
+    assert run.of(wire.MapMessage) == [] and sorted(f.frame_id for f in run.of(wire.Fault)) == [0, 1, 2, 3]
+
+
 def test_overload_faults_frames_instead_of_dropping_them(tiny_model_dir, calibrated, line_images):
     # Paced (fast): an unpaced replay waits for the pipeline instead, and never overloads it.
     run = Running(_base(tiny_model_dir, calibrated, line_images, **{
