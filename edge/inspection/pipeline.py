@@ -28,7 +28,7 @@ from edge.transport import wire
 from edge.backends.base import BackendSettings
 from edge.inspection.conclude import Concluder, Item, Result, VerdictSettings
 from edge.core.errors import HlgfaError, StageError
-from edge.core.frame import Frame
+from edge.core.frame import FRAME_ID_LIMIT, Frame, is_frame_id
 from edge.core.logs import camera_log
 from edge.core.settings import Section
 from edge.imaging.preprocess import PreprocessSpec, check_image, normalize, resize_to
@@ -248,10 +248,7 @@ class Pipeline:
                     frame = self.source.read(self.read_timeout_s)
                 except FrameError as error:
                     stage.busy_since = None
-                    self.reads += 1
-                    last_frame_id = error.frame_id if error.frame_id is not None else last_frame_id + 1
-                    self._fault(self.concluder.register(Frame(last_frame_id, getattr(self.source, "source_id", ""), "",
-                                                              None, time.monotonic_ns())), "frame_error", str(error))
+                    last_frame_id = self._frame_error(error.frame_id, last_frame_id, str(error))
                     continue
                 except SourceExhausted:
                     self.log.info("source ended after %d frames", self.reads)
@@ -277,12 +274,27 @@ class Pipeline:
                 stage.busy_since = None
                 self._last_frame_at = time.monotonic()
                 self._source_back("delivering")
+                if not is_frame_id(frame.frame_id):
+                    # One frame's bad id is that frame's fault; it never reaches the wire, which could not carry it.
+                    last_frame_id = self._frame_error(None, last_frame_id, f"the source gave frame id {frame.frame_id!r}, "
+                                                      f"expected an integer from 0 to 2**64 - 1")
+                    continue
                 self.reads += 1
                 last_frame_id = frame.frame_id
                 self._pass_on(self._pre_q, self.concluder.register(frame), "preprocess")
         finally:
             stage.busy_since = None
             self._pre_q.put(_END)
+
+    def _frame_error(self, frame_id: int | None, last_frame_id: int, message: str) -> int:
+        """Publish a `frame_error` fault for a frame the source could not deliver, under its own id when
+        it has a usable one, else the one after the last; returns the id used."""
+        self.reads += 1
+        if frame_id is None or not is_frame_id(frame_id):
+            frame_id = (last_frame_id + 1) % FRAME_ID_LIMIT
+        self._fault(self.concluder.register(Frame(frame_id, getattr(self.source, "source_id", ""), "", None,
+                                                  time.monotonic_ns())), "frame_error", message)
+        return frame_id
 
     def _wait_for_room(self) -> None:
         """For a source with back-pressure: block until fewer than the limit of frames are open.

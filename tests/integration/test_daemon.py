@@ -577,6 +577,43 @@ def test_a_subscriber_that_stops_reading_blocks_nothing(tiny_model_dir, calibrat
         context.term()
 
 
+class BadIds(WrappedSource):
+    """The real frames, with the id of the third replaced by `bad_id`."""
+
+    def __init__(self, source, bad_id):
+        super().__init__(source)
+        self.bad_id = bad_id
+
+    def read(self, timeout_s):
+        frame = self.source.read(timeout_s)
+        if frame.frame_id == 2:
+            frame.frame_id = self.bad_id
+        return frame
+
+
+@pytest.mark.parametrize("bad_id", [-5, 2 ** 64, 2 ** 70])
+def test_a_frame_id_the_wire_cannot_carry_is_that_frames_fault_and_the_bridge_gets_every_decision(
+        tiny_model_dir, calibrated, line_images, bad_id):
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{"pipeline.max_frames": 6}), reliable=True,
+                  source_wrapper=lambda source: BadIds(source, bad_id))
+    bridge = ReliableClient(run.config.publish.reliable_endpoint)
+    got = []
+    try:
+        while len(got) < 6:
+            decision = bridge.recv(timeout=RECV_S)
+            assert decision is not None, f"reliable channel stalled after {[d.frame_id for d in got]}"
+            bridge.ack(decision)
+            got.append(decision)
+    finally:
+        bridge.close()
+    assert run.collect_until_stopped() == 0
+    # a fault may overtake the frames still in inference; the seqs have no hole
+    assert sorted(d.frame_id for d in got) == list(range(6)) and [d.seq for d in got] == list(range(1, 7))
+    by_id = {d.frame_id: d for d in got}
+    assert by_id[2].verdict == "fault" and by_id[2].reason.startswith("frame_error:") and repr(bad_id) in by_id[2].reason
+    assert all(by_id[i].verdict != "fault" for i in (0, 1, 3, 4, 5))
+
+
 def test_thresholds_for_another_model_refuse_to_start(tmp_path, tiny_model_dir, calibrated, line_images):
     from edge.cli import main
 

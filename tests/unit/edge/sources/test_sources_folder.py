@@ -133,3 +133,28 @@ def test_bad_recording_index_names_the_line(tmp_path):
 def test_fps_must_be_positive(tmp_path):
     with pytest.raises(ConfigError, match="fps"):
         FolderSource(tmp_path, fps=0)
+
+
+def _recording(folder: Path, frame_ids) -> None:
+    for index, frame_id in enumerate(frame_ids):
+        cv2.imwrite(str(folder / f"f{index}.png"), np.full((2, 2), index, np.uint8))
+    (folder / "frames.jsonl").write_text("".join(json.dumps({"file": f"f{index}.png", "frame_id": frame_id}) + "\n"
+                                                 for index, frame_id in enumerate(frame_ids)))
+
+
+@pytest.mark.parametrize("frame_id", [-1, 2 ** 64, 1.5, "7", True, None])
+def test_a_recording_with_a_frame_id_no_camera_counter_has_is_refused_naming_the_line(tmp_path, frame_id):
+    _recording(tmp_path, [0, frame_id])
+    with pytest.raises(InputDataError, match=r"frames.jsonl:2: frame_id .*expected an integer from 0 to 2\*\*64 - 1"):
+        FolderSource(tmp_path).open()
+
+
+@pytest.mark.parametrize("first", [2 ** 63 - 1, 2 ** 64 - 3])
+def test_a_looped_recording_near_the_end_of_the_id_range_starts_again_from_its_own_ids(tmp_path, first):
+    _recording(tmp_path, [first, first + 1])
+    source = FolderSource(tmp_path, loop=True)
+    source.open()
+    ids = [source.read(1.0).frame_id for _ in range(6)]
+    assert all(0 <= frame_id < 2 ** 64 for frame_id in ids)
+    assert ids[:2] == [first, first + 1] and ids[2:] == ids[:2] * 2
+    assert source.stats()["passes"] == 2 and source.stats()["dropped"] == 0
