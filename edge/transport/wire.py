@@ -39,7 +39,10 @@ DRIFT_STATES = ("unknown", "stable", "drifting", "drifted")
 MAP_DTYPES = {"uint8": np.dtype("u1"), "float16": np.dtype("<f2")}
 
 # The reliable channel (ROUTER in the daemon, DEALER in the subscriber): the verb, frame 0 of each message.
+# REFUSED (daemon → bridge, then the reason): a HELLO of another schema, or while another bridge owns the
+# channel. PING (daemon → bridge, nothing else): is the owner still connected? The bridge ignores it.
 RELIABLE_HELLO, RELIABLE_DECISION, RELIABLE_ACK = b"HELLO", b"DECISION", b"ACK"
+RELIABLE_REFUSED, RELIABLE_PING = b"REFUSED", b"PING"
 
 # fullmatch, never match with "$": "$" also matches before a final newline, and "line1\n" is no camera name.
 _CAMERA_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
