@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edge.core.errors import ConfigError, InputDataError
 from edge.core.frame import FRAME_ID_LIMIT, Frame, is_frame_id
-from edge.imaging.files import IMAGE_SUFFIXES, decode_image, image_files
+from edge.imaging.files import IMAGE_SUFFIXES, decode_image, image_files, read_image_bytes
 from edge.sources.base import FrameError, SourceExhausted
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ class FolderSource:
             self._stats["dropped"] += frame_id - self._last_frame_id - 1
         self._last_frame_id = frame_id
         try:
-            data = entry["file"].read_bytes()
+            data = read_image_bytes(entry["file"], str(entry["file"]), timeout_s)
             image, pixel_format = decode_image(data, str(entry["file"]))
         except (OSError, InputDataError) as error:
             self._stats["frame_errors"] += 1
