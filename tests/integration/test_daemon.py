@@ -30,6 +30,7 @@ from edge.transport.subscriber import ReliableClient, Subscriber
 from edge.core.paths import write_json_atomic
 from edge.artifacts.thresholds import RegionRule, Thresholds, load_thresholds
 from tests.ports import free_endpoint, free_port
+from tests.thresholds_file import calibrated_data
 
 ROOT = Path(__file__).resolve().parents[2]
 RECV_S = 60.0  # generous: a loaded 2-core machine; a hang fails instead of blocking for ever
@@ -85,7 +86,8 @@ def calibrated(tmp_path_factory, tiny_model_dir, onnx_file, bare_backend, elpv_i
     maps = np.stack([m for _, m in expected.values()])
     thresholds = Thresholds(model_hash=info.model_hash, image_threshold=float(np.median(scores)), version="t1",
                             region=RegionRule(float(np.quantile(maps, 0.995)), 40))
-    data = thresholds.to_dict()
+    data = calibrated_data(thresholds, {"min": min(scores), "median": float(np.quantile(scores, 0.25)),
+                                        "max": max(scores)})
     path = tmp_path_factory.mktemp("thresholds") / "thresholds.json"
     write_json_atomic(path, data)
     return {"path": path, "data": data, "info": info, "expected": expected, "onnx": onnx_file,
@@ -498,7 +500,9 @@ def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken
     run.daemon.signals.request_reload()
     fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
     assert fault.code == "thresholds_reload_failed" and "fitted on model" in fault.message
-    write_json_atomic(path, {**calibrated["data"], "version": "t2", "image_threshold": 1e9, "region": None})
+    normal = calibrated["data"]["details"]["normal_scores"]  # the line frames' own: t2 passes all of them
+    write_json_atomic(path, {**calibrated["data"], "version": "t2", "region": None,
+                             "image_threshold": normal["max"] + 5 * (normal["max"] - normal["min"])})
     run.daemon.signals.request_reload()
     first_t2 = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.thresholds_version.startswith("t2+"))
     run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first_t2.frame_id + 2)

@@ -1,8 +1,5 @@
 """The frame-quality gate's statistics, its fitting on normals, the thresholds file and the config."""
 
-import json
-import logging
-
 import numpy as np
 import pytest
 
@@ -13,6 +10,7 @@ from edge.imaging.quality import QualityConfig
 from edge.core.errors import ConfigError, InputDataError
 from edge.core.paths import write_json_atomic
 from edge.artifacts.thresholds import Thresholds, load_thresholds
+from tests.thresholds_file import calibrated_data
 
 
 def test_uniform_frame_has_no_contrast_no_sharpness_and_its_raw_size():
@@ -91,29 +89,29 @@ def test_fitting_refuses_too_few_or_broken_normals():
 
 
 def _thresholds_file(tmp_path, **more) -> dict:
-    data = Thresholds(model_hash="abc", image_threshold=1.5, version="v1").to_dict()
-    data.pop("quality")
+    data = calibrated_data(Thresholds(model_hash="abc", image_threshold=1.5, version="v1"))
     data.update(more)
     return data
 
 
-def test_a_thresholds_file_without_ranges_loads_and_the_gate_is_off_with_a_warning(tmp_path, caplog):
+def test_a_thresholds_file_without_ranges_is_refused_with_the_fix(tmp_path):
     path = tmp_path / "thresholds.json"
-    write_json_atomic(path, _thresholds_file(tmp_path))
-    assert "quality" not in json.loads(path.read_text())  # the format before the gate
-    loaded = load_thresholds(path, "abc")
-    assert loaded.quality is None
-    with caplog.at_level(logging.WARNING, logger="edge.imaging.quality"):
-        assert quality.effective_ranges(loaded.quality, {}, "camera c") == {}
-    assert "no frame-quality ranges" in caplog.text
+    data = _thresholds_file(tmp_path)
+    del data["quality"]
+    write_json_atomic(path, data)
+    with pytest.raises(ConfigError, match="key 'quality' is missing.*hlgfa calibrate"):
+        load_thresholds(path, "abc")
 
 
 def test_ranges_round_trip_through_the_thresholds_file_and_bad_ones_are_refused(tmp_path):
     path = tmp_path / "thresholds.json"
-    write_json_atomic(path, _thresholds_file(tmp_path, quality={"mean": [40, 200], "map_mean": [0.5, 2.0]}))
-    assert load_thresholds(path, "abc").quality == {"mean": (40.0, 200.0), "map_mean": (0.5, 2.0)}
-    for bad, message in (({"mean": [200, 40]}, "low ≤ high"), ({"mean": [1, float("nan")]}, "finite"),
-                         ({"brightness": [1, 2]}, "not one of"), ([1, 2], "must be an object")):
+    ranges = {**_thresholds_file(tmp_path)["quality"], "mean": [40, 200], "map_mean": [0.5, 2.0]}
+    write_json_atomic(path, _thresholds_file(tmp_path, quality=ranges))
+    loaded = load_thresholds(path, "abc").quality
+    assert (loaded["mean"], loaded["map_mean"], len(loaded)) == ((40.0, 200.0), (0.5, 2.0), len(quality.STATISTICS))
+    for bad, message in (({**ranges, "mean": [200, 40]}, "low ≤ high"), ({**ranges, "mean": [1, float("nan")]}, "finite"),
+                         ({**ranges, "brightness": [1, 2]}, "not one of"), ([1, 2], "must be an object"),
+                         ({"mean": [40, 200]}, "no range for contrast")):
         write_json_atomic(path, _thresholds_file(tmp_path, quality=bad))
         with pytest.raises(ConfigError, match=message):
             load_thresholds(path, "abc")
