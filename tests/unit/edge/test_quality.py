@@ -133,3 +133,27 @@ def test_the_config_overrides_one_range_and_keeps_the_others(tmp_path):
 
 def test_the_config_knows_every_statistic_and_no_other():
     assert tuple(QualityConfig.model_fields) == quality.STATISTICS
+
+
+def test_at_the_floor_of_normals_the_gate_faults_the_blank_dark_and_overexposed_frames_and_passes_good_ones(
+        elpv_images):
+    """`hlgfa calibrate` warns below GATE_FLOOR_NORMALS; at it, ranges fitted on that many good cells
+    fault every image-statistic kind of unusable frame made from 20 other cells, and no held-out good
+    cell (bench/bench_quality_floor.py measures it over 200 draws; a defocused frame is left to the map
+    statistic, which needs the model)."""
+    from calibrate.demo.run import unusable_frame
+    from calibrate.quality_fit import GATE_FLOOR_NORMALS, floor_note
+    from edge.imaging.files import read_image
+
+    cells = elpv_images["good"]
+    order = np.random.default_rng(0).permutation(len(cells))
+    normals = [quality.image_stats(read_image(cells[i]), 256) for i in order[:GATE_FLOOR_NORMALS]]
+    ranges, _ = fit_quality_ranges(normals)
+    sources = [read_image(cells[i]) for i in order[GATE_FLOOR_NORMALS:GATE_FLOOR_NORMALS + 20]]
+    held_out = [quality.image_stats(read_image(cells[i]), 256) for i in order[GATE_FLOOR_NORMALS + 20:][:100]]
+    for kind in ("black", "dark", "grey128", "overexposed", "white"):
+        passed = [i for i, cell in enumerate(sources)
+                  if quality.out_of_range(quality.image_stats(unusable_frame(kind, cell), 256), ranges) is None]
+        assert passed == [], f"{kind} frames of source cells {passed} passed the gate"
+    assert sum(quality.out_of_range(stats, ranges) is not None for stats in held_out) == 0
+    assert floor_note(GATE_FLOOR_NORMALS) is None and "fewer than 100" in floor_note(GATE_FLOOR_NORMALS - 1)
