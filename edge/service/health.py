@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 from edge.core.errors import ConfigError
 from edge.core.notify import SystemdNotifier
-from edge.core.logs import camera_log
+from edge.core.logs import RepeatLimiter, camera_log
 from edge.transport.wire import DRIFT_STATES, VERDICTS, Counters
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ def start_metrics_server(port: int, address: str, registry, max_connections: int
     except socket.gaierror as error:
         raise ConfigError(f"metrics endpoint {address}:{port}: the address does not resolve ({error.strerror})") from None
     slots = threading.BoundedSemaphore(max_connections)
+    failures = RepeatLimiter()
 
     class Handler(WSGIRequestHandler):
         timeout = idle_timeout_s
@@ -105,6 +107,13 @@ def start_metrics_server(port: int, address: str, registry, max_connections: int
                 super().process_request_thread(request, client_address)
             finally:
                 slots.release()
+
+        def handle_error(self, request, client_address):
+            """A client that hangs up or sends junk: one line per address and cause a minute, no traceback."""
+            error = sys.exc_info()[1]
+            failures.log(log, logging.WARNING, (client_address[0], type(error).__name__),
+                         "metrics endpoint: a request from %s failed: %s: %s", client_address[0],
+                         type(error).__name__, error)
 
     try:
         server = make_server(address, port, make_wsgi_app(registry), Server, handler_class=Handler)

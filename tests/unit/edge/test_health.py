@@ -263,3 +263,21 @@ def test_connections_over_the_cap_are_closed_at_once_and_those_served_stay_until
         for connection in idle:
             connection.close()
         server.stop()
+
+
+def test_a_request_that_fails_at_the_metrics_port_is_one_warning_line_not_a_traceback(capfd, caplog):
+    """socketserver prints a traceback for each request whose handler raised (a client that hung up
+    before the answer: BrokenPipeError); junk at the port is a line per address and cause instead."""
+    server = start_metrics_server(0, "127.0.0.1", CollectorRegistry())
+    try:
+        with caplog.at_level("WARNING", logger="edge.service.health"):
+            for _ in range(3):
+                try:
+                    raise BrokenPipeError(32, "Broken pipe")
+                except BrokenPipeError:
+                    server._server.handle_error(None, ("127.0.0.1", 40000))
+    finally:
+        server.stop()
+    assert "Traceback" not in capfd.readouterr().err
+    assert [r.getMessage() for r in caplog.records] == [
+        "metrics endpoint: a request from 127.0.0.1 failed: BrokenPipeError: [Errno 32] Broken pipe"]
