@@ -466,6 +466,7 @@ def main():
     from edge.artifacts.model_dir import load_model_info
     from edge.core.paths import write_json_atomic
     from edge.artifacts.thresholds import Thresholds
+    from edge.imaging.quality import STATISTIC_DOMAINS
 
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
@@ -477,7 +478,11 @@ def main():
             images = scaled_copies(images, args.frame_size, work / "frames")
         info = load_model_info(model)
         thresholds = work / "thresholds.json"
-        write_json_atomic(thresholds, Thresholds(model_hash=info.model_hash, image_threshold=1.0, version="b").to_dict())
+        data = Thresholds(model_hash=info.model_hash, image_threshold=1.0, version="b").to_dict()
+        # a complete file; the gate wide open (the whole range of each statistic): this times the path
+        data.update(details={"normal_scores": {"min": 0.0, "median": 1.0, "max": 1.0}},
+                    quality={name: list(domain) for name, domain in STATISTIC_DOMAINS.items()})
+        write_json_atomic(thresholds, data)
         out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "load_average": os.getloadavg(), "switch_interval_ms": sys.getswitchinterval() * 1000,
                "offloaded_infer_ms": args.offloaded_infer_ms, "frame_size": "x".join(map(str, args.frame_size)) if args.frame_size else "as in the folder"}

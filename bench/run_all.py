@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.run_all                  # make bench: the fast sections (about 30 minutes)
     .venv/bin/python -m bench.run_all --group detection # make bench-detection: the dev sets (hours)
+    .venv/bin/python -m bench.run_all --group soak      # the 100,000-frame soak (up to an hour)
     .venv/bin/python -m bench.run_all --only health,publish
     .venv/bin/python -m bench.run_all --list
 
@@ -105,6 +106,10 @@ SECTIONS = [
                                               else "needs the magnetic tile model of the detection section")),
     Section("bridge", [f"{PY} bench/bench_bridge.py --frames 2000 --rate 200 --cameras 4"], needs=_missing_mosquitto),
     Section("drift", [f"{PY} -m bench.bench_drift --out runs/bench/drift"]),
+    Section("hostile-flood", [f"{PY} -m bench.bench_hostile flood --seconds 60"]),
+    Section("quality-floor", [f"{PY} -m bench.bench_quality_floor --draws 200"]),
+    # 100,000 frames: half an hour to an hour on the shared 2-core machine, so its own group
+    Section("soak", [f"{PY} -m bench.bench_hostile soak --frames 100000"], group="soak"),
     Section("records", [f"{PY} -m bench.bench_records --seconds 120 --baseline-seconds 20"]),
     Section("detection", [*_detection(f"{SHARED}/magnetic_tile", "0.2"), *_detection(f"{SHARED}/bsdata", "0.2"),
                           *_detection("runs/bench/elpv", "0"),
@@ -282,7 +287,7 @@ def run_section(section: Section) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--group", default="fast", choices=("fast", "detection"))
+    parser.add_argument("--group", default="fast", choices=("fast", "detection", "soak"))
     parser.add_argument("--only", help="comma-separated section names (any group)")
     parser.add_argument("--list", action="store_true", help="print the sections and what they need, run nothing")
     args = parser.parse_args(argv)

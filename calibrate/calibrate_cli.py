@@ -376,9 +376,12 @@ def handle(args) -> int:
                                                 args.seed, not args.no_region_rule)
     notes = notes_skipped + notes
     details["skipped_images"] = [{"file": str(path), "reason": reason} for path, reason in skipped]
-    from calibrate.quality_fit import fit_quality_ranges, gate_summary
+    from calibrate.quality_fit import fit_quality_ranges, floor_note, gate_summary
 
     quality_ranges, details["quality"] = fit_quality_ranges(normal_stats)
+    if (note := floor_note(len(normal_stats))) is not None:
+        notes.append(note)
+        details["warnings"].append(note)
     if defect is not None:
         details["quality"]["defects"] = gate_summary(defect_stats, quality_ranges)
     details.update({"created_by": "hlgfa calibrate", "created_utc": datetime.now(timezone.utc).isoformat(),

@@ -43,6 +43,21 @@ LOG_STATISTICS = tuple(LOG_OFFSETS)
 FLOORS = {"mean": 1.0, "contrast": 0.05, "sharpness": 0.05, "saturated_fraction": 0.05, "black_fraction": 0.05,
           "width": 0.0, "height": 0.0, "map_mean": 0.0}
 MIN_NORMALS = 20
+# Fewer normals than this fit ranges that fault good parts (BENCHMARKS.md, "Frame-quality gate: how many
+# normals"; bench/bench_quality_floor.py): `hlgfa calibrate` fits below it, and says so.
+GATE_FLOOR_NORMALS = 100
+# (normals, median share of held-out good elpv cells at 256 px the gate faulted), measured over 200 draws.
+MEASURED_FALSE_FAULTS = ((20, 0.075), (30, 0.035), (40, 0.0125), (50, 0.005), (100, 0.0))
+
+
+def floor_note(count: int) -> str | None:
+    """The warning `hlgfa calibrate` gives for a gate fitted on `count` normals; None from the floor on."""
+    if count >= GATE_FLOOR_NORMALS:
+        return None
+    measured = max(((n, rate) for n, rate in MEASURED_FALSE_FAULTS if n <= count), default=MEASURED_FALSE_FAULTS[0])
+    return (f"the frame-quality gate's ranges were fitted on {count} normals, fewer than {GATE_FLOOR_NORMALS}: with "
+            f"{measured[0]}, ranges faulted a median {measured[1]:.2%} of good parts (BENCHMARKS.md, \"Frame-quality "
+            f"gate: how many normals\"); calibrate on at least {GATE_FLOOR_NORMALS} good parts")
 
 
 def _forward(name: str, values: np.ndarray) -> np.ndarray:

@@ -37,8 +37,8 @@ class Thresholds:
     engine_sha256: str | None = None
     policy: str = "frr"
     details: dict = field(default_factory=dict)
-    # Frame-quality gate: statistic → (low, high) (edge/imaging/quality.py). None: a file from before the
-    # gate, which still loads; the daemon then runs without the gate and says so at WARNING.
+    # Frame-quality gate: statistic → (low, high) (edge/imaging/quality.py). A file always has every
+    # statistic's; None only in memory, for code that judges without the gate.
     quality: dict | None = None
 
     def to_dict(self) -> dict:
@@ -47,11 +47,8 @@ class Thresholds:
         return data
 
 
-def _require_number(data: dict, key: str, source: str) -> float:
-    value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{source}: key {key!r} must be a finite number, got {value!r}")
-    return float(value)
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def content_digest(data: dict) -> str:
@@ -69,24 +66,96 @@ def _effective_version(data: dict) -> str:
     return stored if stored.endswith(f"-{digest}") else f"{stored}+{digest}"
 
 
+# ---------------------------------------------------------------------------------------- the schema
+# Each reader takes a key's value and returns what `Thresholds` holds, or raises ValueError saying
+# what was expected.
+
+def _format(value):
+    if value != THRESHOLDS_FORMAT:
+        raise ValueError(f"{value!r}, expected {THRESHOLDS_FORMAT!r}")
+    return value
+
+
+def _text(value):
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{value!r}, expected a non-empty string")
+    return value
+
+
+def _text_or_null(value):
+    return None if value is None else _text(value)
+
+
+def _number(value):
+    if not _finite(value):
+        raise ValueError(f"{value!r}, expected a finite number")
+    return float(value)
+
+
+def _region(value):
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"pixel_threshold", "min_area_px"}:
+        raise ValueError(f"{value!r}, expected null or an object of pixel_threshold and min_area_px")
+    area = value["min_area_px"]
+    if isinstance(area, bool) or not isinstance(area, int) or area < 1:
+        raise ValueError(f"min_area_px {area!r}, expected an integer ≥ 1")
+    return RegionRule(_number(value["pixel_threshold"]), area)
+
+
+def _details(value):
+    """What calibration saw, the sanity bounds among it: `normal_scores` (min ≤ median ≤ max of the good
+    parts' scores, finite). The rest is the calibration report's, read by no check."""
+    if not isinstance(value, dict):
+        raise ValueError(f"a {type(value).__name__}, expected an object")
+    normal = value.get("normal_scores")
+    if (not isinstance(normal, dict) or not all(_finite(normal.get(k)) for k in ("min", "median", "max"))
+            or not normal["min"] <= normal["median"] <= normal["max"]):
+        raise ValueError(f"normal_scores {normal!r}, expected finite min ≤ median ≤ max of the good parts' scores")
+    return dict(value)
+
+
+def _quality(value):
+    from edge.imaging.quality import STATISTICS, parse_ranges
+
+    try:
+        ranges = parse_ranges(value, "quality")
+    except ConfigError as error:
+        raise ValueError(str(error).removeprefix("quality: ")) from None
+    missing = [name for name in STATISTICS if name not in ranges]
+    if missing:
+        raise ValueError(f"no range for {', '.join(missing)}: the frame-quality gate needs every statistic")
+    return ranges
+
+
+# The thresholds file, key by key: key → reader. Every key is required (a null where the reader takes
+# one) and no other is allowed, so a file is exactly what `hlgfa calibrate` writes: a key this daemon
+# does not know would be a setting it silently ignores, and a missing one a check it silently skips.
+SCHEMA = {
+    "format": _format,
+    "model_hash": _text,
+    "image_threshold": _number,
+    "version": _text,
+    "region": _region,
+    "engine_sha256": _text_or_null,
+    "policy": _text,
+    "details": _details,
+    "quality": _quality,
+}
+
+
 def _check_sane(thresholds: "Thresholds", source: str) -> None:
     """Refuse thresholds no calibration produces: below every good score seen at calibration
     (every part would be rejected) or below their median (most would), or so far above them that
-    every part would pass. Scores are
-    not signed quantities (the fused map is centred on the good parts' 0.9 quantile), so the
-    bounds are the calibration's own good scores, and a file without them is only checked for
-    finite numbers."""
-    normal = thresholds.details.get("normal_scores")
-    if not isinstance(normal, dict):
-        return  # not written by `hlgfa calibrate`: no calibrated range to compare with
-    low, high = normal.get("min"), normal.get("max")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high)):
-        raise ConfigError(f"{source}: details.normal_scores must hold finite min and max, got {normal!r}")
+    every part would pass. Scores are not signed quantities (the fused map is centred on the good
+    parts' 0.9 quantile), so the bounds are the calibration's own good scores, `details.normal_scores`,
+    which the version's content digest covers like the threshold itself."""
+    normal = thresholds.details["normal_scores"]
+    low, median, high = normal["min"], normal["median"], normal["max"]
     if thresholds.image_threshold < low:
         raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold:.6g} is below every good part's "
                           f"score at calibration (min {low:.6g}): it would reject all of them; recalibrate")
-    median = normal.get("median")
-    if isinstance(median, (int, float)) and math.isfinite(median) and thresholds.image_threshold < median:
+    if thresholds.image_threshold < median:
         # No false-reject target calibrates to this: it rejects most good parts.
         raise ConfigError(f"{source}: image_threshold {thresholds.image_threshold:.6g} is below the median good "
                           f"score at calibration ({median:.6g}): it would reject more than half of the good parts; "
@@ -99,40 +168,26 @@ def _check_sane(thresholds: "Thresholds", source: str) -> None:
 
 
 def parse_thresholds(data: object, source: str) -> Thresholds:
+    """`data` checked against `SCHEMA`, strictly; ConfigError naming `source`, the key and the fix."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
-    if data.get("format") != THRESHOLDS_FORMAT:
-        raise ConfigError(f"{source}: format {data.get('format')!r}, expected {THRESHOLDS_FORMAT!r}")
-    for key in ("model_hash", "version"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise ConfigError(f"{source}: key {key!r} must be a non-empty string")
-    region = None
-    if data.get("region") is not None:
-        region_data = data["region"]
-        if not isinstance(region_data, dict):
-            raise ConfigError(f"{source}: key 'region' must be an object or null")
-        area = region_data.get("min_area_px")
-        if isinstance(area, bool) or not isinstance(area, int) or area < 1:
-            raise ConfigError(f"{source}: key 'region.min_area_px' must be an integer ≥ 1, got {area!r}")
-        region = RegionRule(_require_number(region_data, "pixel_threshold", f"{source} region"), area)
-    thresholds = Thresholds(
-        model_hash=data["model_hash"],
-        image_threshold=_require_number(data, "image_threshold", source),
-        version=_effective_version(data),
-        region=region,
-        engine_sha256=data.get("engine_sha256"),
-        policy=str(data.get("policy", "frr")),
-        details=dict(data.get("details") or {}),
-        quality=_parse_quality(data, source),
-    )
+    unknown = sorted(set(data) - set(SCHEMA))
+    missing = [key for key in SCHEMA if key not in data]
+    if unknown or missing:
+        raise ConfigError(f"{source}: " + "; ".join(
+            [f"unknown key {key!r}" for key in unknown] + [f"key {key!r} is missing" for key in missing])
+            + f"; expected exactly the keys `hlgfa calibrate` writes ({', '.join(SCHEMA)}): recalibrate with "
+              f"`hlgfa calibrate --model MODEL_DIR --normals DIR` to write a complete file")
+    values = {}
+    for key, read in SCHEMA.items():
+        try:
+            values[key] = read(data[key])
+        except ValueError as error:
+            raise ConfigError(f"{source}: key {key!r}: {error}; recalibrate with `hlgfa calibrate`") from None
+    del values["format"]
+    thresholds = Thresholds(**{**values, "version": _effective_version(data)})
     _check_sane(thresholds, source)
     return thresholds
-
-
-def _parse_quality(data: dict, source: str) -> dict | None:
-    from edge.imaging.quality import parse_ranges
-
-    return None if data.get("quality") is None else parse_ranges(data["quality"], source)
 
 
 def load_thresholds(path: str | Path, expected_model_hash: str | None = None) -> Thresholds:

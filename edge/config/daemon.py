@@ -32,7 +32,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Union
 
-from pydantic import Discriminator, Field, Tag, field_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from edge.backends.base import AutoConfig
 from edge.backends.onnxruntime import OnnxRuntimeConfig
@@ -44,6 +44,7 @@ from edge.imaging.quality import QualityConfig
 from edge.inspection.pipeline import PipelineConfig
 from edge.sources.factory import FolderSourceConfig, SourceConfig
 from edge.transport import wire
+from edge.transport.endpoints import same_endpoint
 from edge.transport.publisher import PublishConfig
 
 DEFAULT_THRESHOLDS_NAME = "thresholds.json"
@@ -52,6 +53,23 @@ DEFAULT_THRESHOLDS_NAME = "thresholds.json"
 class HealthConfig(Section):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     metrics_address: str = "127.0.0.1"
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        """An address of this machine the metrics server can listen on (IPv4 or IPv6; 0.0.0.0 for all),
+        proved by binding port 0 there, as `hlgfa run` binds it."""
+        import socket
+
+        try:
+            family, kind, _, _, address = socket.getaddrinfo(value, 0, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+            with socket.socket(family, kind) as probe:
+                probe.bind(address)
+        except (OSError, UnicodeError) as error:
+            raise ValueError(f"{value!r} cannot be listened on here ({getattr(error, 'strerror', None) or error}); "
+                             "expected an IP address or name of this machine, or 0.0.0.0 for all") from None
+        return value
 
 
 def _backend_kind(value) -> str:
@@ -86,6 +104,21 @@ class DaemonConfig(Section):
             return wire.check_camera(value)
         except wire.WireError as error:
             raise ValueError(str(error)) from None
+
+    @model_validator(mode="after")
+    def _across_sections(self):
+        """Rules between keys of two sections: what `hlgfa run` would otherwise find out only when
+        binding a socket or reading a frame."""
+        if self.source.timeout_s >= self.pipeline.stall_timeout_s:
+            raise ValueError(f"source.timeout_s {self.source.timeout_s:g} is not less than pipeline.stall_timeout_s "
+                             f"{self.pipeline.stall_timeout_s:g}: a read waiting for its frame would read as a stall")
+        port = self.health.metrics_port
+        if port:
+            for key, endpoint in (("endpoint", self.publish.endpoint), ("reliable_endpoint", self.publish.reliable_endpoint)):
+                if endpoint is not None and same_endpoint(f"tcp://{self.health.metrics_address}:{port}", endpoint):
+                    raise ValueError(f"health.metrics_port {port} is the port of publish.{key} {endpoint!r}: "
+                                     "expected a port of its own")
+        return self
 
     @property
     def thresholds_path(self) -> Path:

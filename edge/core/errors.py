@@ -57,10 +57,15 @@ def exit_status(command: str, error: BaseException) -> int:
     import sys
     import traceback
 
+    # The status must survive a stderr that cannot be written (a full disk under the journal): a
+    # refusal that exits 1 instead of 78 makes systemd restart what it should leave stopped.
+    try:
+        if isinstance(error, HlgfaError):
+            print(f"hlgfa {command}: error: {error}", file=sys.stderr)
+        elif not isinstance(error, KeyboardInterrupt):
+            traceback.print_exception(error)
+    except OSError:
+        pass
     if isinstance(error, HlgfaError):
-        print(f"hlgfa {command}: error: {error}", file=sys.stderr)
         return error.exit_code
-    if isinstance(error, KeyboardInterrupt):
-        return 130
-    traceback.print_exception(error)
-    return 1
+    return 130 if isinstance(error, KeyboardInterrupt) else 1

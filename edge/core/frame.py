@@ -4,6 +4,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# A camera's frame counter is unsigned 64-bit (GenICam's BlockID); the wire and the bridge carry it so.
+FRAME_ID_LIMIT = 1 << 64
+
+
+def is_frame_id(value: object) -> bool:
+    """An integer 0 ≤ value < 2**64: a frame id every later stage can carry."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < FRAME_ID_LIMIT
+
 
 @dataclass
 class Frame:

@@ -1,7 +1,9 @@
 """Log lines of one camera, and the log levels of the daemon's `[logging]` section."""
 
+import collections
 import logging
-from typing import Literal
+import time
+from typing import Callable, Hashable, Literal
 
 from pydantic import Field
 
@@ -19,6 +21,38 @@ class CameraLog(logging.LoggerAdapter):
 
 def camera_log(module: str, camera: str) -> CameraLog:
     return CameraLog(logging.getLogger(module), {"camera": camera})
+
+
+class RepeatLimiter:
+    """Lets a log line of one key (a peer and a cause) through at most once per `interval_s`; the next
+    one let through says how many were held back meanwhile. A thousand reconnects or junk messages
+    from one peer are then a few lines with counts, not a thousand. At most `max_keys` keys are
+    remembered (the least recently seen forgotten first), so a flood of peers cannot grow it."""
+
+    def __init__(self, interval_s: float = 60.0, max_keys: int = 256, clock: Callable[[], float] = time.monotonic):
+        self.interval_s = interval_s
+        self._max_keys = max_keys
+        self._clock = clock
+        self._keys: collections.OrderedDict[Hashable, list] = collections.OrderedDict()  # key → [last shown, held]
+
+    def log(self, logger, level: int, key: Hashable, message: str, *args) -> bool:
+        """Log `message % args` at `level` unless `key` was logged less than `interval_s` ago; True if logged."""
+        now = self._clock()
+        entry = self._keys.get(key)
+        if entry is not None:
+            self._keys.move_to_end(key)
+            if now - entry[0] < self.interval_s:
+                entry[1] += 1
+                return False
+        held = entry[1] if entry is not None else 0
+        if held:
+            message += " (%d more like this in the last %.0f s)"
+            args = (*args, held, now - entry[0])
+        self._keys[key] = [now, 0]
+        while len(self._keys) > self._max_keys:
+            self._keys.popitem(last=False)
+        logger.log(level, message, *args)
+        return True
 
 
 def apply_levels(level: str, levels: dict[str, str]) -> None:

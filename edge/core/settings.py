@@ -69,7 +69,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     one that is not valid TOML (e.g. a bare path) is taken as a string."""
     key, eq, raw = text.partition("=")
     key = key.strip()
-    if not eq or not key or not all(re.match(r"^[A-Za-z0-9_-]+$", part) for part in key.split(".")):
+    if not eq or not key or not all(re.fullmatch(r"[A-Za-z0-9_-]+", part) for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE with a dotted key, e.g. pipeline.deadline_ms=200")
     raw = raw.strip()
     try:

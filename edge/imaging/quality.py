@@ -32,7 +32,8 @@ calibration, evaluation and the daemon):
 
 Ranges are fitted on calibration normals (`calibrate/quality_fit.py`), stored in the thresholds
 file (key `quality`, bound to the model like the thresholds), and each can be overridden in the
-daemon config (`[quality]`). A thresholds file without ranges turns the gate off, with a warning.
+daemon config (`[quality]`). A thresholds file without a range for every statistic is refused
+(edge/artifacts/thresholds.py): recalibrate.
 Pure numpy (and the shared resize): no torch, no model.
 """
 
@@ -53,6 +54,12 @@ log = logging.getLogger(__name__)
 IMAGE_STATISTICS = ("mean", "contrast", "sharpness", "saturated_fraction", "black_fraction", "width", "height")
 MAP_STATISTICS = ("map_mean",)
 STATISTICS = IMAGE_STATISTICS + MAP_STATISTICS
+# What each statistic can be: a range given in the config lies within it. Sharpness, the Laplacian's
+# variance over the grey levels', is at most 64 on the interior (the 4-neighbour Laplacian's norm is 8);
+# 100 leaves room for the border. The map mean has no natural end: ±1e9 is far beyond any model's maps.
+STATISTIC_DOMAINS = {"mean": (0.0, 255.0), "contrast": (0.0, 128.0), "sharpness": (0.0, 100.0),
+                     "saturated_fraction": (0.0, 1.0), "black_fraction": (0.0, 1.0),
+                     "width": (0.0, float(1 << 27)), "height": (0.0, float(1 << 27)), "map_mean": (-1e9, 1e9)}
 SATURATED_LEVEL = 250  # grey levels within 5 of either end count as saturated / black
 BLACK_LEVEL = 5
 # ITU-R BT.601 luma, as cv2's RGB2GRAY; the weights matter little, only that they never change.
@@ -132,7 +139,7 @@ def effective_ranges(calibrated: Mapping[str, tuple[float, float]] | None,
     logged at WARNING: blank, dark or foreign frames are then judged by the score alone."""
     ranges = dict(calibrated or {})
     if not ranges:
-        log.warning("%s: no frame-quality ranges (file from before the gate, or fitted without it); blank, dark, "
+        log.warning("%s: no frame-quality ranges (thresholds made in memory without them); blank, dark, "
                     "blurred or foreign frames are judged by the score alone%s. Recalibrate with `hlgfa calibrate` to "
                     "turn the gate on.", where,
                     f" (only the config's overrides apply: {', '.join(sorted(overrides))})" if overrides else "")
@@ -186,8 +193,10 @@ class QualityConfig(Section):
     def _ranges(self):
         for name, bounds in self.overrides().items():
             low, high = bounds
-            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-                raise ValueError(f"{name} = {list(bounds)}: expected [low, high], finite numbers with low ≤ high")
+            floor, ceiling = STATISTIC_DOMAINS[name]
+            if not (math.isfinite(low) and math.isfinite(high) and floor <= low <= high <= ceiling):
+                raise ValueError(f"{name} = {list(bounds)}: expected [low, high], finite numbers with "
+                                 f"{floor:g} ≤ low ≤ high ≤ {ceiling:g}")
         return self
 
     def overrides(self) -> dict[str, tuple[float, float]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -33,19 +33,21 @@ if TYPE_CHECKING:
 
 
 class Deadline:
-    """`pipeline.deadline_ms`, counted from a frame's receipt: checked before each costly step and once
-    more when the score is ready, since a late verdict would be acted on for the part after."""
+    """`pipeline.deadline_ms`, counted from a frame's receipt: checked before each costly step, when
+    the score is ready, and last when the verdict is handed to the socket, since a late verdict would
+    be acted on for the part after."""
 
     def __init__(self, deadline_ms: float, clock_ns: Callable[[], int] = time.monotonic_ns):
         self.ms = deadline_ms
-        self._clock_ns = clock_ns
+        self.clock_ns = clock_ns
 
     def of(self, frame: Frame) -> int:
         return frame.receive_ns + int(self.ms * 1e6)
 
-    def missed(self, item: Item, step: str) -> str | None:
-        """None while `item` is in time; else the fault message, e.g. "not yet inferred 612.3 ms after receipt…"."""
-        now = self._clock_ns()
+    def missed(self, item: Item, step: str, now: int | None = None) -> str | None:
+        """None while `item` is in time (at `now`, default the clock's); else the fault message, e.g.
+        "not yet inferred 612.3 ms after receipt…"."""
+        now = self.clock_ns() if now is None else now
         if now <= item.deadline_ns:
             return None
         return f"{step} {(now - item.frame.receive_ns) / 1e6:.1f} ms after receipt, past the {self.ms:g} ms deadline"
@@ -196,19 +198,32 @@ class Concluder:
             device_timestamp_ns=int(frame.device_timestamp_ns), receive_ns=int(frame.receive_ns),
             decision_ns=decision_ns, latency_ms=(decision_ns - frame.receive_ns) / 1e6,
             model_hash=self.model_hash, thresholds_version=criteria.thresholds.version, region_px=int(region_px))
-        self.drift.observe(verdict, decision.score, criteria.thresholds)
         try:
-            self.publisher.publish_decision(decision, result.anomaly_map if kind is None and self._maps else None)
+            decision = self.publisher.publish_decision(decision, result.anomaly_map if kind is None and self._maps
+                                                       else None, at_handover=lambda d: self._at_handover(item, d))
+            if kind is None and decision.verdict == FAULT:
+                kind = "deadline"
             if kind is not None:
-                self.publisher.publish_fault(kind, reason, decision.frame_id)
+                self.publisher.publish_fault(kind, decision.reason, decision.frame_id)
         except Exception as error:
             self._log.error("cannot publish the decision on frame %s: %s", frame.frame_id, error)
             self._fail(OutputError(f"cannot publish: {error}"))
+        self.drift.observe(decision.verdict, decision.score, criteria.thresholds)
         item.seconds["decide"] = time.monotonic() - start
         item.seconds["total"] = decision.latency_ms / 1000
-        self.health.frame_done(verdict, item.seconds, fault_kind=kind)
+        self.health.frame_done(decision.verdict, item.seconds, fault_kind=kind)
         if kind == "overload":
             self.health.dropped(1)
+
+    def _at_handover(self, item: Item, decision: wire.Decision) -> wire.Decision:
+        """The decision as it leaves, judged against the deadline at that moment (the publisher calls
+        this under its send lock): an ok or reject past it becomes a `deadline` fault, since the part
+        it belongs to has moved on; its latency is the time to this moment."""
+        now = self.deadline.clock_ns()
+        decision = replace(decision, decision_ns=now, latency_ms=(now - decision.receive_ns) / 1e6)
+        if decision.verdict == FAULT or (late := self.deadline.missed(item, "handed to the socket", now)) is None:
+            return decision
+        return replace(decision, verdict=FAULT, reason=f"deadline: {late}", region_px=0)
 
     def report_fault(self, code: str, message: str, frame_id: int | None = None) -> None:
         """A fault not tied to one frame's verdict: fault topic + metrics + log."""

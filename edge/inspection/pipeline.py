@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edge.imaging import quality
 
@@ -28,7 +28,7 @@ from edge.transport import wire
 from edge.backends.base import BackendSettings
 from edge.inspection.conclude import Concluder, Item, Result, VerdictSettings
 from edge.core.errors import HlgfaError, StageError
-from edge.core.frame import Frame
+from edge.core.frame import FRAME_ID_LIMIT, Frame, is_frame_id
 from edge.core.logs import camera_log
 from edge.core.settings import Section
 from edge.imaging.preprocess import PreprocessSpec, check_image, normalize, resize_to
@@ -41,31 +41,45 @@ _POLL_S = 0.1    # how often a stage waiting for room looks again whether it sho
 # preprocessing costs about 1 ms (1.3 MP), 2.5–3 ms (2.3–5 MP) and 9 ms (12 MP) on a 2-core x86_64, as
 # much as or more than the rest of the pipeline's own work (BENCHMARKS.md, preprocessing by frame size).
 OVERSIZED_FRAME_FACTOR = 16
+# The longest deadline: an hour. A verdict later than that is no use on a line.
+MAX_DEADLINE_MS = 3_600_000.0
 
 
 class PipelineConfig(Section):
     # Frames waiting between acquisition and preprocessing, and between preprocessing and inference.
-    acquire_queue: int = Field(default=8, ge=1)
-    infer_queue: int = Field(default=8, ge=1)
+    acquire_queue: int = Field(default=8, ge=1, le=10_000)
+    infer_queue: int = Field(default=8, ge=1, le=10_000)
     # Results waiting to be decided and published; large, since a fault must always find room.
-    output_queue: int = Field(default=1024, ge=16)
+    output_queue: int = Field(default=1024, ge=16, le=100_000)
     # A frame without a verdict this long after it arrived is a fault ("deadline"), even if a score
     # comes later: the part has moved on and a late verdict would be acted on for the wrong part.
-    deadline_ms: float = Field(default=500.0, gt=0)
-    # After the first frame of a batch, wait at most this long for more (only with max_batch > 1).
-    max_batch_wait_ms: float = Field(default=2.0, ge=0)
+    # There is no "no deadline": an offline replay that must never fault on time asks for the longest,
+    # MAX_DEADLINE_MS (an hour).
+    deadline_ms: float = Field(default=500.0, gt=0, le=MAX_DEADLINE_MS)
+    # After the first frame of a batch, wait at most this long for more (only with max_batch > 1);
+    # less than the deadline, or every frame of a batch would wait past it.
+    max_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
     # What a full queue does to a new frame: "fault" publishes it as a fault ("overload") at once;
     # "block" makes acquisition wait (the camera's own buffers then overrun, counted by the source).
     # Unset: "block" for a folder replay (no camera to overrun), "fault" for cameras.
     overload: Literal["fault", "block"] | None = None
-    # A stage busy with one item for longer than this is stalled: a fault, then exit 70.
-    stall_timeout_s: float = Field(default=30.0, gt=0)
-    # How long SIGTERM waits for frames in flight before publishing them as faults ("shutdown").
-    drain_timeout_s: float = Field(default=10.0, gt=0)
+    # A stage busy with one item for longer than this is stalled: a fault, then exit 70. Longer than
+    # the source's read timeout, or a camera waiting for a frame would read as stalled.
+    stall_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # How long SIGTERM waits for frames in flight before publishing them as faults ("shutdown"); within
+    # systemd's stop timeout (docs/DEPLOYMENT.md).
+    drain_timeout_s: float = Field(default=10.0, gt=0, le=600)
     # While the camera stays unavailable, repeat the fault event this often.
-    source_fault_repeat_s: float = Field(default=10.0, gt=0)
+    source_fault_repeat_s: float = Field(default=10.0, gt=0, le=3600)
     # Stop after this many frames (replays, tests, benchmarks); unset runs until the source ends.
-    max_frames: int | None = Field(default=None, ge=1)
+    max_frames: int | None = Field(default=None, ge=1, le=2 ** 63 - 1)
+
+    @model_validator(mode="after")
+    def _batch_wait_within_deadline(self):
+        if self.max_batch_wait_ms >= self.deadline_ms:
+            raise ValueError(f"max_batch_wait_ms {self.max_batch_wait_ms:g} is not less than deadline_ms "
+                             f"{self.deadline_ms:g}: every frame waiting for a batch would miss its deadline")
+        return self
 
 
 @dataclass(eq=False)
@@ -248,10 +262,7 @@ class Pipeline:
                     frame = self.source.read(self.read_timeout_s)
                 except FrameError as error:
                     stage.busy_since = None
-                    self.reads += 1
-                    last_frame_id = error.frame_id if error.frame_id is not None else last_frame_id + 1
-                    self._fault(self.concluder.register(Frame(last_frame_id, getattr(self.source, "source_id", ""), "",
-                                                              None, time.monotonic_ns())), "frame_error", str(error))
+                    last_frame_id = self._frame_error(error.frame_id, last_frame_id, str(error))
                     continue
                 except SourceExhausted:
                     self.log.info("source ended after %d frames", self.reads)
@@ -277,12 +288,27 @@ class Pipeline:
                 stage.busy_since = None
                 self._last_frame_at = time.monotonic()
                 self._source_back("delivering")
+                if not is_frame_id(frame.frame_id):
+                    # One frame's bad id is that frame's fault; it never reaches the wire, which could not carry it.
+                    last_frame_id = self._frame_error(None, last_frame_id, f"the source gave frame id {frame.frame_id!r}, "
+                                                      f"expected an integer from 0 to 2**64 - 1")
+                    continue
                 self.reads += 1
                 last_frame_id = frame.frame_id
                 self._pass_on(self._pre_q, self.concluder.register(frame), "preprocess")
         finally:
             stage.busy_since = None
             self._pre_q.put(_END)
+
+    def _frame_error(self, frame_id: int | None, last_frame_id: int, message: str) -> int:
+        """Publish a `frame_error` fault for a frame the source could not deliver, under its own id when
+        it has a usable one, else the one after the last; returns the id used."""
+        self.reads += 1
+        if frame_id is None or not is_frame_id(frame_id):
+            frame_id = (last_frame_id + 1) % FRAME_ID_LIMIT
+        self._fault(self.concluder.register(Frame(frame_id, getattr(self.source, "source_id", ""), "", None,
+                                                  time.monotonic_ns())), "frame_error", message)
+        return frame_id
 
     def _wait_for_room(self) -> None:
         """For a source with back-pressure: block until fewer than the limit of frames are open.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 from edge.core.errors import ConfigError
 from edge.core.notify import SystemdNotifier
-from edge.core.logs import camera_log
+from edge.core.logs import RepeatLimiter, camera_log
 from edge.transport.wire import DRIFT_STATES, VERDICTS, Counters
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,14 @@ log = logging.getLogger(__name__)
 # end); the buckets are dense there and have a few wide ones above to show stalls.
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.010, 0.020, 0.030, 0.050, 0.075, 0.100,
                      0.150, 0.200, 0.300, 0.500, 1.0, 2.5)
+
+
+# At most this many connections to the metrics port are served at once (a Prometheus server needs
+# one); more are closed at once, so idle or junk connections never take the descriptors the frame
+# path needs ("Too many open files" on reading a frame).
+MAX_METRICS_CONNECTIONS = 8
+# A connection that sends no complete request within this long is closed.
+METRICS_IDLE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -58,19 +67,63 @@ class MetricsServer:
         self._thread.join(timeout=5.0)
 
 
-def start_metrics_server(port: int, address: str, registry) -> MetricsServer:
-    """Serve `registry` at http://address:port/metrics in a daemon thread."""
-    from prometheus_client import start_http_server
+def start_metrics_server(port: int, address: str, registry, max_connections: int = MAX_METRICS_CONNECTIONS,
+                         idle_timeout_s: float = METRICS_IDLE_TIMEOUT_S) -> MetricsServer:
+    """Serve `registry` at http://address:port/metrics in a daemon thread: one thread per connection,
+    at most `max_connections` at once, each closed after `idle_timeout_s` without a request."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
 
     if not 0 <= port <= 65535:
         raise ConfigError(f"metrics port {port}: expected 0..65535")
     try:
-        server, thread = start_http_server(port, addr=address, registry=registry)
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except socket.gaierror as error:
+        raise ConfigError(f"metrics endpoint {address}:{port}: the address does not resolve ({error.strerror})") from None
+    slots = threading.BoundedSemaphore(max_connections)
+    failures = RepeatLimiter()
+
+    class Handler(WSGIRequestHandler):
+        timeout = idle_timeout_s
+
+        def log_message(self, format, *args):
+            """Scrapes and timed-out connections are not worth a log line each."""
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        address_family = family  # an IPv6 address too
+
+        def process_request(self, request, client_address):
+            if not slots.acquire(blocking=False):
+                self.shutdown_request(request)
+                return
+            super().process_request(request, client_address)
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                slots.release()
+
+        def handle_error(self, request, client_address):
+            """A client that hangs up or sends junk: one line per address and cause a minute, no traceback."""
+            error = sys.exc_info()[1]
+            failures.log(log, logging.WARNING, (client_address[0], type(error).__name__),
+                         "metrics endpoint: a request from %s failed: %s: %s", client_address[0],
+                         type(error).__name__, error)
+
+    try:
+        server = make_server(address, port, make_wsgi_app(registry), Server, handler_class=Handler)
     except OSError as error:
         # Two camera instances configured with the same port is the usual cause; restarting
         # would not fix it, so it is a configuration error (exit 78, no restart loop).
         raise ConfigError(f"metrics endpoint {address}:{port}: cannot listen ({error}); "
                           "expected a free port, one per camera instance") from error
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
     return MetricsServer(address, server.server_port, server, thread)
 
 

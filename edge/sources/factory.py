@@ -8,53 +8,70 @@ without harvesters or cv2.
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
 from edge.core.errors import ConfigError
+from edge.core.settings import Section
 from edge.sources.base import Source
 
+# The longest one read() may wait for a frame: a read must come back within the pipeline's stall timeout.
+MAX_READ_TIMEOUT_S = 60.0
+# A device's place in the list of cameras (an int `target`/`device`).
+MAX_DEVICE_INDEX = 1023
+DeviceIndex = Annotated[int, Field(ge=0, le=MAX_DEVICE_INDEX)]
 
-class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class _Config(Section):
     source_id: str | None = None
+
+
+class _Reconnecting(_Config):
+    """A camera that may be lost: how soon it is tried again (capped exponential backoff)."""
+
+    reconnect_backoff_initial_s: float = Field(default=0.1, gt=0, le=3600)
+    reconnect_backoff_max_s: float = Field(default=5.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _backoff_order(self):
+        if self.reconnect_backoff_initial_s > self.reconnect_backoff_max_s:
+            raise ValueError(f"reconnect_backoff_initial_s {self.reconnect_backoff_initial_s:g} is over "
+                             f"reconnect_backoff_max_s {self.reconnect_backoff_max_s:g}: expected initial ≤ max")
+        return self
 
 
 class FolderSourceConfig(_Config):
     kind: Literal["folder"] = "folder"
     path: Path
-    fps: float | None = Field(default=None, gt=0)
+    fps: float | None = Field(default=None, gt=0, le=100_000)
     loop: bool = False
-    # How long the pipeline waits in one read() (every source config has its own; see genicam's).
-    timeout_s: float = Field(default=0.5, gt=0)
+    # How long the pipeline waits in one read() (every source config has its own; see genicam's); also
+    # the longest one image file may take to read.
+    timeout_s: float = Field(default=0.5, gt=0, le=MAX_READ_TIMEOUT_S)
 
 
-class OpenCVSourceConfig(_Config):
+class OpenCVSourceConfig(_Reconnecting):
     kind: Literal["opencv"] = "opencv"
     # A device index, an RTSP/HTTP URL, or a video file path.
-    target: int | str
+    target: DeviceIndex | str
     loop: bool = False
-    timeout_s: float = Field(default=0.5, gt=0)
-    reconnect_backoff_initial_s: float = Field(default=0.1, gt=0)
-    reconnect_backoff_max_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=0.5, gt=0, le=MAX_READ_TIMEOUT_S)
 
 
-class GenicamSourceConfig(_Config):
+class GenicamSourceConfig(_Reconnecting):
     kind: Literal["genicam"] = "genicam"
     cti: Path | None = None
     # Serial number, user-defined name or device id (str); list index (int); None = first device.
-    device: str | int | None = None
+    device: str | DeviceIndex | None = None
     # Any GenICam feature → value, applied in order at start-up and after every reconnect.
     settings: dict[str, bool | int | float | str] = Field(default_factory=dict)
     # "hardware": no frame within timeout_s is an idle line, not a fault, while the device answers
     # (docs/CONFIG.md, "Idle line or lost camera"); "free"/"software": a frame was due, so a fault.
     trigger: Literal["free", "software", "hardware"] = "free"
     trigger_source: str = "Line0"
-    buffers: int = Field(default=4, ge=1)
+    buffers: int = Field(default=4, ge=1, le=1000)
     # How long the pipeline waits in read() for one frame (the source itself takes it per call).
-    timeout_s: float = Field(default=1.0, gt=0)
-    reconnect_after_timeouts: int = Field(default=3, ge=1)  # free/software trigger only
-    reconnect_backoff_initial_s: float = Field(default=0.1, gt=0)
-    reconnect_backoff_max_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0, le=MAX_READ_TIMEOUT_S)
+    reconnect_after_timeouts: int = Field(default=3, ge=1, le=1000)  # free/software trigger only
 
 
 SourceConfig = Annotated[

@@ -12,8 +12,8 @@ from pathlib import Path
 
 
 from edge.core.errors import ConfigError, InputDataError
-from edge.core.frame import Frame
-from edge.imaging.files import IMAGE_SUFFIXES, decode_image, image_files
+from edge.core.frame import FRAME_ID_LIMIT, Frame, is_frame_id
+from edge.imaging.files import IMAGE_SUFFIXES, decode_image, image_files, read_image_bytes
 from edge.sources.base import FrameError, SourceExhausted
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def _read_recording(index_path: Path) -> list[dict]:
             entries.append(
                 {
                     "file": index_path.parent / str(record["file"]),
-                    "frame_id": int(record["frame_id"]),
+                    "frame_id": record["frame_id"],
                     "device_timestamp_ns": int(record.get("device_timestamp_ns", 0)),
                 }
             )
@@ -44,6 +44,9 @@ def _read_recording(index_path: Path) -> list[dict]:
             raise InputDataError(
                 f"{index_path}:{line_number}: expected a JSON object with 'file' and 'frame_id' ({error})"
             ) from error
+        if not is_frame_id(entries[-1]["frame_id"]):
+            raise InputDataError(f"{index_path}:{line_number}: frame_id {entries[-1]['frame_id']!r}, expected an "
+                                 f"integer from 0 to 2**64 - 1 (a camera's frame counter)")
     return entries
 
 
@@ -64,6 +67,7 @@ class FolderSource:
     def _reset_counters(self) -> None:
         self._position = 0
         self._passes = 0
+        self._shift = 0  # added to the recording's ids: a looped pass's ids keep increasing
         self._id_span = 0
         self._last_frame_id: int | None = None
         self._next_due: float | None = None
@@ -113,15 +117,21 @@ class FolderSource:
             self._position = 0
             self._passes += 1
             self._stats["passes"] = self._passes
+            if self._shift + 2 * self._id_span > FRAME_ID_LIMIT:
+                # This pass's ids would pass 2**64 - 1: start again from the recording's own ids, as a
+                # camera's counter wraps (subscribers see the ids go back, as after a camera restart).
+                self._shift, self._last_frame_id = 0, None
+            else:
+                self._shift += self._id_span
         entry = self._entries[self._position]
         self._position += 1
-        frame_id = entry["frame_id"] + self._passes * self._id_span
+        frame_id = entry["frame_id"] + self._shift
         self._pace()
         if self._last_frame_id is not None and frame_id > self._last_frame_id + 1:
             self._stats["dropped"] += frame_id - self._last_frame_id - 1
         self._last_frame_id = frame_id
         try:
-            data = entry["file"].read_bytes()
+            data = read_image_bytes(entry["file"], str(entry["file"]), timeout_s)
             image, pixel_format = decode_image(data, str(entry["file"]))
         except (OSError, InputDataError) as error:
             self._stats["frame_errors"] += 1

@@ -47,3 +47,29 @@ def check_bind_endpoint(endpoint: str) -> str:
         if not rest or not folder.is_dir():
             raise ValueError(f"{endpoint!r}: the folder {folder} for the socket file does not exist")
     return endpoint
+
+
+def same_endpoint(first: str, second: str) -> bool:
+    """Would binding both collide: the same ipc file, or tcp on one port where the addresses overlap
+    (equal, resolving to a common address, or either `*`)? Interface names are compared as names."""
+    import socket
+
+    scheme, _, rest = first.partition("://")
+    other_scheme, _, other_rest = second.partition("://")
+    if scheme != other_scheme:
+        return False
+    if scheme != "tcp":
+        return (Path(rest).resolve() == Path(other_rest).resolve()) if scheme == "ipc" else rest == other_rest
+    (host, _, port), (other_host, _, other_port) = rest.rpartition(":"), other_rest.rpartition(":")
+    if port != other_port:
+        return False
+    if host == other_host or "*" in (host, other_host) or "0.0.0.0" in (host, other_host):
+        return True
+
+    def addresses(name: str) -> set[str]:
+        try:
+            return {info[4][0] for info in socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)}
+        except (socket.gaierror, UnicodeError):
+            return set()  # an interface name, compared as a name above
+
+    return bool(addresses(host) & addresses(other_host))

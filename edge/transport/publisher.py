@@ -11,6 +11,14 @@ decision's way to a subscriber). The acknowledged channel (ROUTER) needs a loop 
 thread owns it, and callers hand it each decision over an inproc PAIR socket, also under the lock.
 That hand-over is non-blocking too; an overrun is counted and reported in the next heartbeat.
 
+What a peer can cost is bounded. The PUB side is an XPUB in manual mode: the I/O thread applies a
+subscription only when it is a prefix of one of this camera's four topics (any other could never
+match a message), so the subscription tree holds at most those prefixes; ZeroMQ drops a peer whose
+message exceeds `MAX_PEER_MESSAGE_BYTES` before storing it. The acknowledged channel belongs to one
+bridge at a time (the first to say HELLO, until it is silent for `bridge_timeout_s` or a bridge with
+its CURVE key says HELLO); others are refused with a REFUSED message and a WARNING naming their
+address. Log lines about peers go through a `RepeatLimiter`: one per peer and cause a minute.
+
 Heartbeats are driven by the pipeline's loop (`maybe_heartbeat(counters)` every iteration), not by a
 timer thread: a heartbeat then proves the *pipeline* is alive, not just this publisher, so a hung
 pipeline goes silent and the bridge fails safe. The loop must come round at least once per period
@@ -18,6 +26,7 @@ pipeline goes silent and the bridge fails safe. The loop must come round at leas
 """
 
 import collections
+import logging
 import math
 import re
 import secrets
@@ -26,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -34,9 +43,9 @@ from pydantic import Field, field_validator, model_validator
 from edge.transport import wire
 from edge.transport.curve_keys import ServerCurve, apply_server, start_authenticator
 from edge.core.errors import ConfigError, OutputError
-from edge.core.logs import camera_log
+from edge.core.logs import RepeatLimiter, camera_log
 from edge.core.settings import Section
-from edge.transport.endpoints import check_bind_endpoint
+from edge.transport.endpoints import check_bind_endpoint, same_endpoint
 
 # Commands on the inproc hand-over to the I/O thread (first frame).
 _DECISION, _QUIT = b"D", b"Q"
@@ -45,6 +54,20 @@ BACKLOG_RETRY_MS = 10
 # A decision's seq and frame id (a camera's unsigned 64-bit counter) on that hand-over: binary, it never
 # leaves the process.
 _SEQ_FRAME = struct.Struct("=qQ")
+# Longest message a peer may send to either socket; ZeroMQ disconnects one that sends more, before
+# storing any of it. A subscription is at most 76 bytes ("heartbeat." + a 64-character camera + "/"),
+# HELLO and ACK less, but the limit also covers the handshake's commands (CURVE's INITIATE carries the
+# peer's metadata).
+MAX_PEER_MESSAGE_BYTES = 4096
+# How often the I/O thread looks for subscriptions when no wake-up reached it (a sending thread may
+# have taken the socket's signal): the longest a new subscriber waits for its first message.
+SUBSCRIPTION_POLL_MS = 50
+
+
+# Published maps are at most this many px a side (a 4096 × 4096 float16 map is 32 MiB per frame).
+MAX_MAP_SIDE = 4096
+# A fixed uint8 map scale's ends lie within ± this (model map values are O(1..100)).
+MAX_MAP_VALUE = 1e9
 
 
 class PublishConfig(Section):
@@ -54,26 +77,31 @@ class PublishConfig(Section):
     map_format: Literal["uint8", "float16"] = "uint8"
     # [height, width] of published maps, or "model" for the model's own resolution (its aspect
     # ratio: a non-square model's map is not squashed).
-    map_size: tuple[int, int] | Literal["model"] = "model"
-    # uint8 scale [lo, hi]; unset scales each map to its own min..max.
-    map_value_range: tuple[float, float] | None = None
-    heartbeat_period_s: float = Field(default=1.0, gt=0)
+    map_size: tuple[Annotated[int, Field(ge=1, le=MAX_MAP_SIDE)], Annotated[int, Field(ge=1, le=MAX_MAP_SIDE)]] \
+        | Literal["model"] = "model"
+    # uint8 scale [lo, hi] (lo < hi, each within ±MAX_MAP_VALUE); unset scales each map to its own min..max.
+    map_value_range: tuple[Annotated[float, Field(ge=-MAX_MAP_VALUE, le=MAX_MAP_VALUE)],
+                           Annotated[float, Field(ge=-MAX_MAP_VALUE, le=MAX_MAP_VALUE)]] | None = None
+    heartbeat_period_s: float = Field(default=1.0, ge=0.01, le=60)
     # Per-subscriber queue on the PUB socket, in messages: 1000 ≈ 10 s of decision+map traffic at
     # 50 fps, ≈ 64 MiB worst case with 256×256 uint8 maps per stalled subscriber; past it ZeroMQ
     # drops for that subscriber only, which sees the gap from sequence numbers.
-    sndhwm: int = Field(default=1000, ge=1)
+    sndhwm: int = Field(default=1000, ge=1, le=1_000_000)
     # How long closing lets queued messages (the "stopping" heartbeat, the last decision) leave;
     # bounded so a systemd stop never hangs on an absent subscriber.
-    linger_ms: int = Field(default=500, ge=0)
+    linger_ms: int = Field(default=500, ge=0, le=60_000)
     # Unacknowledged decisions kept for the bridge; beyond it the oldest is evicted and a fault is
     # published for it (never silent).
-    reliable_capacity: int = Field(default=1000, ge=1)
-    ack_timeout_s: float = Field(default=0.25, gt=0)
+    reliable_capacity: int = Field(default=1000, ge=1, le=1_000_000)
+    ack_timeout_s: float = Field(default=0.25, ge=0.01, le=60)
     # Messages ZeroMQ queues towards the bridge before a send is refused (and retried in seq order).
-    reliable_hwm: int = Field(default=1000, ge=1)
+    reliable_hwm: int = Field(default=1000, ge=1, le=1_000_000)
     # CURVE: the publisher's NAME.key_secret file and the directory of allowed subscriber public keys.
     curve_secret_key: Path | None = None
     curve_allowed_clients: Path | None = None
+    # The bridge that owns the acknowledged channel keeps it until it is silent (no HELLO, no ACK) this
+    # long; then the next bridge to say HELLO takes it over. 5 HELLO periods of `ReliableClient`.
+    bridge_timeout_s: float = Field(default=5.0, ge=0.5, le=3600)
 
     @field_validator("endpoint", "reliable_endpoint")
     @classmethod
@@ -82,17 +110,24 @@ class PublishConfig(Section):
             raise ValueError(f"{value!r} is not a ZeroMQ endpoint, expected e.g. tcp://127.0.0.1:5555")
         return value if value is None else check_bind_endpoint(value)
 
-    @field_validator("map_size")
+    @field_validator("map_value_range")
     @classmethod
-    def _map_size(cls, value):
-        if value != "model" and min(value) < 1:
-            raise ValueError(f"{list(value)}: expected [height, width] ≥ 1 or \"model\"")
+    def _map_value_range(cls, value):
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"{list(value)}: expected [lo, hi] with lo < hi")
         return value
 
     @model_validator(mode="after")
     def _curve_pair(self):
         if (self.curve_secret_key is None) != (self.curve_allowed_clients is None):
             raise ValueError("curve_secret_key and curve_allowed_clients go together: set both or neither")
+        return self
+
+    @model_validator(mode="after")
+    def _two_endpoints(self):
+        if self.reliable_endpoint is not None and same_endpoint(self.endpoint, self.reliable_endpoint):
+            raise ValueError(f"reliable_endpoint {self.reliable_endpoint!r} is the endpoint {self.endpoint!r} of the "
+                             "PUB socket: the two sockets need two endpoints (e.g. ports 5555 and 5556)")
         return self
 
 
@@ -143,8 +178,16 @@ class Publisher:
         self._on_ack_rtt_ns = on_ack_rtt_ns
         self._reliable_stats: dict | None = None
         self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
+        # The bridge that owns the acknowledged channel: its identity, address, CURVE key (or None)
+        # and when it was last heard from.
         self._peer: bytes | None = None
-        self._rel_counts = {"acked": 0, "resent": 0, "evicted": 0, "deferred": 0}
+        self._peer_address = ""
+        self._peer_key: str | None = None
+        self._peer_heard_ns = 0
+        self._rel_counts = {"acked": 0, "resent": 0, "evicted": 0, "deferred": 0, "refused": 0}
+        self._peer_log = RepeatLimiter()
+        # Subscriptions worth storing: the prefixes of this camera's topics; any other never matches.
+        self._topics = tuple(wire.topic(kind, camera) for kind in wire.KINDS)
         # The bridge's queue refused a decision: newer ones wait behind it, so the bridge receives
         # every decision for the first time in seq order.
         self._backlogged = False
@@ -154,14 +197,18 @@ class Publisher:
         try:
             if self.curve is not None:
                 self._authenticator = start_authenticator(self._context, self.curve)
-            self._pub = self._make_socket(zmq.PUB, config.endpoint, config.sndhwm)
+            self._pub = self._make_socket(zmq.XPUB, config.endpoint, config.sndhwm, MAX_PEER_MESSAGE_BYTES,
+                                          {zmq.XPUB_MANUAL: 1})
             self.endpoint = self._pub.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._pub_signal = self._pub.getsockopt(zmq.FD)  # readable when subscriptions may have arrived
             self._router = None
             self.reliable_endpoint = None
             if config.reliable_endpoint is not None:
-                self._router = self._make_socket(zmq.ROUTER, config.reliable_endpoint, config.reliable_hwm)
                 # Sending to a vanished bridge must raise, not vanish: we then keep the decision pending.
-                self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+                # A bridge that reconnects under its own identity takes its connection over.
+                self._router = self._make_socket(zmq.ROUTER, config.reliable_endpoint, config.reliable_hwm,
+                                                 MAX_PEER_MESSAGE_BYTES,
+                                                 {zmq.ROUTER_MANDATORY: 1, zmq.ROUTER_HANDOVER: 1})
                 self.reliable_endpoint = self._router.getsockopt_string(zmq.LAST_ENDPOINT)
                 self._reliable_stats = self._stats_snapshot()
             inproc = f"inproc://hlgfa-publisher-{self.session}"
@@ -183,11 +230,14 @@ class Publisher:
         self.log.info("publishing on %s (reliable: %s, CURVE: %s, session %s)", self.endpoint, self.reliable_endpoint,
                       self.curve is not None, self.session)
 
-    def _make_socket(self, kind, endpoint: str, hwm: int):
+    def _make_socket(self, kind, endpoint: str, hwm: int, max_message_bytes: int, options: dict):
         zmq = self._zmq
         sock = self._context.socket(kind)
         sock.sndhwm = hwm
         sock.linger = self.config.linger_ms
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        for option, value in options.items():
+            sock.setsockopt(option, value)
         # ZMTP heartbeats: a subscriber whose host vanished (cable, power) is dropped within ~3 s and its
         # queue freed, instead of holding HWM messages until TCP gives up many minutes later.
         sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
@@ -204,21 +254,27 @@ class Publisher:
 
     # ------------------------------------------------------------------------- caller-side API
 
-    def publish_decision(self, decision: wire.Decision, anomaly_map: np.ndarray | None = None) -> wire.Decision:
-        """Publish a decision, then its map (when given and maps are on). Returns it with session/seq set.
+    def publish_decision(self, decision: wire.Decision, anomaly_map: np.ndarray | None = None,
+                         at_handover=None) -> wire.Decision:
+        """Publish a decision, then its map (when given and maps are on, and the decision is not a
+        fault). Returns it as sent, with session/seq set.
 
-        The decision leaves before the map is resized and encoded: the PLC waits on the verdict,
-        not on the picture.
+        `at_handover(decision) -> decision`, when given, is called under the send lock right before the
+        send, so the decision can be judged at the moment it leaves (the concluder's deadline); one
+        waiting for the lock behind another send is judged after that wait. The decision leaves before
+        the map is resized and encoded: the PLC waits on the verdict, not on the picture.
         """
         if decision.camera != self.camera:
             raise wire.WireError(f"decision for camera {decision.camera!r} given to the publisher of {self.camera!r}")
         with self._lock:
+            if at_handover is not None:
+                decision = at_handover(decision)
             decision = self._stamp(decision)
             frames = wire.encode(decision)
             self._send(frames)
             if self._router is not None:
                 self._handover([_DECISION, _SEQ_FRAME.pack(decision.seq, decision.frame_id), *frames])
-        if anomaly_map is not None:
+        if anomaly_map is not None and decision.verdict != "fault":
             map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.map_size,
                                         self.config.map_format, self.map_value_range)
             with self._lock:
@@ -328,12 +384,15 @@ class Publisher:
         zmq = self._zmq
         poller = zmq.Poller()
         poller.register(self._back, zmq.POLLIN)
+        # The PUB socket's signal, not the socket: callers send on it, so only its fd may be polled here.
+        poller.register(self._pub_signal, zmq.POLLIN)
         if self._router is not None:
             poller.register(self._router, zmq.POLLIN)
         running = True
         try:
             while running:
-                events = dict(poller.poll(self._poll_timeout_ms()))
+                events = dict(poller.poll(min(self._poll_timeout_ms(), SUBSCRIPTION_POLL_MS)))
+                self._apply_subscriptions()
                 if self._back in events:
                     running = self._drain_commands()
                 if self._router is not None:
@@ -355,6 +414,24 @@ class Publisher:
                                    "connected" if self._peer else "not connected")
                 self._router.close(linger=self.config.linger_ms)
             self._back.close(linger=0)
+
+    def _apply_subscriptions(self) -> None:
+        """Store each subscription that can match one of this camera's topics (XPUB_MANUAL: ZeroMQ
+        stores none itself); drop the others, warning about one that matches no topic of any camera."""
+        zmq = self._zmq
+        with self._lock:  # the callers' sends use this socket too
+            if self._closed:
+                return
+            while self._pub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                message = self._pub.recv(flags=zmq.NOBLOCK, copy=False)
+                body = message.bytes
+                prefix = body[1:]
+                if body[:1] in (b"\x00", b"\x01") and any(topic.startswith(prefix) for topic in self._topics):
+                    self._pub.setsockopt(zmq.SUBSCRIBE if body[:1] == b"\x01" else zmq.UNSUBSCRIBE, prefix)
+                elif body[:1] not in (b"\x00", b"\x01") or not _could_be_a_topic(prefix):
+                    self._peer_log.log(self.log, logging.WARNING, (_address(message), "subscription"),
+                                       "ignoring a subscription from %s that is no topic prefix: %r",
+                                       _address(message), body[:40])
 
     def _poll_timeout_ms(self) -> int:
         if self._router is None or self._peer is None or not self._pending:
@@ -417,7 +494,9 @@ class Publisher:
             return False
         except zmq.ZMQError as error:
             if error.errno == zmq.EHOSTUNREACH:
-                self.log.warning("reliable bridge disconnected; keeping %d decisions pending", len(self._pending))
+                self._peer_log.log(self.log, logging.WARNING, (self._peer_address, "gone"),
+                                   "reliable bridge at %s disconnected; keeping %d decisions pending",
+                                   self._peer_address, len(self._pending))
                 self._peer = None
                 return False
             raise
@@ -434,28 +513,81 @@ class Publisher:
         zmq = self._zmq
         while True:
             try:
-                frames = self._router.recv_multipart(flags=zmq.NOBLOCK)
+                message = self._router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) < 2:
+            if len(message) < 2:
                 continue
-            identity, verb = frames[0], frames[1]
+            frames = [part.bytes for part in message]
+            identity, verb, address = frames[0], frames[1], _address(message[1])
             if verb == wire.RELIABLE_HELLO:
-                if identity != self._peer:
-                    self.log.info("reliable bridge connected; sending %d pending decisions", len(self._pending))
-                    self._peer = identity
-                    self._backlogged = False
-                    self._send_in_order(lambda pending: True)
+                self._on_hello(identity, frames[2:], address, _curve_key(message[1]))
             elif verb == wire.RELIABLE_ACK and len(frames) == 3:
-                self._on_ack(frames[2])
+                if identity != self._peer:
+                    self._refuse(identity, address, "ack", "ACKs count only from the bridge that owns the channel")
+                    continue
+                self._peer_heard_ns = time.monotonic_ns()
+                self._on_ack(frames[2], address)
             else:
-                self.log.warning("reliable channel: ignoring a message with verb %r", verb[:20])
+                self._peer_log.log(self.log, logging.WARNING, (address, "verb"),
+                                   "reliable channel: ignoring a message with verb %r from %s", verb[:20], address)
 
-    def _on_ack(self, body: bytes) -> None:
+    def _on_hello(self, identity: bytes, rest: list, address: str, key: str | None) -> None:
+        """The first bridge to say HELLO owns the channel until it is silent for bridge_timeout_s; a
+        bridge with the owner's CURVE key (the same bridge, restarted) takes it over at once."""
+        if rest != [str(wire.SCHEMA_VERSION).encode()]:
+            self._refuse(identity, address, "schema", f"HELLO {rest[:1]!r}: this daemon speaks schema "
+                                                      f"{wire.SCHEMA_VERSION} (expected [HELLO, b'{wire.SCHEMA_VERSION}'])")
+            return
+        now = time.monotonic_ns()
+        if identity == self._peer:
+            self._peer_heard_ns = now
+            return
+        silent_s = (now - self._peer_heard_ns) / 1e9
+        if (self._peer is not None and silent_s <= self.config.bridge_timeout_s
+                and (key is None or key != self._peer_key) and self._owner_connected()):
+            self._refuse(identity, address, "owned",
+                         f"the acknowledged channel belongs to the bridge at {self._peer_address or '?'}, heard "
+                         f"{silent_s:.1f} s ago; another takes it over after {self.config.bridge_timeout_s:g} s of "
+                         f"silence, or at once with the owner's CURVE key")
+            return
+        self._peer_log.log(self.log, logging.INFO, (address, "connected"),
+                           "reliable bridge at %s connected%s; sending %d pending decisions", address,
+                           "" if self._peer is None else f" (the bridge at {self._peer_address} was silent "
+                                                         f"{silent_s:.1f} s)", len(self._pending))
+        self._peer, self._peer_address, self._peer_key, self._peer_heard_ns = identity, address, key, now
+        self._backlogged = False
+        self._send_in_order(lambda pending: True)
+
+    def _owner_connected(self) -> bool:
+        """Is the owner's connection still open? A bridge restarted in a hurry must not wait out the
+        silence of its own previous run. ROUTER_MANDATORY makes a send to a closed one fail."""
+        try:
+            self._router.send_multipart([self._peer, wire.RELIABLE_PING], flags=self._zmq.NOBLOCK)
+        except self._zmq.Again:
+            return True  # connected, its queue full
+        except self._zmq.ZMQError as error:
+            if error.errno != self._zmq.EHOSTUNREACH:
+                raise
+            return False
+        return True
+
+    def _refuse(self, identity: bytes, address: str, cause: str, reason: str) -> None:
+        """Tell a bridge why it gets nothing (it keeps saying HELLO, and gets in once it may)."""
+        self._rel_counts["refused"] += 1
+        self._peer_log.log(self.log, logging.WARNING, (address, cause), "reliable channel: refused %s: %s",
+                           address, reason)
+        try:
+            self._router.send_multipart([identity, wire.RELIABLE_REFUSED, reason.encode()], flags=self._zmq.NOBLOCK)
+        except self._zmq.ZMQError:
+            pass  # gone, or its queue is full: it learns on its next HELLO
+
+    def _on_ack(self, body: bytes, address: str) -> None:
         try:
             session, seq = wire.parse_ack_body(body)
         except wire.WireError as error:
-            self.log.warning("reliable channel: malformed %s", error)
+            self._peer_log.log(self.log, logging.WARNING, (address, "ack"), "reliable channel: malformed %s from %s",
+                               error, address)
             return
         if session != self.session:
             return  # an ACK for a previous run of this publisher
@@ -481,3 +613,34 @@ class Publisher:
     def _stats_snapshot(self) -> dict:
         return {"pending": len(self._pending), "capacity": self.config.reliable_capacity,
                 "bridge_connected": self._peer is not None, **self._rel_counts}
+
+
+def _address(message) -> str:
+    """The peer address ZeroMQ attaches to a received message part ("?" where it has none, e.g. ipc)."""
+    import zmq
+
+    try:
+        return message.get("Peer-Address") or "?"
+    except zmq.ZMQError:  # the property is absent for some transports
+        return "?"
+
+
+def _curve_key(message) -> str | None:
+    """The CURVE public key of the peer (the ZAP handler's User-Id), None without CURVE."""
+    import zmq
+
+    try:
+        return message.get("User-Id") or None
+    except zmq.ZMQError:
+        return None
+
+
+def _could_be_a_topic(prefix: bytes) -> bool:
+    """Is `prefix` the start of some camera's topic ("decision.line2/" and every prefix of it)?"""
+    for kind in wire.KINDS:
+        head = kind.encode() + b"."
+        if head.startswith(prefix):
+            return True
+        if prefix.startswith(head):
+            return re.fullmatch(rb"[A-Za-z0-9_-]{0,64}|[A-Za-z0-9_-]{1,64}/", prefix[len(head):]) is not None
+    return False

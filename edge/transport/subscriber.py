@@ -9,7 +9,9 @@ acknowledged channel: it receives each decision and must `ack()` it.
 import argparse
 import collections
 import json
+import logging
 import math
+import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -18,6 +20,9 @@ from pathlib import Path
 from edge.transport import wire
 from edge.transport.curve_keys import ClientCurve, apply_client
 from edge.core.errors import ConfigError, SourceError
+from edge.core.logs import RepeatLimiter
+
+log = logging.getLogger(__name__)
 
 
 
@@ -167,6 +172,12 @@ class ReliableClient(_Client):
     re-acknowledged and skipped); call `ack(decision)` once it has been acted on (e.g. written to the
     PLC). Until acknowledged, the publisher resends it every ack_timeout_s. While idle the client says
     HELLO every `hello_interval_s`, so a restarted publisher learns of it without a reconnect.
+
+    One bridge owns a daemon's channel at a time. While another does, the daemon answers REFUSED with
+    the reason: `refused` holds it (None once decisions come), a WARNING says it once a minute, and the
+    client keeps saying HELLO, so it takes the channel over when the owner falls silent. Its identity
+    is random per client and kept across reconnects, so a dropped TCP connection does not cost it the
+    channel.
     """
 
     def __init__(self, endpoint: str, curve: ClientCurve | None = None, hello_interval_s: float = 1.0,
@@ -178,6 +189,7 @@ class ReliableClient(_Client):
         self._context = zmq.Context() if context is None else context
         self.socket = self._context.socket(zmq.DEALER)
         self.socket.linger = 0
+        self.socket.routing_id = b"bridge-" + secrets.token_hex(8).encode()
         if curve is not None:
             apply_client(self.socket, curve)
         try:
@@ -185,7 +197,10 @@ class ReliableClient(_Client):
         except zmq.ZMQError as error:
             self.close()
             raise ConfigError(f"cannot connect to {endpoint!r}: {error}") from None
+        self.endpoint = endpoint
         self.hello_interval_s = hello_interval_s
+        self.refused: str | None = None
+        self._refusals_log = RepeatLimiter()
         self.duplicates = 0
         self._seen: dict[tuple[str, int], bool] = {}  # (session, seq) → acknowledged
         self._seen_order: collections.deque = collections.deque()
@@ -205,12 +220,20 @@ class ReliableClient(_Client):
                 wait = min(wait, deadline - now)
             if self.socket.poll(max(0, int(wait * 1000))):
                 frames = self.socket.recv_multipart()
+                if frames == [wire.RELIABLE_PING]:
+                    continue
+                if frames[0] == wire.RELIABLE_REFUSED:
+                    self.refused = b" ".join(frames[1:2]).decode("utf-8", "replace")
+                    self._refusals_log.log(log, logging.WARNING, "refused", "acknowledged channel %s: refused: %s",
+                                           self.endpoint, self.refused)
+                    continue
                 if len(frames) < 2 or frames[0] != wire.RELIABLE_DECISION:
                     raise wire.WireError(f"reliable channel: message starting {frames[0][:20]!r}, expected DECISION")
                 decision = wire.decode(frames[1:])
                 if not isinstance(decision, wire.Decision):
                     raise wire.WireError(f"reliable channel: got a {wire.kind_of(decision)}, expected a decision")
                 self._last_hello = time.monotonic()  # traffic proves the publisher knows us
+                self.refused = None
                 key = (decision.session, decision.seq)
                 if key in self._seen:
                     # A resend: our ACK was lost (re-send it) or we have not acted on it yet (wait).

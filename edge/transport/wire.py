@@ -39,10 +39,14 @@ DRIFT_STATES = ("unknown", "stable", "drifting", "drifted")
 MAP_DTYPES = {"uint8": np.dtype("u1"), "float16": np.dtype("<f2")}
 
 # The reliable channel (ROUTER in the daemon, DEALER in the subscriber): the verb, frame 0 of each message.
+# REFUSED (daemon → bridge, then the reason): a HELLO of another schema, or while another bridge owns the
+# channel. PING (daemon → bridge, nothing else): is the owner still connected? The bridge ignores it.
 RELIABLE_HELLO, RELIABLE_DECISION, RELIABLE_ACK = b"HELLO", b"DECISION", b"ACK"
+RELIABLE_REFUSED, RELIABLE_PING = b"REFUSED", b"PING"
 
-_CAMERA_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_SESSION_RE = re.compile(r"^[0-9a-f]{16}$")
+# fullmatch, never match with "$": "$" also matches before a final newline, and "line1\n" is no camera name.
+_CAMERA_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SESSION_RE = re.compile(r"[0-9a-f]{16}")
 
 
 class WireError(InputDataError):
@@ -63,7 +67,7 @@ def parse_ack_body(body: bytes) -> tuple[str, int]:
 
 
 def check_camera(camera: object) -> str:
-    if not isinstance(camera, str) or not _CAMERA_RE.match(camera):
+    if not isinstance(camera, str) or not _CAMERA_RE.fullmatch(camera):
         raise WireError(f"camera name {camera!r}: expected 1-64 characters from [A-Za-z0-9_-] "
                         "(no '.' or '/', which delimit topics)")
     return camera
@@ -100,7 +104,7 @@ def parse_topic(raw: bytes) -> tuple[str, str]:
     if not dot or not rest.endswith("/") or kind not in KINDS:
         raise WireError(f"topic {text[:80]!r}: expected '<kind>.<camera>/' with kind one of {', '.join(KINDS)}")
     camera = rest[:-1]
-    if not _CAMERA_RE.match(camera):
+    if not _CAMERA_RE.fullmatch(camera):
         raise WireError(f"topic {text[:80]!r}: camera part {camera!r} is not a valid camera name")
     return kind, camera
 
@@ -306,7 +310,7 @@ def encode(message: Message) -> list[bytes]:
     """Message → multipart frames [topic, header] or [topic, header, payload] for maps."""
     kind = kind_of(message)
     topic_frame = topic(kind, message.camera)
-    if message.session and not _SESSION_RE.match(message.session):
+    if message.session and not _SESSION_RE.fullmatch(message.session):
         raise WireError(f"session {message.session!r}: expected 16 lowercase hex digits")
     header = {"schema": SCHEMA_VERSION, "kind": kind}
     if isinstance(message, MapMessage):
@@ -403,7 +407,7 @@ def decode(frames: list[bytes]) -> Message:
     if header.get("camera") != camera:
         raise WireError(f"{where}: header camera {header.get('camera')!r} does not match the topic")
     session = _field(header, "session", str, where)
-    if not _SESSION_RE.match(session):
+    if not _SESSION_RE.fullmatch(session):
         raise WireError(f"{where}: session {session!r}, expected 16 lowercase hex digits")
     seq = _field(header, "seq", int, where)
     if seq < 1:

@@ -30,6 +30,7 @@ from edge.transport.subscriber import ReliableClient, Subscriber
 from edge.core.paths import write_json_atomic
 from edge.artifacts.thresholds import RegionRule, Thresholds, load_thresholds
 from tests.ports import free_endpoint, free_port
+from tests.thresholds_file import calibrated_data
 
 ROOT = Path(__file__).resolve().parents[2]
 RECV_S = 60.0  # generous: a loaded 2-core machine; a hang fails instead of blocking for ever
@@ -85,7 +86,8 @@ def calibrated(tmp_path_factory, tiny_model_dir, onnx_file, bare_backend, elpv_i
     maps = np.stack([m for _, m in expected.values()])
     thresholds = Thresholds(model_hash=info.model_hash, image_threshold=float(np.median(scores)), version="t1",
                             region=RegionRule(float(np.quantile(maps, 0.995)), 40))
-    data = thresholds.to_dict()
+    data = calibrated_data(thresholds, {"min": min(scores), "median": float(np.quantile(scores, 0.25)),
+                                        "max": max(scores)})
     path = tmp_path_factory.mktemp("thresholds") / "thresholds.json"
     write_json_atomic(path, data)
     return {"path": path, "data": data, "info": info, "expected": expected, "onnx": onnx_file,
@@ -375,6 +377,30 @@ def test_frames_past_their_deadline_are_faults(tiny_model_dir, calibrated, line_
     assert all(d.verdict == "fault" and d.reason.startswith("deadline:") for d in by_id.values())
 
 
+class SleepsAfterScoring(FailingBackend):
+    """Scores the batch, then sleeps `delay_s` before returning it (a device synchronising late)."""
+
+    def infer(self, batch):
+        result = self._backend.infer(batch)
+        time.sleep(self.delay_s)
+        return result
+
+
+def test_a_backend_that_sleeps_past_the_deadline_after_scoring_gives_deadline_faults_never_ok_or_reject(
+        tiny_model_dir, calibrated, line_images):
+    """Each decision is judged when it is handed to the socket (tests/unit/edge/test_conclude.py steps
+    the clock between scoring and that moment); here a whole daemon, end to end."""
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{"pipeline.deadline_ms": 400,
+                                                                  "pipeline.max_frames": 4}),
+                  backend_wrapper=lambda b: SleepsAfterScoring(b, fail_on=set(), delay_s=0.5))
+    assert run.collect_until_stopped() == 0
+    by_id = _one_decision_per_frame(run, range(4))
+    assert all(d.verdict == "fault" and d.reason.startswith("deadline:") for d in by_id.values()), \
+        [(d.verdict, d.reason, d.latency_ms) for d in by_id.values()]
+    assert all(d.latency_ms > 400 for d in by_id.values())
+    assert run.of(wire.MapMessage) == [] and sorted(f.frame_id for f in run.of(wire.Fault)) == [0, 1, 2, 3]
+
+
 def test_overload_faults_frames_instead_of_dropping_them(tiny_model_dir, calibrated, line_images):
     # Paced (fast): an unpaced replay waits for the pipeline instead, and never overloads it.
     run = Running(_base(tiny_model_dir, calibrated, line_images, **{
@@ -474,7 +500,9 @@ def test_invalid_thresholds_on_reload_keep_the_old_ones_and_a_good_file_is_taken
     run.daemon.signals.request_reload()
     fault = run._wait_for(lambda m: isinstance(m, wire.Fault))
     assert fault.code == "thresholds_reload_failed" and "fitted on model" in fault.message
-    write_json_atomic(path, {**calibrated["data"], "version": "t2", "image_threshold": 1e9, "region": None})
+    normal = calibrated["data"]["details"]["normal_scores"]  # the line frames' own: t2 passes all of them
+    write_json_atomic(path, {**calibrated["data"], "version": "t2", "region": None,
+                             "image_threshold": normal["max"] + 5 * (normal["max"] - normal["min"])})
     run.daemon.signals.request_reload()
     first_t2 = run._wait_for(lambda m: isinstance(m, wire.Decision) and m.thresholds_version.startswith("t2+"))
     run._wait_for(lambda m: isinstance(m, wire.Decision) and m.frame_id >= first_t2.frame_id + 2)
@@ -551,6 +579,43 @@ def test_a_subscriber_that_stops_reading_blocks_nothing(tiny_model_dir, calibrat
     finally:
         stalled.close()
         context.term()
+
+
+class BadIds(WrappedSource):
+    """The real frames, with the id of the third replaced by `bad_id`."""
+
+    def __init__(self, source, bad_id):
+        super().__init__(source)
+        self.bad_id = bad_id
+
+    def read(self, timeout_s):
+        frame = self.source.read(timeout_s)
+        if frame.frame_id == 2:
+            frame.frame_id = self.bad_id
+        return frame
+
+
+@pytest.mark.parametrize("bad_id", [-5, 2 ** 64, 2 ** 70])
+def test_a_frame_id_the_wire_cannot_carry_is_that_frames_fault_and_the_bridge_gets_every_decision(
+        tiny_model_dir, calibrated, line_images, bad_id):
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{"pipeline.max_frames": 6}), reliable=True,
+                  source_wrapper=lambda source: BadIds(source, bad_id))
+    bridge = ReliableClient(run.config.publish.reliable_endpoint)
+    got = []
+    try:
+        while len(got) < 6:
+            decision = bridge.recv(timeout=RECV_S)
+            assert decision is not None, f"reliable channel stalled after {[d.frame_id for d in got]}"
+            bridge.ack(decision)
+            got.append(decision)
+    finally:
+        bridge.close()
+    assert run.collect_until_stopped() == 0
+    # a fault may overtake the frames still in inference; the seqs have no hole
+    assert sorted(d.frame_id for d in got) == list(range(6)) and [d.seq for d in got] == list(range(1, 7))
+    by_id = {d.frame_id: d for d in got}
+    assert by_id[2].verdict == "fault" and by_id[2].reason.startswith("frame_error:") and repr(bad_id) in by_id[2].reason
+    assert all(by_id[i].verdict != "fault" for i in (0, 1, 3, 4, 5))
 
 
 def test_thresholds_for_another_model_refuse_to_start(tmp_path, tiny_model_dir, calibrated, line_images):

@@ -6,7 +6,6 @@ each must be a `frame_quality` fault naming the statistic, and the good cells ar
 """
 
 import json
-import logging
 import shutil
 
 import cv2
@@ -86,16 +85,12 @@ def test_blank_black_white_blurred_and_one_pixel_frames_are_frame_quality_faults
     assert {f.code for f in faults} == {"frame_quality"}
 
 
-def test_without_ranges_the_gate_is_off_with_a_warning_and_a_config_override_applies_alone(
-        tmp_path, caplog, tiny_model_dir, calibrated, line_images):
-    """The `calibrated` file has no ranges (the format before the gate): it loads, and a config range
+def test_a_config_range_replaces_the_files_range_of_one_statistic(tmp_path, tiny_model_dir, calibrated, line_images):
+    """The `calibrated` file's ranges pass every frame (each statistic's whole domain); a config range
     for one statistic, `map_mean`, that no frame can meet faults every frame after inference."""
-    assert "quality" not in json.loads(calibrated["path"].read_text()) or \
-        json.loads(calibrated["path"].read_text())["quality"] is None
-    with caplog.at_level(logging.WARNING, logger="edge.imaging.quality"):
-        run = Running(_base(tiny_model_dir, calibrated, line_images, **{"quality.map_mean": [-2.0, -1.0]}))
-        assert run.collect_until_stopped() == 0
-    assert "no frame-quality ranges" in caplog.text and "only the config's overrides apply: map_mean" in caplog.text
+    assert json.loads(calibrated["path"].read_text())["quality"]["map_mean"] == [-1e9, 1e9]
+    run = Running(_base(tiny_model_dir, calibrated, line_images, **{"quality.map_mean": [-2.0, -1.0]}))
+    assert run.collect_until_stopped() == 0
     names = sorted(p.name for p in line_images.iterdir())
     by_id = _one_decision_per_frame(run, range(len(names)))
     for decision in by_id.values():

@@ -18,6 +18,7 @@ import pytest
 
 from edge.records.store import open_reader, query
 from edge.core.paths import write_json_atomic
+from tests.thresholds_file import calibrated_data
 from edge.artifacts.thresholds import Thresholds
 from tests.integration.test_view import ROOT, ViewProcess, free_endpoint
 
@@ -70,7 +71,9 @@ def line(tmp_path_factory, tiny_model_dir, replay):
     finally:
         backend.close()
     thresholds = folder / "thresholds.json"
-    write_json_atomic(thresholds, Thresholds(info.model_hash, float(np.median(scores)), "view-test").to_dict())
+    write_json_atomic(thresholds, calibrated_data(Thresholds(info.model_hash, float(np.median(scores)), "view-test"),
+                                                  {"min": min(scores), "median": float(np.median(scores)),
+                                                   "max": max(scores)}))
     return {"model": tiny_model_dir, "onnx": onnx, "thresholds": thresholds}
 
 

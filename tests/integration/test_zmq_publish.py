@@ -466,3 +466,133 @@ def test_cli_keys_generate_refuses_to_overwrite(tmp_path, capsys):
     assert main(["keys", "generate", str(tmp_path), "--name", "cam1"]) == 0
     assert (tmp_path / "cam1.key").is_file() and (tmp_path / "cam1.key_secret").stat().st_mode & 0o777 == 0o600
     assert main(["keys", "generate", str(tmp_path), "--name", "cam1"]) == 78
+
+
+# ----------------------------------------------------------------------------- hostile peers
+
+FLOODER = """
+import os, sys, zmq
+context = zmq.Context()
+sub = context.socket(zmq.SUB)
+monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+sub.connect(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    sub.setsockopt(zmq.SUBSCRIBE, os.urandom(25_000).hex().encode())  # 50 KB each
+# The publisher must drop the connection rather than store what it sent: exit 0 once it did.
+sys.exit(0 if monitor.poll(20_000) else 3)
+"""
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def test_a_flood_of_50_kb_subscriptions_from_one_peer_is_dropped_not_stored(make_publisher, make_subscriber):
+    """300 subscriptions of 50 KB took ZeroMQ's own PUB socket from 135 MB to 850 MB."""
+    import subprocess
+    import sys
+
+    publisher = make_publisher()
+    subscriber = make_subscriber(publisher.endpoint, cameras=["cam1"])
+    handshake(publisher, subscriber)
+    before = _rss_mib()
+    flooder = subprocess.run([sys.executable, "-c", FLOODER, publisher.endpoint, "300"], timeout=60)
+    publisher.heartbeat()  # the socket takes in what arrived when it is next used
+    grown = _rss_mib() - before
+    assert flooder.returncode == 0, "the publisher never dropped the flooding peer"
+    assert grown < 50, f"the publisher grew by {grown:.0f} MiB"
+    publisher.publish_decision(decision(7))
+    assert drain(subscriber, lambda m: isinstance(m, wire.Decision))[-1].frame_id == 7
+
+
+def test_only_subscriptions_to_this_cameras_topics_are_stored_and_junk_is_logged_once(
+        make_publisher, make_subscriber, caplog):
+    publisher = make_publisher()
+    junk = [make_subscriber(publisher.endpoint, topics=()) for _ in range(2)]
+    for subscriber in junk:
+        for prefix in (b"zz-not-a-topic", b"decision.cam1/and-more", b"decision.cam2/"):
+            subscriber.socket.setsockopt(zmq.SUBSCRIBE, prefix)
+    everything = make_subscriber(publisher.endpoint, topics=())
+    everything.socket.setsockopt(zmq.SUBSCRIBE, b"")
+    with caplog.at_level("WARNING", logger="edge.transport.publisher"):
+        handshake(publisher, everything)
+        publisher.publish_decision(decision(1))
+        assert drain(everything, lambda m: isinstance(m, wire.Decision))[-1].frame_id == 1
+    assert all(s.recv(timeout=0.2) is None for s in junk)
+    warnings = [r.getMessage() for r in caplog.records if "no topic prefix" in r.getMessage()]
+    # one line per peer address and cause, whatever the number of connections and subscriptions
+    assert len(warnings) == 1 and "from 127.0.0.1" in warnings[0], warnings
+
+
+def _raw_bridge(endpoint: str, hello=(wire.RELIABLE_HELLO, str(wire.SCHEMA_VERSION).encode())):
+    bridge = zmq.Context.instance().socket(zmq.DEALER)
+    bridge.linger = 0
+    bridge.connect(endpoint)
+    bridge.send_multipart(list(hello))
+    return bridge
+
+
+def _refusal(bridge) -> bytes:
+    assert bridge.poll(10_000), "no answer from the publisher"
+    verb, *rest = bridge.recv_multipart()
+    assert verb == wire.RELIABLE_REFUSED, verb
+    return rest[0]
+
+
+def test_a_second_bridge_is_refused_while_the_first_owns_the_channel_then_takes_it_over(make_publisher, caplog):
+    publisher = make_publisher(reliable_endpoint=free_endpoint())
+    with caplog.at_level("WARNING", logger="edge.transport.publisher"), \
+            ReliableClient(publisher.reliable_endpoint) as first:
+        publisher.publish_decision(decision(1))
+        got = first.recv(timeout=10)
+        assert got.frame_id == 1
+        second = ReliableClient(publisher.reliable_endpoint, hello_interval_s=0.05)
+        try:
+            end = time.monotonic() + 10
+            while second.refused is None and time.monotonic() < end:
+                assert second.recv(timeout=0.05) is None
+            assert "belongs to the bridge at 127.0.0.1" in second.refused
+            for frame_id in (2, 3):
+                publisher.publish_decision(decision(frame_id))
+            assert [first.recv(timeout=10).frame_id for _ in range(2)] == [2, 3]  # no split
+            first.ack(got)
+            first.close()  # the owner goes: the second takes over with the two unacknowledged decisions
+            taken = [second.recv(timeout=10) for _ in range(2)]
+            assert [d.frame_id for d in taken] == [2, 3] and second.refused is None
+        finally:
+            second.close()
+    refusals = [r.getMessage() for r in caplog.records if "refused 127.0.0.1" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].startswith("camera cam1: reliable channel: refused 127.0.0.1:")
+
+
+def test_a_rogue_that_says_hello_and_acks_takes_nothing_from_the_real_bridge(make_publisher):
+    publisher = make_publisher(reliable_endpoint=free_endpoint(), ack_timeout_s=0.05)
+    with ReliableClient(publisher.reliable_endpoint) as real:
+        publisher.publish_decision(decision(1))
+        first = real.recv(timeout=10)
+        rogue = _raw_bridge(publisher.reliable_endpoint)
+        try:
+            assert b"belongs to the bridge" in _refusal(rogue)
+            rogue.send_multipart([wire.RELIABLE_ACK, wire.ack_body(publisher.session, first.seq)])
+            assert b"ACKs count only from the bridge that owns the channel" in _refusal(rogue)
+            # unacknowledged by its owner, the decision is still resent to it
+            end = time.monotonic() + 10
+            while real.duplicates == 0 and time.monotonic() < end:
+                real.recv(timeout=0.1)
+            assert real.duplicates > 0 and publisher.reliable_stats()["acked"] == 0
+        finally:
+            rogue.close()
+        real.ack(first)
+
+
+@pytest.mark.parametrize("hello", [(wire.RELIABLE_HELLO, b"99"), (wire.RELIABLE_HELLO,),
+                                   (wire.RELIABLE_HELLO, b"1", b"extra")])
+def test_a_hello_of_another_schema_is_refused_naming_the_schema(make_publisher, hello):
+    publisher = make_publisher(reliable_endpoint=free_endpoint())
+    bridge = _raw_bridge(publisher.reliable_endpoint, hello)
+    try:
+        assert f"this daemon speaks schema {wire.SCHEMA_VERSION}".encode() in _refusal(bridge)
+        assert not publisher.reliable_stats()["bridge_connected"]
+    finally:
+        bridge.close()

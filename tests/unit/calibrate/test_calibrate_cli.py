@@ -55,6 +55,8 @@ def test_calibrate_writes_a_bound_versioned_file_and_report(tiny_model_dir, norm
     assert details["n_normals"] == 30 and details["n_defects"] == 10
     assert details["image"]["method"] == "gpd-tail"  # 30 normals are too few for 5 %: warned
     assert "WARNING" in captured.err and "needs at least 200 normals" in captured.err
+    floor = "the frame-quality gate's ranges were fitted on 30 normals, fewer than 100: with 30, ranges faulted"
+    assert floor in captured.err and any(note.startswith(floor) for note in details["warnings"])
     assert set(details["policy"]["escape_by_class"]) == {"cracked"}
     assert thresholds.region is not None and thresholds.region.min_area_px >= 1
     page = (report / "index.html").read_text()

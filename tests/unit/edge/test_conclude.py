@@ -99,6 +99,39 @@ def test_a_score_ready_after_the_deadline_is_a_deadline_fault_not_a_pass(line):
     assert fault.message == "deadline: score ready 100.0 ms after receipt, past the 100 ms deadline"
 
 
+class Stepping(Clock):
+    """Each reading is `step_ns` later than the one before: work between two readings takes that long."""
+
+    def __init__(self, step_ns: int):
+        super().__init__()
+        self.step_ns = step_ns
+
+    def __call__(self):
+        self.now_ns += self.step_ns
+        return self.now_ns
+
+
+@pytest.mark.parametrize("score", [0.1, 0.9])
+def test_a_verdict_in_time_when_scored_but_late_when_handed_to_the_socket_is_a_deadline_fault(line, score):
+    concluder, subscriber, _, _ = line
+    concluder.deadline = Deadline(100, clock_ns=Stepping(60_000_000))  # scored at 60 ms, handed over at 120 ms
+    concluder.conclude(Result(concluder.register(frame(1)), score, MAP))
+    decision, fault = received(subscriber, 2)
+    assert (decision.verdict, fault.code, fault.frame_id) == ("fault", "deadline", 1)
+    assert decision.reason == fault.message == ("deadline: handed to the socket 120.0 ms after receipt, past the "
+                                                "100 ms deadline")
+    assert decision.latency_ms == 120.0 and decision.score == pytest.approx(score)
+    assert concluder.health.counters() == wire.Counters(frames=1, fault=1)
+
+
+def test_an_ok_carries_the_latency_of_its_handover(line):
+    concluder, subscriber, _, _ = line
+    concluder.deadline = Deadline(100, clock_ns=Stepping(30_000_000))
+    concluder.conclude(Result(concluder.register(frame(1)), 0.1, MAP))
+    (decision,) = received(subscriber, 1)
+    assert (decision.verdict, decision.latency_ms, decision.decision_ns) == ("ok", 60.0, 60_000_000)
+
+
 def test_new_thresholds_judge_the_next_frame_and_are_named_in_its_decision(line):
     concluder, subscriber, _, _ = line
     concluder.set_thresholds(Thresholds(model_hash="0" * 64, image_threshold=0.05, version="v2"))

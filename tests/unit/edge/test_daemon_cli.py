@@ -76,3 +76,14 @@ def test_exit_status_is_the_daemons_not_an_abort_while_a_thread_is_inside_onnxru
     assert done.returncode == status, done.stderr
     assert "threads still running at exit: infer-cam0" in done.stderr
     assert says is None or says in done.stderr
+
+
+def test_a_refusal_exits_78_even_when_stderr_cannot_be_written(tmp_path):
+    """stderr on a full disk (/dev/full): the message is lost, the status must not be (1 would make
+    systemd restart a daemon it should leave stopped)."""
+    config = tmp_path / "bad.toml"
+    config.write_text('model = "m"\n[source]\nkind = "folder"\npath = "."\n[pipeline]\ndeadline_ms = -4\n')
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "edge.cli", "config", "check", str(config)], cwd=ROOT,
+                              stderr=full, stdout=subprocess.DEVNULL, timeout=120)
+    assert done.returncode == 78

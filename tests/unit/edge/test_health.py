@@ -8,11 +8,12 @@ import urllib.request
 import pytest
 
 pytest.importorskip("prometheus_client", reason="prometheus-client is a base dependency; install it")
+from prometheus_client import CollectorRegistry  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from edge.core.errors import ConfigError  # noqa: E402
 from edge.core.notify import SystemdNotifier
-from edge.service.health import Health  # noqa: E402
+from edge.service.health import Health, start_metrics_server  # noqa: E402
 
 
 class NotifyListener:
@@ -224,3 +225,59 @@ def test_a_taken_metrics_port_is_a_config_error():
             Health("line2", metrics_port=first.metrics.port, notifier=SystemdNotifier({}))
     finally:
         first.close()
+
+
+def _closed_by_the_server(connection, timeout_s: float = 10.0) -> bool:
+    connection.settimeout(timeout_s)
+    try:
+        return connection.recv(1) == b""
+    except (socket.timeout, ConnectionResetError):
+        return False
+
+
+def test_idle_connections_to_the_metrics_port_are_timed_out_and_a_scrape_gets_through_after():
+    """Idle connections held forever took the descriptors the frame path needed (issue 25, item 7)."""
+    server = start_metrics_server(0, "127.0.0.1", CollectorRegistry(), max_connections=4, idle_timeout_s=0.5)
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+    try:
+        assert all(_closed_by_the_server(connection) for connection in idle)
+        registry_text = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5).read()
+        assert registry_text is not None
+    finally:
+        for connection in idle:
+            connection.close()
+        server.stop()
+
+
+def test_connections_over_the_cap_are_closed_at_once_and_those_served_stay_until_their_timeout():
+    server = start_metrics_server(0, "127.0.0.1", CollectorRegistry(), max_connections=4, idle_timeout_s=120)
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
+    try:
+        closed = [connection for connection in idle if _closed_by_the_server(connection, timeout_s=0.5)]
+        # the first 4 are served (each waits for its request); only they can still be open
+        deadline = time.monotonic() + 10
+        while len(closed) < 16 and time.monotonic() < deadline:
+            closed += [c for c in idle if c not in closed and _closed_by_the_server(c, timeout_s=0.1)]
+        assert len(closed) == 16
+    finally:
+        for connection in idle:
+            connection.close()
+        server.stop()
+
+
+def test_a_request_that_fails_at_the_metrics_port_is_one_warning_line_not_a_traceback(capfd, caplog):
+    """socketserver prints a traceback for each request whose handler raised (a client that hung up
+    before the answer: BrokenPipeError); junk at the port is a line per address and cause instead."""
+    server = start_metrics_server(0, "127.0.0.1", CollectorRegistry())
+    try:
+        with caplog.at_level("WARNING", logger="edge.service.health"):
+            for _ in range(3):
+                try:
+                    raise BrokenPipeError(32, "Broken pipe")
+                except BrokenPipeError:
+                    server._server.handle_error(None, ("127.0.0.1", 40000))
+    finally:
+        server.stop()
+    assert "Traceback" not in capfd.readouterr().err
+    assert [r.getMessage() for r in caplog.records] == [
+        "metrics endpoint: a request from 127.0.0.1 failed: BrokenPipeError: [Errno 32] Broken pipe"]

@@ -1,8 +1,5 @@
 """The frame-quality gate's statistics, its fitting on normals, the thresholds file and the config."""
 
-import json
-import logging
-
 import numpy as np
 import pytest
 
@@ -13,6 +10,7 @@ from edge.imaging.quality import QualityConfig
 from edge.core.errors import ConfigError, InputDataError
 from edge.core.paths import write_json_atomic
 from edge.artifacts.thresholds import Thresholds, load_thresholds
+from tests.thresholds_file import calibrated_data
 
 
 def test_uniform_frame_has_no_contrast_no_sharpness_and_its_raw_size():
@@ -91,29 +89,29 @@ def test_fitting_refuses_too_few_or_broken_normals():
 
 
 def _thresholds_file(tmp_path, **more) -> dict:
-    data = Thresholds(model_hash="abc", image_threshold=1.5, version="v1").to_dict()
-    data.pop("quality")
+    data = calibrated_data(Thresholds(model_hash="abc", image_threshold=1.5, version="v1"))
     data.update(more)
     return data
 
 
-def test_a_thresholds_file_without_ranges_loads_and_the_gate_is_off_with_a_warning(tmp_path, caplog):
+def test_a_thresholds_file_without_ranges_is_refused_with_the_fix(tmp_path):
     path = tmp_path / "thresholds.json"
-    write_json_atomic(path, _thresholds_file(tmp_path))
-    assert "quality" not in json.loads(path.read_text())  # the format before the gate
-    loaded = load_thresholds(path, "abc")
-    assert loaded.quality is None
-    with caplog.at_level(logging.WARNING, logger="edge.imaging.quality"):
-        assert quality.effective_ranges(loaded.quality, {}, "camera c") == {}
-    assert "no frame-quality ranges" in caplog.text
+    data = _thresholds_file(tmp_path)
+    del data["quality"]
+    write_json_atomic(path, data)
+    with pytest.raises(ConfigError, match="key 'quality' is missing.*hlgfa calibrate"):
+        load_thresholds(path, "abc")
 
 
 def test_ranges_round_trip_through_the_thresholds_file_and_bad_ones_are_refused(tmp_path):
     path = tmp_path / "thresholds.json"
-    write_json_atomic(path, _thresholds_file(tmp_path, quality={"mean": [40, 200], "map_mean": [0.5, 2.0]}))
-    assert load_thresholds(path, "abc").quality == {"mean": (40.0, 200.0), "map_mean": (0.5, 2.0)}
-    for bad, message in (({"mean": [200, 40]}, "low ≤ high"), ({"mean": [1, float("nan")]}, "finite"),
-                         ({"brightness": [1, 2]}, "not one of"), ([1, 2], "must be an object")):
+    ranges = {**_thresholds_file(tmp_path)["quality"], "mean": [40, 200], "map_mean": [0.5, 2.0]}
+    write_json_atomic(path, _thresholds_file(tmp_path, quality=ranges))
+    loaded = load_thresholds(path, "abc").quality
+    assert (loaded["mean"], loaded["map_mean"], len(loaded)) == ((40.0, 200.0), (0.5, 2.0), len(quality.STATISTICS))
+    for bad, message in (({**ranges, "mean": [200, 40]}, "low ≤ high"), ({**ranges, "mean": [1, float("nan")]}, "finite"),
+                         ({**ranges, "brightness": [1, 2]}, "not one of"), ([1, 2], "must be an object"),
+                         ({"mean": [40, 200]}, "no range for contrast")):
         write_json_atomic(path, _thresholds_file(tmp_path, quality=bad))
         with pytest.raises(ConfigError, match=message):
             load_thresholds(path, "abc")
@@ -135,3 +133,27 @@ def test_the_config_overrides_one_range_and_keeps_the_others(tmp_path):
 
 def test_the_config_knows_every_statistic_and_no_other():
     assert tuple(QualityConfig.model_fields) == quality.STATISTICS
+
+
+def test_at_the_floor_of_normals_the_gate_faults_the_blank_dark_and_overexposed_frames_and_passes_good_ones(
+        elpv_images):
+    """`hlgfa calibrate` warns below GATE_FLOOR_NORMALS; at it, ranges fitted on that many good cells
+    fault every image-statistic kind of unusable frame made from 20 other cells, and no held-out good
+    cell (bench/bench_quality_floor.py measures it over 200 draws; a defocused frame is left to the map
+    statistic, which needs the model)."""
+    from calibrate.demo.run import unusable_frame
+    from calibrate.quality_fit import GATE_FLOOR_NORMALS, floor_note
+    from edge.imaging.files import read_image
+
+    cells = elpv_images["good"]
+    order = np.random.default_rng(0).permutation(len(cells))
+    normals = [quality.image_stats(read_image(cells[i]), 256) for i in order[:GATE_FLOOR_NORMALS]]
+    ranges, _ = fit_quality_ranges(normals)
+    sources = [read_image(cells[i]) for i in order[GATE_FLOOR_NORMALS:GATE_FLOOR_NORMALS + 20]]
+    held_out = [quality.image_stats(read_image(cells[i]), 256) for i in order[GATE_FLOOR_NORMALS + 20:][:100]]
+    for kind in ("black", "dark", "grey128", "overexposed", "white"):
+        passed = [i for i, cell in enumerate(sources)
+                  if quality.out_of_range(quality.image_stats(unusable_frame(kind, cell), 256), ranges) is None]
+        assert passed == [], f"{kind} frames of source cells {passed} passed the gate"
+    assert sum(quality.out_of_range(stats, ranges) is not None for stats in held_out) == 0
+    assert floor_note(GATE_FLOOR_NORMALS) is None and "fewer than 100" in floor_note(GATE_FLOOR_NORMALS - 1)

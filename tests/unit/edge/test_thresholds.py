@@ -6,6 +6,7 @@ import pytest
 from edge.core.errors import ConfigError
 from edge.core.paths import write_json_atomic
 from edge.artifacts.thresholds import Thresholds, load_thresholds
+from tests.thresholds_file import calibrated_data
 
 HASH = "a" * 64
 
@@ -22,8 +23,8 @@ def calibrated_file(tmp_path, **changes):
     """A file as `hlgfa calibrate` writes it (version = time + content digest), with `changes` applied after."""
     from calibrate.calibrate_cli import make_version
 
-    data = Thresholds(model_hash=HASH, image_threshold=2.0, version="pending",
-                      details={"normal_scores": {"min": 1.0, "median": 1.5, "max": 1.9}}).to_dict()
+    data = calibrated_data(Thresholds(model_hash=HASH, image_threshold=2.0, version="pending"),
+                           {"min": 1.0, "median": 1.5, "max": 1.9})
     data.pop("version")
     data["version"] = make_version(data)
     data.update(changes)
@@ -53,3 +54,35 @@ def test_thresholds_no_calibration_produces_are_refused_with_the_reason(tmp_path
     with pytest.raises(ConfigError, match=reason) as caught:
         load_thresholds(path, HASH)
     assert caught.value.exit_code == 78 and str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda d: d.pop("details"), "key 'details' is missing"),
+    (lambda d: d.pop("quality"), "key 'quality' is missing"),
+    (lambda d: d.update(note="hand-tuned"), "unknown key 'note'"),
+    (lambda d: d.update(imagethreshold=1e9), "unknown key 'imagethreshold'"),
+    (lambda d: d.update(details={}), "key 'details': normal_scores None, expected finite min ≤ median ≤ max"),
+    (lambda d: d["details"].update(normal_scores={"min": 1.0, "median": float("nan"), "max": 1.9}),
+     "key 'details': normal_scores"),
+    (lambda d: d["details"].update(normal_scores={"min": 2.0, "median": 1.5, "max": 1.9}), "min ≤ median ≤ max"),
+    (lambda d: d["quality"].pop("sharpness"), "key 'quality': no range for sharpness"),
+    (lambda d: d.update(quality={**d["quality"], "brightness": [1, 2]}), "'brightness' is not one of"),
+    (lambda d: d.update(region={"pixel_threshold": 1.0}), "key 'region'"),
+    (lambda d: d.update(policy=None), "key 'policy'"),
+])
+def test_a_thresholds_file_is_checked_against_its_schema_strictly_with_the_fix(tmp_path, change, reason):
+    """A file without `details` skipped every sanity check: threshold 1e9 loaded and passed rejects."""
+    path, data = calibrated_file(tmp_path)
+    change(data)
+    write_json_atomic(path, data)
+    with pytest.raises(ConfigError, match=reason) as caught:
+        load_thresholds(path, HASH)
+    assert "recalibrate" in str(caught.value).lower() and caught.value.exit_code == 78
+
+
+def test_a_threshold_of_1e9_without_details_is_refused_not_loaded(tmp_path):
+    path, data = calibrated_file(tmp_path, image_threshold=1e9)
+    del data["details"]
+    write_json_atomic(path, data)
+    with pytest.raises(ConfigError, match="key 'details' is missing"):
+        load_thresholds(path, HASH)

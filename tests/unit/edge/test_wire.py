@@ -60,10 +60,19 @@ def test_topics_end_in_slash_so_cam1_never_matches_cam10():
     assert not wire.topic("decision", "cam1").startswith(wire.subscription_prefix("map", None))
 
 
-@pytest.mark.parametrize("camera", ["cam.1", "cam/1", "", "c" * 65, "kamera ü", None, ["cam1"]])
+@pytest.mark.parametrize("camera", ["cam.1", "cam/1", "", "c" * 65, "kamera ü", None, ["cam1"], "line1\n"])
 def test_camera_names_that_would_break_topics_are_refused(camera):
     with pytest.raises(WireError, match="camera name"):
         wire.topic("decision", camera)
+
+
+def test_a_topic_or_session_with_a_final_newline_is_refused():
+    with pytest.raises(WireError, match="camera part"):
+        wire.parse_topic(b"decision.line1\n/")
+    frames = wire.encode(_decision())
+    header = frames[1].replace(b'"session":"', b'"session":"0123456789abcdef\\n', 1)
+    with pytest.raises(WireError, match="session"):
+        wire.decode([frames[0], header])
 
 
 def test_a_camera_name_is_checked_once_but_a_refused_one_is_refused_on_every_message():

@@ -200,10 +200,11 @@ def test_config_check_accepts_the_tensorrt_backend_on_the_fp16_graph_and_ensure_
     from edge.artifacts.thresholds import Thresholds
     from edge.cli import main
     from edge.core.paths import write_json_atomic
+    from tests.thresholds_file import calibrated_data
     from tests import gpu_fakes
 
     model, engine, config = line
-    write_json_atomic(model / "thresholds.json", Thresholds(load_model_info(model).model_hash, 1.0, "t1").to_dict())
+    write_json_atomic(model / "thresholds.json", calibrated_data(Thresholds(load_model_info(model).model_hash, 1.0, "t1")))
     path = config(onnx=model / "model.fp16.onnx", precision="fp16")
     assert main(["config", "check", str(path)]) == 0
     resolved = json.loads(capsys.readouterr().out)["backend"]

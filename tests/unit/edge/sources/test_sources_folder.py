@@ -133,3 +133,104 @@ def test_bad_recording_index_names_the_line(tmp_path):
 def test_fps_must_be_positive(tmp_path):
     with pytest.raises(ConfigError, match="fps"):
         FolderSource(tmp_path, fps=0)
+
+
+def _recording(folder: Path, frame_ids) -> None:
+    for index, frame_id in enumerate(frame_ids):
+        cv2.imwrite(str(folder / f"f{index}.png"), np.full((2, 2), index, np.uint8))
+    (folder / "frames.jsonl").write_text("".join(json.dumps({"file": f"f{index}.png", "frame_id": frame_id}) + "\n"
+                                                 for index, frame_id in enumerate(frame_ids)))
+
+
+@pytest.mark.parametrize("frame_id", [-1, 2 ** 64, 1.5, "7", True, None])
+def test_a_recording_with_a_frame_id_no_camera_counter_has_is_refused_naming_the_line(tmp_path, frame_id):
+    _recording(tmp_path, [0, frame_id])
+    with pytest.raises(InputDataError, match=r"frames.jsonl:2: frame_id .*expected an integer from 0 to 2\*\*64 - 1"):
+        FolderSource(tmp_path).open()
+
+
+@pytest.mark.parametrize("first", [2 ** 63 - 1, 2 ** 64 - 3])
+def test_a_looped_recording_near_the_end_of_the_id_range_starts_again_from_its_own_ids(tmp_path, first):
+    _recording(tmp_path, [first, first + 1])
+    source = FolderSource(tmp_path, loop=True)
+    source.open()
+    ids = [source.read(1.0).frame_id for _ in range(6)]
+    assert all(0 <= frame_id < 2 ** 64 for frame_id in ids)
+    assert ids[:2] == [first, first + 1] and ids[2:] == ids[:2] * 2
+    assert source.stats()["passes"] == 2 and source.stats()["dropped"] == 0
+
+
+def _tiff(width: int, height: int) -> bytes:
+    """A real TIFF (cv2 writes it) whose first image directory then claims `width`×`height` px."""
+    import struct
+
+    ok, data = cv2.imencode(".tiff", np.full((8, 8), 128, np.uint8))
+    data = bytearray(data.tobytes())
+    assert data[:4] == b"II*\x00"
+    offset = struct.unpack("<I", data[4:8])[0]
+    for index in range(struct.unpack("<H", data[offset:offset + 2])[0]):
+        entry = offset + 2 + index * 12
+        tag, kind = struct.unpack("<HH", data[entry:entry + 4])
+        if tag in (256, 257):
+            data[entry + 2:entry + 4] = struct.pack("<H", 4)  # LONG, whatever cv2 chose
+            data[entry + 8:entry + 12] = struct.pack("<I", width if tag == 256 else height)
+    return bytes(data)
+
+
+def test_a_tiff_is_read_and_one_claiming_more_pixels_than_a_frame_may_have_is_refused_from_its_header(elpv_folder):
+    for name in ("cell_0.png", "cell_1.png"):
+        (elpv_folder / name).unlink()
+    (elpv_folder / "cell_0.tif").write_bytes(_tiff(8, 8))
+    (elpv_folder / "cell_1.tif").write_bytes(_tiff(20000, 20000))  # 593 bytes; 1.2 GB decoded
+    source = FolderSource(elpv_folder)
+    source.open()
+    assert source.read(1.0).image.shape[:2] == (8, 8)
+    with pytest.raises(FrameError, match="cell_1.tif: header claims 20000×20000 px"):
+        source.read(1.0)
+    assert source.read(1.0).frame_id == 2
+
+
+def test_a_format_whose_size_is_not_read_before_decoding_is_one_frame_error(elpv_folder):
+    ok, ppm = cv2.imencode(".ppm", np.full((8, 8, 3), 128, np.uint8))
+    (elpv_folder / "cell_1.png").write_bytes(ppm.tobytes())  # a PPM named like a PNG
+    source = FolderSource(elpv_folder)
+    source.open()
+    source.read(1.0)
+    with pytest.raises(FrameError, match=r"cell_1.png: not a PNG, JPEG, BMP or TIFF image whose header states"):
+        source.read(1.0)
+    assert source.read(1.0).frame_id == 2
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_a_recording_entry_that_is_no_regular_file_is_one_frame_error_at_once(tmp_path, kind):
+    import os
+
+    _recording(tmp_path, [0, 1, 2])
+    target = tmp_path / "f1.png"
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)  # no writer: a plain read would block for ever
+    elif kind == "device":
+        target.symlink_to("/dev/zero")  # a read that never ends
+    else:
+        target.mkdir()
+    source = FolderSource(tmp_path)
+    source.open()
+    assert source.read(1.0).frame_id == 0
+    with pytest.raises(FrameError, match=f"f1.png: a {'FIFO' if kind == 'fifo' else kind}, not a regular file"):
+        source.read(1.0)
+    assert source.read(1.0).frame_id == 2
+
+
+def test_entries_of_a_plain_folder_that_are_not_replayed_are_named_in_one_warning(elpv_folder, caplog):
+    import os
+
+    (elpv_folder / "clip.gif").write_bytes(b"GIF89a")
+    os.mkfifo(elpv_folder / "cell_9.png")
+    (elpv_folder / ".hidden.png").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="edge.imaging.files"):
+        source = FolderSource(elpv_folder)
+        source.open()
+    assert len(source.frame_files()) == 3
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "left out 3 entries" in line and "cell_9.png (not a regular file), clip.gif, notes.txt" in line
