@@ -132,10 +132,10 @@ def test_view_records_serves_and_takes_reviews(tmp_path, publisher, rng):
         for frame_id, verdict in enumerate(verdicts):
             publisher.publish_decision(decision(frame_id, verdict), rng.random((32, 32), dtype=np.float32))
         pushed = []
-        while len(pushed) < len(verdicts):
+        while len(pushed) < len(verdicts):  # batched: each message holds every update since the last
             line = events.readline()
-            if line.startswith(b"data:") and b'"verdict"' in line:
-                pushed.append(json.loads(line[5:]))
+            if line.startswith(b"data:"):
+                pushed += [data for event, data in json.loads(line[5:]) if event == "decision"]
         events.close()
         assert [p["verdict"] for p in pushed] == verdicts
 
@@ -209,7 +209,7 @@ def test_the_recorder_counts_and_records_every_gap(tmp_path):
     port = pub.bind_to_random_port("tcp://127.0.0.1")
     store = RecordStore(tmp_path)
     subscriber = Subscriber(f"tcp://127.0.0.1:{port}", topics=TOPICS, context=context)
-    recorder = Recorder(store, subscriber)
+    recorder = Recorder(store, [subscriber])
     session = "00112233aabbccdd"
 
     def beat(seq, last_decision):
@@ -217,14 +217,14 @@ def test_the_recorder_counts_and_records_every_gap(tmp_path):
                               session=session, seq=seq, wall_ns=time.time_ns())
 
     try:
-        wait_for(lambda: pub.send_multipart(wire.encode(beat(1, 0))) or recorder.step(0.05), "the subscription")
+        wait_for(lambda: pub.send_multipart(wire.encode(beat(1, 0))) or recorder.step(0.05) > 0, "the subscription")
         for seq in (1, 2, 5):  # 3 and 4 never sent; then a heartbeat says 6 was sent
             pub.send_multipart(wire.encode(
                 wire.Decision(**{**vars(decision(seq, "ok")), "session": session, "seq": seq, "wall_ns": time.time_ns()})))
         pub.send_multipart(wire.encode(beat(2, 6)))
         received = 0
         while received < 4:
-            received += recorder.step(5.0) is not None
+            received += recorder.step(5.0)
         store.commit()
         conn = open_reader(tmp_path)
         events = conn.execute("SELECT kind, lost, detail FROM events WHERE kind = 'gap' ORDER BY id").fetchall()
