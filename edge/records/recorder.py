@@ -143,25 +143,25 @@ class Recorder:
         return self
 
     def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    self.step(0.2)
-                except Exception as error:  # counted and shown; the next message is handled
-                    self.errors += 1
-                    self.error = f"{type(error).__name__}: {error}"
-                    if self.errors == 1 or self.errors % 100 == 0:
-                        log.exception("recorder: error %d (recording goes on)", self.errors)
-                    self._stop.wait(ERROR_PAUSE_S)
-        finally:
-            for monitor, subscriber in self._monitors.items():
-                subscriber.socket.disable_monitor()
-                monitor.close(linger=0)
+        while not self._stop.is_set():
+            try:
+                self.step(0.2)
+            except Exception as error:  # counted and shown; the next message is handled
+                self.errors += 1
+                self.error = f"{type(error).__name__}: {error}"
+                if self.errors == 1 or self.errors % 100 == 0:
+                    log.exception("recorder: error %d (recording goes on)", self.errors)
+                self._stop.wait(ERROR_PAUSE_S)
 
     def stop(self) -> None:
+        """Stop the thread (if started) and close the socket monitors; the subscribers stay the caller's."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        for monitor, subscriber in self._monitors.items():
+            subscriber.socket.disable_monitor()
+            monitor.close(linger=0)
+        self._monitors = {}
 
     @property
     def alive(self) -> bool:
