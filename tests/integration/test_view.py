@@ -36,9 +36,10 @@ WAIT_S = 60.0
 class ViewProcess:
     """`hlgfa view` in a subprocess; `url` once it printed where it serves."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, preexec_fn=None):
         self.process = subprocess.Popen([sys.executable, "-m", "edge.cli", "view", *args], cwd=ROOT,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        preexec_fn=preexec_fn)
         self.url = None
         line = self._readline(WAIT_S)
         if line and line.startswith("view: "):
