@@ -278,8 +278,7 @@ class LiveState:
         now = self.clock()
         with self._lock:
             return {name: {"last": camera.last, "health": self._health(camera, now),
-                           "scores": list(camera.scores), "faults": list(camera.faults),
-                           "map_frame_id": None if camera.map is None else camera.map.frame_id}
+                           "scores": list(camera.scores), "faults": list(camera.faults)}
                     for name, camera in sorted(self.cameras.items())}
 
     def health(self) -> list[dict]:
@@ -287,14 +286,12 @@ class LiveState:
         with self._lock:
             return [self._health(camera, now) for _, camera in sorted(self.cameras.items())]
 
-    def latest_map(self, name: str) -> tuple[wire.MapMessage | None, float | None]:
-        """The camera's latest map and the threshold of the decision it belongs to."""
+    def latest(self, name: str) -> tuple[dict | None, wire.MapMessage | None]:
+        """The camera's latest decision and its map (None when that decision has none, e.g. a fault)."""
         with self._lock:
             camera = self.cameras.get(name)
-            if camera is None or camera.map is None:
+            if camera is None or camera.last is None:
                 return None, None
-            last = camera.last
-            threshold = last["threshold"] if last is not None and last["frame_id"] == camera.map.frame_id else None
-            if threshold is None:
-                threshold = next((s[2] for s in reversed(camera.scores) if s[2] is not None), None)
-            return camera.map, threshold
+            last, map_ = camera.last, camera.map
+            same = map_ is not None and (map_.session, map_.frame_id) == (last["session"], last["frame_id"])
+            return last, map_ if same else None

@@ -446,23 +446,28 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, images.thumb_png(path, rel, map_u8), "image/png", {"Cache-Control": "max-age=3600"})
 
     def live_image(self, params, camera: str, what: str) -> None:
+        """The camera's latest part: its map, or its frame with the region outlined (a fault: the frame)."""
         self._require_reader()
-        message, threshold = self.server.live.latest_map(camera)
-        if message is None:
-            raise HttpError(HTTPStatus.NOT_FOUND, f"camera {camera!r}: no map received yet")
-        map_u8, lo, hi = map_image(message)
-        rel = images.relative(map_u8, lo, hi, threshold)
+        last, message = self.server.live.latest(camera)
+        if last is None:
+            raise HttpError(HTTPStatus.NOT_FOUND, f"camera {camera!r}: no decision received yet")
+        rel = map_u8 = None
+        if message is not None:
+            map_u8, lo, hi = map_image(message)
+            rel = images.relative(map_u8, lo, hi, last["threshold"])
         if what == "map.png":
+            if map_u8 is None:
+                raise HttpError(HTTPStatus.NOT_FOUND, f"camera {camera!r}: its latest decision has no map (yet)")
             body = images.map_png(rel, map_u8)
         elif what == "frame.png":
-            path = self.server.frames.file(camera, message.frame_id) if self.server.frames is not None else None
+            path = self.server.frames.file(camera, last["frame_id"]) if self.server.frames is not None else None
             if path is None:
                 raise HttpError(HTTPStatus.NOT_FOUND, f"no frames folder for camera {camera!r}: start the view with "
                                                       f"--frames {camera}=DIR")
             body = images.frame_png(path, rel, with_overlay=_one(params, "overlay") != "0")
         else:
             raise HttpError(HTTPStatus.NOT_FOUND, f"no such image: {what}")
-        self._send(HTTPStatus.OK, body, "image/png", {"X-Frame-Id": str(message.frame_id)})
+        self._send(HTTPStatus.OK, body, "image/png", {"X-Frame-Id": str(last["frame_id"])})
 
     def trends(self, params) -> None:
         self._require_reader()

@@ -54,6 +54,8 @@ class ViewProcess:
 
     def stop(self) -> int:
         """SIGTERM; the exit status. What it wrote to stderr is in `stderr` afterwards."""
+        if self.process.stderr.closed:  # stopped before
+            return self.process.returncode
         if self.process.poll() is None:
             self.process.terminate()
         try:

@@ -182,9 +182,14 @@ function drawStrip(canvas, scores) {
 }
 
 // ---------------------------------------------------------------------------- the line's state
+const RANK = { ok: 0, warn: 1, bad: 2 };
 function drawBanner() {
-  const problems = model.link ? model.box.problems : ["the page lost its connection to the view: what it shows is old", ...model.box.problems];
-  const level = model.link ? model.box.level : "bad";
+  // the box's state as of the last tick, and each camera's as of its latest message (a dead daemon's
+  // link event comes between ticks)
+  const cams = Object.entries(model.cameras).filter(([, c]) => c.health);
+  let level = cams.reduce((worst, [, c]) => RANK[c.health.level] > RANK[worst] ? c.health.level : worst, model.box.level);
+  let problems = [...new Set([...cams.flatMap(([name, c]) => c.health.problems.map((p) => `${name}: ${p}`)), ...model.box.problems])];
+  if (!model.link) { level = "bad"; problems = ["the page lost its connection to the view: what it shows is old", ...problems]; }
   const banner = $("banner");
   banner.className = `banner ${level}`;
   banner.dataset.level = level;
@@ -229,7 +234,7 @@ function render() {
 }
 
 function apply([event, data]) {
-  if (event === "decision") onDecision(data);
+  if (event === "decision") { onDecision(data); if (hasFrames(data.camera)) refreshImage(data.camera); }
   else if (event === "map") refreshImage(data.camera);
   else if (event === "health") onHealth(data);
   else if (event === "tick") {
@@ -495,7 +500,8 @@ async function start() {
   try {
     state = await api("/api/state");
   } catch (error) {
-    state.user = null; showUser();
+    state.user = null; state.password = true;  // nothing is served before signing in: a password is set
+    showUser();
     $("banner-title").textContent = "SIGN IN"; $("banner-text").textContent = error.message;
     return;
   }
@@ -506,7 +512,7 @@ async function start() {
     cam.scores = c.scores.map((s) => [...s]);
     if (c.last) { cam.last = c.last; cam.receivedAt = performance.now() - 1000 * (c.health.last_age_s ?? 0); }
     cam.health = c.health;
-    if (c.map_frame_id !== null) refreshImage(name);
+    if (c.last) refreshImage(name);
   }
   model.box = state.box; model.shift = state.shift; model.recorder = state.recorder;
   render();
