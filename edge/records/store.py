@@ -474,6 +474,16 @@ class RecordStore:
                          "VALUES (?,?,?,?,?,?)", (wall_ns, camera, session, kind, lost, detail), events=1) is not None:
             self._pending_events += 1
 
+    def dropped(self, count: int, why: str, positions: dict[str, tuple[str, int]]) -> None:
+        """`count` decisions lost before they reached the store, counted with the disk's own refusals;
+        `positions` the latest of them per camera (where a restart resumes counting)."""
+        self.counters["dropped_records"] += count
+        for camera, (session, seq) in positions.items():
+            known = self.positions.get(camera)
+            if known is None or known[0] != session or known[1] < seq:
+                self.positions[camera] = (session, seq)
+        self._alarm(f"{why}: {count} decision(s) dropped")
+
     def maybe_commit(self, now: float | None = None) -> None:
         """Commit when the open transaction is older than `commit_interval_s`: one fsync-free WAL commit
         per interval instead of per row."""

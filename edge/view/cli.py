@@ -72,12 +72,13 @@ def _handler(args: argparse.Namespace) -> int:
     context = zmq.Context()
     subscribers = [Subscriber(endpoint, cameras=config.cameras, topics=TOPICS, curve=curve, context=context)
                    for endpoint in config.connect]
-    recorder = Recorder(store, subscribers, listener=live.on_message, frames=frames)
+    recorder = Recorder(store, subscribers, listener=live.on_message, stored=live.on_stored, frames=frames)
 
     def recorder_stats() -> dict:
         return {**store.stats(), "lost": sum(sum(s.lost.values()) for s in subscribers),
                 "restarts": sum(s.restarts for s in subscribers), "malformed": recorder.malformed,
                 "alive": recorder.alive, "errors": recorder.errors, "error": recorder.error,
+                "backlog": recorder.backlog,
                 "sse_cut_off": hub.cut_off, "pages_refused": hub.refused}
 
     try:

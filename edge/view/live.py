@@ -29,7 +29,7 @@ SCORES_KEPT = 600  # points of the strip chart per camera
 FPS_WINDOW_S = 5.0
 PPM_WINDOW_S = 60.0
 HEARTBEAT_MISSES = 3  # as a PLC bridge: no heartbeat for 3 periods is a dead station (docs/PROTOCOL.md)
-BATCH_S = 0.05
+BATCH_S = 0.03
 OK, WARN, BAD = "ok", "warn", "bad"
 _RANK = {OK: 0, WARN: 1, BAD: 2}
 
@@ -159,8 +159,8 @@ class LiveState:
 
     # --------------------------------------------------------------------------------- input
 
-    def on_message(self, message, row_id: int | None, endpoint: str | None = None) -> None:
-        """The recorder's listener."""
+    def on_message(self, message, endpoint: str | None = None) -> None:
+        """The recorder's listener: every message and link change as it arrives."""
         now = self.clock()
         events = []
         with self._lock:
@@ -174,7 +174,7 @@ class LiveState:
                 if endpoint is not None:
                     camera.endpoint = endpoint
                 if isinstance(message, wire.Decision):
-                    camera.last, camera.last_at = decision_dict(message, row_id), now
+                    camera.last, camera.last_at = decision_dict(message, None), now
                     camera.arrivals.append(now)
                     camera.scores.append((message.wall_ns, message.score, message.threshold, message.verdict))
                     camera.shift[message.verdict] += 1
@@ -193,6 +193,11 @@ class LiveState:
                     events.append(("fault", fault))
         for event in events:
             self.hub.publish(*event)
+
+    def on_stored(self, decision: wire.Decision, row_id: int) -> None:
+        """The recorder stored a decision: a reject or fault joins the parts gallery of open pages."""
+        if decision.verdict != "ok":
+            self.hub.publish("recorded", decision_dict(decision, row_id))
 
     def seed_shift(self, since: dict | None, counts: dict) -> None:
         """The shift counters as the record holds them (since the last reset), at start."""

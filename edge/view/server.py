@@ -127,11 +127,10 @@ def _one(params: dict, name: str) -> str | None:
     return values[0]
 
 
-def _whole(params: dict, name: str, what: str, low: int, high: int = MAX_INT64, default: int | None = None,
-           blank_ok: bool = False) -> int | None:
-    """A whole-number parameter in [low, high]; absent → `default`; anything else a 400 naming it."""
+def _whole(params: dict, name: str, what: str, low: int, high: int = MAX_INT64, default: int | None = None) -> int | None:
+    """A whole-number parameter in [low, high]; absent → `default`; anything else (empty too) a 400 naming it."""
     text = _one(params, name)
-    if text is None or (blank_ok and not text.strip()):
+    if text is None:
         return default
     if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
         raise HttpError(HTTPStatus.BAD_REQUEST, f"{name}={text!r}: not {what} (expected a whole number from {low} "
@@ -161,7 +160,7 @@ def _filters(params: dict) -> dict:
     return dict(since_ns=parse_when(since) if since else None, until_ns=parse_when(until) if until else None,
                 cameras=[c for c in params.get("camera", []) if c] or None, verdicts=params.get("verdict") or None,
                 reason=_text(params, "reason"), session=session,
-                frame_id=_whole(params, "frame", "a frame id", 0, blank_ok=True),
+                frame_id=_whole(params, "frame", "a frame id", 0),
                 part_id=_text(params, "part"), reviewed=True if _one(params, "reviewed") == "1" else None,
                 marked=True if _one(params, "marked") == "1" else None)
 

@@ -322,7 +322,8 @@ def test_every_parameter_is_checked_and_another_name_is_refused(tmp_path, publis
                "/api/records?since=0001-01-01": "time", "/api/records/99999999999999999999999": "not a record id",
                "/api/records?limit=-1": "limit", "/api/records?limit=0": "limit", "/api/records?limit=501": "limit",
                "/api/records?frame=12a": "not a frame id", "/api/records?frame=-1": "not a frame id",
-               "/api/records?frame=%2012": "not a frame id", "/api/records?before=x": "before",
+               "/api/records?frame=%2012": "not a frame id", "/api/records?frame=": "not a frame id",
+               "/api/records?before=x": "before",
                "/api/records?verdict=good": "verdict", "/api/records?session=xyz": "session",
                "/api/records?limit=1&limit=2": "limit"}
         for path, named in bad.items():

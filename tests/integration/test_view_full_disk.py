@@ -67,14 +67,31 @@ def publish(publisher, first: int, count: int, maps) -> None:
         time.sleep(max(0.0, due - time.monotonic()))
 
 
-def fill(folder) -> None:
-    with open(folder / "ballast", "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\xff" * 65536)
-                handle.flush()
-        except OSError:
-            pass
+class Ballast:
+    """Another program filling the disk: it takes every block that comes free until stopped."""
+
+    def __init__(self, folder):
+        self.path = folder / "ballast"
+        self.handle = open(self.path, "wb", buffering=0)
+        self.stopping = threading.Event()
+        self.full = threading.Event()
+        self.thread = threading.Thread(target=self._fill, daemon=True)
+        self.thread.start()
+        assert self.full.wait(30), "the ballast never filled the disk"
+
+    def _fill(self):
+        while not self.stopping.is_set():
+            try:
+                self.handle.write(b"\xff" * 4096)
+            except OSError:
+                self.full.set()
+                self.stopping.wait(0.01)
+
+    def remove(self):
+        self.stopping.set()
+        self.thread.join()
+        self.handle.close()
+        self.path.unlink()
 
 
 def noise_maps(rng) -> list:
@@ -130,11 +147,13 @@ def run(records, rng, between=None, preexec_fn=None):
 
 
 def test_a_full_tmpfs_drops_and_counts_and_recording_goes_on_when_space_returns(small_disk, rng):
+    ballast = []
+
     def between(phase):
         if phase == 0:
-            fill(small_disk)
+            ballast.append(Ballast(small_disk))
         else:
-            (small_disk / "ballast").unlink()
+            ballast[0].remove()
 
     rows, saved = run(small_disk / "rec", rng, between)
     assert saved["dropped_records"] > 0  # the disk did refuse

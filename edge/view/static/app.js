@@ -37,8 +37,12 @@ function age(s) {
 const engineer = () => state.role === "engineer";
 const hasFrames = (camera) => state.frames.includes(camera);
 
+let lastDraw = 0;
 function schedule() {
+  // draw now when the last drawing is a display frame old (a quiet line: no added wait); else at the
+  // next display frame, once, however many updates came in between
   if (drawQueued) return;
+  if (performance.now() - lastDraw > 16) { render(); return; }
   drawQueued = true;
   requestAnimationFrame(() => { drawQueued = false; render(); });
 }
@@ -94,10 +98,9 @@ function onDecision(d) {
     const s = model.shift.cameras[d.camera] || (model.shift.cameras[d.camera] = { ok: 0, reject: 0, fault: 0, worst_latency_ms: 0 });
     s[d.verdict] += 1; s.worst_latency_ms = Math.max(s.worst_latency_ms, d.latency_ms);
   }
-  if (d.verdict !== "ok" && galleryLoaded && d.id !== null) addThumb(d);
 }
 
-function onHealth(h) { const c = camera(h.camera); c.health = h; c.dirty = true; }
+function onHealth(h) { camera(h.camera).health = h; }
 
 function refreshImage(name) {
   // at most 4 images a second per camera: a phone on Wi-Fi must keep up with a 200 frames/s line
@@ -113,7 +116,8 @@ function refreshImage(name) {
 
 function drawCamera(name, c) {
   const q = c.q, h = c.health, d = c.last;
-  if (d) {
+  if (d && c.dirty) {
+    c.dirty = false;
     q.verdict.textContent = d.verdict.toUpperCase();
     q.verdict.dataset.seq = d.seq;
     q.frame.textContent = d.frame_id;
@@ -227,6 +231,7 @@ function showRecorder(r) {
 }
 
 function render() {
+  lastDraw = performance.now();
   for (const [name, c] of Object.entries(model.cameras)) drawCamera(name, c);
   drawBanner();
   drawShift();

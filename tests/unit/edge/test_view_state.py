@@ -53,18 +53,18 @@ def test_the_line_state_is_the_worst_of_what_is_wrong():
         healthy = {"alive": True, "errors": 0, "disk_alarm": None}
         assert live.box(healthy)["level"] == "bad"  # no daemon connected yet
         for endpoint in ("tcp://a:1", "tcp://b:2"):
-            live.on_message(Link(endpoint, True), None, endpoint)
-        live.on_message(beat(), None, "tcp://a:1")
+            live.on_message(Link(endpoint, True), endpoint)
+        live.on_message(beat(), "tcp://a:1")
         assert live.box(healthy) == {"level": "ok", "problems": []}
-        live.on_message(beat(drift="drifting"), None, "tcp://a:1")
+        live.on_message(beat(drift="drifting"), "tcp://a:1")
         assert live.box(healthy)["level"] == "warn"
         assert live.box({**healthy, "alive": False, "error": "boom"})["level"] == "bad"
         assert live.box({**healthy, "disk_alarm": "full", "refusing": True})["level"] == "bad"
-        live.on_message(beat(), None, "tcp://a:1")
+        live.on_message(beat(), "tcp://a:1")
         now[0] += 3.0  # three heartbeat periods: silent
         assert live.health()[0]["state"] == "silent" and live.box(healthy)["level"] == "bad"
-        live.on_message(beat(), None, "tcp://a:1")
-        live.on_message(Link("tcp://a:1", False), None, "tcp://a:1")
+        live.on_message(beat(), "tcp://a:1")
+        live.on_message(Link("tcp://a:1", False), "tcp://a:1")
         health = live.health()[0]
         assert health["level"] == "bad" and "disconnected" in health["problems"][0]
     finally:
