@@ -816,8 +816,8 @@ def trends(conn: sqlite3.Connection, since_ns: int, cameras: list[str] | None = 
     hour_ns = 3600 * 10**9
     rows = conn.execute(
         f"SELECT (wall_ns / {hour_ns}) * {hour_ns} AS hour, SUM(verdict = 'ok'), SUM(verdict = 'reject'), "
-        f"SUM(verdict = 'fault'), SUM(review = '{FALSE_REJECT}'), SUM(review = '{DEFECT_CONFIRMED}'), "
-        f"SUM(review = '{MISSED_DEFECT}') FROM decisions WHERE {where} GROUP BY hour ORDER BY hour", args)
+        f"SUM(verdict = 'fault'), SUM(review IS '{FALSE_REJECT}'), SUM(review IS '{DEFECT_CONFIRMED}'), "
+        f"SUM(review IS '{MISSED_DEFECT}') FROM decisions WHERE {where} GROUP BY hour ORDER BY hour", args)
     names = ("hour_ns", "ok", "reject", "fault", FALSE_REJECT, DEFECT_CONFIRMED, MISSED_DEFECT)
     hours = {row[0]: {**dict(zip(names, row)), "scores": [0] * (SCORE_BINS + 1)} for row in rows}
     for hour, bin_, count in conn.execute(

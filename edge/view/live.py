@@ -29,7 +29,7 @@ SCORES_KEPT = 600  # points of the strip chart per camera
 FPS_WINDOW_S = 5.0
 PPM_WINDOW_S = 60.0
 HEARTBEAT_MISSES = 3  # as a PLC bridge: no heartbeat for 3 periods is a dead station (docs/PROTOCOL.md)
-BATCH_S = 0.03
+BATCH_S = 1 / 60  # the display rate: no page draws more often
 OK, WARN, BAD = "ok", "warn", "bad"
 _RANK = {OK: 0, WARN: 1, BAD: 2}
 

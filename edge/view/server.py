@@ -283,6 +283,10 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"error": f"the records cannot be read now ({error})"}, HTTPStatus.SERVICE_UNAVAILABLE)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection = True
+        except Exception:  # a bug: said to the page and logged, never an empty reply
+            log.exception("view: %s %s failed", self.command, url.path)
+            self._json({"error": f"{url.path}: internal error (the view's log has the details)"},
+                       HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def do_GET(self):
         self._dispatch(GET_ROUTES)

@@ -337,7 +337,8 @@ async function find(e) {
   if ($("find-camera").value) params.set("camera", $("find-camera").value);
   if ($("find-at").value) {  // around a time: the ten minutes either side
     const at = new Date($("find-at").value).getTime();
-    params.set("since", new Date(at - 600e3).toISOString()); params.set("until", new Date(at + 600e3).toISOString());
+    const iso = (ms) => new Date(ms).toISOString().replace("Z", "+00:00");  // a zone every Python reads
+    params.set("since", iso(at - 600e3)); params.set("until", iso(at + 600e3));
   }
   if ([...params.keys()].length === 1) { $("find-message").textContent = "give a frame id, a part id, a session or a time"; return; }
   let rows;
@@ -417,7 +418,7 @@ function drawScores(canvas, hours) {
   const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, left = 40, bottom = 18;
   ctx.clearRect(0, 0, W, H);
   if (!hours.length) { ctx.fillText("no scores in the last 24 h", left, 20); return; }
-  const bins = hours[0].scores.length, cw = (W - left) / hours.length, bh = (H - bottom) / bins;
+  const bins = hours[0].scores.length, cw = (W - left) / Math.max(hours.length, 24), bh = (H - bottom) / bins;
   hours.forEach((h, i) => {
     const total = h.scores.reduce((a, b) => a + b, 0) || 1;
     h.scores.forEach((count, b) => {
@@ -435,21 +436,22 @@ function drawScores(canvas, hours) {
 }
 
 function drawRates(canvas, hours) {
+  // each hour two bars: the share of its parts rejected, and faulted
   const ctx = canvas.getContext("2d"), W = canvas.width, H = canvas.height, left = 40, bottom = 18;
   ctx.clearRect(0, 0, W, H);
   if (!hours.length) return;
   const rate = (h, k) => { const n = h.ok + h.reject + h.fault; return n ? h[k] / n : 0; };
   const top = Math.max(0.05, ...hours.map((h) => Math.max(rate(h, "reject"), rate(h, "fault"))));
-  const cw = (W - left) / hours.length, y = (v) => H - bottom - (v / top) * (H - bottom - 10);
-  for (const [k, colour] of [["reject", "#c62828"], ["fault", "#b26a00"]]) {
-    ctx.strokeStyle = colour; ctx.lineWidth = 2; ctx.beginPath();
-    hours.forEach((h, i) => { const x = left + (i + 0.5) * cw; if (i) ctx.lineTo(x, y(rate(h, k))); else ctx.moveTo(x, y(rate(h, k))); });
-    ctx.stroke();
-  }
+  const cw = (W - left) / Math.max(hours.length, 24), height = (v) => (v / top) * (H - bottom - 22);
+  hours.forEach((h, i) => {
+    const x = left + i * cw;
+    ctx.fillStyle = "#c62828"; ctx.fillRect(x + 2, H - bottom - height(rate(h, "reject")), cw / 2 - 3, height(rate(h, "reject")));
+    ctx.fillStyle = "#b26a00"; ctx.fillRect(x + cw / 2, H - bottom - height(rate(h, "fault")), cw / 2 - 3, height(rate(h, "fault")));
+    if (i % Math.ceil(hours.length / 12) === 0) { ctx.fillStyle = "#333"; ctx.fillText(hourLabel(h.hour_ns), x, H - 4); }
+  });
   ctx.fillStyle = "#111"; ctx.font = "12px sans-serif";
-  ctx.fillText(`${(100 * top).toFixed(0)} %`, 0, 14); ctx.fillText("0", 28, H - bottom);
-  ctx.fillStyle = "#c62828"; ctx.fillText("reject rate", left + 8, 14); ctx.fillStyle = "#b26a00"; ctx.fillText("fault rate", left + 90, 14);
-  hours.forEach((h, i) => { if (i % Math.ceil(hours.length / 12) === 0) { ctx.fillStyle = "#333"; ctx.fillText(hourLabel(h.hour_ns), left + i * cw, H - 4); } });
+  ctx.fillText(`${(100 * top).toFixed(0)} %`, 0, 24); ctx.fillText("0", 28, H - bottom);
+  ctx.fillStyle = "#c62828"; ctx.fillText("reject rate", left + 8, 12); ctx.fillStyle = "#b26a00"; ctx.fillText("fault rate", left + 90, 12);
 }
 
 function drawDrift(canvas, drift, since) {

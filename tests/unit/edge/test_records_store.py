@@ -204,6 +204,18 @@ def test_reviews_keep_their_history_and_must_fit_the_verdict(tmp_path, rng):
         ("anna", "review", None, FALSE_REJECT), ("bo", "review", FALSE_REJECT, DEFECT_CONFIRMED),
         ("cy", "mark", None, "edge chipped?")]
     assert sum(h["ok"] for h in hours) == 1 and sum(h[DEFECT_CONFIRMED] for h in hours) == 1
+    # the score histogram: score / threshold in eighths, 0.2 / 0.5 = 0.4 → bin 3; the fault has no score
+    assert [h["scores"][3] for h in hours] == [2] and sum(sum(h["scores"]) for h in hours) == 2
+
+
+def test_trends_of_hours_nobody_reviewed_count_zero_reviews(tmp_path, rng):
+    store = RecordStore(tmp_path)
+    record(store, rng, 1, "reject")
+    store.close()
+    conn = open_reader(tmp_path)
+    hours = trends(conn, since_ns=0)["hours"]
+    conn.close()
+    assert [(h["reject"], h[FALSE_REJECT], h[DEFECT_CONFIRMED], h[MISSED_DEFECT]) for h in hours] == [(1, 0, 0, 0)]
 
 
 def test_reviewed_parts_export_as_mvtec_folders_with_their_frames(tmp_path, rng):
