@@ -104,6 +104,7 @@ CREATE INDEX IF NOT EXISTS decisions_camera_time ON decisions (camera, wall_ns);
 CREATE INDEX IF NOT EXISTS decisions_verdict_time ON decisions (verdict, wall_ns);
 CREATE INDEX IF NOT EXISTS decisions_frame ON decisions (frame_id);
 CREATE INDEX IF NOT EXISTS decisions_part ON decisions (part_id) WHERE part_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS decisions_reviewed ON decisions (wall_ns) WHERE review IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     wall_ns INTEGER NOT NULL,
@@ -763,16 +764,29 @@ def query(conn: sqlite3.Connection, since_ns: int | None = None, until_ns: int |
           with_image: bool | None = None, limit: int | None = None, newest_first: bool = False,
           part_id: str | None = None, marked: bool | None = None, before_id: int | None = None) -> list[dict]:
     """Decisions matching every filter given, oldest first (or newest first), as dicts of COLUMNS.
-    `before_id` pages back: only rows older than that record."""
+    `before_id` pages back: only rows older than that record.
+
+    Rows are walked in id order: a time window becomes an id range first (the time index finds its
+    ends), and camera, verdict and time are checked on the way (a unary + keeps SQLite from using their
+    indexes, which would collect and sort every match before the first page); frame, part id and
+    session are looked up by their indexes."""
     where, args = [], []
-    for column, op, value in (("wall_ns", ">=", since_ns), ("wall_ns", "<", until_ns), ("session", "=", session),
-                              ("frame_id", "=", frame_id), ("part_id", "=", part_id), ("id", "<", before_id)):
+    if since_ns is not None or until_ns is not None:
+        low, high = conn.execute("SELECT MIN(id), MAX(id) FROM decisions WHERE wall_ns >= ? AND wall_ns < ?",
+                                 (since_ns if since_ns is not None else -1,
+                                  until_ns if until_ns is not None else MAX_INT64)).fetchone()
+        if low is None:
+            return []
+        where += ["id BETWEEN ? AND ?", "+wall_ns >= ?", "+wall_ns < ?"]
+        args += [low, high, since_ns if since_ns is not None else -1, until_ns if until_ns is not None else MAX_INT64]
+    for column, op, value in (("session", "=", session), ("frame_id", "=", frame_id), ("part_id", "=", part_id),
+                              ("id", "<", before_id)):
         if value is not None:
             where.append(f"{column} {op} ?")
             args.append(value)
     for column, values in (("camera", cameras), ("verdict", verdicts)):
         if values:
-            where.append(f"{column} IN ({','.join('?' * len(values))})")
+            where.append(f"+{column} IN ({','.join('?' * len(values))})")
             args.extend(values)
     if reason:
         where.append("reason LIKE ?")
@@ -802,34 +816,59 @@ def history(conn: sqlite3.Connection, row_id: int) -> list[dict]:
         f"SELECT {', '.join(names)} FROM reviews WHERE record_id = ? ORDER BY id", (row_id,))]
 
 
-SCORE_BINS = 16  # the score histogram's bins: score / threshold in steps of 1/8, from 0 to 2 and above
+HOUR_NS = 3600 * 10**9
+SCORE_BINS = 16  # the score histogram: score / threshold in steps of 1/8 from 0 to 2, and a last bin above
 
 
-def trends(conn: sqlite3.Connection, since_ns: int, cameras: list[str] | None = None) -> dict:
-    """Per UTC hour since `since_ns`: decisions per verdict, the reviews, and the histogram of
-    score / threshold (bin i holds [i/8, (i+1)/8), the last everything from 2 up; the threshold is 1);
-    and every drift change in that time."""
+def score_bin(score: float | None, threshold: float | None) -> int | None:
+    """Which bin of the histogram a score falls in (the threshold at the start of bin 8); None without a
+    score or a positive threshold. `_SCORE_BIN_SQL` is the same in SQL."""
+    if score is None or threshold is None or not threshold > 0:
+        return None
+    return min(max(int(score / threshold * 8), 0), SCORE_BINS)
+
+
+_SCORE_BIN_SQL = f"MIN(MAX(CAST(score / threshold * 8 AS INTEGER), 0), {SCORE_BINS})"
+
+
+def hourly(conn: sqlite3.Connection, since_ns: int, through_id: int | None = None) -> list[dict]:
+    """Per UTC hour and camera since `since_ns` (and up to record `through_id`): decisions per verdict
+    and the score histogram (`score_bin`)."""
     where, args = "wall_ns >= ?", [since_ns]
+    if through_id is not None:
+        where += " AND id <= ?"
+        args.append(through_id)
+    out: dict = {}
+    for hour, camera, verdict, bin_, count in conn.execute(
+            f"SELECT (wall_ns / {HOUR_NS}) * {HOUR_NS} AS hour, camera, verdict, "
+            f"CASE WHEN score IS NOT NULL AND threshold > 0 THEN {_SCORE_BIN_SQL} END AS bin, COUNT(*) "
+            f"FROM decisions WHERE {where} GROUP BY hour, camera, verdict, bin", args):
+        entry = out.setdefault((hour, camera), {"hour_ns": hour, "camera": camera, "ok": 0, "reject": 0, "fault": 0,
+                                                "scores": [0] * (SCORE_BINS + 1)})
+        entry[verdict] += count
+        if bin_ is not None:
+            entry["scores"][bin_] += count
+    return [out[key] for key in sorted(out)]
+
+
+def reviews_hourly(conn: sqlite3.Connection, since_ns: int, cameras: list[str] | None = None) -> dict:
+    """Per UTC hour (of the part) since `since_ns`: how many parts carry each review now."""
+    where, args = "review IS NOT NULL AND wall_ns >= ?", [since_ns]
     if cameras:
         where += f" AND camera IN ({','.join('?' * len(cameras))})"
         args.extend(cameras)
-    hour_ns = 3600 * 10**9
-    rows = conn.execute(
-        f"SELECT (wall_ns / {hour_ns}) * {hour_ns} AS hour, SUM(verdict = 'ok'), SUM(verdict = 'reject'), "
-        f"SUM(verdict = 'fault'), SUM(review IS '{FALSE_REJECT}'), SUM(review IS '{DEFECT_CONFIRMED}'), "
-        f"SUM(review IS '{MISSED_DEFECT}') FROM decisions WHERE {where} GROUP BY hour ORDER BY hour", args)
-    names = ("hour_ns", "ok", "reject", "fault", FALSE_REJECT, DEFECT_CONFIRMED, MISSED_DEFECT)
-    hours = {row[0]: {**dict(zip(names, row)), "scores": [0] * (SCORE_BINS + 1)} for row in rows}
-    for hour, bin_, count in conn.execute(
-            f"SELECT (wall_ns / {hour_ns}) * {hour_ns} AS hour, "
-            f"MIN(MAX(CAST(score / threshold * 8 AS INTEGER), 0), {SCORE_BINS}) AS bin, COUNT(*) FROM decisions "
-            f"WHERE {where} AND score IS NOT NULL AND threshold > 0 GROUP BY hour, bin", args):
-        hours[hour]["scores"][bin_] = count
+    out: dict = {}
+    for hour, review, count in conn.execute(
+            f"SELECT (wall_ns / {HOUR_NS}) * {HOUR_NS} AS hour, review, COUNT(*) FROM decisions WHERE {where} "
+            "GROUP BY hour, review", args):
+        out.setdefault(hour, dict.fromkeys(REVIEWS, 0))[review] = count
+    return out
+
+
+def drift_changes(conn: sqlite3.Connection, since_ns: int, cameras: list[str] | None = None) -> list[dict]:
     drift = [dict(zip(("wall_ns", "camera", "state"), row)) for row in conn.execute(
         "SELECT wall_ns, camera, detail FROM events WHERE kind = 'drift' AND wall_ns >= ? ORDER BY id", (since_ns,))]
-    if cameras:
-        drift = [d for d in drift if d["camera"] in cameras]
-    return {"hours": [hours[h] for h in sorted(hours)], "drift": drift}
+    return [d for d in drift if not cameras or d["camera"] in cameras]
 
 
 def last_reset(conn: sqlite3.Connection) -> dict | None:

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from edge.core.errors import ConfigError
@@ -35,10 +36,10 @@ def _handler(args: argparse.Namespace) -> int:
     from edge.core.paths import writable_dir
     from edge.records.frames import Frames
     from edge.records.recorder import TOPICS, Recorder
-    from edge.records.store import RecordStore, last_reset, open_reader, shift_counts
+    from edge.records.store import HOUR_NS, RecordStore, hourly, last_reset, open_reader, shift_counts
     from edge.transport.subscriber import Subscriber
     from edge.view.config import build_view_config
-    from edge.view.live import Hub, LiveState
+    from edge.view.live import HOURS_KEPT, Hub, LiveState
     from edge.view.server import ViewServer, start_ticker
 
     config = build_view_config(args.config, {
@@ -65,8 +66,18 @@ def _handler(args: argparse.Namespace) -> int:
     try:
         since = last_reset(reader)
         live.seed_shift(since, shift_counts(reader, since["wall_ns"] if since else 0))
+        through_id = reader.execute("SELECT MAX(id) FROM decisions").fetchone()[0]
     finally:
         reader.close()
+
+    def seed_trends():  # the hours before this start, once, beside recording (a long record takes a while)
+        seeding = open_reader(config.records)
+        try:
+            live.hours.merge(hourly(seeding, time.time_ns() - HOURS_KEPT * HOUR_NS, through_id))
+        finally:
+            seeding.close()
+
+    threading.Thread(target=seed_trends, name="view-trends-seed", daemon=True).start()
     import zmq
 
     context = zmq.Context()

@@ -23,11 +23,13 @@ import threading
 import time
 
 from edge.records.recorder import Link
+from edge.records.store import HOUR_NS, SCORE_BINS, score_bin
 from edge.transport import wire
 
 SCORES_KEPT = 600  # points of the strip chart per camera
 FPS_WINDOW_S = 5.0
 PPM_WINDOW_S = 60.0
+HOURS_KEPT = 48  # the trends' hours held in memory
 HEARTBEAT_MISSES = 3  # as a PLC bridge: no heartbeat for 3 periods is a dead station (docs/PROTOCOL.md)
 BATCH_S = 1 / 60  # the display rate: no page draws more often
 OK, WARN, BAD = "ok", "warn", "bad"
@@ -127,6 +129,55 @@ def _empty_shift() -> dict:
     return {"ok": 0, "reject": 0, "fault": 0, "worst_latency_ms": 0.0}
 
 
+class Hours:
+    """Per UTC hour and camera: decisions per verdict and the score histogram (`score_bin`), counted as
+    decisions arrive and seeded from the record once at start, so the trends never scan the record."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._hours: dict[tuple[int, str], dict] = {}
+
+    def _entry(self, hour_ns: int, camera: str) -> dict:
+        entry = self._hours.get((hour_ns, camera))
+        if entry is None:
+            entry = self._hours[(hour_ns, camera)] = {"ok": 0, "reject": 0, "fault": 0, "scores": [0] * (SCORE_BINS + 1)}
+            oldest = hour_ns - HOURS_KEPT * HOUR_NS
+            for key in [k for k in self._hours if k[0] < oldest]:
+                del self._hours[key]
+        return entry
+
+    def add(self, decision: wire.Decision) -> None:
+        with self._lock:
+            entry = self._entry(decision.wall_ns // HOUR_NS * HOUR_NS, decision.camera)
+            entry[decision.verdict] += 1
+            bin_ = score_bin(decision.score, decision.threshold)
+            if bin_ is not None:
+                entry["scores"][bin_] += 1
+
+    def merge(self, rows: list[dict]) -> None:
+        """Counts of the record (`store.hourly`) from before this view started."""
+        with self._lock:
+            for row in rows:
+                entry = self._entry(row["hour_ns"], row["camera"])
+                for key in ("ok", "reject", "fault"):
+                    entry[key] += row[key]
+                entry["scores"] = [a + b for a, b in zip(entry["scores"], row["scores"])]
+
+    def since(self, since_ns: int, cameras: list[str] | None = None) -> list[dict]:
+        """Per hour from `since_ns` on, summed over `cameras` (all when None), oldest first."""
+        out: dict[int, dict] = {}
+        with self._lock:
+            for (hour, camera), entry in self._hours.items():
+                if hour + HOUR_NS <= since_ns or (cameras and camera not in cameras):
+                    continue
+                total = out.setdefault(hour, {"hour_ns": hour, "ok": 0, "reject": 0, "fault": 0,
+                                              "scores": [0] * (SCORE_BINS + 1)})
+                for key in ("ok", "reject", "fault"):
+                    total[key] += entry[key]
+                total["scores"] = [a + b for a, b in zip(total["scores"], entry["scores"])]
+        return [out[hour] for hour in sorted(out)]
+
+
 class Camera:
     def __init__(self, name: str):
         self.name = name
@@ -150,6 +201,7 @@ class LiveState:
         self.cameras: dict[str, Camera] = {}
         self.links: dict[str, bool | None] = {endpoint: None for endpoint in endpoints}  # None: never connected
         self.shift_since: dict = {"wall_ns": time.time_ns(), "by": None}
+        self.hours = Hours()
 
     def _camera(self, name: str) -> Camera:
         camera = self.cameras.get(name)
@@ -179,6 +231,7 @@ class LiveState:
                     camera.scores.append((message.wall_ns, message.score, message.threshold, message.verdict))
                     camera.shift[message.verdict] += 1
                     camera.shift["worst_latency_ms"] = max(camera.shift["worst_latency_ms"], message.latency_ms)
+                    self.hours.add(message)
                     events.append(("decision", camera.last))
                 elif isinstance(message, wire.MapMessage):
                     camera.map = message

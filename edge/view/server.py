@@ -38,7 +38,8 @@ from edge.core.errors import HlgfaError
 from edge.records.export import parse_when, write_rows
 from edge.records.frames import Frames
 from edge.records.store import (MAX_INT64, REVIEWS, RecordsRefused, get, history, map_image, open_reader, query,
-                                record_reset, saved_counters, set_mark, set_review, trends)
+                                drift_changes, record_reset, reviews_hourly, saved_counters, set_mark,
+                                set_review)
 from edge.transport.wire import VERDICTS
 from edge.view import images
 from edge.view.auth import ENGINEER, LoginThrottle, Sessions, role_for
@@ -482,17 +483,22 @@ class Handler(BaseHTTPRequestHandler):
         if not (math.isfinite(hours) and 0 < hours <= MAX_HOURS):
             raise HttpError(HTTPStatus.BAD_REQUEST, f"hours={text!r}: expected a number of hours > 0 and ≤ {MAX_HOURS}")
         cameras = [c for c in params.get("camera", []) if c] or None
+        since_ns = time.time_ns() - int(hours * 3600e9)
+        rows = self.server.live.hours.since(since_ns, cameras)  # counted as they came: no scan of the record
         conn = self._reader()
         try:
-            result = trends(conn, time.time_ns() - int(hours * 3600e9), cameras)
+            reviews = reviews_hourly(conn, since_ns, cameras)
+            drift = drift_changes(conn, since_ns, cameras)
             counters = saved_counters(conn)
         finally:
             conn.close()
-        rows = result["hours"]
+        for row in rows:
+            row.update(reviews.get(row["hour_ns"], dict.fromkeys(REVIEWS, 0)))
         false = sum(r["false_reject"] for r in rows)
         confirmed = sum(r["defect_confirmed"] for r in rows)
-        self._json({**result, "rejected": sum(r["reject"] + r["fault"] for r in rows), "false_rejects": false,
-                    "confirmed": confirmed, "false_reject_share": false / (false + confirmed) if false + confirmed else None,
+        self._json({"hours": rows, "drift": drift, "rejected": sum(r["reject"] + r["fault"] for r in rows),
+                    "false_rejects": false, "confirmed": confirmed,
+                    "false_reject_share": false / (false + confirmed) if false + confirmed else None,
                     "saved_counters": counters})
 
     # --------------------------------------------------------------------------------- writing

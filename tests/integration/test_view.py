@@ -330,6 +330,8 @@ def test_every_parameter_is_checked_and_another_name_is_refused(tmp_path, publis
             status, body = raw(view.url, "GET", path, {"Host": urllib.parse.urlsplit(view.url).netloc})
             assert (status, named in body.get("error", "")) == (400, True), (path, status, body)
         assert [r["frame_id"] for r in client.get("/api/records?frame=12")] == [12]
+        trends = client.get("/api/trends?hours=1")  # nothing reviewed yet: zero reviews, not a failed page
+        assert [(h["reject"], h["false_reject"], h["scores"][14]) for h in trends["hours"]] == [(1, 0, 1)]
         assert client.status(client.get, "/api/records?frame=13") == 200 and client.get("/api/records?frame=13") == []
 
         host = urllib.parse.urlsplit(view.url).netloc

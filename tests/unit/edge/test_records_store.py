@@ -17,7 +17,7 @@ from edge.core.errors import InputDataError
 from edge.records.export import export_reviews, parse_when
 from edge.records.frames import Frames
 from edge.records.store import (FALSE_REJECT, MISSED_DEFECT, DEFECT_CONFIRMED, RecordStore, Retention, history,
-                                open_reader, query, set_mark, set_review, trends)
+                                hourly, open_reader, query, reviews_hourly, set_mark, set_review)
 
 SESSION = "0123456789abcdef"
 T0 = 1_780_000_000 * 10**9  # ns since the epoch
@@ -195,7 +195,8 @@ def test_reviews_keep_their_history_and_must_fit_the_verdict(tmp_path, rng):
     conn = open_reader(tmp_path)
     first = query(conn, reviewed=True)[0]
     trail = history(conn, ids[0])
-    hours = trends(conn, since_ns=0)["hours"]
+    hours = hourly(conn, since_ns=0)
+    reviews = reviews_hourly(conn, since_ns=0)
     conn.close()
     # the record holds the latest review (what the export uses); the history every one, old → new
     assert (first["review"], first["review_label"], first["reviewer"], first["marked_by"]) == (
@@ -203,19 +204,10 @@ def test_reviews_keep_their_history_and_must_fit_the_verdict(tmp_path, rng):
     assert [(h["who"], h["action"], h["old"], h["new"]) for h in trail] == [
         ("anna", "review", None, FALSE_REJECT), ("bo", "review", FALSE_REJECT, DEFECT_CONFIRMED),
         ("cy", "mark", None, "edge chipped?")]
-    assert sum(h["ok"] for h in hours) == 1 and sum(h[DEFECT_CONFIRMED] for h in hours) == 1
+    assert sum(h["ok"] for h in hours) == 1 and sum(r[DEFECT_CONFIRMED] for r in reviews.values()) == 1
+    assert sum(r[MISSED_DEFECT] for r in reviews.values()) == 1 and sum(r[FALSE_REJECT] for r in reviews.values()) == 0
     # the score histogram: score / threshold in eighths, 0.2 / 0.5 = 0.4 → bin 3; the fault has no score
     assert [h["scores"][3] for h in hours] == [2] and sum(sum(h["scores"]) for h in hours) == 2
-
-
-def test_trends_of_hours_nobody_reviewed_count_zero_reviews(tmp_path, rng):
-    store = RecordStore(tmp_path)
-    record(store, rng, 1, "reject")
-    store.close()
-    conn = open_reader(tmp_path)
-    hours = trends(conn, since_ns=0)["hours"]
-    conn.close()
-    assert [(h["reject"], h[FALSE_REJECT], h[DEFECT_CONFIRMED], h[MISSED_DEFECT]) for h in hours] == [(1, 0, 0, 0)]
 
 
 def test_reviewed_parts_export_as_mvtec_folders_with_their_frames(tmp_path, rng):

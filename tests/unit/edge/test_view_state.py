@@ -7,7 +7,8 @@ import numpy as np
 from edge.records.recorder import Link
 from edge.transport import wire
 from edge.view import images
-from edge.view.live import Hub, LiveState
+from edge.records.store import HOUR_NS
+from edge.view.live import Hours, Hub, LiveState
 
 
 def test_a_colour_means_the_same_score_whatever_the_map_range():
@@ -69,3 +70,16 @@ def test_the_line_state_is_the_worst_of_what_is_wrong():
         assert health["level"] == "bad" and "disconnected" in health["problems"][0]
     finally:
         hub.close()
+
+
+def test_the_trends_hours_count_what_arrives_on_top_of_the_record():
+    hours = Hours()
+    t0 = 500 * HOUR_NS
+    d = wire.Decision("line1", 1, "reject", "", 0.9, 0.5, 0, 0, 0, 1.0, "ab" * 32, "v1", wall_ns=t0 + 10)
+    hours.add(d)
+    hours.add(wire.Decision(**{**vars(d), "camera": "line2", "verdict": "ok", "score": 0.2}))
+    hours.merge([{"hour_ns": t0 - HOUR_NS, "camera": "line1", "ok": 5, "reject": 0, "fault": 1, "scores": [5] + [0] * 16}])
+    both = hours.since(t0 - HOUR_NS)
+    assert [(h["hour_ns"], h["ok"], h["reject"], h["fault"]) for h in both] == [(t0 - HOUR_NS, 5, 0, 1), (t0, 1, 1, 0)]
+    assert both[1]["scores"][14] == 1 and both[1]["scores"][3] == 1  # 0.9 / 0.5 → 14/8; 0.2 / 0.5 → 3/8
+    assert [h["ok"] for h in hours.since(t0, ["line1"])] == [0]
