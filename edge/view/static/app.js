@@ -91,6 +91,7 @@ function camera(name) {
 
 function onDecision(d) {
   const c = camera(d.camera);
+  if (c.last && c.last.session === d.session && d.seq <= c.last.seq) return;  // already in the state loaded
   c.last = d; c.receivedAt = performance.now(); c.dirty = true;
   c.scores.push([d.wall_ns, d.score, d.threshold, d.verdict]);
   if (c.scores.length > 600) c.scores.splice(0, c.scores.length - 600);
@@ -250,7 +251,8 @@ function apply([event, data]) {
 
 function connect() {
   const source = new EventSource("/events");
-  source.onopen = () => { model.link = true; model.lastMessage = performance.now(); schedule(); };
+  // (re)connected: load the state again, so that nothing that happened before or in between is missed
+  source.onopen = () => { model.link = true; model.lastMessage = performance.now(); resync(); };
   source.onerror = () => { model.link = false; schedule(); };
   source.addEventListener("batch", (e) => {
     model.link = true; model.lastMessage = performance.now();
@@ -514,16 +516,24 @@ async function start() {
   }
   showUser();
   legends();
-  for (const [name, c] of Object.entries(state.cameras)) {
+  applyState(state);
+  connect();
+}
+
+function applyState(s) {
+  for (const [name, c] of Object.entries(s.cameras)) {
     const cam = camera(name);
-    cam.scores = c.scores.map((s) => [...s]);
+    cam.scores = c.scores.map((x) => [...x]);
     if (c.last) { cam.last = c.last; cam.receivedAt = performance.now() - 1000 * (c.health.last_age_s ?? 0); }
-    cam.health = c.health;
+    cam.health = c.health; cam.dirty = true;
     if (c.last) refreshImage(name);
   }
-  model.box = state.box; model.shift = state.shift; model.recorder = state.recorder;
+  model.box = s.box; model.shift = s.shift; model.recorder = s.recorder;
   render();
-  connect();
+}
+
+async function resync() {
+  try { applyState(await api("/api/state")); } catch (error) { model.link = false; schedule(); }
 }
 
 $("login").addEventListener("submit", async (e) => {
