@@ -32,6 +32,8 @@ PPM_WINDOW_S = 60.0
 HOURS_KEPT = 48  # the trends' hours held in memory
 HEARTBEAT_MISSES = 3  # as a PLC bridge: no heartbeat for 3 periods is a dead station (docs/PROTOCOL.md)
 BATCH_S = 1 / 60  # the display rate: no page draws more often
+LAZY = ("map", "recorded")  # updates that wait for the next batch
+LAZY_S = 0.1
 OK, WARN, BAD = "ok", "warn", "bad"
 _RANK = {OK: 0, WARN: 1, BAD: 2}
 
@@ -50,6 +52,8 @@ class Hub:
         self.batch_s = batch_s
         self._cond = threading.Condition()
         self._pending: list = []
+        self._urgent = False
+        self._first_at = 0.0
         self._clients: set[queue.Queue] = set()
         self._closed = threading.Event()
         self.cut_off = 0
@@ -72,18 +76,29 @@ class Hub:
             self._clients.discard(client)
 
     def publish(self, event: str, data: dict) -> None:
+        """Queue an update for every page. A map or a stored part rides with the next batch (or goes
+        within `LAZY_S`): it must not hold the next decision back by a display frame."""
         with self._cond:
+            if not self._pending:
+                self._first_at = time.monotonic()
             self._pending.append((event, data))
+            self._urgent = self._urgent or event not in LAZY
             self._cond.notify()
 
     def _flush(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._closed.is_set():
-                    self._cond.wait()
+                while not self._closed.is_set() and not self._urgent:
+                    if not self._pending:
+                        self._cond.wait()
+                        continue
+                    left = LAZY_S - (time.monotonic() - self._first_at)
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 if self._closed.is_set():
                     return
-                batch, self._pending = self._pending, []
+                batch, self._pending, self._urgent = self._pending, [], False
                 clients = list(self._clients)
             text = f"event: batch\ndata: {json.dumps(batch, separators=(',', ':'))}\n\n".encode()
             for client in clients:

@@ -240,13 +240,20 @@ function render() {
 }
 
 function apply([event, data]) {
-  if (event === "decision") { onDecision(data); if (hasFrames(data.camera)) refreshImage(data.camera); }
-  else if (event === "map") refreshImage(data.camera);
-  else if (event === "health") onHealth(data);
-  else if (event === "tick") {
+  // true when what the page draws changed (a map only fetches a new picture; a stored part joins the gallery)
+  if (event === "decision") { onDecision(data); if (hasFrames(data.camera)) refreshImage(data.camera); return true; }
+  if (event === "map") { refreshImage(data.camera); return false; }
+  if (event === "health") { onHealth(data); return true; }
+  if (event === "tick") {
     data.health.forEach(onHealth); model.box = data.box; model.recorder = data.recorder; model.shift = data.shift;
-  } else if (event === "shift") model.shift = data;
-  else if (event === "review" || event === "mark") document.querySelector(`.thumb[data-id="${data.id}"]`)?.classList.add(event === "review" ? "reviewed" : "marked");
+    return true;
+  }
+  if (event === "shift") { model.shift = data; return true; }
+  if (event === "recorded") { if (galleryLoaded) addThumb(data); return false; }
+  if (event === "review" || event === "mark") {
+    document.querySelector(`.thumb[data-id="${data.id}"]`)?.classList.add(event === "review" ? "reviewed" : "marked");
+  }
+  return false;
 }
 
 function connect() {
@@ -256,8 +263,7 @@ function connect() {
   source.onerror = () => { model.link = false; schedule(); };
   source.addEventListener("batch", (e) => {
     model.link = true; model.lastMessage = performance.now();
-    JSON.parse(e.data).forEach(apply);
-    schedule();
+    if (JSON.parse(e.data).map(apply).some(Boolean)) schedule();
   });
   // the view ticks every second: silence means the connection is gone even if the socket says nothing
   setInterval(() => {
