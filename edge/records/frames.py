@@ -7,7 +7,7 @@ the view shows a part and how the review export copies it.
 A replay folder rewritten or re-recorded after the fact (a file replaced, one added, which shifts
 every later id) then shows as "changed", never as the wrong picture in `good/` or `defect/`. The
 hash is taken here, on the record's side, and not by the daemon: hashing every frame's pixels costs
-the daemon CPU on the hot path on every line (BENCHMARKS.md, "Frame hash"), while frames exist as
+the daemon CPU on the hot path on every line (BENCHMARKS.md, "Operator's view"), while frames exist as
 files only where a folder is replayed, which is exactly where the view can hash them. Files are
 hashed once per (size, mtime): a looped replay costs one `stat` per decision.
 """

@@ -878,12 +878,13 @@ def last_reset(conn: sqlite3.Connection) -> dict | None:
     return None if row is None else {"wall_ns": row[0], "by": row[1]}
 
 
-def shift_counts(conn: sqlite3.Connection, since_ns: int) -> dict:
-    """Per camera since `since_ns`: decisions per verdict, the worst latency, the first and last time."""
+def shift_counts(conn: sqlite3.Connection, since_ns: int, through_id: int = MAX_INT64) -> dict:
+    """Per camera since `since_ns` (up to record `through_id`): decisions per verdict, the worst latency,
+    the first and last time."""
     out: dict = {}
     for camera, verdict, count, worst, first, last in conn.execute(
             "SELECT camera, verdict, COUNT(*), MAX(latency_ms), MIN(wall_ns), MAX(wall_ns) FROM decisions "
-            "WHERE wall_ns >= ? GROUP BY camera, verdict", (since_ns,)):
+            "WHERE wall_ns >= ? AND id <= ? GROUP BY camera, verdict", (since_ns, through_id)):
         entry = out.setdefault(camera, {"ok": 0, "reject": 0, "fault": 0, "worst_latency_ms": 0.0,
                                         "first_ns": first, "last_ns": last})
         entry[verdict] = count

@@ -64,20 +64,20 @@ def _handler(args: argparse.Namespace) -> int:
     live = LiveState(hub, config.connect)
     reader = open_reader(config.records)
     try:
-        since = last_reset(reader)
-        live.seed_shift(since, shift_counts(reader, since["wall_ns"] if since else 0))
-        through_id = reader.execute("SELECT MAX(id) FROM decisions").fetchone()[0]
+        through_id = reader.execute("SELECT MAX(id) FROM decisions").fetchone()[0] or 0
     finally:
         reader.close()
 
-    def seed_trends():  # the hours before this start, once, beside recording (a long record takes a while)
+    def seed():  # the shift and the hours before this start, once, beside recording (a long record takes a while)
         seeding = open_reader(config.records)
         try:
+            since = last_reset(seeding)
+            live.seed_shift(since, shift_counts(seeding, since["wall_ns"] if since else 0, through_id))
             live.hours.merge(hourly(seeding, time.time_ns() - HOURS_KEPT * HOUR_NS, through_id))
         finally:
             seeding.close()
 
-    threading.Thread(target=seed_trends, name="view-trends-seed", daemon=True).start()
+    threading.Thread(target=seed, name="view-seed", daemon=True).start()
     import zmq
 
     context = zmq.Context()

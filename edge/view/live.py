@@ -217,6 +217,7 @@ class LiveState:
         self.links: dict[str, bool | None] = {endpoint: None for endpoint in endpoints}  # None: never connected
         self.shift_since: dict = {"wall_ns": time.time_ns(), "by": None}
         self.hours = Hours()
+        self._reset_here = False
 
     def _camera(self, name: str) -> Camera:
         camera = self.cameras.get(name)
@@ -268,16 +269,22 @@ class LiveState:
             self.hub.publish("recorded", decision_dict(decision, row_id))
 
     def seed_shift(self, since: dict | None, counts: dict) -> None:
-        """The shift counters as the record holds them (since the last reset), at start."""
+        """The shift counters as the record held them (since the last reset) when this view started,
+        added to what arrived since (nothing, when the counters were reset meanwhile)."""
         with self._lock:
+            if self._reset_here:
+                return
             if since is not None:
                 self.shift_since = since
             for name, entry in counts.items():
                 camera = self._camera(name)
-                camera.shift = {k: entry[k] for k in ("ok", "reject", "fault", "worst_latency_ms")}
+                for key in ("ok", "reject", "fault"):
+                    camera.shift[key] += entry[key]
+                camera.shift["worst_latency_ms"] = max(camera.shift["worst_latency_ms"], entry["worst_latency_ms"])
 
     def reset_shift(self, wall_ns: int, by: str) -> None:
         with self._lock:
+            self._reset_here = True
             self.shift_since = {"wall_ns": wall_ns, "by": by}
             for camera in self.cameras.values():
                 camera.shift = _empty_shift()

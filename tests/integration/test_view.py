@@ -408,7 +408,7 @@ def test_operators_mark_engineers_review_and_every_step_is_kept(tmp_path, publis
     try:
         client = Client(view.url)
         client.post("/api/login", {"name": "olga", "password": "operator-pass"})
-        assert client.get("/api/state")["shift"]["since"]["by"] == "emil (engineer)"
+        wait_for(lambda: client.get("/api/state")["shift"]["since"]["by"] == "emil (engineer)", "the shift seeded")
     finally:
         assert view.stop() == 0
 
