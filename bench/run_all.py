@@ -70,6 +70,10 @@ def _missing_mosquitto() -> str | None:
     return None if shutil.which("mosquitto") else "needs the mosquitto broker on PATH (make system-packages)"
 
 
+def _missing_chromium() -> str | None:
+    return None if Path("/usr/bin/chromium").is_file() else "needs /usr/bin/chromium (make system-packages)"
+
+
 def _detection(dataset: str, holdout: str) -> list[str]:
     out = f"runs/bench/detection/{Path(dataset).name}"
     return [f"{HLGFA} train --data {dataset} --out {out} --holdout {holdout} --seed 0 --threads 1",
@@ -111,6 +115,9 @@ SECTIONS = [
     # 100,000 frames: half an hour to an hour on the shared 2-core machine, so its own group
     Section("soak", [f"{PY} -m bench.bench_hostile soak --frames 100000"], group="soak"),
     Section("records", [f"{PY} -m bench.bench_records --seconds 120 --baseline-seconds 20"]),
+    Section("view", [f"{PY} -m bench.bench_view latency --baseline-rev e6d590d",
+                     f"{PY} -m bench.bench_view load --records 100000", f"{PY} -m bench.bench_view hash"],
+            needs=_missing_chromium),
     Section("detection", [*_detection(f"{SHARED}/magnetic_tile", "0.2"), *_detection(f"{SHARED}/bsdata", "0.2"),
                           *_detection("runs/bench/elpv", "0"),
                           f"{PY} -m bench.detection_table runs/bench/detection/*.metrics.json"],

@@ -321,7 +321,7 @@ def start_view(out: Path, publish: str) -> subprocess.Popen | None:
         port = 8080 if probe.connect_ex(("127.0.0.1", 8080)) != 0 else free_port()
     view = subprocess.Popen([sys.executable, "-m", "edge.cli", "--log-level", "WARNING", "view", "--connect", publish,
                              "--http", f"127.0.0.1:{port}", "--records", str(records),
-                             "--frames", str(out / "data" / "replay")], stdout=subprocess.PIPE, text=True)
+                             "--frames", f"{DEMO_CAMERA}={out / 'data' / 'replay'}"], stdout=subprocess.PIPE, text=True)
     line = view.stdout.readline()
     if not line.startswith("view: "):
         print("demo: the operator's view did not start; going on without it", file=sys.stderr)

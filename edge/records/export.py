@@ -12,26 +12,31 @@ from datetime import datetime
 from pathlib import Path
 
 from edge.core.errors import InputDataError
+from edge.records.frames import Frames
 from edge.records.store import COLUMNS, DEFECT_CONFIRMED, FALSE_REJECT, MISSED_DEFECT, query
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_YEAR_NS = 366 * 86400 * 10**9
 
 
 def parse_when(text: str, now_ns: int | None = None) -> int:
     """A point in time as ns since the epoch: ISO 8601 (`2026-11-30T22:00`, local time unless it
-    names a zone) or an age (`90s`, `30m`, `8h`, `2d` ago)."""
+    names a zone) or an age (`90s`, `30m`, `8h`, `2d` ago), between 1970 and now + a year."""
     now_ns = time.time_ns() if now_ns is None else now_ns
     text = text.strip()
+    expected = "expected ISO 8601 (2026-11-30T22:00, local unless a zone is given) or an age like 30m, 8h, 2d"
     relative = _RELATIVE.match(text)
-    if relative:
-        return now_ns - int(float(relative.group(1)) * _UNIT_S[relative.group(2)] * 1e9)
     try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise InputDataError(f"time {text!r}: expected ISO 8601 (2026-11-30T22:00, local unless a zone is given) "
-                             "or an age like 30m, 8h, 2d") from None
-    return int(when.timestamp() * 1e9)
+        if relative:
+            when_ns = now_ns - int(float(relative.group(1)) * _UNIT_S[relative.group(2)] * 1e9)
+        else:
+            when_ns = int(datetime.fromisoformat(text).timestamp() * 1e9)
+    except (ValueError, OverflowError, OSError):
+        raise InputDataError(f"time {text!r}: {expected}") from None
+    if not 0 <= when_ns <= now_ns + _YEAR_NS:
+        raise InputDataError(f"time {text!r}: before 1970 or more than a year ahead; {expected}")
+    return when_ns
 
 
 def iso(wall_ns: int | None) -> str:
@@ -48,24 +53,6 @@ def write_rows(rows: list[dict], out, fmt: str) -> None:
     else:
         for row in rows:
             print(json.dumps({"time": iso(row["wall_ns"]), **row}, separators=(",", ":")), file=out)
-
-
-class FrameFolder:
-    """The frames of a folder replay or `hlgfa camera grab` recording, by frame id: the wire carries no
-    frame, so this is where the view and the review export find the picture of a recorded part."""
-
-    def __init__(self, path: str | Path):
-        from edge.sources.folder import FolderSource
-
-        source = FolderSource(path)
-        source.open()
-        self.path = Path(path)
-        self.files = source.frame_files()
-        self.span = max(self.files) + 1
-
-    def find(self, frame_id: int) -> Path | None:
-        # a looped replay shifts ids by one pass per loop
-        return self.files.get(frame_id) or self.files.get(frame_id % self.span)
 
 
 def _export_name(row: dict) -> str:
@@ -96,20 +83,23 @@ def review_folder(row: dict) -> Path:
     return Path("defect") / (row["review_label"] or default)
 
 
-def export_reviews(conn, records: Path, out: Path, frames: FrameFolder | None, **filters) -> dict:
-    """Every reviewed part as OUT/good/* and OUT/defect/<label>/*: the frame itself when `frames` holds
-    it (the folder the daemon read), and its map under OUT/maps/ (never inside good/ or defect/, which
-    calibration reads as frames). OUT/reviews.csv lists every part, frame found or not."""
+def export_reviews(conn, records: Path, out: Path, frames: Frames | None, **filters) -> dict:
+    """Every reviewed part (its latest review) as OUT/good/* and OUT/defect/<label>/*: the frame itself
+    when its camera's folder in `frames` still holds the file with the hash recorded at decision time,
+    and its map under OUT/maps/ (never inside good/ or defect/, which calibration reads as frames).
+    OUT/reviews.csv lists every part, and for one without a frame, why."""
     rows = query(conn, reviewed=True, **filters)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"reviewed": len(rows), "frames": 0, "missing_frames": 0, "maps": 0}
     with open(out / "reviews.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("folder", "file", "time", "camera", "session", "frame_id", "verdict", "score", "review",
-                         "review_label", "reviewer", "reviewed", "source_frame"))
+        writer.writerow(("folder", "file", "time", "camera", "session", "frame_id", "part_id", "verdict", "score",
+                         "review", "review_label", "reviewer", "reviewed", "source_frame", "frame_sha256",
+                         "no_frame_because"))
         for row in rows:
             folder = review_folder(row)
-            source = frames.find(row["frame_id"]) if frames is not None else None
+            source, why = (frames.find(row["camera"], row["frame_id"], row["frame_sha256"]) if frames is not None
+                           else (None, "no --frames CAMERA=DIR given"))
             name = ""
             if source is not None:
                 name = f"{_export_name(row)}{source.suffix.lower()}"
@@ -123,6 +113,7 @@ def export_reviews(conn, records: Path, out: Path, frames: FrameFolder | None, *
                 shutil.copy(records / row["image"], out / "maps" / folder / f"{_export_name(row)}.png")
                 summary["maps"] += 1
             writer.writerow((str(folder), name, iso(row["wall_ns"]), row["camera"], row["session"], row["frame_id"],
-                             row["verdict"], row["score"], row["review"], row["review_label"] or "", row["reviewer"],
-                             iso(row["reviewed_ns"]), "" if source is None else str(source)))
+                             row["part_id"] or "", row["verdict"], row["score"], row["review"],
+                             row["review_label"] or "", row["reviewer"], iso(row["reviewed_ns"]),
+                             "" if source is None else str(source), row["frame_sha256"] or "", why))
     return summary

@@ -133,6 +133,13 @@ class Subscriber(_Client):
         self._events.clear()
         return events
 
+    def resume(self, camera: str, session: str, kind: str, last_seq: int) -> None:
+        """Count on from what an earlier run of this subscriber received: seq `last_seq` of `kind` from
+        `camera`'s publisher session `session`. A later message of that session then shows the gap
+        since; a message of another session is a restart, counted from seq 1 of the new one."""
+        self._sessions[camera] = session
+        self._last[(camera, kind)] = last_seq
+
     def _track(self, message: wire.Message) -> None:
         camera, kind = message.camera, wire.kind_of(message)
         self.received[(camera, kind)] += 1

@@ -1,8 +1,11 @@
 """The records store on real SQLite files in a temporary folder: what is kept, retention, a full
-database, reviews, queries and exports."""
+database, a damaged one, a read-only archive, reviews and their history, queries and exports."""
 
+import hashlib
 import json
+import shutil
 import sqlite3
+import subprocess
 
 import cv2
 import numpy as np
@@ -11,9 +14,10 @@ import pytest
 from edge.transport import wire
 from edge.cli import main
 from edge.core.errors import InputDataError
-from edge.records.export import FrameFolder, export_reviews, parse_when
-from edge.records.store import (FALSE_REJECT, MISSED_DEFECT, DEFECT_CONFIRMED, RecordStore, Retention,
-                                counts_per_hour, open_reader, query, set_review)
+from edge.records.export import export_reviews, parse_when
+from edge.records.frames import Frames
+from edge.records.store import (FALSE_REJECT, MISSED_DEFECT, DEFECT_CONFIRMED, RecordStore, Retention, history,
+                                hourly, open_reader, query, reviews_hourly, set_mark, set_review)
 
 SESSION = "0123456789abcdef"
 T0 = 1_780_000_000 * 10**9  # ns since the epoch
@@ -89,6 +93,7 @@ def test_queries_filter_by_time_camera_verdict_frame_and_reason(tmp_path, rng):
     assert [r["seq"] for r in rows(tmp_path, verdicts=["reject"], cameras=["cam2"])] == [10, 20]
     assert [r["seq"] for r in rows(tmp_path, since_ns=T0 + 15 * 10**6, until_ns=T0 + 18 * 10**6)] == [15, 16, 17]
     assert [r["seq"] for r in rows(tmp_path, frame_id=7)] == [7]
+    assert [r["seq"] for r in rows(tmp_path, before_id=4)] == [1, 2, 3]
     assert [r["seq"] for r in rows(tmp_path, reason="reject reason", cameras=["cam1"])] == [5, 15]
 
 
@@ -125,16 +130,37 @@ def test_retention_by_size_keeps_the_folder_under_the_limit_and_the_newest_recor
 def test_a_full_database_drops_and_counts_records_and_recording_goes_on(tmp_path, rng):
     # SQLite's own size cap gives the real "database or disk is full" error a full disk gives
     store = RecordStore(tmp_path, Retention(max_age_s=None, max_bytes=None, min_free_bytes=0, pass_map_every=0),
-                        commit_interval_s=0, max_page_count=40)
-    stored = [store.record_decision(decision(seq)) for seq in range(1, 2001)]
+                        commit_interval_s=0, maintain_interval_s=0, max_page_count=40)
+    stored = []
+    for seq in range(1, 2001):
+        stored.append(store.record_decision(decision(seq)))
+        store.maintain()
     store.commit()
     stats = store.stats()
     assert stats["dropped_records"] > 0
-    assert "full" in stats["disk_alarm"]
     kept = rows(tmp_path)
-    # every decision is either a row now, pruned to make room, or counted as dropped
-    assert len(kept) + stats["pruned_records"] + stats["dropped_records"] == 2000
+    # every decision is a row now, was pruned to make room, or was counted as dropped: exactly
+    assert stats["records"] == len(kept) + stats["pruned_records"]
+    assert stats["records"] + stats["dropped_records"] == 2000
     assert kept[-1]["seq"] == 2000 and stored[-1] is not None  # the newest still got in
+    store.close()
+    conn = open_reader(tmp_path)
+    saved = dict(conn.execute("SELECT name, value FROM counters"))
+    conn.close()
+    assert (saved["records"], saved["dropped_records"]) == (stats["records"], stats["dropped_records"])
+
+
+def test_counters_on_disk_always_add_up_with_the_rows(tmp_path, rng):
+    """The counters are committed with the rows: a reader sees records = rows + pruned at any commit."""
+    store = RecordStore(tmp_path, Retention(max_age_s=None, max_bytes=None, min_free_bytes=0), commit_interval_s=0)
+    for seq in range(1, 31):
+        record(store, rng, seq, "reject" if seq % 3 == 0 else "ok")
+        conn = open_reader(tmp_path)
+        saved = dict(conn.execute("SELECT name, value FROM counters"))
+        count = conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
+        position = conn.execute("SELECT session, seq FROM positions WHERE camera = 'cam1'").fetchone()
+        conn.close()
+        assert saved.get("records", 0) == count and tuple(position) == (SESSION, seq)
     store.close()
 
 
@@ -147,16 +173,17 @@ def test_low_free_space_stops_images_not_records_and_raises_the_alarm(tmp_path, 
     assert len(rows(tmp_path)) == 5
     assert image_files(tmp_path) == []
     assert store.counters["dropped_images"] == 5
-    assert "min_free_bytes" in store.disk_alarm
+    assert "min_free_mb" in store.disk_alarm
 
 
-def test_reviews_are_stored_with_who_and_when_and_must_fit_the_verdict(tmp_path, rng):
+def test_reviews_keep_their_history_and_must_fit_the_verdict(tmp_path, rng):
     store = RecordStore(tmp_path)
     ids = [record(store, rng, seq, verdict) for seq, verdict in enumerate(["reject", "ok", "fault"], start=1)]
     store.close()
-    row = set_review(tmp_path, ids[0], FALSE_REJECT, "anna", now_ns=T0)
-    assert (row["review"], row["reviewer"], row["reviewed_ns"]) == (FALSE_REJECT, "anna", T0)
-    assert set_review(tmp_path, ids[1], MISSED_DEFECT, "bo", label="crack")["review_label"] == "crack"
+    set_review(tmp_path, ids[0], FALSE_REJECT, "anna", now_ns=T0)
+    set_review(tmp_path, ids[0], DEFECT_CONFIRMED, "bo", label="crack", now_ns=T0 + 1)
+    set_mark(tmp_path, ids[0], "cy", "operator", note="edge chipped?", now_ns=T0 + 2)
+    set_review(tmp_path, ids[1], MISSED_DEFECT, "bo", label="crack")
     with pytest.raises(InputDataError, match="'ok' decision"):
         set_review(tmp_path, ids[1], FALSE_REJECT, "anna")
     with pytest.raises(InputDataError, match="reviewer"):
@@ -166,9 +193,21 @@ def test_reviews_are_stored_with_who_and_when_and_must_fit_the_verdict(tmp_path,
     with pytest.raises(InputDataError, match="not in"):
         set_review(tmp_path, 999, DEFECT_CONFIRMED, "anna")
     conn = open_reader(tmp_path)
-    hours = counts_per_hour(conn, since_ns=0)
+    first = query(conn, reviewed=True)[0]
+    trail = history(conn, ids[0])
+    hours = hourly(conn, since_ns=0)
+    reviews = reviews_hourly(conn, since_ns=0)
     conn.close()
-    assert sum(h["ok"] for h in hours) == 1 and sum(h[FALSE_REJECT] for h in hours) == 1
+    # the record holds the latest review (what the export uses); the history every one, old → new
+    assert (first["review"], first["review_label"], first["reviewer"], first["marked_by"]) == (
+        DEFECT_CONFIRMED, "crack", "bo", "cy")
+    assert [(h["who"], h["action"], h["old"], h["new"]) for h in trail] == [
+        ("anna", "review", None, FALSE_REJECT), ("bo", "review", FALSE_REJECT, DEFECT_CONFIRMED),
+        ("cy", "mark", None, "edge chipped?")]
+    assert sum(h["ok"] for h in hours) == 1 and sum(r[DEFECT_CONFIRMED] for r in reviews.values()) == 1
+    assert sum(r[MISSED_DEFECT] for r in reviews.values()) == 1 and sum(r[FALSE_REJECT] for r in reviews.values()) == 0
+    # the score histogram: score / threshold in eighths, 0.2 / 0.5 = 0.4 → bin 3; the fault has no score
+    assert [h["scores"][3] for h in hours] == [2] and sum(sum(h["scores"]) for h in hours) == 2
 
 
 def test_reviewed_parts_export_as_mvtec_folders_with_their_frames(tmp_path, rng):
@@ -178,14 +217,18 @@ def test_reviewed_parts_export_as_mvtec_folders_with_their_frames(tmp_path, rng)
         cv2.imwrite(str(frames / f"{index:03d}.png"), np.full((32, 32), index * 40, np.uint8))
     records = tmp_path / "records"
     store = RecordStore(records)
-    ids = [record(store, rng, seq, verdict, frame_id=seq - 1)
-           for seq, verdict in enumerate(["reject", "ok", "reject", "reject"], start=1)]
+    replay = Frames({"cam1": frames})
+    ids = []
+    for seq, verdict in enumerate(["reject", "ok", "reject", "reject"], start=1):
+        d = decision(seq, verdict, frame_id=seq - 1)
+        ids.append(store.record_decision(d, replay.sha256("cam1", d.frame_id)))
+        store.record_map(map_for(d, rng))
     store.close()
     set_review(records, ids[0], FALSE_REJECT, "anna")
     set_review(records, ids[1], MISSED_DEFECT, "anna", label="crack")
     set_review(records, ids[2], DEFECT_CONFIRMED, "anna")
     conn = open_reader(records)
-    summary = export_reviews(conn, records, tmp_path / "out", FrameFolder(frames))
+    summary = export_reviews(conn, records, tmp_path / "out", Frames({"cam1": frames}))
     conn.close()
     assert summary == {"reviewed": 3, "frames": 3, "missing_frames": 0, "maps": 3}
     out = tmp_path / "out"
@@ -194,6 +237,14 @@ def test_reviewed_parts_export_as_mvtec_folders_with_their_frames(tmp_path, rng)
     assert len(list((out / "defect" / "crack").iterdir())) == 1
     assert len(list((out / "defect" / "confirmed").iterdir())) == 1
     assert (out / "maps" / "good").is_dir() and "anna" in (out / "reviews.csv").read_text()
+
+    # a replay folder rewritten after the decision: the export refuses the changed frame and says why
+    cv2.imwrite(str(frames / "000.png"), np.full((32, 32), 255, np.uint8))
+    conn = open_reader(records)
+    summary = export_reviews(conn, records, tmp_path / "again", Frames({"cam1": frames}))
+    conn.close()
+    assert summary["missing_frames"] == 1 and not (tmp_path / "again" / "good").exists()
+    assert "changed since the decision" in (tmp_path / "again" / "reviews.csv").read_text()
 
 
 def test_records_cli_query_and_export(tmp_path, rng, capsys):
@@ -212,10 +263,90 @@ def test_records_cli_query_and_export(tmp_path, rng, capsys):
     assert main(["records", "query", "--records", str(tmp_path / "nothing")]) == 65
     assert main(["records", "query", "--records", str(tmp_path / "rec"), "--since", "yesterday"]) == 65
     assert "expected ISO 8601" in capsys.readouterr().err
+    for when in ("0001-01-01", "99999999999999999999d", "9999-01-01"):
+        assert main(["records", "query", "--records", str(tmp_path / "rec"), "--since", when]) == 65
+        assert f"time {when!r}" in capsys.readouterr().err
+    for flag, value in (("--frame", "12a"), ("--frame", "-1"), ("--limit", "-1"), ("--limit", "0")):
+        with pytest.raises(SystemExit) as exited:
+            main(["records", "query", "--records", str(tmp_path / "rec"), flag, value])
+        assert exited.value.code == 2 and f"{value!r} is not" in capsys.readouterr().err
 
 
-def test_parse_when_reads_ages_and_iso_times():
+def test_parse_when_reads_ages_and_iso_times_and_refuses_what_no_record_holds():
     now = T0
     assert parse_when("30m", now) == now - 1800 * 10**9
     assert parse_when("2d", now) == now - 2 * 86400 * 10**9
     assert parse_when("2026-05-28T00:00:00+00:00") == 1_779_926_400 * 10**9
+    for text in ("0001-01-01", "99999999999999999999d", "1e300d", "inf", "3000-01-01", "12a"):
+        with pytest.raises(InputDataError, match="expected ISO 8601"):
+            parse_when(text, now)
+
+
+def damage(path):
+    """Overwrite the pages after the first with noise, as a failing card or a cut copy would."""
+    data = bytearray(path.read_bytes())
+    data[4096:] = np.random.default_rng(1).integers(0, 256, len(data) - 4096, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["not a database", "damaged pages"])
+def test_a_damaged_database_is_an_error_naming_the_fix_and_the_writer_moves_it_aside(tmp_path, rng, capsys, how):
+    records = tmp_path / "rec"
+    store = RecordStore(records)
+    for seq in range(1, 400):
+        record(store, rng, seq, "reject" if seq % 7 == 0 else "ok")
+    store.close()
+    if how == "not a database":
+        (records / "records.sqlite").write_bytes(b"this is not a database" * 100)
+    else:
+        damage(records / "records.sqlite")
+    assert main(["records", "query", "--records", str(records)]) == 65
+    error = capsys.readouterr().err
+    assert "damaged" in error and ".recover" in error and "Traceback" not in error
+
+    # the writer (the view's) moves it aside with its maps, says where, and records on
+    store = RecordStore(records)
+    assert store.replaced is not None and (store.replaced / "records.sqlite").is_file()
+    assert (store.replaced / "images").is_dir() and "recording into a new one" in store.disk_alarm
+    record(store, rng, 1000, "reject")
+    store.close()
+    assert [r["seq"] for r in rows(records)] == [1000]
+
+
+def test_a_read_only_archive_is_read(tmp_path, rng, capsys):
+    """A records folder copied to read-only media: SQLite cannot make its -shm there, and a plain
+    read-only open of a WAL database fails; the reader opens it as immutable."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(archive)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here (needs root); read-only media cannot be made otherwise")
+    try:
+        store = RecordStore(tmp_path / "rec")
+        for seq in range(1, 11):
+            record(store, rng, seq, "reject" if seq == 5 else "ok")
+        store.close()
+        shutil.copytree(tmp_path / "rec", archive / "rec")
+        subprocess.run(["mount", "-o", "remount,ro", str(archive)], check=True)
+        with pytest.raises(sqlite3.OperationalError):  # what a plain read-only open does there
+            sqlite3.connect(f"file:{archive / 'rec' / 'records.sqlite'}?mode=ro", uri=True).execute(
+                "SELECT COUNT(*) FROM decisions").fetchone()
+        assert main(["records", "query", "--records", str(archive / "rec"), "--verdict", "reject", "--json"]) == 0
+        assert [json.loads(line)["seq"] for line in capsys.readouterr().out.splitlines()] == [5]
+    finally:
+        subprocess.run(["umount", str(archive)], check=True)
+
+
+def test_frames_are_found_per_camera_and_named_by_their_hash(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, level in ((one, 10), (two, 200)):
+        folder.mkdir()
+        for index in range(3):
+            cv2.imwrite(str(folder / f"{index:03d}.png"), np.full((8, 8), level + index, np.uint8))
+    frames = Frames(Frames.parse([f"line1={one}", f"line2={two}"]))
+    for camera, folder in (("line1", one), ("line2", two)):
+        path, why = frames.find(camera, 4, frames.sha256(camera, 4))  # a looped replay: id 4 is file 1
+        assert path == folder / "001.png" and why == ""
+        assert frames.sha256(camera, 4) == hashlib.sha256((folder / "001.png").read_bytes()).hexdigest()
+    assert frames.find("line3", 0, None)[1].startswith("no frames folder for camera 'line3'")
+    with pytest.raises(Exception, match="CAMERA=DIR"):
+        Frames.parse([str(one)])
