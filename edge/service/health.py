@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 
 from edge.core.errors import ConfigError
+from edge.core.http import ConnectionCap
 from edge.core.notify import SystemdNotifier
 from edge.core.logs import RepeatLimiter, camera_log
 from edge.transport.wire import DRIFT_STATES, VERDICTS, Counters
@@ -83,8 +84,8 @@ def start_metrics_server(port: int, address: str, registry, max_connections: int
         family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
     except socket.gaierror as error:
         raise ConfigError(f"metrics endpoint {address}:{port}: the address does not resolve ({error.strerror})") from None
-    slots = threading.BoundedSemaphore(max_connections)
     failures = RepeatLimiter()
+    cap = max_connections
 
     class Handler(WSGIRequestHandler):
         timeout = idle_timeout_s
@@ -92,21 +93,10 @@ def start_metrics_server(port: int, address: str, registry, max_connections: int
         def log_message(self, format, *args):
             """Scrapes and timed-out connections are not worth a log line each."""
 
-    class Server(ThreadingMixIn, WSGIServer):
+    class Server(ConnectionCap, ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        max_connections = cap
         address_family = family  # an IPv6 address too
-
-        def process_request(self, request, client_address):
-            if not slots.acquire(blocking=False):
-                self.shutdown_request(request)
-                return
-            super().process_request(request, client_address)
-
-        def process_request_thread(self, request, client_address):
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                slots.release()
 
         def handle_error(self, request, client_address):
             """A client that hangs up or sends junk: one line per address and cause a minute, no traceback."""

@@ -35,6 +35,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from edge.core.errors import HlgfaError
+from edge.core.http import ConnectionCap
 from edge.records.export import parse_when, write_rows
 from edge.records.frames import Frames
 from edge.records.store import (MAX_INT64, REVIEWS, RecordsRefused, get, history, map_image, open_reader, query,
@@ -60,7 +61,8 @@ MAX_HOURS = 24 * 366
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
-class ViewServer(ThreadingHTTPServer):
+class ViewServer(ConnectionCap, ThreadingHTTPServer):
+    max_connections = MAX_CONNECTIONS
     daemon_threads = True
     allow_reuse_address = True
 
@@ -74,7 +76,6 @@ class ViewServer(ThreadingHTTPServer):
         self.throttle = LoginThrottle()
         self.records = Path(config.records)
         self.names = config.host_names()
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__((config.host, config.port), Handler)
         if config.tls_cert is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -83,21 +84,11 @@ class ViewServer(ThreadingHTTPServer):
             # where one silent client would hold up every other
             self.socket = context.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
-    def process_request(self, request, client_address):
-        if not self._slots.acquire(blocking=False):  # a flood of connections gets no thread each
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address):
+    def refuse(self, request) -> None:
         try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        except OSError:
+            pass
 
     def handle_error(self, request, client_address):
         log.debug("request from %s failed", client_address, exc_info=True)
