@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from edge.transport import wire
+from edge.bridge.health import FaultRateConfig
 from edge.bridge.modbus import ModbusClientConfig, ModbusServerConfig
 from edge.bridge.mqtt import MqttConfig
 from edge.bridge.opcua import OpcuaConfig
@@ -55,6 +56,11 @@ class BridgeConfig(Section):
     misses: int = Field(3, ge=1)  # heartbeat periods without one before a camera is unhealthy
     retry_s: float = Field(0.5, gt=0)  # a protocol that refused a decision gets it again after this
     backlog: int = Field(10_000, ge=1)  # decisions held for a refusing protocol before the daemon must buffer
+    fault_rate: FaultRateConfig = Field(default_factory=FaultRateConfig)  # when parts' faults make a camera unhealthy
+    # A result the PLC must acknowledge (Modbus RESULT_ACK, OPC UA ResultAck) within this time, or it is
+    # counted and reported late; unset: the PLC acknowledges nothing.
+    result_ack_timeout_s: float | None = Field(None, gt=0, le=3600)
+    part_answer_timeout_s: float = Field(1.0, gt=0, le=60)  # a part id the daemon does not confirm by then is refused
     modbus_server: ModbusServerConfig | None = None
     modbus_client: ModbusClientConfig | None = None
     mqtt: MqttConfig | None = None
@@ -122,6 +128,12 @@ def make_links(config: BridgeConfig) -> list:
             for camera in config.cameras]
 
 
+def camera_options(config: BridgeConfig) -> dict:
+    """What each camera's thread takes from the config (edge.bridge.core.CameraBridge)."""
+    return dict(misses=config.misses, retry_s=config.retry_s, backlog=config.backlog, fault_rate=config.fault_rate,
+                result_ack_timeout_s=config.result_ack_timeout_s, part_answer_timeout_s=config.part_answer_timeout_s)
+
+
 def _flags(args: argparse.Namespace) -> dict:
     flags: dict = {}
     if args.connect or args.reliable:
@@ -170,8 +182,7 @@ def _handler(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     notifier = SystemdNotifier()
-    bridge = Bridge(make_links(config), make_adapters(config), misses=config.misses, retry_s=config.retry_s,
-                    backlog=config.backlog)
+    bridge = Bridge(make_links(config), make_adapters(config), **camera_options(config))
     try:
         bridge.start()
         names = ", ".join(adapter.name for adapter in bridge.adapters)

@@ -1,18 +1,25 @@
 """Modbus TCP, with pymodbus: a server the PLC polls, and a client that writes into the PLC.
 
-Both show the register map of edge/bridge/registers.py, one 32-register block per camera.
+Both show the register map of edge/bridge/registers.py, one 64-register block per camera.
 
 Server (`ModbusServer`): the PLC reads holding registers (FC3) or input registers (FC4) — the same
-words. Our image is kept here, under a lock, and copied into pymodbus's store inside the request
-(the device's `action` hook), so a read of a whole block is one consistent snapshot, never half of
-one decision and half of the next. The map is read-only: a write (FC5/6/15/16) is answered with
-exception 02 (illegal data address) and logged; it changes nothing.
+words — and the same words bit by bit with FC1/FC2: bit address 16 × r + b is bit b (0 = least
+significant) of register r, whatever the request's start address (camera i's status word is register
+64 i, its bits 1024 i + 0..15). Our image is kept here, under a lock, and copied into pymodbus's store
+inside the request (the device's `action` hook), so a read of a whole block is one consistent
+snapshot, never half of one decision and half of the next. The PLC may write (FC6/FC16) only its
+commands, offsets 40-45 of a camera's block: a part id and its trigger counter (a new trigger value
+hands the part id to the daemon; the daemon's answer shows in TRIGGER_ACK or TRIGGER_ERROR) and the
+seq of the last result it consumed. Any other write is answered with exception 02 (illegal data
+address), a bit write (FC5/FC15) with exception 01 (illegal function); both are logged and change
+nothing.
 
 Client (`ModbusClient`): every decision is written with one FC16 (write multiple registers) into the
-PLC's holding registers at `base_address + i × 32`, then, for a reject or a fault, the camera's reject
-coil is set (FC5) and cleared `pulse_ms` later; a reject during a pulse extends it. The decision
-counts as accepted once both writes returned without a Modbus exception. Health changes are written
-the same way; a PLC that cannot be reached is retried at the next change or decision.
+PLC's holding registers at `base_address + i × 64` (the 40 status words; the command words are the
+PLC's own), then, for a reject or a fault, the camera's reject coil is set (FC5) and cleared
+`pulse_ms` later; a reject during a pulse extends it. The decision counts as accepted once both
+writes returned without a Modbus exception. Health changes are written the same way; a PLC that
+cannot be reached is retried at the next change or decision. Part ids need the server (or OPC UA).
 """
 
 import asyncio
@@ -25,6 +32,7 @@ from pydantic import field_validator
 from edge.transport import wire
 from edge.bridge import registers
 from edge.bridge.core import DeliveryError
+from edge.bridge.handshake import NOT_ANSWERED
 from edge.bridge.health import CameraState
 from edge.bridge.serving import serve_in_thread
 from edge.core.errors import ConfigError
@@ -101,25 +109,39 @@ def _import_pymodbus():
 
 
 class _Image:
-    """Per camera: the last decision this protocol delivered and its result toggle, and the block."""
+    """Per camera: the last decision this protocol delivered and its result toggle, the PLC's commands,
+    the daemon's answer to the last trigger, and the block they make."""
 
     def __init__(self, cameras: list[str]):
         self.index = {camera: i for i, camera in enumerate(cameras)}
         self.last: dict[str, wire.Decision | None] = {camera: None for camera in cameras}
         self.toggle = {camera: False for camera in cameras}
+        self.state = {camera: CameraState(camera=camera) for camera in cameras}
+        self.commands = {camera: [0] * registers.COMMAND_WORDS for camera in cameras}
+        self.trigger_ack = {camera: 0 for camera in cameras}
+        self.trigger_error = {camera: "" for camera in cameras}
         self.words = [0] * (registers.BLOCK * len(cameras))
         for camera in cameras:
-            self.set(CameraState(camera=camera))
+            self.set(self.state[camera])
 
     def set(self, state: CameraState, decision: wire.Decision | None = None) -> list[int]:
         camera = state.camera
+        self.state[camera] = state
         if decision is not None:
             self.last[camera] = decision
             self.toggle[camera] = not self.toggle[camera]
-        block = registers.block(state, self.last[camera], self.toggle[camera])
+        return self.render(camera)
+
+    def render(self, camera: str) -> list[int]:
+        block = registers.block(self.state[camera], self.last[camera], self.toggle[camera], self.commands[camera],
+                                self.trigger_ack[camera], self.trigger_error[camera])
         start = self.index[camera] * registers.BLOCK
         self.words[start:start + registers.BLOCK] = block
         return block
+
+
+_READ_BITS, _READ_WORDS, _WRITE_BITS = (1, 2), (3, 4), (5, 15)
+_WRITABLE = (registers.CMD_PART_ID, registers.CMD_RESULT_ACK + 2)  # [first, end) offsets the PLC may write
 
 
 class ModbusServer:
@@ -130,18 +152,20 @@ class ModbusServer:
         self.host, self.port = parse_host_port(config.listen, "modbus_server.listen")
         self._lock = threading.Lock()
         self._image: _Image | None = None
+        self._controls = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
         self._thread: threading.Thread | None = None
         self.refused_writes = 0
 
-    def start(self, cameras: list[str]) -> None:
+    def start(self, cameras: list[str], controls=None) -> None:
         from pymodbus.server import ModbusTcpServer
         from pymodbus.simulator import DataType, SimData, SimDevice
 
         self._image = _Image(cameras)
+        self._controls = controls
         device = SimDevice(id=0, simdata=[SimData(0, count=len(self._image.words), datatype=DataType.REGISTERS)],
-                           action=self._access)
+                           use_bit_addressing=True, action=self._access)
         async def setup() -> None:
             self._server = ModbusTcpServer(device, address=(self.host, self.port))
             await self._server.serve_forever(background=True)
@@ -160,17 +184,69 @@ class ModbusServer:
                  len(cameras), registers.BLOCK)
 
     async def _access(self, function_code, start_address, address, count, current, values):
+        """pymodbus's hook, inside each request: `address` is a bit address for FC1/2/5/15 and `count`
+        then the number of registers those bits lie in."""
         from pymodbus.constants import ExcCodes
 
-        if values is not None:
+        if function_code in _WRITE_BITS:
             self.refused_writes += 1
-            log.warning("Modbus server: refused a write (function %d, address %d, %d values): the register map "
-                        "is read-only", function_code, address, count)
-            return ExcCodes.ILLEGAL_ADDRESS
-        offset = address - start_address
+            log.warning("Modbus server: refused a bit write (function %d, address %d): the bits are a read-only "
+                        "view of the registers", function_code, address)
+            return ExcCodes.ILLEGAL_FUNCTION
+        first = address // 16 if function_code in _READ_BITS else address
+        if values is not None:
+            return self._command(first, values, ExcCodes.ILLEGAL_ADDRESS)
+        offset = first - start_address
         with self._lock:
-            current[offset:offset + count] = self._image.words[address:address + count]
+            current[offset:offset + count] = self._image.words[first:first + count]
         return None
+
+    def _command(self, address: int, values: list, refused):
+        """A PLC's write: only into one camera's command words; a new trigger value hands its part id
+        over, a result acknowledgement is passed on."""
+        camera_index, offset = divmod(address, registers.BLOCK)
+        if not (_WRITABLE[0] <= offset and offset + len(values) <= _WRITABLE[1]) or camera_index >= len(self._image.index):
+            self.refused_writes += 1
+            log.warning("Modbus server: refused a write of %d register(s) at %d: only offsets %d-%d of a camera's "
+                        "block (its commands) are writable", len(values), address, _WRITABLE[0], _WRITABLE[1] - 1)
+            return refused
+        camera = list(self._image.index)[camera_index]
+        with self._lock:
+            commands = self._image.commands[camera]
+            before = list(commands)
+            start = offset - registers.COMMAND
+            commands[start:start + len(values)] = [int(v) & 0xFFFF for v in values]
+            self._image.render(camera)
+        trigger = registers.CMD_TRIGGER - registers.COMMAND
+        if commands[trigger] != before[trigger]:
+            self._trigger(camera, commands[trigger], registers.read_number(commands, registers.CMD_PART_ID - registers.COMMAND, 2))
+        if offset + len(values) > registers.CMD_RESULT_ACK and self._controls is not None:
+            self._controls.acknowledge_result(
+                camera, registers.read_number(commands, registers.CMD_RESULT_ACK - registers.COMMAND, 2))
+        return None
+
+    def _trigger(self, camera: str, trigger: int, part_number: int) -> None:
+        if part_number == 0 or self._controls is None:
+            with self._lock:
+                self._image.trigger_error[camera] = "bad_part_id"
+                self._image.render(camera)
+            camera_log(__name__, camera).warning("Modbus trigger %d with part id 0: expected a part id 1-4294967294 "
+                                                 "in the two registers before the trigger", trigger)
+            return
+
+        def answered(future) -> None:
+            reply = future.result()
+            with self._lock:
+                if reply.accepted:
+                    self._image.trigger_ack[camera], self._image.trigger_error[camera] = trigger, ""
+                else:
+                    self._image.trigger_error[camera] = "no_answer" if reply.job == NOT_ANSWERED else "refused"
+                self._image.render(camera)
+            if not reply.accepted:
+                camera_log(__name__, camera).warning("Modbus trigger %d, part %d: %s", trigger, part_number,
+                                                     reply.error)
+
+        self._controls.request_part(camera, str(part_number)).add_done_callback(answered)
 
     def deliver(self, decision: wire.Decision, state: CameraState) -> None:
         with self._lock:
@@ -203,7 +279,7 @@ class ModbusClient:
         self._unreachable_logged_at = -float("inf")
         self._failed_at = -float("inf")
 
-    def start(self, cameras: list[str]) -> None:
+    def start(self, cameras: list[str], controls=None) -> None:
         from pymodbus.client import ModbusTcpClient
 
         self._image = _Image(cameras)
@@ -232,7 +308,9 @@ class ModbusClient:
 
     def _write_block(self, camera: str, block: list[int]) -> None:
         address = self.config.base_address + self._image.index[camera] * registers.BLOCK
-        self._call(f"writing registers {address}..{address + registers.BLOCK - 1}", "write_registers", address, block)
+        # the status words only: the command words are the PLC's own
+        self._call(f"writing registers {address}..{address + registers.STATUS_WORDS - 1}", "write_registers", address,
+                   block[:registers.STATUS_WORDS])
 
     def deliver(self, decision: wire.Decision, state: CameraState) -> None:
         with self._lock:

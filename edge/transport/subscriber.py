@@ -178,6 +178,9 @@ class ReliableClient(_Client):
     client keeps saying HELLO, so it takes the channel over when the owner falls silent. Its identity
     is random per client and kept across reconnects, so a dropped TCP connection does not cost it the
     channel.
+
+    `send_part(request)` hands the daemon a PLC's part id (docs/PROTOCOL.md); the daemon's answers are
+    collected in `part_replies` by `recv`.
     """
 
     def __init__(self, endpoint: str, curve: ClientCurve | None = None, hello_interval_s: float = 1.0,
@@ -205,6 +208,7 @@ class ReliableClient(_Client):
         self._seen: dict[tuple[str, int], bool] = {}  # (session, seq) → acknowledged
         self._seen_order: collections.deque = collections.deque()
         self._remember = remember
+        self.part_replies: collections.deque[wire.PartReply] = collections.deque()  # answers to send_part
         self._hello()
 
     def _hello(self) -> None:
@@ -226,6 +230,9 @@ class ReliableClient(_Client):
                     self.refused = b" ".join(frames[1:2]).decode("utf-8", "replace")
                     self._refusals_log.log(log, logging.WARNING, "refused", "acknowledged channel %s: refused: %s",
                                            self.endpoint, self.refused)
+                    continue
+                if len(frames) == 2 and frames[0] == wire.RELIABLE_PART_ACK:
+                    self.part_replies.append(wire.decode_part_reply(frames[1]))
                     continue
                 if len(frames) < 2 or frames[0] != wire.RELIABLE_DECISION:
                     raise wire.WireError(f"reliable channel: message starting {frames[0][:20]!r}, expected DECISION")
@@ -254,6 +261,10 @@ class ReliableClient(_Client):
         self._seen_order.append(key)
         if len(self._seen_order) > self._remember:
             self._seen.pop(self._seen_order.popleft(), None)
+
+    def send_part(self, request: wire.PartRequest) -> None:
+        """Hand a PLC's part id to the daemon; its answer arrives in `part_replies` during `recv`."""
+        self.socket.send_multipart([wire.RELIABLE_PART, wire.encode_part_request(request)])
 
     def ack(self, decision: wire.Decision) -> None:
         key = (decision.session, decision.seq)
