@@ -74,6 +74,8 @@ class Controls(Protocol):
 
     def reset(self, camera: str) -> None: ...
 
+    def halt(self, camera: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class CameraLink:
@@ -110,6 +112,7 @@ class CameraBridge:
         self.jobs = PartJobs(part_answer_timeout_s)
         self.results = ResultAcks(result_ack_timeout_s)
         self._reset = threading.Event()
+        self._halt = threading.Event()
         self._late_logged_at = -float("inf")
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
@@ -157,8 +160,13 @@ class CameraBridge:
         self.results.acknowledge(seq)
 
     def reset(self) -> None:
-        """Any thread: forget a latched error (the operator's Reset); health is evaluated afresh."""
+        """Any thread: end a halt and forget a latched error (the operator's Reset); health is evaluated afresh."""
         self._reset.set()
+        self._wake()
+
+    def halt(self) -> None:
+        """Any thread: the operator's Halt: not healthy ("halted") until reset."""
+        self._halt.set()
         self._wake()
 
     def _wake(self) -> None:
@@ -224,10 +232,14 @@ class CameraBridge:
 
     def _evaluate(self, now: float) -> CameraState:
         """The camera's state now, with what the PLC's side of the handshake adds to it."""
+        if self._halt.is_set():
+            self._halt.clear()
+            self._health.halted = True
+            self.log.warning("halted by the PLC side: not healthy until reset")
         if self._reset.is_set():
             self._reset.clear()
             self._health.clear()
-            self.log.info("latched error reset by the PLC side")
+            self.log.info("reset by the PLC side (halt ended, latched error forgotten)")
         late = self.results.expire(now)
         if late and now - self._late_logged_at >= 10:
             self.log.warning("%d result(s) not acknowledged by the PLC within %g s (seq %s); %d late in all",
@@ -373,6 +385,9 @@ class Bridge:
 
     def reset(self, camera: str) -> None:
         self.cameras[camera].reset()
+
+    def halt(self, camera: str) -> None:
+        self.cameras[camera].halt()
 
     def states(self) -> dict[str, CameraState]:
         return {name: camera.state() for name, camera in self.cameras.items()}

@@ -37,6 +37,7 @@ REASONS = {
     "source_unavailable": 7,   # the daemon runs but its camera is lost
     "bridge_stopped": 8,       # the bridge itself is shutting down
     "fault_rate": 9,           # too many fault verdicts in a row or in the last parts (FaultRateConfig)
+    "halted": 10,              # an operator called Halt (OPC UA) and no Reset since
 }
 VERDICT_CODES = {"": 0, "ok": 1, "reject": 2, "fault": 3}
 # Why a part was faulted, as a number (Modbus register, OPC UA FaultCode): the kind its reason starts with.
@@ -119,6 +120,7 @@ class CameraHealth:
         self._last_heartbeat_at: float | None = None
         self._source_state = ""
         self._latched: tuple[str, float] | None = None  # (reason, until)
+        self.halted = False  # the operator's Halt, until clear()
 
     def _latch(self, reason: str, now: float) -> None:
         until = now + self.misses * self._period_s
@@ -150,8 +152,9 @@ class CameraHealth:
         return self._state.session
 
     def clear(self) -> None:
-        """Forget a latched event and the fault-rate window (an operator's reset): the camera is
-        healthy again at once if nothing else is wrong."""
+        """End a halt, forget a latched event and the fault-rate window (an operator's reset): the camera
+        is healthy again at once if nothing else is wrong."""
+        self.halted = False
         self._latched = None
         self._forget_faults()
 
@@ -199,6 +202,8 @@ class CameraHealth:
             return "stopping"
         if self._source_state == "unavailable":
             return "source_unavailable"
+        if self.halted:
+            return "halted"
         if self._latched is not None and now < self._latched[1]:
             return self._latched[0]
         return ""

@@ -9,7 +9,7 @@ pytest.importorskip("pymodbus")
 
 from edge.bridge import registers as R  # noqa: E402
 from edge.bridge.core import Bridge, CameraLink  # noqa: E402
-from edge.bridge.health import REASONS  # noqa: E402
+from edge.bridge.health import FAULT_CODES, REASONS  # noqa: E402
 from edge.bridge.modbus import ModbusClient, ModbusClientConfig, ModbusServer, ModbusServerConfig  # noqa: E402
 from tests.integration.bridge_parts import FakeCamera, RecordingPlc, free_port, wait_for  # noqa: E402
 
@@ -99,11 +99,16 @@ def test_server_refuses_writes_and_lives_on(cameras):
             wait_for(lambda: _healthy(plc.block(0)), "healthy")
             for response in (plc.client.write_register(0, 0xFFFF, device_id=1),
                              plc.client.write_registers(2, [1, 2, 3], device_id=1),
-                             plc.client.write_coil(0, True, device_id=1)):
+                             plc.client.write_registers(R.CMD_RESULT_ACK, [0, 1, 2], device_id=1),  # one too far
+                             plc.client.write_register(R.BLOCK + R.CMD_TRIGGER, 1, device_id=1)):  # no camera 1
                 assert response.isError() and response.exception_code == 2
-            assert server.refused_writes == 3
+            for response in (plc.client.write_coil(0, True, device_id=1),
+                             plc.client.write_coils(16, [True, False], device_id=1)):
+                assert response.isError() and response.exception_code == 1  # the bits are a read-only view
+            assert server.refused_writes == 5  # the write past the map pymodbus refuses before asking us
             outside = plc.client.read_holding_registers(R.BLOCK, count=1, device_id=1)
             assert outside.isError() and outside.exception_code == 2
+            assert plc.block(0)[R.STATUS_WORDS:] == [0] * (R.BLOCK - R.STATUS_WORDS)  # nothing was written
             decision = cam.decide("ok")
             wait_for(lambda: R.read_number(plc.block(0), R.SEQ, 2) == decision.seq, "decisions after the garbage")
             assert _healthy(plc.block(0))
@@ -230,5 +235,92 @@ def test_a_protocol_refusing_for_long_fills_the_backlog_then_the_daemon_evicts_a
             assert bridge.cameras["cam1"].pending() == 3 and cam.acked() == 0
             assert bridge.states()["cam1"].fault_code == "reliable_buffer_full"
             assert cam.publisher.reliable_stats()["evicted"] >= 1
+        finally:
+            plc.close()
+
+
+def test_fc1_and_fc2_read_every_status_bit_the_same_from_every_start_address(cameras):
+    """Bit address 16 × r + b is bit b of register r: the status word's bits read alike whatever the
+    request's start address and count, with FC1 and FC2, for each camera."""
+    cam1, cam2 = cameras("cam1"), cameras("cam2")
+    port = free_port()
+    with Bridge([_link(cam1), _link(cam2)], [ModbusServer(ModbusServerConfig(listen=f"127.0.0.1:{port}"))]) as bridge:
+        bridge.start()
+        plc = Poller(port)
+        try:
+            wait_for(lambda: _healthy(plc.block(0)) and _healthy(plc.block(1)), "both cameras healthy")
+            cam2.decide("reject")
+            wait_for(lambda: plc.block(1)[R.STATUS] & R.REJECT, "cam2's reject")
+            cam1.silence()  # freeze the words: cam1 goes unhealthy, then nothing changes but heartbeats
+            wait_for(lambda: plc.block(0)[R.REASON] == REASONS["heartbeat_timeout"], "cam1 quiet")
+            for index in (0, 1):
+                status = plc.block(index)[R.STATUS]
+                expected = [bool(status >> bit & 1) for bit in range(16)]
+                base = index * R.BLOCK * 16
+                for read in (plc.client.read_coils, plc.client.read_discrete_inputs):
+                    for start in range(16):
+                        for count in (1, 16 - start, 24):
+                            response = read(base + start, count=count, device_id=1)
+                            assert not response.isError(), (read.__name__, start, count)
+                            bits = response.bits[:count]
+                            assert bits[:16 - start] == expected[start:start + count], (read.__name__, start, count)
+                assert plc.block(index)[R.STATUS] == status, "the status word moved under the test"
+            past = plc.client.read_discrete_inputs(2 * R.BLOCK * 16 - 8, count=16, device_id=1)
+            assert past.isError() and past.exception_code == 2
+        finally:
+            plc.close()
+
+
+def test_a_part_id_written_over_modbus_comes_back_on_that_parts_decision_and_results_are_acknowledged(cameras):
+    cam = cameras("cam1")
+    port = free_port()
+    with Bridge([_link(cam)], [ModbusServer(ModbusServerConfig(listen=f"127.0.0.1:{port}"))],
+                result_ack_timeout_s=3.0) as bridge:  # ample for the PLC below; the rules: test_bridge_handshake.py
+        bridge.start()
+        plc = Poller(port)
+        try:
+            wait_for(lambda: _healthy(plc.block(0)), "healthy")
+            for trigger, part in enumerate((4711, 4712), start=1):
+                # part id and trigger in one FC16: the bridge sees both at once
+                assert not plc.client.write_registers(R.CMD_PART_ID, [*R._words(part, 2), trigger],
+                                                      device_id=1).isError()
+                words = wait_for(lambda: (w := plc.block(0)) and w[R.TRIGGER_ACK] == trigger and w, "armed")
+                assert words[R.TRIGGER_ERROR] == 0 and words[R.STATUS] & R.PART_PENDING
+                assert R.read_number(words, R.CMD_PART_ID, 2) == part and words[R.CMD_TRIGGER] == trigger
+                decision = cam.decide("fault" if part == 4712 else "ok")
+                assert decision.part_id == str(part)
+                words = wait_for(lambda: (w := plc.block(0)) and R.read_number(w, R.SEQ, 2) == decision.seq and w,
+                                 "the part's decision")
+                assert R.read_number(words, R.PART_ID, 2) == part and not words[R.STATUS] & R.PART_PENDING
+                if part == 4711:
+                    assert plc.client.write_registers(R.CMD_RESULT_ACK, R._words(decision.seq, 2),
+                                                      device_id=1).isError() is False
+            # the fault (4712) diverts its part and leaves the camera healthy
+            assert words[R.VERDICT] == 3 and words[R.FAULT_CODE] == FAULT_CODES["frame_quality"] and _healthy(words)
+            words = wait_for(lambda: (w := plc.block(0)) and R.read_number(w, R.LATE_RESULTS, 2) >= 1 and w,
+                             "the second result, never acknowledged, counted late")
+            assert R.read_number(words, R.LATE_RESULTS, 2) == 1 and R.read_number(words, R.ACKED_SEQ, 2) == 1, words
+
+            plc.client.write_register(R.CMD_PART_ID + 1, 0, device_id=1)  # part id 0 ...
+            plc.client.write_register(R.CMD_TRIGGER, 3, device_id=1)       # ... is refused by the bridge itself
+            wait_for(lambda: plc.block(0)[R.TRIGGER_ERROR] == R.TRIGGER_ERRORS["bad_part_id"], "part id 0 refused")
+            assert plc.block(0)[R.TRIGGER_ACK] == 2
+        finally:
+            plc.close()
+
+
+def test_a_trigger_for_a_daemon_that_stopped_answering_is_refused_not_silently_lost(cameras):
+    cam = cameras("cam1")
+    port = free_port()
+    with Bridge([_link(cam)], [ModbusServer(ModbusServerConfig(listen=f"127.0.0.1:{port}"))],
+                part_answer_timeout_s=0.5) as bridge:
+        bridge.start()
+        plc = Poller(port)
+        try:
+            wait_for(lambda: _healthy(plc.block(0)), "healthy")
+            cam.close()  # the daemon is gone; the bridge still knows its session
+            plc.client.write_registers(R.CMD_PART_ID, [0, 5, 1], device_id=1)
+            wait_for(lambda: plc.block(0)[R.TRIGGER_ERROR] == R.TRIGGER_ERRORS["no_answer"], "no answer reported")
+            assert plc.block(0)[R.TRIGGER_ACK] == 0
         finally:
             plc.close()
