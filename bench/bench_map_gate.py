@@ -75,9 +75,14 @@ def main(argv=None) -> int:
     rows: dict[str, dict] = {}
     before, after = [], []
     for sample, stat in zip(samples, stats):
-        row = rows.setdefault(sample.defect_class, {"n": 0, "image_fault": 0, "map_above": 0, "map_below": 0})
+        row = rows.setdefault(sample.defect_class, {"n": 0, "image_fault": 0, "map_above": 0, "map_below": 0,
+                                                    "image_fault_by": {}})
         row["n"] += 1
-        image_fault = quality.out_of_range(stat, image_ranges) is not None
+        message = quality.out_of_range(stat, image_ranges)
+        image_fault = message is not None
+        if image_fault:
+            statistic = message.split()[0]
+            row["image_fault_by"][statistic] = row["image_fault_by"].get(statistic, 0) + 1
         above = not image_fault and quality.anomalous_everywhere(stat, map_ranges) is not None
         below = not image_fault and not above and quality.out_of_range(stat, map_ranges) is not None
         row["image_fault"] += image_fault

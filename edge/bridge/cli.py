@@ -233,6 +233,10 @@ def _handler(args: argparse.Namespace) -> int:
                 notifier.watchdog()
                 last_ping = now
             status = "; ".join(f"{name} {'healthy' if s.healthy else s.reason}" for name, s in bridge.states().items())
+            status += "".join(f"; OPC UA certificate expires in {adapter.certificate_days_left} days"
+                              for adapter in bridge.adapters
+                              if getattr(adapter, "certificate_days_left", None) is not None
+                              and adapter.certificate_days_left < adapter.config.certificate_warn_days)
             if status != last_status:
                 notifier.status(status)
                 last_status = status

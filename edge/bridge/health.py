@@ -57,9 +57,9 @@ class FaultRateConfig(Section):
     """`[fault_rate]`: when the parts' fault verdicts say the system, not a part, is failing. Defaults and how
     they were chosen: docs/PLC.md, "Two signals"."""
 
-    consecutive: int = Field(default=5, ge=1, le=10_000)  # this many fault verdicts in a row
-    window: int = Field(default=100, ge=1, le=100_000)    # ... or more than max_in_window of the last window
-    max_in_window: int = Field(default=10, ge=0)
+    consecutive: int = Field(default=10, ge=1, le=10_000)  # this many fault verdicts in a row
+    window: int = Field(default=100, ge=1, le=100_000)     # ... or more than max_in_window of the last window
+    max_in_window: int = Field(default=30, ge=0)
 
     @model_validator(mode="after")
     def _fits(self):

@@ -178,6 +178,7 @@ class OpcuaServer:
         self._idx = 0
         self._mv = 0
         self._stopped: asyncio.Event | None = None
+        self._written_last: dict = {}  # NodeId → (value, status, source time) last written
         self.certificate_days_left: int | None = None
 
     # ----------------------------------------------------------------------------- start
@@ -306,10 +307,10 @@ class OpcuaServer:
                           ua.StatusCodes.UncertainLastUsableValue if silent else ua.StatusCodes.Good)
                 stamp = _utc(last.wall_ns) if last is not None and last.wall_ns else now
             await self._write(camera.nodes[name], ua.Variant(values[name], getattr(ua.VariantType, kind)), status, stamp)
-        recent = [json.dumps(summary(d), separators=(",", ":")) for d, _ in camera.recent]
-        await self._write(camera.nodes["RecentResults"], ua.Variant(recent, ua.VariantType.String),
-                          ua.StatusCodes.Good if recent else ua.StatusCodes.BadWaitingForInitialData,
-                          _utc(last.wall_ns) if last is not None and last.wall_ns else now)
+        if decision is not None:
+            recent = [text for _, _, text in camera.recent]
+            await self._write(camera.nodes["RecentResults"], ua.Variant(recent, ua.VariantType.String),
+                              ua.StatusCodes.Good, _utc(last.wall_ns) if last.wall_ns else now)
         machine = mv_state(state)
         await self._write_state(camera.nodes["CurrentState"], camera.nodes["CurrentState.Id"], machine,
                                 ua.NodeId(MV_STATES[machine], self._mv))
@@ -318,8 +319,14 @@ class OpcuaServer:
                                 ua.NodeId(MV_AUTOMATIC_STATES[automatic], self._mv))
 
     async def _write(self, node, variant, status, stamp) -> None:
+        """Write a value with its status and source time; skipped when all three are what the node holds
+        (a decision changes a dozen of the values, a heartbeat a few)."""
         from asyncua import ua
 
+        key = (variant.Value, status, stamp) if not isinstance(variant.Value, list) else None
+        if key is not None and self._written_last.get(node.nodeid) == key:
+            return
+        self._written_last[node.nodeid] = key
         await self._server.write_attribute_value(node.nodeid, ua.DataValue(
             variant, StatusCode=ua.StatusCode(status), SourceTimestamp=stamp,
             ServerTimestamp=datetime.datetime.now(datetime.timezone.utc)))
@@ -338,7 +345,7 @@ class OpcuaServer:
         camera = self._cameras[decision.camera]
         job_id = (camera.job_ids or {}).pop(decision.part_id, None) if decision.part_id is not None else None
         job_id = job_id or (f"part:{decision.part_id}" if decision.part_id is not None else f"frames:{decision.session}")
-        camera.recent.append((decision, job_id))
+        camera.recent.append((decision, job_id, json.dumps(summary(decision), separators=(",", ":"))))
         await self._show(state, decision)
         generator = camera.event
         event = generator.event
@@ -426,7 +433,8 @@ class OpcuaServer:
             self._controls.reset(camera_name)
 
     def results(self, camera_name: str) -> list[tuple[wire.Decision, str]]:
-        return list(self._cameras[camera_name].recent)
+        """(decision, job id) of the recent results, oldest first."""
+        return [(decision, job_id) for decision, job_id, _ in self._cameras[camera_name].recent]
 
 
 def flat_values(state: CameraState, last: wire.Decision | None, camera: _Camera) -> dict:
@@ -535,6 +543,8 @@ async def build_address_space(owner: OpcuaServer, server, cameras: list[str]) ->
                                                         ua.Variant([], ua.VariantType.String))
         await nodes["RecentResults"].write_value_rank(ua.ValueRank.OneDimension)
         await nodes["RecentResults"].write_array_dimensions([0])
+        await server.write_attribute_value(nodes["RecentResults"].nodeid,
+                                           ua.DataValue(ua.Variant([], ua.VariantType.String), StatusCode=waiting))
         for name, kind, initial in _COMMANDS:
             nodes[name] = await obj.add_variable(node_id(name), ua.QualifiedName(name, idx),
                                                  ua.Variant(initial, getattr(ua.VariantType, kind)))
