@@ -113,21 +113,30 @@ def bench_modbus_server(directory: Path, frames: int, rate: float) -> dict:
     return _summary(latencies, len(sent))
 
 
-def bench_modbus_client(directory: Path, frames: int, rate: float) -> dict:
+def bench_modbus_client(directory: Path, frames: int, rate: float, coil: bool = False) -> dict:
+    """The bridge as Modbus client writing into a pymodbus server standing in for the PLC: a decision is
+    there when its block's FC16 write arrives; with `coil`, every decision is a reject and it is there
+    when the FC5 write that sets the reject coil after its block arrives (decision → reject coil set)."""
     camera = FakeCamera("cam1")
     plc = RecordingPlc()
     seen: dict[int, int] = {}
 
     def written():
+        block_seq = None
         for (code, _, values), at in zip(list(plc.writes), list(plc.write_times)):
             if code == 16:
-                seen.setdefault(R.read_number(values, R.SEQ, 2), at)
+                block_seq = R.read_number(values, R.SEQ, 2)
+                if not coil:
+                    seen.setdefault(block_seq, at)
+            elif coil and code == 5 and values[0] and block_seq:
+                seen.setdefault(block_seq, at)
         return seen and max(seen) >= frames
 
-    bridge = _bridge(directory, [camera], f'[modbus_client]\nplc = "127.0.0.1:{plc.port}"\nreject_coil = 0\n')
+    bridge = _bridge(directory, [camera], f'[modbus_client]\nplc = "127.0.0.1:{plc.port}"\nreject_coil = 0\n'
+                                          + ("pulse_ms = 5\n" if coil else ""))
     try:
         _wait_healthy(lambda: any(b[R.STATUS] & R.HEALTHY for b in plc.blocks(0)))
-        sent = _drive([camera], frames, rate)
+        sent = _drive([camera], frames, rate, **({"verdict": lambda i: "reject"} if coil else {}))
         wait_for(written, "the last decision written")
     finally:
         bridge.terminate()
@@ -136,38 +145,6 @@ def bench_modbus_client(directory: Path, frames: int, rate: float) -> dict:
         camera.close()
     latencies = [seen[seq] - sent[("cam1", seq)] for seq in seen if ("cam1", seq) in sent]
     return _summary(latencies, len(sent))
-
-
-def bench_reject_coil(directory: Path, frames: int, rate: float) -> dict:
-    """Decision → the PLC's reject coil set: every decision a reject, the bridge as Modbus client writing
-    its block (FC16) and then the coil (FC5) into a pymodbus server standing in for the PLC; the time of
-    the FC5 write that follows each decision's block."""
-    camera = FakeCamera("cam1")
-    plc = RecordingPlc()
-    seen: dict[int, int] = {}
-
-    def coils_set():
-        block_seq = None
-        for (code, _, values), at in zip(list(plc.writes), list(plc.write_times)):
-            if code == 16:
-                block_seq = R.read_number(values, R.SEQ, 2)
-            elif code == 5 and values[0] and block_seq:
-                seen.setdefault(block_seq, at)
-        return seen and max(seen) >= frames
-
-    bridge = _bridge(directory, [camera], f'[modbus_client]\nplc = "127.0.0.1:{plc.port}"\nreject_coil = 0\n'
-                                          "pulse_ms = 5\n")
-    try:
-        _wait_healthy(lambda: any(b[R.STATUS] & R.HEALTHY for b in plc.blocks(0)))
-        sent = _drive([camera], frames, rate, verdict=lambda i: "reject")
-        wait_for(coils_set, "the last reject's coil set")
-    finally:
-        bridge.terminate()
-        bridge.wait(30)
-        plc.close()
-        camera.close()
-    latencies = [seen[seq] - sent[("cam1", seq)] for seq in seen if ("cam1", seq) in sent]
-    return {"rate": rate, **_summary(latencies, len(sent))}
 
 
 def bench_opcua(directory: Path, frames: int, rate: float) -> dict:
@@ -350,8 +327,8 @@ def main() -> None:
             "mqtt": lambda d: bench_mqtt(d, args.frames, args.rate),
             "load": lambda d: bench_mqtt(d, args.frames, args.rate, cameras=args.cameras, modbus=True),
             "failsafe": bench_failsafe,
-            "reject-path": lambda d: [{"path": "decision → reject coil set (Modbus client, FC5)",
-                                       **bench_reject_coil(d, args.frames, rate)} for rate in rates]
+            "reject-path": lambda d: [{"path": "decision → reject coil set (Modbus client, FC5)", "rate": rate,
+                                       **bench_modbus_client(d, args.frames, rate, coil=True)} for rate in rates]
             + [{"path": "decision → ResultReady event at an OPC UA client", "rate": rate,
                 **bench_opcua(d, args.frames, rate)} for rate in rates]}
     print(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "load_before": os.getloadavg(),
