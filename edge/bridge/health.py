@@ -59,7 +59,7 @@ class FaultRateConfig(Section):
 
     consecutive: int = Field(default=10, ge=1, le=10_000)  # this many fault verdicts in a row
     window: int = Field(default=100, ge=1, le=100_000)     # ... or more than max_in_window of the last window
-    max_in_window: int = Field(default=30, ge=0)
+    max_in_window: int = Field(default=35, ge=0)
 
     @model_validator(mode="after")
     def _fits(self):

@@ -72,7 +72,7 @@ def test_a_part_fault_message_is_shown_without_latching_but_a_system_fault_latch
 
 @pytest.mark.parametrize("pattern, trips_at", [
     (["fault"] * 10, 9),                                 # 10 in a row (default consecutive)
-    (["fault", "fault", "ok"] * 16, 45),                 # 31 of the last 100 (more than max_in_window 30)
+    (["fault", "fault", "ok"] * 18, 52),                 # 36 of the last 100 (more than max_in_window 35)
 ])
 def test_a_fault_rate_makes_the_camera_unhealthy_for_the_hold_time_then_counts_afresh(pattern, trips_at):
     health = CameraHealth("cam1", fault_rate=FaultRateConfig())
