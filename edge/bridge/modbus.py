@@ -19,7 +19,8 @@ PLC's holding registers at `base_address + i × 64` (the 40 status words; the co
 PLC's own), then, for a reject or a fault, the camera's reject coil is set (FC5) and cleared
 `pulse_ms` later; a reject during a pulse extends it. The decision counts as accepted once both
 writes returned without a Modbus exception. Health changes are written the same way; a PLC that
-cannot be reached is retried at the next change or decision. Part ids need the server (or OPC UA).
+cannot be reached is retried at the next change or decision. With `read_commands_ms` set, the client
+also reads the PLC's command words (offsets 40-45) that often and acts on them as the server does.
 """
 
 import asyncio
@@ -72,6 +73,9 @@ class ModbusClientConfig(Section):
     reject_coil: int | None = 0  # camera i's coil is reject_coil + i; None: no coil
     pulse_ms: float = 200.0
     timeout_s: float = 1.0
+    # Set: read the PLC's command words (offsets 40-45 of each camera's block: part id, trigger, result
+    # ack) this often, as the server lets the PLC write them. Unset: the PLC hands over no part ids here.
+    read_commands_ms: float | None = None
 
     @field_validator("plc")
     @classmethod
@@ -93,10 +97,10 @@ class ModbusClientConfig(Section):
             raise ValueError("expected a Modbus address 0-65535")
         return value
 
-    @field_validator("pulse_ms", "timeout_s")
+    @field_validator("pulse_ms", "timeout_s", "read_commands_ms")
     @classmethod
-    def _positive(cls, value: float) -> float:
-        if not value > 0:
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
             raise ValueError("expected a positive number")
         return value
 
@@ -140,6 +144,58 @@ class _Image:
         return block
 
 
+class _Commands:
+    """The PLC's command words of each camera (part id, trigger, result ack), however they reached us (a
+    write to the server, a read from the PLC by the client): a new trigger value hands the part id to the
+    daemon and its answer shows in the image; `shown(camera)` is called after that (the client then writes
+    it into the PLC)."""
+
+    _TRIGGER = registers.CMD_TRIGGER - registers.COMMAND
+    _PART = registers.CMD_PART_ID - registers.COMMAND
+    _ACK = registers.CMD_RESULT_ACK - registers.COMMAND
+
+    def __init__(self, image: _Image, lock: threading.Lock, controls, shown=lambda camera: None):
+        self.image, self.lock, self.controls, self.shown = image, lock, controls, shown
+
+    def apply(self, camera: str, start: int, values: list[int], acknowledged: bool) -> None:
+        """Words `values` at command offset `start` (0 = CMD_PART_ID); `acknowledged`: the PLC wrote the
+        result ack (a write of the same seq again still acknowledges)."""
+        with self.lock:
+            commands = self.image.commands[camera]
+            before = list(commands)
+            commands[start:start + len(values)] = [int(v) & 0xFFFF for v in values]
+            self.image.render(camera)
+        if commands[self._TRIGGER] != before[self._TRIGGER]:
+            self._trigger(camera, commands[self._TRIGGER], registers.read_number(commands, self._PART, 2))
+        if acknowledged and self.controls is not None:
+            self.controls.acknowledge_result(camera, registers.read_number(commands, self._ACK, 2))
+
+    def _trigger(self, camera: str, trigger: int, part_number: int) -> None:
+        if part_number == 0 or self.controls is None:
+            self._answered(camera, trigger, "bad_part_id")
+            camera_log(__name__, camera).warning("Modbus trigger %d with part id 0: expected a part id 1-4294967294 "
+                                                 "in the two registers before the trigger", trigger)
+            return
+
+        def answered(future) -> None:
+            reply = future.result()
+            self._answered(camera, trigger, "" if reply.accepted else
+                           "no_answer" if reply.job == NOT_ANSWERED else "refused")
+            if not reply.accepted:
+                camera_log(__name__, camera).warning("Modbus trigger %d, part %d: %s", trigger, part_number,
+                                                     reply.error)
+
+        self.controls.request_part(camera, str(part_number)).add_done_callback(answered)
+
+    def _answered(self, camera: str, trigger: int, error: str) -> None:
+        with self.lock:
+            if not error:
+                self.image.trigger_ack[camera] = trigger
+            self.image.trigger_error[camera] = error
+            self.image.render(camera)
+        self.shown(camera)
+
+
 _READ_BITS, _READ_WORDS, _WRITE_BITS = (1, 2), (3, 4), (5, 15)
 _WRITABLE = (registers.CMD_PART_ID, registers.CMD_RESULT_ACK + 2)  # [first, end) offsets the PLC may write
 
@@ -152,7 +208,7 @@ class ModbusServer:
         self.host, self.port = parse_host_port(config.listen, "modbus_server.listen")
         self._lock = threading.Lock()
         self._image: _Image | None = None
-        self._controls = None
+        self._commands: _Commands | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
         self._thread: threading.Thread | None = None
@@ -163,7 +219,7 @@ class ModbusServer:
         from pymodbus.simulator import DataType, SimData, SimDevice
 
         self._image = _Image(cameras)
-        self._controls = controls
+        self._commands = _Commands(self._image, self._lock, controls)
         device = SimDevice(id=0, simdata=[SimData(0, count=len(self._image.words), datatype=DataType.REGISTERS)],
                            use_bit_addressing=True, action=self._access)
         async def setup() -> None:
@@ -202,8 +258,7 @@ class ModbusServer:
         return None
 
     def _command(self, address: int, values: list, refused):
-        """A PLC's write: only into one camera's command words; a new trigger value hands its part id
-        over, a result acknowledgement is passed on."""
+        """A PLC's write: only into one camera's command words."""
         camera_index, offset = divmod(address, registers.BLOCK)
         if not (_WRITABLE[0] <= offset and offset + len(values) <= _WRITABLE[1]) or camera_index >= len(self._image.index):
             self.refused_writes += 1
@@ -211,42 +266,9 @@ class ModbusServer:
                         "block (its commands) are writable", len(values), address, _WRITABLE[0], _WRITABLE[1] - 1)
             return refused
         camera = list(self._image.index)[camera_index]
-        with self._lock:
-            commands = self._image.commands[camera]
-            before = list(commands)
-            start = offset - registers.COMMAND
-            commands[start:start + len(values)] = [int(v) & 0xFFFF for v in values]
-            self._image.render(camera)
-        trigger = registers.CMD_TRIGGER - registers.COMMAND
-        if commands[trigger] != before[trigger]:
-            self._trigger(camera, commands[trigger], registers.read_number(commands, registers.CMD_PART_ID - registers.COMMAND, 2))
-        if offset + len(values) > registers.CMD_RESULT_ACK and self._controls is not None:
-            self._controls.acknowledge_result(
-                camera, registers.read_number(commands, registers.CMD_RESULT_ACK - registers.COMMAND, 2))
+        self._commands.apply(camera, offset - registers.COMMAND, values,
+                             acknowledged=offset + len(values) > registers.CMD_RESULT_ACK)
         return None
-
-    def _trigger(self, camera: str, trigger: int, part_number: int) -> None:
-        if part_number == 0 or self._controls is None:
-            with self._lock:
-                self._image.trigger_error[camera] = "bad_part_id"
-                self._image.render(camera)
-            camera_log(__name__, camera).warning("Modbus trigger %d with part id 0: expected a part id 1-4294967294 "
-                                                 "in the two registers before the trigger", trigger)
-            return
-
-        def answered(future) -> None:
-            reply = future.result()
-            with self._lock:
-                if reply.accepted:
-                    self._image.trigger_ack[camera], self._image.trigger_error[camera] = trigger, ""
-                else:
-                    self._image.trigger_error[camera] = "no_answer" if reply.job == NOT_ANSWERED else "refused"
-                self._image.render(camera)
-            if not reply.accepted:
-                camera_log(__name__, camera).warning("Modbus trigger %d, part %d: %s", trigger, part_number,
-                                                     reply.error)
-
-        self._controls.request_part(camera, str(part_number)).add_done_callback(answered)
 
     def deliver(self, decision: wire.Decision, state: CameraState) -> None:
         with self._lock:
@@ -278,15 +300,57 @@ class ModbusClient:
         self._pulser: threading.Thread | None = None
         self._unreachable_logged_at = -float("inf")
         self._failed_at = -float("inf")
+        self._commands: _Commands | None = None
+        self._reader: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     def start(self, cameras: list[str], controls=None) -> None:
         from pymodbus.client import ModbusTcpClient
 
         self._image = _Image(cameras)
+        self._commands = _Commands(self._image, self._lock, controls, shown=self._show_answer)
         # retries=0: a refused write is the core's to retry, in order, with the newest state
         self._client = ModbusTcpClient(self.host, port=self.port, timeout=self.config.timeout_s, retries=0)
         self._pulser = threading.Thread(target=self._pulse_loop, name="modbus-reject-coil", daemon=True)
         self._pulser.start()
+        if self.config.read_commands_ms is not None:
+            self._reader = threading.Thread(target=self._read_commands, name="modbus-commands", daemon=True)
+            self._reader.start()
+
+    def _read_commands(self) -> None:
+        """Poll each camera's command words in the PLC; the first read of each is its baseline (a trigger
+        value already there when the bridge starts hands nothing over)."""
+        seen: dict[str, list[int]] = {}
+        period = self.config.read_commands_ms / 1000
+        while not self._stopped.wait(period):
+            for camera, index in self._image.index.items():
+                address = self.config.base_address + index * registers.BLOCK + registers.COMMAND
+                try:
+                    with self._lock:
+                        if not self._client.connected and time.monotonic() - self._failed_at < SHOW_BACKOFF_S:
+                            continue
+                        words = self._call(f"reading the commands at {address}", "read_holding_registers", address,
+                                           count=_WRITABLE[1] - _WRITABLE[0]).registers
+                except DeliveryError as error:
+                    log.debug("%s", error)
+                    continue
+                if camera not in seen:
+                    seen[camera] = list(words)
+                    with self._lock:
+                        self._image.commands[camera][:len(words)] = words
+                    continue
+                if words != seen[camera]:
+                    acknowledged = words[4:6] != seen[camera][4:6]
+                    seen[camera] = list(words)
+                    self._commands.apply(camera, 0, words, acknowledged)
+
+    def _show_answer(self, camera: str) -> None:
+        """The daemon's answer to a trigger, into the PLC with the rest of the status words."""
+        with self._lock:
+            try:
+                self._write_block(camera, self._image.render(camera))
+            except DeliveryError as error:
+                camera_log(__name__, camera).warning("%s (the trigger's answer is written with the next state)", error)
 
     def _call(self, what: str, method: str, *args, **kwargs):
         """One request; raises DeliveryError naming the PLC and what failed. Call under `_lock`."""
@@ -364,6 +428,9 @@ class ModbusClient:
                     log.error("%s while closing", error)
 
     def close(self) -> None:
+        self._stopped.set()
+        if self._reader is not None:
+            self._reader.join(5)
         with self._lock:
             self._closing = True
             self._wake.notify()

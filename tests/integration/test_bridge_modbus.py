@@ -324,3 +324,34 @@ def test_a_trigger_for_a_daemon_that_stopped_answering_is_refused_not_silently_l
             assert plc.block(0)[R.TRIGGER_ACK] == 0
         finally:
             plc.close()
+
+
+def test_the_client_reads_the_plcs_command_words_and_writes_the_answer_into_the_plc(cameras):
+    """Client mode with `read_commands_ms`: the PLC program puts a part id and a new trigger into its own
+    registers (here a second Modbus client writes them into the recording PLC); the bridge reads them, the
+    daemon arms the part, TRIGGER_ACK arrives in the PLC and the part's decision carries its id."""
+    from pymodbus.client import ModbusTcpClient
+
+    cam = cameras("cam1")
+    port = free_port()
+    plc = RecordingPlc(port)
+    program = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    assert program.connect()
+    base = 128
+    config = ModbusClientConfig(plc=f"127.0.0.1:{port}", base_address=base, reject_coil=None, timeout_s=0.5,
+                                read_commands_ms=20)
+    try:
+        # a trigger already there when the bridge starts hands nothing over
+        program.write_registers(base + R.CMD_PART_ID, [0, 7, 5], device_id=1)
+        with Bridge([_link(cam)], [ModbusClient(config)]) as bridge:
+            bridge.start()
+            wait_for(lambda: any(b[R.STATUS] & R.HEALTHY for b in plc.blocks(base)), "healthy in the PLC")
+            program.write_registers(base + R.CMD_PART_ID, [0, 4711, 6], device_id=1)
+            wait_for(lambda: any(b[R.TRIGGER_ACK] == 6 for b in plc.blocks(base)), "the trigger's answer in the PLC")
+            assert cam.decide("reject").part_id == "4711"
+            assert not any(b[R.TRIGGER_ACK] == 5 for b in plc.blocks(base))
+            assert all(len(b) == R.STATUS_WORDS for b in plc.blocks(base)), "the bridge wrote over the commands"
+            wait_for(lambda: any(R.read_number(b, R.PART_ID, 2) == 4711 for b in plc.blocks(base)), "the verdict")
+    finally:
+        program.close()
+        plc.close()
