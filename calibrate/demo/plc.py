@@ -118,6 +118,9 @@ def plc_step(out: Path, model: Path, onnx_path: Path, thresholds: Path, replayed
             round_trips += R.read_number(words, R.PART_ID, 2) == part
             if words[R.VERDICT] == 3:
                 faulted.append((R.read_number(words, R.FRAME_ID, 4), part, kinds[words[R.FAULT_CODE]]))
+            if frame == replayed // 2 and (values := _opcua_read(opcua, ("Healthy", "Verdict", "PartId", "Seq"))):
+                print(f"  OPC UA: Healthy {values['Healthy']} Verdict {values['Verdict']} PartId {values['PartId']} "
+                      f"Seq {values['Seq']}", flush=True)
             if time.monotonic() - printed >= PRINT_EVERY_S or frame in unusable:
                 printed = time.monotonic()
                 counts = [R.read_number(words, offset, 2) for offset in (R.COUNT_OK, R.COUNT_REJECT, R.COUNT_FAULT)]
@@ -125,10 +128,6 @@ def plc_step(out: Path, model: Path, onnx_path: Path, thresholds: Path, replayed
                 print(f"  Modbus: part {R.read_number(words, R.PART_ID, 2)} frame {R.read_number(words, R.FRAME_ID, 4):3d} "
                       f"verdict {words[R.VERDICT]} healthy {words[R.STATUS] & R.HEALTHY} ok/reject/fault {counts} "
                       f"reason {reasons[words[R.REASON]] or '-'}{note}", flush=True)
-        values = _opcua_read(opcua, ("Healthy", "Verdict", "PartId", "Seq"))
-        if values is not None:
-            print(f"  OPC UA: Healthy {values['Healthy']} Verdict {values['Verdict']} PartId {values['PartId']} "
-                  f"Seq {values['Seq']}")
         healthy_throughout = bool(polls) and all(polls)
         words = wait(lambda w: not w[R.STATUS] & R.HEALTHY, 60)  # the daemon ends after the replay
     finally:
