@@ -37,7 +37,7 @@ import math
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -158,7 +158,7 @@ class _Camera:
     event: object
     trigger_ack: int = 0
     trigger_error: str = ""
-    job_ids: dict | None = None  # part id → the JobId StartSingleJob returned for it
+    job_ids: dict = field(default_factory=dict)  # part id → the JobId StartSingleJob returned for it
 
 
 class OpcuaServer:
@@ -306,7 +306,8 @@ class OpcuaServer:
                 status = (ua.StatusCodes.BadWaitingForInitialData if last is None else
                           ua.StatusCodes.UncertainLastUsableValue if silent else ua.StatusCodes.Good)
                 stamp = _utc(last.wall_ns) if last is not None and last.wall_ns else now
-            await self._write(camera.nodes[name], ua.Variant(values[name], getattr(ua.VariantType, kind)), status, stamp)
+            await self._write(camera.nodes[name], ua.Variant(values[name], getattr(ua.VariantType, kind)), status, stamp,
+                              new_time_is_news=shows == "result")
         if decision is not None:
             recent = [text for _, _, text in camera.recent]
             await self._write(camera.nodes["RecentResults"], ua.Variant(recent, ua.VariantType.String),
@@ -318,12 +319,14 @@ class OpcuaServer:
         await self._write_state(camera.nodes["AutomaticState"], camera.nodes["AutomaticState.Id"], automatic,
                                 ua.NodeId(MV_AUTOMATIC_STATES[automatic], self._mv))
 
-    async def _write(self, node, variant, status, stamp) -> None:
-        """Write a value with its status and source time; skipped when all three are what the node holds
-        (a decision changes a dozen of the values, a heartbeat a few)."""
+    async def _write(self, node, variant, status, stamp, new_time_is_news: bool = True) -> None:
+        """Write a value with its status and source time; skipped when it holds them already (a decision
+        changes a dozen of the values, a heartbeat a few). With `new_time_is_news` False a new source time
+        alone is not written (the bridge's own judgement, stamped when it changes)."""
         from asyncua import ua
 
-        key = (variant.Value, status, stamp) if not isinstance(variant.Value, list) else None
+        key = None if isinstance(variant.Value, list) else \
+            (variant.Value, status, stamp) if new_time_is_news else (variant.Value, status)
         if key is not None and self._written_last.get(node.nodeid) == key:
             return
         self._written_last[node.nodeid] = key
@@ -336,14 +339,15 @@ class OpcuaServer:
 
         now = datetime.datetime.now(datetime.timezone.utc)
         await self._write(state_node, ua.Variant(ua.LocalizedText(name), ua.VariantType.LocalizedText),
-                          ua.StatusCodes.Good, now)
-        await self._write(id_node, ua.Variant(state_id, ua.VariantType.NodeId), ua.StatusCodes.Good, now)
+                          ua.StatusCodes.Good, now, new_time_is_news=False)
+        await self._write(id_node, ua.Variant(state_id, ua.VariantType.NodeId), ua.StatusCodes.Good, now,
+                          new_time_is_news=False)
 
     async def _deliver(self, decision: wire.Decision, state: CameraState) -> None:
         from asyncua import ua
 
         camera = self._cameras[decision.camera]
-        job_id = (camera.job_ids or {}).pop(decision.part_id, None) if decision.part_id is not None else None
+        job_id = camera.job_ids.pop(decision.part_id, None) if decision.part_id is not None else None
         job_id = job_id or (f"part:{decision.part_id}" if decision.part_id is not None else f"frames:{decision.session}")
         camera.recent.append((decision, job_id, json.dumps(summary(decision), separators=(",", ":"))))
         await self._show(state, decision)
@@ -415,8 +419,6 @@ class OpcuaServer:
             raise UaStatusCodeError(ua.StatusCodes.BadNoCommunication if reply.job == 0 else
                                     ua.StatusCodes.BadInvalidState)
         job_id = f"{reply.origin}-{reply.job}"
-        if camera.job_ids is None:
-            camera.job_ids = {}
         camera.job_ids[part_id] = job_id
         while len(camera.job_ids) > self.config.recent_results:
             camera.job_ids.pop(next(iter(camera.job_ids)))

@@ -71,6 +71,10 @@ async def _client_session(endpoint: str, camera: FakeCamera, bridge):
             return (await (await cam.get_child(f"{idx}:{name}")).read_data_value(raise_on_bad_status=False)).StatusCode
 
         assert (await status("Verdict")).value == ua.StatusCodes.BadWaitingForInitialData  # no decision yet
+        build = await client.nodes.server.get_child(["0:ServerStatus", "0:BuildInfo"])
+        assert await (await build.get_child("0:ProductName")).read_value() == "hlgfa-edge PLC bridge"
+        assert await (await build.get_child("0:ManufacturerName")).read_value() == "hlgfa-edge"
+        assert await (await build.get_child("0:SoftwareVersion")).read_value() not in ("", None)
         await _poll(lambda: var("Healthy"), bool, "Healthy true")
         await _poll(current.read_value, lambda text: text.Text == "Operational", "Operational")
         assert await (await current.get_child("0:Id")).read_value() == ua.NodeId(5031, mv)

@@ -202,3 +202,16 @@ def test_a_map_anomalous_everywhere_is_a_reject_and_a_map_below_every_good_part_
     assert [d.verdict for d in decisions] == ["reject", "fault", "ok"]
     assert decisions[0].reason == "map_mean 0.45 above the calibrated range [0.2, 0.4]: anomalous everywhere"
     assert decisions[1].reason == "frame_quality: map_mean 0.1 outside the calibrated range [0.2, 0.4]"
+
+
+def test_a_part_armed_wakes_an_acquisition_that_waits_for_parts():
+    import threading
+
+    parts = PartTracker(PartsConfig(acquire="per_part"))
+    assert parts.per_part and not parts.wait_armed(0.01)
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(parts.wait_armed(30)))
+    waiter.start()
+    parts.arm(_request("P1", 1))
+    waiter.join(30)
+    assert woke == [True] and parts.bind() == "P1" and parts.bind() is None
