@@ -111,9 +111,11 @@ def plc_step(out: Path, model: Path, onnx_path: Path, thresholds: Path, replayed
             part, trigger = FIRST_PART + frame, (frame + 1) & 0xFFFF
             seq = R.read_number(modbus_block(), R.SEQ, 2)
             plc.write_registers(R.CMD_PART_ID, [*R._words(part, 2), trigger])
-            words = wait(lambda w: R.read_number(w, R.SEQ, 2) > seq and not w[R.STATUS] & R.PART_PENDING, 60)
-            if words is None:
-                print(f"  part {part}: no decision within 60 s")
+            words = wait(lambda w: (R.read_number(w, R.SEQ, 2) > seq and not w[R.STATUS] & R.PART_PENDING)
+                         or (w[R.TRIGGER_ERROR] and w[R.TRIGGER_ACK] != trigger), 60)
+            if words is None or words[R.TRIGGER_ACK] != trigger:
+                error = "no answer" if words is None else {v: k for k, v in R.TRIGGER_ERRORS.items()}[words[R.TRIGGER_ERROR]]
+                print(f"  part {part}: not armed ({error}); a line would divert it")
                 break
             round_trips += R.read_number(words, R.PART_ID, 2) == part
             if words[R.VERDICT] == 3:

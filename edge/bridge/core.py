@@ -249,9 +249,12 @@ class CameraBridge:
         return replace(self._health.state(now), late_results=self.results.late, acked_seq=self.results.acked_seq,
                        parts_pending=len(self.jobs.pending_parts))
 
-    def _send_parts(self, reliable: ReliableClient) -> None:
+    def _answered(self, reliable: ReliableClient) -> None:
         while reliable.part_replies:
             self.jobs.answered(reliable.part_replies.popleft())
+
+    def _send_parts(self, reliable: ReliableClient) -> None:
+        self._answered(reliable)
         for request in self.jobs.due(self._health.session, time.monotonic()):
             reliable.send_part(request)
 
@@ -293,6 +296,9 @@ class CameraBridge:
                 continue
             if decision is None:
                 return
+            # the daemon's answers to part ids that came before this decision, first: a part armed and
+            # decided at once must not stay "pending" because its decision was counted before its answer
+            self._answered(reliable)
             if decision.camera != self.link.camera:
                 self.log.error("the acknowledged channel at %s delivered a decision of camera %r; check the "
                                "bridge's camera/endpoint pairs", self.link.reliable, decision.camera)

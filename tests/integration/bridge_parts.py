@@ -36,13 +36,22 @@ class FakeCamera:
     to its frame, as the daemon's ledger does."""
 
     def __init__(self, camera: str, period_s: float = 0.2, endpoint: str | None = None,
-                 reliable: str | None = None, reliable_capacity: int = 1000):
+                 reliable: str | None = None, reliable_capacity: int = 1000, decide_when_armed: bool = False):
+        """`decide_when_armed`: decide each part as soon as it is armed, so its answer and its decision
+        reach the bridge back to back (a camera triggered by the part's hand-over, with no latency)."""
         self.endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         self.reliable = reliable or f"tcp://127.0.0.1:{free_port()}"
         self.parts = PartTracker(PartsConfig())
+
+        def arm(request):
+            error = self.parts.arm(request)
+            if error is None and decide_when_armed:
+                self.decide("ok")
+            return error
+
         self.publisher = Publisher(camera, PublishConfig(endpoint=self.endpoint, reliable_endpoint=self.reliable,
                                                          heartbeat_period_s=period_s,
-                                                         reliable_capacity=reliable_capacity), on_part=self.parts.arm)
+                                                         reliable_capacity=reliable_capacity), on_part=arm)
         self.camera = camera
         self.period_s = period_s
         self.frames = 0

@@ -355,3 +355,23 @@ def test_the_client_reads_the_plcs_command_words_and_writes_the_answer_into_the_
     finally:
         program.close()
         plc.close()
+
+
+def test_a_part_decided_the_moment_it_is_armed_is_not_left_pending(cameras):
+    """The daemon's answer and the part's decision arrive back to back: the answer is taken first, so
+    PART_PENDING clears with the decision (a PLC waiting for it would otherwise wait for ever)."""
+    cam = cameras("cam1", decide_when_armed=True)
+    port = free_port()
+    with Bridge([_link(cam)], [ModbusServer(ModbusServerConfig(listen=f"127.0.0.1:{port}"))]) as bridge:
+        bridge.start()
+        plc = Poller(port)
+        try:
+            wait_for(lambda: _healthy(plc.block(0)), "healthy")
+            for trigger in range(1, 21):
+                plc.client.write_registers(R.CMD_PART_ID, [0, 500 + trigger, trigger], device_id=1)
+                words = wait_for(lambda: (w := plc.block(0)) and R.read_number(w, R.PART_ID, 2) == 500 + trigger
+                                 and w[R.TRIGGER_ACK] == trigger and w, f"part {500 + trigger} decided")
+                wait_for(lambda: not plc.block(0)[R.STATUS] & R.PART_PENDING, f"part {500 + trigger} not pending")
+            assert bridge.states()["cam1"].parts_pending == 0 and words[R.VERDICT] == 1
+        finally:
+            plc.close()
