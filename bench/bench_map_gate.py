@@ -1,6 +1,6 @@
 """Where the frame-quality gate's map statistic puts real parts: fault (the frame cannot be judged) or
-reject (a judgeable part anomalous everywhere), under the rule before and after "a map above its range is
-a reject", and the fault rate of the gate on the dev sets (the data behind the fault-rate defaults).
+reject (a judgeable part anomalous everywhere), against a gate that faults both ends of the map's range,
+and the fault rate of the gate on the dev sets (the data behind the fault-rate defaults).
 
     .venv/bin/python -m bench.bench_map_gate --model MODEL --data ROOT [--normals DIR] [--backend torch]
 
@@ -9,8 +9,8 @@ of the model's statistics: `--normals DIR`, or else the model's own validation i
 train` keeps aside from the statistics). Every test image of ROOT (MVTec layout) is then put through the gate
 as the daemon applies it (edge/imaging/quality.py): image statistics first, then the map's. Printed: per
 test class, the images faulted by the image statistics, the images whose image statistics are in range
-but whose map mean is above or below its range (before: both faults; after: above is a reject, below a
-fault), and the fault rate before and after.
+but whose map mean is above its range (a reject; a fault for a gate faulting both ends) or below it (a
+fault), and the fault rates of both gates.
 """
 
 import argparse
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         backend.close()
     image_ranges, map_ranges = quality.split(ranges)
     rows: dict[str, dict] = {}
-    before, after = [], []
+    both_ends, rule = [], []
     for sample, stat in zip(samples, stats):
         row = rows.setdefault(sample.defect_class, {"n": 0, "image_fault": 0, "map_above": 0, "map_below": 0,
                                                     "image_fault_by": {}})
@@ -81,20 +81,20 @@ def main(argv=None) -> int:
         row["image_fault"] += image_fault
         row["map_above"] += above
         row["map_below"] += below
-        before.append(image_fault or above or below)
-        after.append(quality.unjudgeable(stat, ranges) is not None)
+        both_ends.append(image_fault or above or below)
+        rule.append(quality.unjudgeable(stat, ranges) is not None)
     name = args.data.name
     for defect_class, row in rows.items():
         print(json.dumps({"set": name, "class": defect_class, "images": row["n"],
                           "faulted by image statistics": row["image_fault"],
                           "by statistic": ", ".join(f"{k} {v}" for k, v in sorted(row["image_fault_by"].items())) or "-",
-                          "map above its range (before: fault, after: reject)": row["map_above"],
-                          "map below its range (fault)": row["map_below"]}))
+                          "map above its range: a reject (a fault if both ends faulted)": row["map_above"],
+                          "map below its range: a fault": row["map_below"]}))
     print(json.dumps({"set": name, "normals": len(normals), "map_mean range": "[{:.3g}, {:.3g}]".format(
                           *map_ranges["map_mean"]), "images": len(samples),
-                      "faults before": sum(before), "faults after": sum(after),
-                      "fault rate before": round(sum(before) / len(samples), 4),
-                      "fault rate after": round(sum(after) / len(samples), 4)}))
+                      "faults if both ends faulted": sum(both_ends), "faults (the gate's rule)": sum(rule),
+                      "fault rate if both ends faulted": round(sum(both_ends) / len(samples), 4),
+                      "fault rate (the gate's rule)": round(sum(rule) / len(samples), 4)}))
     return 0
 
 
