@@ -203,7 +203,7 @@ def test_a_lost_frame_is_a_fault_for_its_part_id_and_the_next_part_keeps_its_own
         finally:
             plc.client.close()
         states = bridge.states()["line1"]
-    run.daemon.request_stop()
+    run.daemon.signals.request_stop()
     assert run.collect_until_stopped() == 0
     assert R.read_number(first, R.PART_ID, 2) == 201 and first[R.VERDICT] in (1, 2)
     assert R.read_number(missing, R.PART_ID, 2) == 202 and missing[R.VERDICT] == 3
