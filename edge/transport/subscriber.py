@@ -205,14 +205,27 @@ class ReliableClient(_Client):
         self.refused: str | None = None
         self._refusals_log = RepeatLimiter()
         self.duplicates = 0
+        self.unsent = 0  # messages to the publisher ZeroMQ could not even queue (see _send)
         self._seen: dict[tuple[str, int], bool] = {}  # (session, seq) → acknowledged
         self._seen_order: collections.deque = collections.deque()
         self._remember = remember
         self.part_replies: collections.deque[wire.PartReply] = collections.deque()  # answers to send_part
         self._hello()
 
+    def _send(self, frames: list) -> bool:
+        """Never blocks: with the publisher gone (or not reading) ZeroMQ queues up to the high-water mark
+        and would then block the caller for ever. A message not queued is counted; what it carried comes
+        round again (the publisher resends an unacknowledged decision, a HELLO is due again, a part's job
+        is resent or times out)."""
+        try:
+            self.socket.send_multipart(frames, flags=self._zmq.NOBLOCK)
+            return True
+        except self._zmq.Again:
+            self.unsent += 1
+            return False
+
     def _hello(self) -> None:
-        self.socket.send_multipart([wire.RELIABLE_HELLO, str(wire.SCHEMA_VERSION).encode()])
+        self._send([wire.RELIABLE_HELLO, str(wire.SCHEMA_VERSION).encode()])
         self._last_hello = time.monotonic()
 
     def recv(self, timeout: float | None) -> wire.Decision | None:
@@ -264,13 +277,13 @@ class ReliableClient(_Client):
 
     def send_part(self, request: wire.PartRequest) -> None:
         """Hand a PLC's part id to the daemon; its answer arrives in `part_replies` during `recv`."""
-        self.socket.send_multipart([wire.RELIABLE_PART, wire.encode_part_request(request)])
+        self._send([wire.RELIABLE_PART, wire.encode_part_request(request)])
 
     def ack(self, decision: wire.Decision) -> None:
         key = (decision.session, decision.seq)
         if key in self._seen:
             self._seen[key] = True
-        self.socket.send_multipart([wire.RELIABLE_ACK, wire.ack_body(decision.session, decision.seq)])
+        self._send([wire.RELIABLE_ACK, wire.ack_body(decision.session, decision.seq)])
 
 
 
