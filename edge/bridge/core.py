@@ -336,8 +336,11 @@ class CameraBridge:
                 self.delivered[adapter.name] += 1
         names = {adapter.name for adapter in self.adapters}
         while self._pending and self._pending[0].accepted >= names:
+            # not queued (the daemon is not reading): stays pending, acknowledged on a later turn; the
+            # bridge's backlog then stops it taking more, never a hang on the socket
+            if not reliable.ack(self._pending[0].decision):
+                break
             decision = self._pending.popleft().decision
-            reliable.ack(decision)
             self.results.delivered(decision, now)
             self.acked += 1
 

@@ -214,8 +214,8 @@ class ReliableClient(_Client):
 
     def _send(self, frames: list) -> bool:
         """Never blocks: with the publisher gone (or not reading) ZeroMQ queues up to the high-water mark
-        and would then block the caller for ever. A message not queued is counted; what it carried comes
-        round again (the publisher resends an unacknowledged decision, a HELLO is due again, a part's job
+        and would then block the caller for ever. A message not queued is counted and False returned; what
+        it carried comes round again (an ACK is sent again by the caller, a HELLO is due again, a part's job
         is resent or times out)."""
         try:
             self.socket.send_multipart(frames, flags=self._zmq.NOBLOCK)
@@ -279,11 +279,13 @@ class ReliableClient(_Client):
         """Hand a PLC's part id to the daemon; its answer arrives in `part_replies` during `recv`."""
         self._send([wire.RELIABLE_PART, wire.encode_part_request(request)])
 
-    def ack(self, decision: wire.Decision) -> None:
+    def ack(self, decision: wire.Decision) -> bool:
+        """False when ZeroMQ could not queue the ACK (the publisher is gone or not reading): acknowledge
+        it again later, or the publisher resends the decision."""
         key = (decision.session, decision.seq)
         if key in self._seen:
-            self._seen[key] = True
-        self._send([wire.RELIABLE_ACK, wire.ack_body(decision.session, decision.seq)])
+            self._seen[key] = True  # acted on: a resend is acknowledged again, whether this ACK left or not
+        return self._send([wire.RELIABLE_ACK, wire.ack_body(decision.session, decision.seq)])
 
 
 
