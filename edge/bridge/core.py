@@ -305,8 +305,11 @@ class CameraBridge:
                 self._health.fault(time.monotonic(), "wrong_camera",
                                    f"decision of camera {decision.camera!r} on {self.link.reliable}")
                 continue
-            self._health.decision(decision, time.monotonic())
+            now = time.monotonic()
+            self._health.decision(decision, now)
             self.jobs.decided(decision.part_id)
+            # due from now: before any protocol shows it, so a PLC's acknowledgement can never come first
+            self.results.delivered(decision, now)
             self._pending.append(_Pending(decision))
 
     def _deliver(self, reliable: ReliableClient) -> None:
@@ -340,8 +343,7 @@ class CameraBridge:
             # bridge's backlog then stops it taking more, never a hang on the socket
             if not reliable.ack(self._pending[0].decision):
                 break
-            decision = self._pending.popleft().decision
-            self.results.delivered(decision, now)
+            self._pending.popleft()
             self.acked += 1
 
 

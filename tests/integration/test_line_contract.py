@@ -215,3 +215,45 @@ def test_a_lost_frame_is_a_fault_for_its_part_id_and_the_next_part_keeps_its_own
     decisions = run.of(wire.Decision)
     assert [(d.part_id, d.frame_id) for d in decisions] == [("201", 0), ("202", wire.NO_FRAME), ("203", 2)]
     assert decisions[1].reason.startswith("part_missing: no frame for part '202' within 1 s")
+
+
+class _ConsumingPlc:
+    """A protocol adapter whose PLC consumes and acknowledges each result the moment it is shown."""
+
+    name = "consuming-plc"
+    consuming = True
+
+    def start(self, cameras, controls):
+        self.controls = controls
+
+    def deliver(self, decision, state):
+        if self.consuming:
+            self.controls.acknowledge_result(decision.camera, decision.seq)
+
+    def show(self, state):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_result_acknowledged_as_soon_as_it_is_shown_is_never_counted_late():
+    """The acknowledgement can reach the bridge before the decision has gone through every protocol:
+    the result is due from its receipt, so that acknowledgement counts."""
+    from tests.integration.bridge_parts import FakeCamera
+
+    camera, plc = FakeCamera("cam1"), _ConsumingPlc()
+    try:
+        with Bridge([CameraLink("cam1", camera.endpoint, camera.reliable)], [plc],
+                    result_ack_timeout_s=0.2) as bridge:
+            bridge.start()
+            wait_for(lambda: bridge.states()["cam1"].healthy, "healthy")
+            sent = [camera.decide("ok") for _ in range(5)]
+            wait_for(lambda: camera.acked() == len(sent), "every decision acknowledged to the daemon")
+            wait_for(lambda: bridge.states()["cam1"].acked_seq == sent[-1].seq, "the PLC's last acknowledgement")
+            plc.consuming = False
+            camera.decide("ok")  # one the PLC does not acknowledge: counted, so the clock does run
+            wait_for(lambda: bridge.states()["cam1"].late_results >= 1, "a late result")
+            assert bridge.states()["cam1"].late_results == 1
+    finally:
+        camera.close()
