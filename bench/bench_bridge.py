@@ -1,6 +1,6 @@
 """Latency from a daemon's decision to the value visible on each of the bridge's protocols, on loopback.
 
-    .venv/bin/python bench/bench_bridge.py [--frames 2000] [--rate 200] [--cameras 4]
+    .venv/bin/python bench/bench_bridge.py [--frames 2000] [--rate 200] [--cameras 4] [--reject-path-rates 50,200]
 
 `hlgfa bridge` runs as its own process, as in production. This process plays the camera daemons
 (edge.transport.publisher, what `hlgfa run` publishes with; heartbeats every 0.2 s) and the counterparts:
@@ -16,7 +16,9 @@ it sends). One camera, decisions at `--rate` per second, one protocol at a time.
 `--cameras` daemons at `--rate` each into one bridge serving Modbus server + MQTT, counting decisions
 not acknowledged to the daemons or missing at the MQTT subscriber. Last, the fail-safe bound: time
 from a daemon's last heartbeat to "not healthy" on Modbus, OPC UA and MQTT (heartbeats every 0.2 s,
-so 3 missed periods = 0.6 s; the counterparts poll every ~2 ms).
+so 3 missed periods = 0.6 s; the counterparts poll every ~2 ms). And the reject path at each of
+`--reject-path-rates` parts/s, every decision a reject: decision → the PLC's reject coil set (the bridge as
+Modbus client: its FC5 write arriving at the PLC), and decision → ResultReady event at an OPC UA client.
 """
 
 import argparse
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge.bridge import registers as R  # noqa: E402
-from edge.bridge.opcua import NAMESPACE  # noqa: E402
+from edge.bridge.opcua import MV_NAMESPACE, NAMESPACE  # noqa: E402
 from tests.integration.bridge_parts import (  # noqa: E402 - the same real counterparts as the tests
     FakeCamera, Mosquitto, MqttRecorder, RecordingPlc, free_port, wait_for)
 
@@ -51,14 +53,14 @@ def _bridge(directory: Path, cameras: list, sections: str) -> subprocess.Popen:
                              str(config)], cwd=ROOT, env=env, stderr=(directory / "bridge.log").open("w"))
 
 
-def _drive(cameras: list, frames: int, rate: float) -> dict:
+def _drive(cameras: list, frames: int, rate: float, verdict=lambda i: "reject" if i % 10 == 0 else "ok") -> dict:
     """Decisions at `rate`/s per camera (all cameras in step); returns (camera, seq) → wall_ns."""
     sent = {}
     period = 1.0 / rate
     start = time.monotonic()
     for i in range(frames):
         for camera in cameras:
-            decision = camera.decide("reject" if i % 10 == 0 else "ok")
+            decision = camera.decide(verdict(i))
             sent[(camera.camera, decision.seq)] = decision.wall_ns
         delay = start + (i + 1) * period - time.monotonic()
         if delay > 0:
@@ -111,21 +113,30 @@ def bench_modbus_server(directory: Path, frames: int, rate: float) -> dict:
     return _summary(latencies, len(sent))
 
 
-def bench_modbus_client(directory: Path, frames: int, rate: float) -> dict:
+def bench_modbus_client(directory: Path, frames: int, rate: float, coil: bool = False) -> dict:
+    """The bridge as Modbus client writing into a pymodbus server standing in for the PLC: a decision is
+    there when its block's FC16 write arrives; with `coil`, every decision is a reject and it is there
+    when the FC5 write that sets the reject coil after its block arrives (decision → reject coil set)."""
     camera = FakeCamera("cam1")
     plc = RecordingPlc()
     seen: dict[int, int] = {}
 
     def written():
+        block_seq = None
         for (code, _, values), at in zip(list(plc.writes), list(plc.write_times)):
             if code == 16:
-                seen.setdefault(R.read_number(values, R.SEQ, 2), at)
+                block_seq = R.read_number(values, R.SEQ, 2)
+                if not coil:
+                    seen.setdefault(block_seq, at)
+            elif coil and code == 5 and values[0] and block_seq:
+                seen.setdefault(block_seq, at)
         return seen and max(seen) >= frames
 
-    bridge = _bridge(directory, [camera], f'[modbus_client]\nplc = "127.0.0.1:{plc.port}"\nreject_coil = 0\n')
+    bridge = _bridge(directory, [camera], f'[modbus_client]\nplc = "127.0.0.1:{plc.port}"\nreject_coil = 0\n'
+                                          + ("pulse_ms = 5\n" if coil else ""))
     try:
         _wait_healthy(lambda: any(b[R.STATUS] & R.HEALTHY for b in plc.blocks(0)))
-        sent = _drive([camera], frames, rate)
+        sent = _drive([camera], frames, rate, **({"verdict": lambda i: "reject"} if coil else {}))
         wait_for(written, "the last decision written")
     finally:
         bridge.terminate()
@@ -168,8 +179,9 @@ def bench_opcua(directory: Path, frames: int, rate: float) -> dict:
             while not await healthy.read_value():
                 await asyncio.sleep(0.05)
             subscription = await client.create_subscription(10, Handler())
-            event_type = await client.nodes.root.get_child(
-                ["0:Types", "0:EventTypes", "0:BaseEventType", f"{idx}:ResultReadyEventType"])
+            mv = await client.get_namespace_index(MV_NAMESPACE)
+            event_type = await client.nodes.base_event_type.get_child(
+                [f"{mv}:ResultReadyEventType", f"{idx}:HlgfaResultReadyEventType"])
             await subscription.subscribe_events(cam, event_type)
             await asyncio.sleep(1.0)
             sent = await asyncio.to_thread(_drive, [camera], frames, rate)
@@ -303,14 +315,22 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--cameras", type=int, default=4)
-    parser.add_argument("--only", choices=("modbus-server", "modbus-client", "opcua", "mqtt", "load", "failsafe"))
+    parser.add_argument("--reject-path-rates", default="50,200", metavar="R1,R2",
+                        help="parts/s of the reject-path runs (decision → coil set, decision → OPC UA event)")
+    parser.add_argument("--only", choices=("modbus-server", "modbus-client", "opcua", "mqtt", "load", "failsafe",
+                                           "reject-path"))
     args = parser.parse_args()
+    rates = [float(rate) for rate in args.reject_path_rates.split(",")]
     runs = {"modbus-server": lambda d: bench_modbus_server(d, args.frames, args.rate),
             "modbus-client": lambda d: bench_modbus_client(d, args.frames, args.rate),
             "opcua": lambda d: bench_opcua(d, args.frames, args.rate),
             "mqtt": lambda d: bench_mqtt(d, args.frames, args.rate),
             "load": lambda d: bench_mqtt(d, args.frames, args.rate, cameras=args.cameras, modbus=True),
-            "failsafe": bench_failsafe}
+            "failsafe": bench_failsafe,
+            "reject-path": lambda d: [{"path": "decision → reject coil set (Modbus client, FC5)", "rate": rate,
+                                       **bench_modbus_client(d, args.frames, rate, coil=True)} for rate in rates]
+            + [{"path": "decision → ResultReady event at an OPC UA client", "rate": rate,
+                **bench_opcua(d, args.frames, rate)} for rate in rates]}
     print(json.dumps({"machine": platform.machine(), "cpus": os.cpu_count(), "load_before": os.getloadavg(),
                       "frames": args.frames, "rate_per_camera": args.rate}))
     for name, run in runs.items():
@@ -318,8 +338,9 @@ def main() -> None:
             continue
         with tempfile.TemporaryDirectory() as directory:
             result = run(Path(directory))
-        print(json.dumps({"protocol": name if name != "load" else f"load: {args.cameras} cameras, modbus-server + mqtt",
-                          **result, "load_after": os.getloadavg()}), flush=True)
+        for row in result if isinstance(result, list) else [result]:
+            label = name if name != "load" else f"load: {args.cameras} cameras, modbus-server + mqtt"
+            print(json.dumps({"protocol": label, **row, "load_after": os.getloadavg()}), flush=True)
 
 
 if __name__ == "__main__":

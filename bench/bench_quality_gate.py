@@ -69,9 +69,12 @@ def gate(backend, spec, frames: list[np.ndarray], thresholds) -> list[str]:
         if message is None:
             maps, scores = backend.infer(preprocess([frame], spec))
             anomaly_map, score = np.asarray(maps)[0], float(np.asarray(scores).reshape(-1)[0])
-            message = quality.out_of_range(quality.map_stats(anomaly_map), map_ranges)
+            map_stats = quality.map_stats(anomaly_map)
+            message = quality.unjudgeable(map_stats, map_ranges)
             if message is None:
-                verdicts.append(decide(score, anomaly_map, thresholds).verdict)
+                verdict = decide(score, anomaly_map, thresholds).verdict
+                everywhere = verdict == "ok" and quality.anomalous_everywhere(map_stats, map_ranges) is not None
+                verdicts.append("reject" if everywhere else verdict)
                 continue
         verdicts.append(f"frame_quality {message.split()[0]}")
     return verdicts

@@ -123,6 +123,12 @@ SECTIONS = [
                           f"{PY} -m bench.detection_table runs/bench/detection/*.metrics.json"],
             needs=_missing_shared("magnetic_tile", "bsdata"), group="detection",
             setup=[f"{PY} -m bench.elpv_layout --out runs/bench/elpv"]),
+    Section("map-gate", [f"{PY} -m bench.bench_map_gate --model runs/bench/detection/{name} --data {data}"
+                         for name, data in (("magnetic_tile", f"{SHARED}/magnetic_tile"),
+                                            ("bsdata", f"{SHARED}/bsdata"), ("elpv", "runs/bench/elpv"))],
+            needs=lambda: None if all((ROOT / f"runs/bench/detection/{name}").is_dir()
+                                      for name in ("magnetic_tile", "bsdata", "elpv"))
+            else "needs the models of the detection section", group="detection"),
     Section("calibration-real", [f"{PY} -m bench.bench_calibration --model runs/bench/detection/magnetic_tile "
                                  f"--data {SHARED}/magnetic_tile --train-split-seed 0 --backend onnxruntime"],
             needs=lambda: None if (ROOT / "runs/bench/detection/magnetic_tile").is_dir()

@@ -106,10 +106,10 @@ def fit_quality_ranges(stats: list[dict]) -> tuple[dict[str, tuple[float, float]
 
 
 def count_faults(stats: list[dict], ranges: dict) -> int:
-    """How many of these frames the gate faults."""
-    from edge.imaging.quality import out_of_range
+    """How many of these frames the gate faults (a map above its range is a reject, not a fault)."""
+    from edge.imaging.quality import unjudgeable
 
-    return sum(out_of_range(s, ranges) is not None for s in stats)
+    return sum(unjudgeable(s, ranges) is not None for s in stats)
 
 
 def gate_summary(stats: list[dict], ranges: dict) -> dict:

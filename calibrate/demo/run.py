@@ -303,10 +303,10 @@ def run(args) -> int:
     result = inspect(out, model, onnx_path, thresholds, manifest, args.line_rate)
     step(6, "result")
     code = report(result)
-    step(7, "PLC side: `hlgfa bridge` serving the daemon over Modbus TCP and OPC UA, read back as a PLC would")
+    step(7, "PLC side: `hlgfa bridge` serving the daemon over Modbus TCP and OPC UA; a PLC hands over part ids")
     from calibrate.demo.plc import plc_step
 
-    code = plc_step(out, model, onnx_path, thresholds, args.line_rate, len(manifest["replay"])) or code
+    code = plc_step(out, model, onnx_path, thresholds, len(manifest["replay"])) or code
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; everything it built is in {out}")
     keep_view(result["view"], out)
     return code

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 
 from edge.transport import wire
+from edge.bridge.health import FaultRateConfig
 from edge.bridge.modbus import ModbusClientConfig, ModbusServerConfig
 from edge.bridge.mqtt import MqttConfig
 from edge.bridge.opcua import OpcuaConfig
@@ -55,6 +56,11 @@ class BridgeConfig(Section):
     misses: int = Field(3, ge=1)  # heartbeat periods without one before a camera is unhealthy
     retry_s: float = Field(0.5, gt=0)  # a protocol that refused a decision gets it again after this
     backlog: int = Field(10_000, ge=1)  # decisions held for a refusing protocol before the daemon must buffer
+    fault_rate: FaultRateConfig = Field(default_factory=FaultRateConfig)  # when parts' faults make a camera unhealthy
+    # A result the PLC must acknowledge (Modbus RESULT_ACK, OPC UA ResultAck) within this time, or it is
+    # counted and reported late; unset: the PLC acknowledges nothing.
+    result_ack_timeout_s: float | None = Field(None, gt=0, le=3600)
+    part_answer_timeout_s: float = Field(1.0, gt=0, le=60)  # a part id the daemon does not confirm by then is refused
     modbus_server: ModbusServerConfig | None = None
     modbus_client: ModbusClientConfig | None = None
     mqtt: MqttConfig | None = None
@@ -122,6 +128,12 @@ def make_links(config: BridgeConfig) -> list:
             for camera in config.cameras]
 
 
+def camera_options(config: BridgeConfig) -> dict:
+    """What each camera's thread takes from the config (edge.bridge.core.CameraBridge)."""
+    return dict(misses=config.misses, retry_s=config.retry_s, backlog=config.backlog, fault_rate=config.fault_rate,
+                result_ack_timeout_s=config.result_ack_timeout_s, part_answer_timeout_s=config.part_answer_timeout_s)
+
+
 def _flags(args: argparse.Namespace) -> dict:
     flags: dict = {}
     if args.connect or args.reliable:
@@ -145,12 +157,40 @@ def _flags(args: argparse.Namespace) -> dict:
 def _certs(args: argparse.Namespace) -> int:
     import socket
 
-    from edge.bridge.opcua import make_certificates
+    from edge.bridge.opcua import endpoint_names, make_certificates
 
     if args.out is None:
         raise ConfigError("hlgfa bridge certs needs --out DIR")
-    certificate, key = make_certificates(args.out, args.name, args.hostname or socket.gethostname(), args.client_uri)
-    print(f"certificate {certificate}\nprivate key {key} (mode 0600)")
+    hostnames, addresses = list(args.hostname or []), list(args.ip or [])
+    endpoint = args.endpoint
+    if endpoint is None and args.config is not None and not args.client_uri:
+        opcua = build_config(args.config, {}).opcua
+        endpoint = opcua.endpoint if opcua is not None else None
+    if endpoint is not None:
+        names, ips = endpoint_names(endpoint)
+        hostnames, addresses = hostnames + names, addresses + ips
+    if not hostnames:
+        hostnames = [socket.gethostname()]
+    certificate, key = make_certificates(args.out, args.name, hostnames, addresses, args.client_uri, days=args.days,
+                                         renew=args.renew)
+    print(f"certificate {certificate} ({'renewed, ' if args.renew else ''}valid {args.days} days; DNS "
+          f"{', '.join(dict.fromkeys(hostnames))}; IP {', '.join(dict.fromkeys(addresses)) or '-'})\n"
+          f"private key {key} (mode 0600)")
+    return 0
+
+
+def _nodeset(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from edge.bridge.opcua import export_nodeset
+
+    if args.out is None:
+        raise ConfigError("hlgfa bridge nodeset needs --out FILE")
+    cameras = ([camera.name for camera in build_config(args.config, {}).cameras] if args.config is not None
+               else [wire.check_camera(args.camera)])
+    count = asyncio.run(export_nodeset(cameras, args.out))
+    print(f"{args.out}: {count} nodes of namespace urn:hlgfa-edge:bridge for {', '.join(cameras)} (it requires the "
+          "OPC 40100-1 Machine Vision NodeSet, shipped in edge/bridge/third_party/opcua_machine_vision/)")
     return 0
 
 
@@ -158,11 +198,13 @@ def _handler(args: argparse.Namespace) -> int:
     from edge.bridge.core import Bridge
     from edge.core.notify import SystemdNotifier
 
-    if args.action == "certs":
-        return _certs(args)
-    config = build_config(args.config, _flags(args))
     # asyncua logs every node of the standard address space it loads at INFO
     logging.getLogger("asyncua").setLevel(max(logging.WARNING, logging.getLogger().level))
+    if args.action == "certs":
+        return _certs(args)
+    if args.action == "nodeset":
+        return _nodeset(args)
+    config = build_config(args.config, _flags(args))
     if args.check:
         print(config.model_dump_json(indent=2))
         return 0
@@ -170,8 +212,7 @@ def _handler(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     notifier = SystemdNotifier()
-    bridge = Bridge(make_links(config), make_adapters(config), misses=config.misses, retry_s=config.retry_s,
-                    backlog=config.backlog)
+    bridge = Bridge(make_links(config), make_adapters(config), **camera_options(config))
     try:
         bridge.start()
         names = ", ".join(adapter.name for adapter in bridge.adapters)
@@ -192,6 +233,10 @@ def _handler(args: argparse.Namespace) -> int:
                 notifier.watchdog()
                 last_ping = now
             status = "; ".join(f"{name} {'healthy' if s.healthy else s.reason}" for name, s in bridge.states().items())
+            status += "".join(f"; OPC UA certificate expires in {adapter.certificate_days_left} days"
+                              for adapter in bridge.adapters
+                              if getattr(adapter, "certificate_days_left", None) is not None
+                              and adapter.certificate_days_left < adapter.config.certificate_warn_days)
             if status != last_status:
                 notifier.status(status)
                 last_status = status
@@ -208,8 +253,9 @@ def configure(parser) -> None:
         "(server the PLC polls, or client writing into the PLC), OPC UA (server) and MQTT "
         "(to a broker). A camera that goes quiet, faults or restarts is shown not healthy on "
         "every protocol at once. See docs/PLC.md.")
-    parser.add_argument("action", nargs="?", choices=("certs",),
-                        help="certs: make a self-signed OPC UA application certificate and key (--out DIR)")
+    parser.add_argument("action", nargs="?", choices=("certs", "nodeset"),
+                        help="certs: make (or --renew) a self-signed OPC UA application certificate and key (--out "
+                             "DIR); nodeset: write the bridge's OPC UA address space as a NodeSet2 file (--out FILE)")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML config (docs/PLC.md)")
     parser.add_argument("--check", action="store_true", help="validate the config, print it, exit")
     parser.add_argument("--camera", default="cam0", help="camera name, with --connect/--reliable (default cam0)")
@@ -219,10 +265,18 @@ def configure(parser) -> None:
     parser.add_argument("--modbus-client", metavar="HOST:PORT", help="Modbus TCP PLC to write into")
     parser.add_argument("--opcua-server", metavar="opc.tcp://HOST:PORT", help="OPC UA server endpoint")
     parser.add_argument("--mqtt-broker", metavar="HOST:PORT", help="MQTT broker to publish to")
-    certs = parser.add_argument_group("certs")
-    certs.add_argument("--out", type=Path, metavar="DIR", help="where certs writes NAME.der and NAME.key.pem")
+    certs = parser.add_argument_group("certs and nodeset")
+    certs.add_argument("--out", type=Path, metavar="PATH", help="certs: the directory for NAME.der and NAME.key.pem; "
+                                                                "nodeset: the file to write")
     certs.add_argument("--name", default="server", help="file and common name (default server)")
-    certs.add_argument("--hostname", help="DNS name in the certificate (default this host's name)")
+    certs.add_argument("--hostname", action="append", metavar="NAME",
+                       help="a DNS name for the certificate (repeatable; default the endpoint's host, else this host's name)")
+    certs.add_argument("--ip", action="append", metavar="ADDRESS", help="an IP address for the certificate (repeatable)")
+    certs.add_argument("--endpoint", metavar="opc.tcp://HOST:PORT",
+                       help="take the names from this endpoint (default: [opcua] endpoint of --config)")
+    certs.add_argument("--days", type=int, default=3650, help="validity in days (default 3650, ten years)")
+    certs.add_argument("--renew", action="store_true", help="a new certificate for the existing key (the old one "
+                                                            "is kept as NAME.der.old)")
     certs.add_argument("--client-uri", metavar="URI",
                        help="make a client certificate with this application URI instead of the server's")
     parser.set_defaults(handler=_handler)

@@ -14,17 +14,26 @@ without bound.
 Health (edge/bridge/health.py) is re-evaluated every `tick_s`, and shown on every adapter
 (`Adapter.show`) whenever it changes or a heartbeat arrives, so a dead daemon is unhealthy on every
 protocol within misses × period + tick_s + the adapters' own write time.
+
+The other way, from the PLC: an adapter hands over a part id (`Bridge.request_part`), acknowledges a
+result (`Bridge.acknowledge_result`) or resets a latched error (`Bridge.reset`). The camera's thread
+sends the part id to the daemon on the acknowledged channel (`wire.PartRequest`) and resolves the
+returned future with the daemon's answer (edge/bridge/handshake.py); a socket pair wakes the thread,
+so a part id never waits for the next tick.
 """
 
 import collections
 import logging
+import socket
 import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from edge.transport import wire
-from edge.bridge.health import CameraHealth, CameraState, stopped
+from edge.bridge.handshake import PartJobs, ResultAcks
+from edge.bridge.health import CameraHealth, CameraState, FaultRateConfig, stopped
 from edge.transport.curve_keys import ClientCurve
 from edge.core.errors import ConfigError, OutputError
 from edge.core.logs import camera_log
@@ -47,13 +56,25 @@ class Adapter(Protocol):
 
     name: str
 
-    def start(self, cameras: list[str]) -> None: ...
+    def start(self, cameras: list[str], controls: "Controls") -> None: ...
 
     def deliver(self, decision: wire.Decision, state: CameraState) -> None: ...
 
     def show(self, state: CameraState) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Controls(Protocol):
+    """What an adapter may ask of the bridge on behalf of the PLC (the `Bridge` implements it)."""
+
+    def request_part(self, camera: str, part_id: str) -> Future: ...
+
+    def acknowledge_result(self, camera: str, seq: int) -> None: ...
+
+    def reset(self, camera: str) -> None: ...
+
+    def halt(self, camera: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -78,15 +99,24 @@ class CameraBridge:
     """One camera's thread. `state()` is safe from any thread."""
 
     def __init__(self, link: CameraLink, adapters: list, misses: int = 3, tick_s: float = 0.05,
-                 retry_s: float = 0.5, backlog: int = 10_000, context=None):
+                 retry_s: float = 0.5, backlog: int = 10_000, context=None, fault_rate: FaultRateConfig | None = None,
+                 result_ack_timeout_s: float | None = None, part_answer_timeout_s: float = 1.0):
         self.link = link
         self.log = camera_log(__name__, link.camera)
         self.adapters = adapters
         self.tick_s = tick_s
         self.retry_s = retry_s
         self.backlog_limit = backlog
-        self._health = CameraHealth(link.camera, misses)
+        self._health = CameraHealth(link.camera, misses, fault_rate)
         self._state = self._health.state(time.monotonic())
+        self.jobs = PartJobs(part_answer_timeout_s)
+        self.results = ResultAcks(result_ack_timeout_s)
+        self._reset = threading.Event()
+        self._halt = threading.Event()
+        self._late_logged_at = -float("inf")
+        self._wake_in, self._wake_out = socket.socketpair()
+        self._wake_in.setblocking(False)
+        self._wake_out.setblocking(False)
         self._lock = threading.Lock()
         self._context = context
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -113,9 +143,37 @@ class CameraBridge:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
+        self._wake()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
         self._show(stopped(self.state()))
+        self._wake_in.close()
+        self._wake_out.close()
+
+    def request_part(self, part_id: str) -> Future:
+        """Any thread: hand part `part_id` to the daemon; the future's result is its `wire.PartReply`."""
+        future = self.jobs.submit(wire.check_part_id(part_id))
+        self._wake()
+        return future
+
+    def acknowledge_result(self, seq: int) -> None:
+        self.results.acknowledge(seq)
+
+    def reset(self) -> None:
+        """Any thread: end a halt and forget a latched error (the operator's Reset); health is evaluated afresh."""
+        self._reset.set()
+        self._wake()
+
+    def halt(self) -> None:
+        """Any thread: the operator's Halt: not healthy ("halted") until reset."""
+        self._halt.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_in.send(b"w")
+        except (BlockingIOError, OSError):
+            pass  # full (the thread has wake-ups pending anyway) or closed
 
     def _show(self, state: CameraState) -> None:
         for adapter in self.adapters:
@@ -143,23 +201,62 @@ class CameraBridge:
             poller = zmq.Poller()
             poller.register(sub.socket, zmq.POLLIN)
             poller.register(reliable.socket, zmq.POLLIN)
+            poller.register(self._wake_out.fileno(), zmq.POLLIN)
             shown = None
             while not self._stop.is_set():
                 self.loop_at = time.monotonic()
                 accepting = len(self._pending) < self.backlog_limit
                 poller.modify(reliable.socket, zmq.POLLIN if accepting else 0)
                 events = dict(poller.poll(int(self.tick_s * 1000)))
+                if self._wake_out.fileno() in events:
+                    self._drain_wake()
                 beat = self._drain_subscriber(sub) if sub.socket in events else False
                 if accepting:
                     self._drain_reliable(reliable)  # also says HELLO when due
+                self._send_parts(reliable)
                 self._deliver(reliable)
                 now = time.monotonic()
                 with self._lock:
-                    self._state = self._health.state(now)
+                    self._state = self._evaluate(now)
                     state = self._state
                 if beat or _shown_fields(state) != shown:
                     shown = _shown_fields(state)
                     self._show(state)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_out.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _evaluate(self, now: float) -> CameraState:
+        """The camera's state now, with what the PLC's side of the handshake adds to it."""
+        if self._halt.is_set():
+            self._halt.clear()
+            self._health.halted = True
+            self.log.warning("halted by the PLC side: not healthy until reset")
+        if self._reset.is_set():
+            self._reset.clear()
+            self._health.clear()
+            self.log.info("reset by the PLC side (halt ended, latched error forgotten)")
+        late = self.results.expire(now)
+        if late and now - self._late_logged_at >= 10:
+            self.log.warning("%d result(s) not acknowledged by the PLC within %g s (seq %s); %d late in all",
+                             len(late), self.results.timeout_s, ", ".join(str(seq) for _, seq in late[:10]),
+                             self.results.late)
+            self._late_logged_at = now
+        return replace(self._health.state(now), late_results=self.results.late, acked_seq=self.results.acked_seq,
+                       parts_pending=len(self.jobs.pending_parts))
+
+    def _answered(self, reliable: ReliableClient) -> None:
+        while reliable.part_replies:
+            self.jobs.answered(reliable.part_replies.popleft())
+
+    def _send_parts(self, reliable: ReliableClient) -> None:
+        self._answered(reliable)
+        for request in self.jobs.due(self._health.session, time.monotonic()):
+            reliable.send_part(request)
 
     def _drain_subscriber(self, sub: Subscriber) -> bool:
         beat = False
@@ -181,6 +278,7 @@ class CameraBridge:
                 elif isinstance(event, Restart):
                     self.log.warning("daemon restarted (session %s → %s)", event.old_session, event.new_session)
                     self._health.restart(now)
+                    self.jobs.forget_pending()
             if isinstance(message, wire.Heartbeat):
                 self._health.heartbeat(message, now)
                 beat = True
@@ -198,13 +296,20 @@ class CameraBridge:
                 continue
             if decision is None:
                 return
+            # the daemon's answers to part ids that came before this decision, first: a part armed and
+            # decided at once must not stay "pending" because its decision was counted before its answer
+            self._answered(reliable)
             if decision.camera != self.link.camera:
                 self.log.error("the acknowledged channel at %s delivered a decision of camera %r; check the "
                                "bridge's camera/endpoint pairs", self.link.reliable, decision.camera)
                 self._health.fault(time.monotonic(), "wrong_camera",
                                    f"decision of camera {decision.camera!r} on {self.link.reliable}")
                 continue
-            self._health.decision(decision, time.monotonic())
+            now = time.monotonic()
+            self._health.decision(decision, now)
+            self.jobs.decided(decision.part_id)
+            # due from now: before any protocol shows it, so a PLC's acknowledgement can never come first
+            self.results.delivered(decision, now)
             self._pending.append(_Pending(decision))
 
     def _deliver(self, reliable: ReliableClient) -> None:
@@ -212,7 +317,7 @@ class CameraBridge:
             return
         now = time.monotonic()
         with self._lock:
-            self._state = self._health.state(now)
+            self._state = self._evaluate(now)
             state = self._state
         for adapter in self.adapters:
             if self._retry_at.get(adapter.name, 0.0) > now:
@@ -234,12 +339,17 @@ class CameraBridge:
                 self.delivered[adapter.name] += 1
         names = {adapter.name for adapter in self.adapters}
         while self._pending and self._pending[0].accepted >= names:
-            reliable.ack(self._pending.popleft().decision)
+            # not queued (the daemon is not reading): stays pending, acknowledged on a later turn; the
+            # bridge's backlog then stops it taking more, never a hang on the socket
+            if not reliable.ack(self._pending[0].decision):
+                break
+            self._pending.popleft()
             self.acked += 1
 
 
 def _shown_fields(state: CameraState) -> tuple:
-    return (state.healthy, state.reason, state.ready, state.busy, state.fault, state.session, state.faults)
+    return (state.healthy, state.reason, state.ready, state.busy, state.fault, state.session, state.faults,
+            state.late_results, state.acked_seq, state.parts_pending)
 
 
 class Bridge:
@@ -262,7 +372,7 @@ class Bridge:
         started = []
         try:
             for adapter in self.adapters:
-                adapter.start(list(self.cameras))
+                adapter.start(list(self.cameras), self)
                 started.append(adapter)
         except BaseException:
             for adapter in reversed(started):
@@ -275,6 +385,20 @@ class Bridge:
         except BaseException:
             self.close()
             raise
+
+    # Controls, for the adapters (any thread)
+
+    def request_part(self, camera: str, part_id: str) -> Future:
+        return self.cameras[camera].request_part(part_id)
+
+    def acknowledge_result(self, camera: str, seq: int) -> None:
+        self.cameras[camera].acknowledge_result(seq)
+
+    def reset(self, camera: str) -> None:
+        self.cameras[camera].reset()
+
+    def halt(self, camera: str) -> None:
+        self.cameras[camera].halt()
 
     def states(self) -> dict[str, CameraState]:
         return {name: camera.state() for name, camera in self.cameras.items()}

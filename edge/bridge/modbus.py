@@ -1,18 +1,26 @@
 """Modbus TCP, with pymodbus: a server the PLC polls, and a client that writes into the PLC.
 
-Both show the register map of edge/bridge/registers.py, one 32-register block per camera.
+Both show the register map of edge/bridge/registers.py, one 64-register block per camera.
 
 Server (`ModbusServer`): the PLC reads holding registers (FC3) or input registers (FC4) — the same
-words. Our image is kept here, under a lock, and copied into pymodbus's store inside the request
-(the device's `action` hook), so a read of a whole block is one consistent snapshot, never half of
-one decision and half of the next. The map is read-only: a write (FC5/6/15/16) is answered with
-exception 02 (illegal data address) and logged; it changes nothing.
+words — and the same words bit by bit with FC1/FC2: bit address 16 × r + b is bit b (0 = least
+significant) of register r, whatever the request's start address (camera i's status word is register
+64 i, its bits 1024 i + 0..15). Our image is kept here, under a lock, and copied into pymodbus's store
+inside the request (the device's `action` hook), so a read of a whole block is one consistent
+snapshot, never half of one decision and half of the next. The PLC may write (FC6/FC16) only its
+commands, offsets 40-45 of a camera's block: a part id and its trigger counter (a new trigger value
+hands the part id to the daemon; the daemon's answer shows in TRIGGER_ACK or TRIGGER_ERROR) and the
+seq of the last result it consumed. Any other write is answered with exception 02 (illegal data
+address), a bit write (FC5/FC15) with exception 01 (illegal function); both are logged and change
+nothing.
 
 Client (`ModbusClient`): every decision is written with one FC16 (write multiple registers) into the
-PLC's holding registers at `base_address + i × 32`, then, for a reject or a fault, the camera's reject
-coil is set (FC5) and cleared `pulse_ms` later; a reject during a pulse extends it. The decision
-counts as accepted once both writes returned without a Modbus exception. Health changes are written
-the same way; a PLC that cannot be reached is retried at the next change or decision.
+PLC's holding registers at `base_address + i × 64` (the 40 status words; the command words are the
+PLC's own), then, for a reject or a fault, the camera's reject coil is set (FC5) and cleared
+`pulse_ms` later; a reject during a pulse extends it. The decision counts as accepted once both
+writes returned without a Modbus exception. Health changes are written the same way; a PLC that
+cannot be reached is retried at the next change or decision. With `read_commands_ms` set, the client
+also reads the PLC's command words (offsets 40-45) that often and acts on them as the server does.
 """
 
 import asyncio
@@ -25,6 +33,7 @@ from pydantic import field_validator
 from edge.transport import wire
 from edge.bridge import registers
 from edge.bridge.core import DeliveryError
+from edge.bridge.handshake import NOT_ANSWERED
 from edge.bridge.health import CameraState
 from edge.bridge.serving import serve_in_thread
 from edge.core.errors import ConfigError
@@ -64,6 +73,9 @@ class ModbusClientConfig(Section):
     reject_coil: int | None = 0  # camera i's coil is reject_coil + i; None: no coil
     pulse_ms: float = 200.0
     timeout_s: float = 1.0
+    # Set: read the PLC's command words (offsets 40-45 of each camera's block: part id, trigger, result
+    # ack) this often, as the server lets the PLC write them. Unset: the PLC hands over no part ids here.
+    read_commands_ms: float | None = None
 
     @field_validator("plc")
     @classmethod
@@ -85,10 +97,10 @@ class ModbusClientConfig(Section):
             raise ValueError("expected a Modbus address 0-65535")
         return value
 
-    @field_validator("pulse_ms", "timeout_s")
+    @field_validator("pulse_ms", "timeout_s", "read_commands_ms")
     @classmethod
-    def _positive(cls, value: float) -> float:
-        if not value > 0:
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
             raise ValueError("expected a positive number")
         return value
 
@@ -101,25 +113,91 @@ def _import_pymodbus():
 
 
 class _Image:
-    """Per camera: the last decision this protocol delivered and its result toggle, and the block."""
+    """Per camera: the last decision this protocol delivered and its result toggle, the PLC's commands,
+    the daemon's answer to the last trigger, and the block they make."""
 
     def __init__(self, cameras: list[str]):
         self.index = {camera: i for i, camera in enumerate(cameras)}
         self.last: dict[str, wire.Decision | None] = {camera: None for camera in cameras}
         self.toggle = {camera: False for camera in cameras}
+        self.state = {camera: CameraState(camera=camera) for camera in cameras}
+        self.commands = {camera: [0] * registers.COMMAND_WORDS for camera in cameras}
+        self.trigger_ack = {camera: 0 for camera in cameras}
+        self.trigger_error = {camera: "" for camera in cameras}
         self.words = [0] * (registers.BLOCK * len(cameras))
         for camera in cameras:
-            self.set(CameraState(camera=camera))
+            self.set(self.state[camera])
 
     def set(self, state: CameraState, decision: wire.Decision | None = None) -> list[int]:
         camera = state.camera
+        self.state[camera] = state
         if decision is not None:
             self.last[camera] = decision
             self.toggle[camera] = not self.toggle[camera]
-        block = registers.block(state, self.last[camera], self.toggle[camera])
+        return self.render(camera)
+
+    def render(self, camera: str) -> list[int]:
+        block = registers.block(self.state[camera], self.last[camera], self.toggle[camera], self.commands[camera],
+                                self.trigger_ack[camera], self.trigger_error[camera])
         start = self.index[camera] * registers.BLOCK
         self.words[start:start + registers.BLOCK] = block
         return block
+
+
+class _Commands:
+    """The PLC's command words of each camera (part id, trigger, result ack), however they reached us (a
+    write to the server, a read from the PLC by the client): a new trigger value hands the part id to the
+    daemon and its answer shows in the image; `shown(camera)` is called after that (the client then writes
+    it into the PLC)."""
+
+    _TRIGGER = registers.CMD_TRIGGER - registers.COMMAND
+    _PART = registers.CMD_PART_ID - registers.COMMAND
+    _ACK = registers.CMD_RESULT_ACK - registers.COMMAND
+
+    def __init__(self, image: _Image, lock: threading.Lock, controls, shown=lambda camera: None):
+        self.image, self.lock, self.controls, self.shown = image, lock, controls, shown
+
+    def apply(self, camera: str, start: int, values: list[int], acknowledged: bool) -> None:
+        """Words `values` at command offset `start` (0 = CMD_PART_ID); `acknowledged`: the PLC wrote the
+        result ack (a write of the same seq again still acknowledges)."""
+        with self.lock:
+            commands = self.image.commands[camera]
+            before = list(commands)
+            commands[start:start + len(values)] = [int(v) & 0xFFFF for v in values]
+            self.image.render(camera)
+        if commands[self._TRIGGER] != before[self._TRIGGER]:
+            self._trigger(camera, commands[self._TRIGGER], registers.read_number(commands, self._PART, 2))
+        if acknowledged and self.controls is not None:
+            self.controls.acknowledge_result(camera, registers.read_number(commands, self._ACK, 2))
+
+    def _trigger(self, camera: str, trigger: int, part_number: int) -> None:
+        if part_number == 0 or self.controls is None:
+            self._answered(camera, trigger, "bad_part_id")
+            camera_log(__name__, camera).warning("Modbus trigger %d with part id 0: expected a part id 1-4294967294 "
+                                                 "in the two registers before the trigger", trigger)
+            return
+
+        def answered(future) -> None:
+            reply = future.result()
+            self._answered(camera, trigger, "" if reply.accepted else
+                           "no_answer" if reply.job == NOT_ANSWERED else "refused")
+            if not reply.accepted:
+                camera_log(__name__, camera).warning("Modbus trigger %d, part %d: %s", trigger, part_number,
+                                                     reply.error)
+
+        self.controls.request_part(camera, str(part_number)).add_done_callback(answered)
+
+    def _answered(self, camera: str, trigger: int, error: str) -> None:
+        with self.lock:
+            if not error:
+                self.image.trigger_ack[camera] = trigger
+            self.image.trigger_error[camera] = error
+            self.image.render(camera)
+        self.shown(camera)
+
+
+_READ_BITS, _READ_WORDS, _WRITE_BITS = (1, 2), (3, 4), (5, 15)
+_WRITABLE = (registers.CMD_PART_ID, registers.CMD_RESULT_ACK + 2)  # [first, end) offsets the PLC may write
 
 
 class ModbusServer:
@@ -130,18 +208,20 @@ class ModbusServer:
         self.host, self.port = parse_host_port(config.listen, "modbus_server.listen")
         self._lock = threading.Lock()
         self._image: _Image | None = None
+        self._commands: _Commands | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server = None
         self._thread: threading.Thread | None = None
         self.refused_writes = 0
 
-    def start(self, cameras: list[str]) -> None:
+    def start(self, cameras: list[str], controls=None) -> None:
         from pymodbus.server import ModbusTcpServer
         from pymodbus.simulator import DataType, SimData, SimDevice
 
         self._image = _Image(cameras)
+        self._commands = _Commands(self._image, self._lock, controls)
         device = SimDevice(id=0, simdata=[SimData(0, count=len(self._image.words), datatype=DataType.REGISTERS)],
-                           action=self._access)
+                           use_bit_addressing=True, action=self._access)
         async def setup() -> None:
             self._server = ModbusTcpServer(device, address=(self.host, self.port))
             await self._server.serve_forever(background=True)
@@ -160,16 +240,34 @@ class ModbusServer:
                  len(cameras), registers.BLOCK)
 
     async def _access(self, function_code, start_address, address, count, current, values):
+        """pymodbus's hook, inside each request: `address` is a bit address for FC1/2/5/15 and `count`
+        then the number of registers those bits lie in."""
         from pymodbus.constants import ExcCodes
 
-        if values is not None:
+        if function_code in _WRITE_BITS:
             self.refused_writes += 1
-            log.warning("Modbus server: refused a write (function %d, address %d, %d values): the register map "
-                        "is read-only", function_code, address, count)
-            return ExcCodes.ILLEGAL_ADDRESS
-        offset = address - start_address
+            log.warning("Modbus server: refused a bit write (function %d, address %d): the bits are a read-only "
+                        "view of the registers", function_code, address)
+            return ExcCodes.ILLEGAL_FUNCTION
+        first = address // 16 if function_code in _READ_BITS else address
+        if values is not None:
+            return self._command(first, values, ExcCodes.ILLEGAL_ADDRESS)
+        offset = first - start_address
         with self._lock:
-            current[offset:offset + count] = self._image.words[address:address + count]
+            current[offset:offset + count] = self._image.words[first:first + count]
+        return None
+
+    def _command(self, address: int, values: list, refused):
+        """A PLC's write: only into one camera's command words."""
+        camera_index, offset = divmod(address, registers.BLOCK)
+        if not (_WRITABLE[0] <= offset and offset + len(values) <= _WRITABLE[1]) or camera_index >= len(self._image.index):
+            self.refused_writes += 1
+            log.warning("Modbus server: refused a write of %d register(s) at %d: only offsets %d-%d of a camera's "
+                        "block (its commands) are writable", len(values), address, _WRITABLE[0], _WRITABLE[1] - 1)
+            return refused
+        camera = list(self._image.index)[camera_index]
+        self._commands.apply(camera, offset - registers.COMMAND, values,
+                             acknowledged=offset + len(values) > registers.CMD_RESULT_ACK)
         return None
 
     def deliver(self, decision: wire.Decision, state: CameraState) -> None:
@@ -202,15 +300,57 @@ class ModbusClient:
         self._pulser: threading.Thread | None = None
         self._unreachable_logged_at = -float("inf")
         self._failed_at = -float("inf")
+        self._commands: _Commands | None = None
+        self._reader: threading.Thread | None = None
+        self._stopped = threading.Event()
 
-    def start(self, cameras: list[str]) -> None:
+    def start(self, cameras: list[str], controls=None) -> None:
         from pymodbus.client import ModbusTcpClient
 
         self._image = _Image(cameras)
+        self._commands = _Commands(self._image, self._lock, controls, shown=self._show_answer)
         # retries=0: a refused write is the core's to retry, in order, with the newest state
         self._client = ModbusTcpClient(self.host, port=self.port, timeout=self.config.timeout_s, retries=0)
         self._pulser = threading.Thread(target=self._pulse_loop, name="modbus-reject-coil", daemon=True)
         self._pulser.start()
+        if self.config.read_commands_ms is not None:
+            self._reader = threading.Thread(target=self._read_commands, name="modbus-commands", daemon=True)
+            self._reader.start()
+
+    def _read_commands(self) -> None:
+        """Poll each camera's command words in the PLC; the first read of each is its baseline (a trigger
+        value already there when the bridge starts hands nothing over)."""
+        seen: dict[str, list[int]] = {}
+        period = self.config.read_commands_ms / 1000
+        while not self._stopped.wait(period):
+            for camera, index in self._image.index.items():
+                address = self.config.base_address + index * registers.BLOCK + registers.COMMAND
+                try:
+                    with self._lock:
+                        if not self._client.connected and time.monotonic() - self._failed_at < SHOW_BACKOFF_S:
+                            continue
+                        words = self._call(f"reading the commands at {address}", "read_holding_registers", address,
+                                           count=_WRITABLE[1] - _WRITABLE[0]).registers
+                except DeliveryError as error:
+                    log.debug("%s", error)
+                    continue
+                if camera not in seen:
+                    seen[camera] = list(words)
+                    with self._lock:
+                        self._image.commands[camera][:len(words)] = words
+                    continue
+                if words != seen[camera]:
+                    acknowledged = words[4:6] != seen[camera][4:6]
+                    seen[camera] = list(words)
+                    self._commands.apply(camera, 0, words, acknowledged)
+
+    def _show_answer(self, camera: str) -> None:
+        """The daemon's answer to a trigger, into the PLC with the rest of the status words."""
+        with self._lock:
+            try:
+                self._write_block(camera, self._image.render(camera))
+            except DeliveryError as error:
+                camera_log(__name__, camera).warning("%s (the trigger's answer is written with the next state)", error)
 
     def _call(self, what: str, method: str, *args, **kwargs):
         """One request; raises DeliveryError naming the PLC and what failed. Call under `_lock`."""
@@ -232,7 +372,9 @@ class ModbusClient:
 
     def _write_block(self, camera: str, block: list[int]) -> None:
         address = self.config.base_address + self._image.index[camera] * registers.BLOCK
-        self._call(f"writing registers {address}..{address + registers.BLOCK - 1}", "write_registers", address, block)
+        # the status words only: the command words are the PLC's own
+        self._call(f"writing registers {address}..{address + registers.STATUS_WORDS - 1}", "write_registers", address,
+                   block[:registers.STATUS_WORDS])
 
     def deliver(self, decision: wire.Decision, state: CameraState) -> None:
         with self._lock:
@@ -286,6 +428,9 @@ class ModbusClient:
                     log.error("%s while closing", error)
 
     def close(self) -> None:
+        self._stopped.set()
+        if self._reader is not None:
+            self._reader.join(5)
         with self._lock:
             self._closing = True
             self._wake.notify()

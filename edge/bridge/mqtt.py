@@ -3,8 +3,10 @@
 Topics (`prefix` default "hlgfa", `bridge_id` default the host name):
 
     {prefix}/{bridge_id}/status              "online" / "offline"  retained, QoS 1; "offline" is the Last Will
-    {prefix}/{bridge_id}/{camera}/decision   one JSON object per decision (the wire's fields)   QoS 1
-    {prefix}/{bridge_id}/{camera}/health     JSON health and counters, on change and each heartbeat  retained, QoS 1
+    {prefix}/{bridge_id}/{camera}/decision   one JSON object per decision (the wire's fields: the part's
+                                             verdict, reason and part id)                        QoS 1
+    {prefix}/{bridge_id}/{camera}/health     JSON health (the system's signal) and counters, on change and
+                                             each heartbeat                                      retained, QoS 1
     {prefix}/{bridge_id}/{camera}/fault      JSON {code, message, ...} for each fault the daemon reports  QoS 1
 
 A decision counts as accepted when the broker's PUBACK for it arrived (paho's on_publish). While the
@@ -97,7 +99,7 @@ class Mqtt:
         self._faults_sent: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def start(self, cameras: list[str]) -> None:
+    def start(self, cameras: list[str], controls=None) -> None:  # MQTT only publishes: no PLC commands
         import paho.mqtt.client as mqtt
 
         config = self.config
@@ -203,7 +205,8 @@ class Mqtt:
         health = {"camera": state.camera, "healthy": state.healthy, "reason": state.reason,
                   "reason_code": state.reason_code, "ready": state.ready, "busy": state.busy, "fault": state.fault,
                   "session": state.session, "heartbeats": state.heartbeats, "counts": state.counts,
-                  "thresholds_version": state.thresholds_version, "wall_ns": time.time_ns()}
+                  "thresholds_version": state.thresholds_version, "recent_faults": state.recent_faults,
+                  "parts_pending": state.parts_pending, "late_results": state.late_results, "wall_ns": time.time_ns()}
         self._client.publish(f"{self.base}/{state.camera}/health", json.dumps(health, separators=(",", ":")),
                              qos=1, retain=True)
 

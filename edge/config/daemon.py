@@ -11,6 +11,7 @@
                                                                              (edge/transport/publisher.py)
     [health]    metrics_port, metrics_address                                (here: the service is above us)
     [quality]   per-statistic overrides of the calibrated frame-quality ranges (edge/imaging/quality.py)
+    [parts]     part ids from the PLC: timeout_s, acquire                   (edge/inspection/parts.py)
     [logging]   level, and levels per logger, e.g. levels = {"edge.transport.publisher" = "debug"}
                                                                              (edge/core/logs.py)
 
@@ -41,6 +42,7 @@ from edge.backends.torch import TorchConfig
 from edge.core.logs import LoggingConfig
 from edge.core.settings import Section, load, resolve_paths
 from edge.imaging.quality import QualityConfig
+from edge.inspection.parts import PartsConfig
 from edge.inspection.pipeline import PipelineConfig
 from edge.sources.factory import FolderSourceConfig, SourceConfig
 from edge.transport import wire
@@ -96,6 +98,7 @@ class DaemonConfig(Section):
     health: HealthConfig = Field(default_factory=HealthConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    parts: PartsConfig = Field(default_factory=PartsConfig)
 
     @field_validator("camera")
     @classmethod

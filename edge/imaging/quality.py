@@ -25,10 +25,14 @@ calibration, evaluation and the daemon):
   in range).
 - `width`, `height`: of the raw frame (a 1×1 frame, a changed region of interest).
 - `map_mean`: the mean of the anomaly map the model returns. An out-of-distribution statistic that
-  needs no change to the model graph and works with whatever map it returns: a frame of another
-  product, a moved camera or a blank frame moves it far from the good parts' range, in either
-  direction (which is why every range has two ends). Checked after inference; the image
-  statistics before, so an unusable frame does not cost an inference.
+  needs no change to the model graph and works with whatever map it returns. Checked after
+  inference; the image statistics before, so an unusable frame does not cost an inference. Its two
+  ends mean different things. Below the range the map is *less* anomalous than every good part's:
+  nothing a defect does, so the frame is not one the model can judge (a fault). Above the range the
+  map is anomalous everywhere; but a frame whose image statistics are in range *is* judgeable, and a
+  part anomalous everywhere (an unseen fray across the whole tile, a stained cell) is a `reject`
+  with that reason (`anomalous_everywhere`), never a fault: a fault says "this frame could not be
+  judged", and a real defect must not read as a camera problem.
 
 Ranges are fitted on calibration normals (`calibrate/quality_fit.py`), stored in the thresholds
 file (key `quality`, bound to the model like the thresholds), and each can be overridden in the
@@ -129,6 +133,31 @@ def out_of_range(stats: Mapping[str, float], ranges: Mapping[str, tuple[float, f
         value = stats[name]
         if not (math.isfinite(value) and low <= value <= high):
             return f"{name} {value:.6g} outside the calibrated range {format_range(low, high)}"
+    return None
+
+
+def unjudgeable(stats: Mapping[str, float], ranges: Mapping[str, tuple[float, float]]) -> str | None:
+    """None when the gate lets the frame be judged; otherwise the message of the first statistic that
+    says it cannot be: an image statistic outside its range, or a map statistic *below* its range (a map
+    above its range is `anomalous_everywhere`, a judgeable part)."""
+    for name in STATISTICS:
+        if name not in ranges or name not in stats:
+            continue
+        low, high = ranges[name]
+        value = stats[name]
+        if name in MAP_STATISTICS and math.isfinite(value) and value > high:
+            continue
+        if (message := out_of_range({name: value}, {name: (low, high)})) is not None:
+            return message
+    return None
+
+
+def anomalous_everywhere(stats: Mapping[str, float], ranges: Mapping[str, tuple[float, float]]) -> str | None:
+    """The message when a map statistic lies above its range (the part is anomalous everywhere: a
+    reject, whatever its score), else None."""
+    for name in MAP_STATISTICS:
+        if name in ranges and name in stats and math.isfinite(stats[name]) and stats[name] > ranges[name][1]:
+            return f"{name} {stats[name]:.6g} above the calibrated range {format_range(*ranges[name])}: anomalous everywhere"
     return None
 
 

@@ -23,13 +23,14 @@ import numpy as np
 from edge.imaging import quality
 
 from edge.transport import wire
-from edge.inspection.decide import FAULT, decide
+from edge.inspection.decide import FAULT, OK, REJECT, decide
 from edge.inspection.drift import DriftWatch
 from edge.core.errors import HlgfaError, OutputError
 from edge.core.frame import Frame
 
 if TYPE_CHECKING:
     from edge.core.logs import CameraLog
+    from edge.inspection.parts import PartTracker
 
 
 class Deadline:
@@ -62,6 +63,7 @@ class Item:
     deadline_ns: int
     tensor: np.ndarray | None = None
     seconds: dict = field(default_factory=dict)
+    part_id: str | None = None  # the PLC's part id for this frame (edge/inspection/parts.py), if it gave one
 
 
 @dataclass(eq=False)
@@ -100,7 +102,7 @@ class Concluder:
     `fail(error)` is told when decisions can no longer be published; the pipeline then stops."""
 
     def __init__(self, camera: str, settings: VerdictSettings, thresholds, model_hash: str, publisher, health,
-                 fail: Callable[[HlgfaError], None], log: CameraLog):
+                 fail: Callable[[HlgfaError], None], log: CameraLog, parts: PartTracker | None = None):
         self.camera = camera
         self.model_hash = model_hash
         self.publisher = publisher
@@ -117,12 +119,14 @@ class Concluder:
         self._conclude_lock = threading.Lock()
         self._open: dict[int, Item] = {}
         self._next_key = 0
+        self.parts = parts
 
     # --------------------------------------------------------------------------------- ledger
 
     def register(self, frame: Frame) -> Item:
         with self._lock:
-            item = Item(self._next_key, frame, self.deadline.of(frame))
+            item = Item(self._next_key, frame, self.deadline.of(frame),
+                        part_id=None if self.parts is None else self.parts.bind())
             self._next_key += 1
             self._open[item.key] = item
         return item
@@ -171,8 +175,8 @@ class Concluder:
         if kind is None:
             if (late := self.deadline.missed(result.item, "score ready")) is not None:
                 kind, message = "deadline", late
-            elif criteria.map_ranges and result.anomaly_map is not None and (unusable := quality.out_of_range(
-                    quality.map_stats(result.anomaly_map), criteria.map_ranges)) is not None:
+            elif criteria.map_ranges and result.anomaly_map is not None and (unusable := quality.unjudgeable(
+                    map_stats := quality.map_stats(result.anomaly_map), criteria.map_ranges)) is not None:
                 # out of distribution: another product, a moved camera
                 kind, message = "frame_quality", unusable
             else:
@@ -181,6 +185,9 @@ class Concluder:
                 except Exception as error:
                     kind, message = "decide", f"{type(error).__name__}: {error}"
                 else:
+                    if verdict.verdict == OK and criteria.map_ranges and result.anomaly_map is not None and (
+                            everywhere := quality.anomalous_everywhere(map_stats, criteria.map_ranges)) is not None:
+                        return REJECT, everywhere, None, verdict.largest_region_px
                     if verdict.verdict != FAULT:
                         return verdict.verdict, verdict.reason, None, verdict.largest_region_px
                     kind, message = "decide", verdict.reason
@@ -197,7 +204,8 @@ class Concluder:
             score=score, threshold=float(criteria.thresholds.image_threshold),
             device_timestamp_ns=int(frame.device_timestamp_ns), receive_ns=int(frame.receive_ns),
             decision_ns=decision_ns, latency_ms=(decision_ns - frame.receive_ns) / 1e6,
-            model_hash=self.model_hash, thresholds_version=criteria.thresholds.version, region_px=int(region_px))
+            model_hash=self.model_hash, thresholds_version=criteria.thresholds.version, region_px=int(region_px),
+            part_id=item.part_id)
         try:
             decision = self.publisher.publish_decision(decision, result.anomaly_map if kind is None and self._maps
                                                        else None, at_handover=lambda d: self._at_handover(item, d))
@@ -224,6 +232,27 @@ class Concluder:
         if decision.verdict == FAULT or (late := self.deadline.missed(item, "handed to the socket", now)) is None:
             return decision
         return replace(decision, verdict=FAULT, reason=f"deadline: {late}", region_px=0)
+
+    def conclude_missing_parts(self) -> int:
+        """Publish a fault decision for each part id no frame was read for (edge/inspection/parts.py)."""
+        missing = [] if self.parts is None else self.parts.missing()
+        for part in missing:
+            now_ns = time.monotonic_ns()
+            thresholds = self.criteria.thresholds
+            decision = wire.Decision(
+                camera=self.camera, frame_id=wire.NO_FRAME, verdict=FAULT, reason=f"part_missing: {part.message}",
+                score=None, threshold=float(thresholds.image_threshold), device_timestamp_ns=0, receive_ns=now_ns,
+                decision_ns=now_ns, latency_ms=0.0, model_hash=self.model_hash, thresholds_version=thresholds.version,
+                part_id=part.part_id)
+            self._log.warning("part %r: %s", part.part_id, part.message)
+            self.health.fault("part_missing")
+            with self._conclude_lock:
+                try:
+                    self.publisher.publish_decision(decision)
+                    self.publisher.publish_fault("part_missing", decision.reason)
+                except Exception as error:
+                    self._fail(OutputError(f"cannot publish: {error}"))
+        return len(missing)
 
     def report_fault(self, code: str, message: str, frame_id: int | None = None) -> None:
         """A fault not tied to one frame's verdict: fault topic + metrics + log."""

@@ -27,6 +27,7 @@ from edge.imaging import quality
 from edge.transport import wire
 from edge.backends.base import BackendSettings
 from edge.inspection.conclude import Concluder, Item, Result, VerdictSettings
+from edge.inspection.parts import PartTracker
 from edge.core.errors import HlgfaError, StageError
 from edge.core.frame import FRAME_ID_LIMIT, Frame, is_frame_id
 from edge.core.logs import camera_log
@@ -104,7 +105,8 @@ class Pipeline:
 
     def __init__(self, camera: str, settings: PipelineConfig, source, read_timeout_s: float, backend,
                  backend_factory: Callable[[], object] | None, backend_settings: BackendSettings, spec: PreprocessSpec,
-                 verdicts: VerdictSettings, thresholds, publisher, health, model_hash: str, source_open: bool = True):
+                 verdicts: VerdictSettings, thresholds, publisher, health, model_hash: str, source_open: bool = True,
+                 parts: PartTracker | None = None):
         if settings.overload not in ("fault", "block"):
             raise ValueError(f"pipeline overload policy {settings.overload!r}: expected fault or block")
         self.source = source
@@ -115,7 +117,10 @@ class Pipeline:
         self.max_batch = backend_settings.max_batch
         self.overload = settings.overload
         self.read_timeout_s = read_timeout_s
-        self.concluder = Concluder(camera, verdicts, thresholds, model_hash, publisher, health, self._fail, self.log)
+        self.concluder = Concluder(camera, verdicts, thresholds, model_hash, publisher, health, self._fail, self.log,
+                                   parts)
+        # "per_part": read a frame only while the PLC has a part armed (edge/inspection/parts.py)
+        self._read_per_part = parts is not None and parts.per_part
         self.supervisor = BackendSupervisor(backend, backend_factory, backend_settings,
                                             self.concluder.report_fault, self.log)
         self._source_open = source_open
@@ -253,6 +258,8 @@ class Pipeline:
                 if self.settings.max_frames is not None and self.reads >= self.settings.max_frames:
                     break
                 self._wait_for_room()
+                if self._read_per_part and not self.concluder.parts.wait_armed(_POLL_S):
+                    continue  # no part before the camera: nothing to read (heartbeats go on)
                 stage.busy_since = time.monotonic()
                 try:
                     if not self._source_open:

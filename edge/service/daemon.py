@@ -91,6 +91,7 @@ class Daemon:
         from edge.transport.publisher import Publisher
         from edge.sources.factory import build_source
         from edge.artifacts.thresholds import load_thresholds
+        from edge.inspection.parts import PartTracker
 
         config = self.config
         info = load_model_info(config.model)
@@ -98,8 +99,9 @@ class Daemon:
         spec = info.preprocess
         closers: list[Callable[[], None]] = []
         code = 0
+        parts = PartTracker(config.parts)
         try:
-            self.publisher = Publisher(config.camera, config.publish, spec.input_size)
+            self.publisher = Publisher(config.camera, config.publish, spec.input_size, on_part=parts.arm)
             closers.append(self.publisher.close)
             self.health = Health(config.camera, config.health.metrics_port, config.health.metrics_address)
             closers.append(self.health.close)
@@ -121,7 +123,7 @@ class Daemon:
                 config.source.timeout_s, backend,
                 lambda: self._open_backend(info.model_hash, self.pipeline.concluder.thresholds), config.backend, spec,
                 VerdictSettings(config.pipeline.deadline_ms, config.publish.maps, config.quality.overrides()),
-                thresholds, self.publisher, self.health, info.model_hash, source_open=source_open)
+                thresholds, self.publisher, self.health, info.model_hash, source_open=source_open, parts=parts)
             self.health.model_info(model_hash=info.model_hash, thresholds_version=thresholds.version,
                                    backend=getattr(backend, "kind", "?"))
             self.pipeline.start()
@@ -182,6 +184,7 @@ class Daemon:
                 # No more watchdog pings or heartbeats: systemd and the PLC bridge both fail safe.
                 self.log.error("pipeline unhealthy: %s", "; ".join(problems))
                 return (pipeline.fatal or StageError("pipeline unhealthy")).exit_code
+            pipeline.concluder.conclude_missing_parts()
             if pipeline.done:
                 return 0
             for stage, depth in pipeline.queue_depths().items():

@@ -68,6 +68,7 @@ SUBSCRIPTION_POLL_MS = 50
 MAX_MAP_SIDE = 4096
 # A fixed uint8 map scale's ends lie within ± this (model map values are O(1..100)).
 MAX_MAP_VALUE = 1e9
+_U64 = (1 << 64) - 1
 
 
 class PublishConfig(Section):
@@ -147,11 +148,14 @@ class _Pending:
 
 class Publisher:
     def __init__(self, camera: str, config: PublishConfig, model_map_size: tuple[int, int] | None = None,
-                 on_ack_rtt_ns=None):
+                 on_ack_rtt_ns=None, on_part=None):
         """Camera `camera`'s output, as its `[publish]` section says. Maps go out at
         `publish.map_size`, or at `model_map_size` (None: as they come) when that says "model".
         `on_ack_rtt_ns(ns)`, when given, is called from the I/O thread with each decision's
-        publish-to-ACK time (bench/bench_publish.py); the daemon keeps no per-ACK history."""
+        publish-to-ACK time (bench/bench_publish.py); the daemon keeps no per-ACK history.
+        `on_part(request) -> error or None` is called from the I/O thread with each part id the bridge
+        hands over (`wire.PartRequest`) and its answer goes back to the bridge; without it part ids
+        are refused."""
         import zmq
 
         wire.check_camera(camera)
@@ -176,6 +180,7 @@ class Publisher:
         self._closed = False
         self._authenticator = None
         self._on_ack_rtt_ns = on_ack_rtt_ns
+        self._on_part = on_part
         self._reliable_stats: dict | None = None
         self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         # The bridge that owns the acknowledged channel: its identity, address, CURVE key (or None)
@@ -273,7 +278,8 @@ class Publisher:
             frames = wire.encode(decision)
             self._send(frames)
             if self._router is not None:
-                self._handover([_DECISION, _SEQ_FRAME.pack(decision.seq, decision.frame_id), *frames])
+                # masked: a part with no frame has frame id NO_FRAME (-1); the id here is only for log lines
+                self._handover([_DECISION, _SEQ_FRAME.pack(decision.seq, decision.frame_id & _U64), *frames])
         if anomaly_map is not None and decision.verdict != "fault":
             map_message = wire.make_map(self.camera, decision.frame_id, anomaly_map, self.map_size,
                                         self.config.map_format, self.map_value_range)
@@ -528,6 +534,12 @@ class Publisher:
                     continue
                 self._peer_heard_ns = time.monotonic_ns()
                 self._on_ack(frames[2], address)
+            elif verb == wire.RELIABLE_PART and len(frames) == 3:
+                if identity != self._peer:
+                    self._refuse(identity, address, "part", "part ids count only from the bridge that owns the channel")
+                    continue
+                self._peer_heard_ns = time.monotonic_ns()
+                self._answer_part(identity, frames[2])
             else:
                 self._peer_log.log(self.log, logging.WARNING, (address, "verb"),
                                    "reliable channel: ignoring a message with verb %r from %s", verb[:20], address)
@@ -596,6 +608,27 @@ class Publisher:
             self._rel_counts["acked"] += 1
             if self._on_ack_rtt_ns is not None:
                 self._on_ack_rtt_ns(time.monotonic_ns() - pending.first_sent_ns)
+
+    def _answer_part(self, identity: bytes, body: bytes) -> None:
+        """Arm the part a bridge handed over (or refuse it, saying why) and answer that bridge."""
+        try:
+            request = wire.decode_part_request(body)
+        except wire.WireError as error:
+            self.log.warning("reliable channel: malformed %s", error)
+            return  # no job number to answer to: the bridge times the request out
+        if request.session != self.session:
+            error = (f"part id {request.part_id!r} was sent to daemon session {request.session}, this is session "
+                     f"{self.session} (the daemon restarted in between)")
+        elif self._on_part is None:
+            error = "this publisher takes no part ids"
+        else:
+            error = self._on_part(request)
+        reply = wire.PartReply(request.part_id, request.job, request.origin, error is None, error or "")
+        try:
+            self._router.send_multipart([identity, wire.RELIABLE_PART_ACK, wire.encode_part_reply(reply)],
+                                        flags=self._zmq.NOBLOCK)
+        except self._zmq.ZMQError as error:  # Again or EHOSTUNREACH: the bridge resends the request
+            self.log.warning("cannot answer part id %r of job %d: %s", request.part_id, request.job, error)
 
     def _resend_due(self) -> None:
         if self._peer is None or not self._pending:

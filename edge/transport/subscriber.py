@@ -185,6 +185,9 @@ class ReliableClient(_Client):
     client keeps saying HELLO, so it takes the channel over when the owner falls silent. Its identity
     is random per client and kept across reconnects, so a dropped TCP connection does not cost it the
     channel.
+
+    `send_part(request)` hands the daemon a PLC's part id (docs/PROTOCOL.md); the daemon's answers are
+    collected in `part_replies` by `recv`.
     """
 
     def __init__(self, endpoint: str, curve: ClientCurve | None = None, hello_interval_s: float = 1.0,
@@ -209,13 +212,27 @@ class ReliableClient(_Client):
         self.refused: str | None = None
         self._refusals_log = RepeatLimiter()
         self.duplicates = 0
+        self.unsent = 0  # messages to the publisher ZeroMQ could not even queue (see _send)
         self._seen: dict[tuple[str, int], bool] = {}  # (session, seq) → acknowledged
         self._seen_order: collections.deque = collections.deque()
         self._remember = remember
+        self.part_replies: collections.deque[wire.PartReply] = collections.deque()  # answers to send_part
         self._hello()
 
+    def _send(self, frames: list) -> bool:
+        """Never blocks: with the publisher gone (or not reading) ZeroMQ queues up to the high-water mark
+        and would then block the caller for ever. A message not queued is counted and False returned; what
+        it carried comes round again (an ACK is sent again by the caller, a HELLO is due again, a part's job
+        is resent or times out)."""
+        try:
+            self.socket.send_multipart(frames, flags=self._zmq.NOBLOCK)
+            return True
+        except self._zmq.Again:
+            self.unsent += 1
+            return False
+
     def _hello(self) -> None:
-        self.socket.send_multipart([wire.RELIABLE_HELLO, str(wire.SCHEMA_VERSION).encode()])
+        self._send([wire.RELIABLE_HELLO, str(wire.SCHEMA_VERSION).encode()])
         self._last_hello = time.monotonic()
 
     def recv(self, timeout: float | None) -> wire.Decision | None:
@@ -233,6 +250,9 @@ class ReliableClient(_Client):
                     self.refused = b" ".join(frames[1:2]).decode("utf-8", "replace")
                     self._refusals_log.log(log, logging.WARNING, "refused", "acknowledged channel %s: refused: %s",
                                            self.endpoint, self.refused)
+                    continue
+                if len(frames) == 2 and frames[0] == wire.RELIABLE_PART_ACK:
+                    self.part_replies.append(wire.decode_part_reply(frames[1]))
                     continue
                 if len(frames) < 2 or frames[0] != wire.RELIABLE_DECISION:
                     raise wire.WireError(f"reliable channel: message starting {frames[0][:20]!r}, expected DECISION")
@@ -262,11 +282,17 @@ class ReliableClient(_Client):
         if len(self._seen_order) > self._remember:
             self._seen.pop(self._seen_order.popleft(), None)
 
-    def ack(self, decision: wire.Decision) -> None:
+    def send_part(self, request: wire.PartRequest) -> None:
+        """Hand a PLC's part id to the daemon; its answer arrives in `part_replies` during `recv`."""
+        self._send([wire.RELIABLE_PART, wire.encode_part_request(request)])
+
+    def ack(self, decision: wire.Decision) -> bool:
+        """False when ZeroMQ could not queue the ACK (the publisher is gone or not reading): acknowledge
+        it again later, or the publisher resends the decision."""
         key = (decision.session, decision.seq)
         if key in self._seen:
-            self._seen[key] = True
-        self.socket.send_multipart([wire.RELIABLE_ACK, wire.ack_body(decision.session, decision.seq)])
+            self._seen[key] = True  # acted on: a resend is acknowledged again, whether this ACK left or not
+        return self._send([wire.RELIABLE_ACK, wire.ack_body(decision.session, decision.seq)])
 
 
 

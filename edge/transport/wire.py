@@ -43,6 +43,16 @@ MAP_DTYPES = {"uint8": np.dtype("u1"), "float16": np.dtype("<f2")}
 # channel. PING (daemon → bridge, nothing else): is the owner still connected? The bridge ignores it.
 RELIABLE_HELLO, RELIABLE_DECISION, RELIABLE_ACK = b"HELLO", b"DECISION", b"ACK"
 RELIABLE_REFUSED, RELIABLE_PING = b"REFUSED", b"PING"
+# The PLC's part ids on the same channel, bridge → daemon and the daemon's answer (docs/PROTOCOL.md).
+RELIABLE_PART, RELIABLE_PART_ACK = b"PART", b"PART_ACK"
+# The fault kinds that concern one part (a decision with verdict "fault" names one in its reason, and the
+# fault topic repeats it with the frame id): the part is diverted, the line goes on. Every other fault
+# code concerns the system (camera lost, backend restarted, buffer full, ...).
+PART_FAULTS = ("frame_error", "preprocess", "frame_quality", "overload", "deadline", "backend", "decide",
+               "shutdown", "part_missing")
+# The frame id of a decision on a part the daemon never saw a frame for (reason "part_missing: ...").
+NO_FRAME = -1
+PART_ID_MAX_CHARS = 64
 
 # fullmatch, never match with "$": "$" also matches before a final newline, and "line1\n" is no camera name.
 _CAMERA_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -64,6 +74,13 @@ def parse_ack_body(body: bytes) -> tuple[str, int]:
         return session, int(seq)
     except (UnicodeDecodeError, ValueError):
         raise WireError(f"ACK {body[:60]!r}: expected b'SESSION:SEQ'") from None
+
+
+def check_part_id(part_id: object, where: str = "part id") -> str:
+    """A PLC's part id: 1-64 printable characters (a number, a serial, a DMC code's text)."""
+    if not isinstance(part_id, str) or not 1 <= len(part_id) <= PART_ID_MAX_CHARS or not part_id.isprintable():
+        raise WireError(f"{where} {part_id!r}: expected 1-{PART_ID_MAX_CHARS} printable characters")
+    return part_id
 
 
 def check_camera(camera: object) -> str:
@@ -131,6 +148,77 @@ class Decision:
     session: str = ""
     seq: int = 0
     wall_ns: int = 0
+    # optional: the part id the PLC handed over for this frame (docs/PLC.md), None when it gave none
+    part_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PartRequest:
+    """Bridge → daemon on the acknowledged channel: the next frame is part `part_id`. `job` counts the
+    requests of one bridge run (`origin`, random per start), so a resent request is answered again
+    without arming the part twice; `session` is the daemon session the bridge last heard from, so a
+    request queued while the daemon restarted is refused instead of binding a later frame."""
+
+    part_id: str
+    job: int
+    origin: str
+    session: str
+
+
+@dataclass(frozen=True)
+class PartReply:
+    """Daemon → bridge: request `job` of `origin` was armed (`accepted`) or refused, with `error` saying why."""
+
+    part_id: str
+    job: int
+    origin: str
+    accepted: bool
+    error: str = ""
+
+
+def encode_part_request(request: PartRequest) -> bytes:
+    check_part_id(request.part_id)
+    if not _SESSION_RE.fullmatch(request.origin) or not _SESSION_RE.fullmatch(request.session):
+        raise WireError(f"PART origin {request.origin!r} / session {request.session!r}: expected 16 lowercase hex digits")
+    return _dumps({"schema": SCHEMA_VERSION, **asdict(request)})
+
+
+def encode_part_reply(reply: PartReply) -> bytes:
+    return _dumps({"schema": SCHEMA_VERSION, **asdict(reply)})
+
+
+def _part_body(body: bytes, verb: str) -> tuple[dict, str]:
+    where = f"{verb} message {body[:80]!r}"
+    try:
+        header = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise WireError(f"{where}: not UTF-8 JSON") from None
+    if not isinstance(header, dict):
+        raise WireError(f"{where}: expected a JSON object")
+    if header.get("schema") != SCHEMA_VERSION:
+        raise WireError(f"{where}: schema {header.get('schema')!r}, this decoder reads schema {SCHEMA_VERSION}")
+    job = _field(header, "job", int, where)
+    if job < 1:
+        raise WireError(f"{where}: job {job}, expected ≥ 1")
+    origin = _field(header, "origin", str, where)
+    if not _SESSION_RE.fullmatch(origin):
+        raise WireError(f"{where}: origin {origin!r}, expected 16 lowercase hex digits")
+    return header, where
+
+
+def decode_part_request(body: bytes) -> PartRequest:
+    header, where = _part_body(body, "PART")
+    session = _field(header, "session", str, where)
+    if not _SESSION_RE.fullmatch(session):
+        raise WireError(f"{where}: session {session!r}, expected 16 lowercase hex digits")
+    return PartRequest(check_part_id(_field(header, "part_id", str, where), f"{where}: part_id"), header["job"],
+                       header["origin"], session)
+
+
+def decode_part_reply(body: bytes) -> PartReply:
+    header, where = _part_body(body, "PART_ACK")
+    return PartReply(_field(header, "part_id", str, where), header["job"], header["origin"],
+                     _field(header, "accepted", bool, where), _field(header, "error", str, where))
 
 
 @dataclass(frozen=True)
@@ -353,6 +441,8 @@ def encode(message: Message) -> list[bytes]:
                             f"{message.verdict!r} with score {message.score!r} and threshold "
                             f"{message.threshold!r}; only a fault may lack a finite score and threshold")
         body["latency_ms"] = float(message.latency_ms)
+        if message.part_id is not None:
+            check_part_id(message.part_id, f"decision for camera {message.camera!r} frame {message.frame_id}: part_id")
     header.update(body)
     return [topic_frame, _dumps(header)]
 
@@ -372,6 +462,11 @@ def _field(header: dict, key: str, types, where: str, optional: bool = False):
         names = "/".join(t.__name__ for t in _as_tuple(types))
         raise WireError(f"{where}: field {key!r} is {value!r} ({type(value).__name__}), expected {names}")
     return value
+
+
+def _part_id(header: dict, where: str) -> str | None:
+    part_id = _field(header, "part_id", str, where, optional=True)
+    return None if part_id is None else check_part_id(part_id, f"{where}: part_id")
 
 
 def _as_tuple(types):
@@ -430,7 +525,7 @@ def decode(frames: list[bytes]) -> Message:
             latency_ms=float(_field(header, "latency_ms", _NUMBER, where)),
             model_hash=_field(header, "model_hash", str, where),
             thresholds_version=_field(header, "thresholds_version", str, where),
-            region_px=_field(header, "region_px", int, where), **common)
+            region_px=_field(header, "region_px", int, where), part_id=_part_id(header, where), **common)
     if kind == MAP:
         dtype_name = _field(header, "dtype", str, where)
         if dtype_name not in MAP_DTYPES:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from edge.inspection.parts import PartsConfig, PartTracker
 from edge.transport import wire
 from edge.transport.publisher import PublishConfig
 from edge.transport.publisher import Publisher
@@ -30,15 +31,27 @@ def wait_for(predicate, what: str, timeout_s: float = WAIT_S, interval_s: float 
 
 class FakeCamera:
     """A real `Publisher` (what `hlgfa run` publishes with) and a thread that sends its heartbeats
-    every `period_s` until `silence()`: a daemon without a model, for tests of what the bridge does."""
+    every `period_s` until `silence()`: a daemon without a model, for tests of what the bridge does.
+    Part ids the bridge hands over are armed in a real `PartTracker`, and `decide` binds the armed one
+    to its frame, as the daemon's ledger does."""
 
     def __init__(self, camera: str, period_s: float = 0.2, endpoint: str | None = None,
-                 reliable: str | None = None, reliable_capacity: int = 1000):
+                 reliable: str | None = None, reliable_capacity: int = 1000, decide_when_armed: bool = False):
+        """`decide_when_armed`: decide each part as soon as it is armed, so its answer and its decision
+        reach the bridge back to back (a camera triggered by the part's hand-over, with no latency)."""
         self.endpoint = endpoint or f"tcp://127.0.0.1:{free_port()}"
         self.reliable = reliable or f"tcp://127.0.0.1:{free_port()}"
+        self.parts = PartTracker(PartsConfig())
+
+        def arm(request):
+            error = self.parts.arm(request)
+            if error is None and decide_when_armed:
+                self.decide("ok")
+            return error
+
         self.publisher = Publisher(camera, PublishConfig(endpoint=self.endpoint, reliable_endpoint=self.reliable,
                                                          heartbeat_period_s=period_s,
-                                                         reliable_capacity=reliable_capacity))
+                                                         reliable_capacity=reliable_capacity), on_part=arm)
         self.camera = camera
         self.period_s = period_s
         self.frames = 0
@@ -56,9 +69,10 @@ class FakeCamera:
     def decide(self, verdict: str = "ok", score: float = 0.1) -> wire.Decision:
         self.frames += 1
         now = time.monotonic_ns()
-        decision = wire.Decision(self.camera, self.frames, verdict, "" if verdict == "ok" else "test",
+        decision = wire.Decision(self.camera, self.frames, verdict,
+                                 {"ok": "", "reject": "test", "fault": "frame_quality: test"}[verdict],
                                  None if verdict == "fault" else score, None if verdict == "fault" else 0.5,
-                                 0, now, now, 0.0, "model", "t1", wall_ns=time.time_ns())
+                                 0, now, now, 0.0, "model", "t1", wall_ns=time.time_ns(), part_id=self.parts.bind())
         return self.publisher.publish_decision(decision)
 
     def acked(self) -> int:

@@ -1,6 +1,7 @@
 """The bridge against real parts on loopback: camera publishers (edge.transport.publisher, as `hlgfa run` uses),
 its Modbus server polled by a pymodbus client, its Modbus client writing into a pymodbus server."""
 
+import contextlib
 import time
 
 import pytest
@@ -9,7 +10,7 @@ pytest.importorskip("pymodbus")
 
 from edge.bridge import registers as R  # noqa: E402
 from edge.bridge.core import Bridge, CameraLink  # noqa: E402
-from edge.bridge.health import REASONS  # noqa: E402
+from edge.bridge.health import FAULT_CODES, REASONS  # noqa: E402
 from edge.bridge.modbus import ModbusClient, ModbusClientConfig, ModbusServer, ModbusServerConfig  # noqa: E402
 from tests.integration.bridge_parts import FakeCamera, RecordingPlc, free_port, wait_for  # noqa: E402
 
@@ -52,6 +53,21 @@ class Poller:
 
 def _healthy(words) -> bool:
     return bool(words[R.STATUS] & R.HEALTHY)
+
+
+@contextlib.contextmanager
+def _served(*cameras: FakeCamera, **options):
+    """A bridge serving `cameras` on a Modbus server, and a PLC polling it, once every camera is healthy."""
+    port = free_port()
+    with Bridge([_link(camera) for camera in cameras], [ModbusServer(ModbusServerConfig(listen=f"127.0.0.1:{port}"))],
+                **options) as bridge:
+        bridge.start()
+        plc = Poller(port)
+        try:
+            wait_for(lambda: all(_healthy(plc.block(index)) for index in range(len(cameras))), "healthy")
+            yield bridge, plc
+        finally:
+            plc.close()
 
 
 def test_server_map_shows_each_camera_and_fails_safe_when_its_daemon_goes_quiet(cameras):
@@ -99,11 +115,16 @@ def test_server_refuses_writes_and_lives_on(cameras):
             wait_for(lambda: _healthy(plc.block(0)), "healthy")
             for response in (plc.client.write_register(0, 0xFFFF, device_id=1),
                              plc.client.write_registers(2, [1, 2, 3], device_id=1),
-                             plc.client.write_coil(0, True, device_id=1)):
+                             plc.client.write_registers(R.CMD_RESULT_ACK, [0, 1, 2], device_id=1),  # one too far
+                             plc.client.write_register(R.BLOCK + R.CMD_TRIGGER, 1, device_id=1)):  # no camera 1
                 assert response.isError() and response.exception_code == 2
-            assert server.refused_writes == 3
+            for response in (plc.client.write_coil(0, True, device_id=1),
+                             plc.client.write_coils(16, [True, False], device_id=1)):
+                assert response.isError() and response.exception_code == 1  # the bits are a read-only view
+            assert server.refused_writes == 5  # the write past the map pymodbus refuses before asking us
             outside = plc.client.read_holding_registers(R.BLOCK, count=1, device_id=1)
             assert outside.isError() and outside.exception_code == 2
+            assert plc.block(0)[R.STATUS_WORDS:] == [0] * (R.BLOCK - R.STATUS_WORDS)  # nothing was written
             decision = cam.decide("ok")
             wait_for(lambda: R.read_number(plc.block(0), R.SEQ, 2) == decision.seq, "decisions after the garbage")
             assert _healthy(plc.block(0))
@@ -232,3 +253,111 @@ def test_a_protocol_refusing_for_long_fills_the_backlog_then_the_daemon_evicts_a
             assert cam.publisher.reliable_stats()["evicted"] >= 1
         finally:
             plc.close()
+
+
+def test_fc1_and_fc2_read_every_status_bit_the_same_from_every_start_address(cameras):
+    """Bit address 16 × r + b is bit b of register r: the status word's bits read alike whatever the
+    request's start address and count, with FC1 and FC2, for each camera."""
+    cam1, cam2 = cameras("cam1"), cameras("cam2")
+    with _served(cam1, cam2) as (_, plc):
+        cam2.decide("reject")
+        wait_for(lambda: plc.block(1)[R.STATUS] & R.REJECT, "cam2's reject")
+        cam1.silence()  # freeze the words: cam1 goes unhealthy, then nothing changes but heartbeats
+        wait_for(lambda: plc.block(0)[R.REASON] == REASONS["heartbeat_timeout"], "cam1 quiet")
+        for index in (0, 1):
+            status = plc.block(index)[R.STATUS]
+            expected = [bool(status >> bit & 1) for bit in range(16)]
+            base = index * R.BLOCK * 16
+            for read in (plc.client.read_coils, plc.client.read_discrete_inputs):
+                for start in range(16):
+                    for count in (1, 16 - start, 24):
+                        response = read(base + start, count=count, device_id=1)
+                        assert not response.isError(), (read.__name__, start, count)
+                        bits = response.bits[:count]
+                        assert bits[:16 - start] == expected[start:start + count], (read.__name__, start, count)
+            assert plc.block(index)[R.STATUS] == status, "the status word moved under the test"
+        past = plc.client.read_discrete_inputs(2 * R.BLOCK * 16 - 8, count=16, device_id=1)
+        assert past.isError() and past.exception_code == 2
+
+
+def test_a_part_id_written_over_modbus_comes_back_on_that_parts_decision_and_results_are_acknowledged(cameras):
+    cam = cameras("cam1")
+    # ample time for the PLC below to acknowledge; the rules themselves: test_bridge_handshake.py
+    with _served(cam, result_ack_timeout_s=3.0) as (_, plc):
+        for trigger, part in enumerate((4711, 4712), start=1):
+            # part id and trigger in one FC16: the bridge sees both at once
+            assert not plc.client.write_registers(R.CMD_PART_ID, [*R._words(part, 2), trigger], device_id=1).isError()
+            words = wait_for(lambda: (w := plc.block(0)) and w[R.TRIGGER_ACK] == trigger and w, "armed")
+            assert words[R.TRIGGER_ERROR] == 0 and words[R.STATUS] & R.PART_PENDING
+            assert R.read_number(words, R.CMD_PART_ID, 2) == part and words[R.CMD_TRIGGER] == trigger
+            decision = cam.decide("fault" if part == 4712 else "ok")
+            assert decision.part_id == str(part)
+            words = wait_for(lambda: (w := plc.block(0)) and R.read_number(w, R.SEQ, 2) == decision.seq and w,
+                             "the part's decision")
+            assert R.read_number(words, R.PART_ID, 2) == part and not words[R.STATUS] & R.PART_PENDING
+            if part == 4711:
+                assert not plc.client.write_registers(R.CMD_RESULT_ACK, R._words(decision.seq, 2),
+                                                      device_id=1).isError()
+        # the fault (4712) diverts its part and leaves the camera healthy
+        assert words[R.VERDICT] == 3 and words[R.FAULT_CODE] == FAULT_CODES["frame_quality"] and _healthy(words)
+        words = wait_for(lambda: (w := plc.block(0)) and R.read_number(w, R.LATE_RESULTS, 2) >= 1 and w,
+                         "the second result, never acknowledged, counted late")
+        assert R.read_number(words, R.LATE_RESULTS, 2) == 1 and R.read_number(words, R.ACKED_SEQ, 2) == 1, words
+
+        plc.client.write_register(R.CMD_PART_ID + 1, 0, device_id=1)  # part id 0 ...
+        plc.client.write_register(R.CMD_TRIGGER, 3, device_id=1)       # ... is refused by the bridge itself
+        wait_for(lambda: plc.block(0)[R.TRIGGER_ERROR] == R.TRIGGER_ERRORS["bad_part_id"], "part id 0 refused")
+        assert plc.block(0)[R.TRIGGER_ACK] == 2
+
+
+def test_a_trigger_for_a_daemon_that_stopped_answering_is_refused_not_silently_lost(cameras):
+    cam = cameras("cam1")
+    with _served(cam, part_answer_timeout_s=0.5) as (_, plc):
+        cam.close()  # the daemon is gone; the bridge still knows its session
+        plc.client.write_registers(R.CMD_PART_ID, [0, 5, 1], device_id=1)
+        wait_for(lambda: plc.block(0)[R.TRIGGER_ERROR] == R.TRIGGER_ERRORS["no_answer"], "no answer reported")
+        assert plc.block(0)[R.TRIGGER_ACK] == 0
+
+
+def test_the_client_reads_the_plcs_command_words_and_writes_the_answer_into_the_plc(cameras):
+    """Client mode with `read_commands_ms`: the PLC program puts a part id and a new trigger into its own
+    registers (here a second Modbus client writes them into the recording PLC); the bridge reads them, the
+    daemon arms the part, TRIGGER_ACK arrives in the PLC and the part's decision carries its id."""
+    from pymodbus.client import ModbusTcpClient
+
+    cam = cameras("cam1")
+    port = free_port()
+    plc = RecordingPlc(port)
+    program = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+    assert program.connect()
+    base = 128
+    config = ModbusClientConfig(plc=f"127.0.0.1:{port}", base_address=base, reject_coil=None, timeout_s=0.5,
+                                read_commands_ms=20)
+    try:
+        # a trigger already there when the bridge starts hands nothing over
+        program.write_registers(base + R.CMD_PART_ID, [0, 7, 5], device_id=1)
+        with Bridge([_link(cam)], [ModbusClient(config)]) as bridge:
+            bridge.start()
+            wait_for(lambda: any(b[R.STATUS] & R.HEALTHY for b in plc.blocks(base)), "healthy in the PLC")
+            program.write_registers(base + R.CMD_PART_ID, [0, 4711, 6], device_id=1)
+            wait_for(lambda: any(b[R.TRIGGER_ACK] == 6 for b in plc.blocks(base)), "the trigger's answer in the PLC")
+            assert cam.decide("reject").part_id == "4711"
+            assert not any(b[R.TRIGGER_ACK] == 5 for b in plc.blocks(base))
+            assert all(len(b) == R.STATUS_WORDS for b in plc.blocks(base)), "the bridge wrote over the commands"
+            wait_for(lambda: any(R.read_number(b, R.PART_ID, 2) == 4711 for b in plc.blocks(base)), "the verdict")
+    finally:
+        program.close()
+        plc.close()
+
+
+def test_a_part_decided_the_moment_it_is_armed_is_not_left_pending(cameras):
+    """The daemon's answer and the part's decision arrive back to back: the answer is taken first, so
+    PART_PENDING clears with the decision (a PLC waiting for it would otherwise wait for ever)."""
+    cam = cameras("cam1", decide_when_armed=True)
+    with _served(cam) as (bridge, plc):
+        for trigger in range(1, 21):
+            plc.client.write_registers(R.CMD_PART_ID, [0, 500 + trigger, trigger], device_id=1)
+            words = wait_for(lambda: (w := plc.block(0)) and R.read_number(w, R.PART_ID, 2) == 500 + trigger
+                             and w[R.TRIGGER_ACK] == trigger and w, f"part {500 + trigger} decided")
+            wait_for(lambda: not plc.block(0)[R.STATUS] & R.PART_PENDING, f"part {500 + trigger} not pending")
+        assert bridge.states()["cam1"].parts_pending == 0 and words[R.VERDICT] == 1

@@ -7,6 +7,7 @@ import pytest
 pytest.importorskip("paho.mqtt")
 
 from edge.bridge.core import Bridge, CameraLink  # noqa: E402
+from edge.bridge.health import FaultRateConfig  # noqa: E402
 from edge.bridge.mqtt import Mqtt, MqttConfig  # noqa: E402
 from tests.integration.bridge_parts import FakeCamera, Mosquitto, MqttRecorder, wait_for  # noqa: E402
 
@@ -78,3 +79,26 @@ def test_a_broker_that_goes_away_and_returns_loses_no_decision_and_none_is_acked
             assert seqs == sorted(seqs), seqs
         finally:
             recorder.close()
+
+
+def test_a_fault_verdict_diverts_one_part_and_only_a_run_of_faults_makes_the_camera_unhealthy(broker, camera):
+    recorder = MqttRecorder(broker.port, "hlgfa/line3/#")
+    try:
+        with _bridge(camera, broker) as bridge:
+            bridge.start()
+            wait_for(lambda: any(h["healthy"] for h in recorder.payloads("cam1/health")), "healthy")
+            for verdict in ("ok", "fault", "ok", "fault", "reject"):
+                camera.decide(verdict)
+            wait_for(lambda: camera.acked() == 5, "acknowledged")
+            wait_for(lambda: len(recorder.payloads("cam1/decision")) == 5, "every decision")
+            assert bridge.states()["cam1"].healthy and bridge.states()["cam1"].recent_faults == 2
+            assert all(h["healthy"] for h in recorder.payloads("cam1/health") if h["heartbeats"])
+            for _ in range(FaultRateConfig().consecutive):
+                camera.decide("fault")
+            health = wait_for(lambda: [h for h in recorder.payloads("cam1/health") if h["reason"] == "fault_rate"],
+                              "unhealthy after the run of faults")[0]
+            assert health["healthy"] is False and health["reason_code"] == 9
+            decisions = recorder.payloads("cam1/decision")
+            assert [d["verdict"] for d in decisions].count("fault") >= 2 + 5
+    finally:
+        recorder.close()

@@ -87,13 +87,17 @@ def test_blank_black_white_blurred_and_one_pixel_frames_are_frame_quality_faults
 
 def test_a_config_range_replaces_the_files_range_of_one_statistic(tmp_path, tiny_model_dir, calibrated, line_images):
     """The `calibrated` file's ranges pass every frame (each statistic's whole domain); a config range
-    for one statistic, `map_mean`, that no frame can meet faults every frame after inference."""
+    for one statistic, `map_mean`, below every frame's map makes every frame anomalous everywhere: a
+    reject with that reason, judged after inference (image statistics in range: judgeable, no fault)."""
     assert json.loads(calibrated["path"].read_text())["quality"]["map_mean"] == [-1e9, 1e9]
     run = Running(_base(tiny_model_dir, calibrated, line_images, **{"quality.map_mean": [-2.0, -1.0]}))
     assert run.collect_until_stopped() == 0
     names = sorted(p.name for p in line_images.iterdir())
     by_id = _one_decision_per_frame(run, range(len(names)))
+    threshold = calibrated["thresholds"].image_threshold
+    assert any(d.score <= threshold for d in by_id.values()), "no frame the score alone would pass"
     for decision in by_id.values():
-        assert decision.verdict == "fault" and decision.score is not None
-        assert decision.reason.startswith("frame_quality: map_mean ") and \
-            "outside the calibrated range [-2, -1]" in decision.reason, decision.reason
+        assert decision.verdict == "reject" and decision.score is not None
+        if decision.score <= threshold and not decision.reason.startswith("region"):  # else ok: anomalous everywhere
+            assert decision.reason.startswith("map_mean ") and \
+                decision.reason.endswith("above the calibrated range [-2, -1]: anomalous everywhere"), decision.reason

@@ -596,3 +596,18 @@ def test_a_hello_of_another_schema_is_refused_naming_the_schema(make_publisher, 
         assert not publisher.reliable_stats()["bridge_connected"]
     finally:
         bridge.close()
+
+
+def test_a_bridge_whose_publisher_is_gone_never_blocks_on_acks_hellos_or_part_ids():
+    """With no publisher at the other end, ZeroMQ queues a DEALER's messages up to its high-water mark
+    (1000) and then blocks the sender: the bridge's camera thread would hang on an ACK for ever. Past
+    the mark every send returns at once and is counted."""
+    from tests.ports import free_endpoint
+
+    with ReliableClient(free_endpoint(), hello_interval_s=0.0) as bridge:
+        decision = wire.Decision("cam1", 1, "ok", "", 0.1, 0.5, 0, 0, 0, 0.0, "m", "t", session="0" * 16, seq=1)
+        for _ in range(3000):
+            bridge.ack(decision)
+        bridge.send_part(wire.PartRequest("P1", 1, "a" * 16, "0" * 16))
+        assert bridge.recv(timeout=0.05) is None  # says HELLO, queues nothing more, returns
+        assert bridge.unsent >= 3000 - 1000

@@ -5,6 +5,7 @@ import pytest
 
 from edge.transport import wire
 from edge.inspection.conclude import Concluder, Deadline, Result, VerdictSettings
+from edge.inspection.parts import PartsConfig, PartTracker
 from edge.core.errors import OutputError
 from edge.core.frame import Frame
 from edge.service.health import Health
@@ -146,3 +147,71 @@ def test_a_publisher_that_is_gone_is_an_output_error_and_the_frame_still_counts(
     assert concluder.conclude(Result(concluder.register(frame(1)), 0.1, MAP))
     assert [type(error) for error in errors] == [OutputError] and "cannot publish" in str(errors[0])
     assert errors[0].exit_code == OutputError.exit_code and concluder.health.counters().frames == 1
+
+
+class Monotonic:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _request(part_id: str, job: int) -> wire.PartRequest:
+    return wire.PartRequest(part_id, job, "a" * 16, "b" * 16)
+
+
+def test_a_part_id_rides_on_the_next_frame_and_a_part_no_frame_came_for_is_a_fault_never_a_gap(line):
+    concluder, subscriber, errors, _ = line
+    clock = Monotonic()
+    concluder.parts = PartTracker(PartsConfig(timeout_s=2.0), clock=clock)
+    assert concluder.parts.arm(_request("P1", 1)) is None
+    first = concluder.register(frame(1))
+    second = concluder.register(frame(2))  # no part armed: a frame of the free-running camera
+    assert concluder.parts.arm(_request("P2", 2)) is None
+    assert concluder.parts.arm(_request("P2", 2)) is None  # the bridge resent it: armed once
+    assert concluder.parts.arm(_request("P3", 3)) is None  # P2's frame never came: P3 replaces it
+    third = concluder.register(frame(3))
+    assert concluder.conclude_missing_parts() == 1
+    assert concluder.parts.arm(_request("P4", 4)) is None
+    clock.now += 2.5
+    assert concluder.conclude_missing_parts() == 1  # P4: no frame within the timeout
+    for item in (first, second, third):
+        assert concluder.conclude(Result(item, 0.1, MAP))
+    decisions = [m for m in received(subscriber, 7) if isinstance(m, wire.Decision)]
+    by_part = {d.part_id: d for d in decisions}
+    assert set(by_part) == {None, "P1", "P2", "P3", "P4"} and len(decisions) == 5
+    assert by_part["P1"].frame_id == 1 and by_part["P3"].frame_id == 3 and by_part[None].frame_id == 2
+    for part in ("P2", "P4"):
+        missing = by_part[part]
+        assert missing.verdict == "fault" and missing.frame_id == wire.NO_FRAME
+        assert missing.reason.startswith("part_missing: no frame for part"), missing.reason
+    assert "before part 'P3' was handed over" in by_part["P2"].reason and "within 2 s" in by_part["P4"].reason
+    assert concluder.health.counters().frames == 3 and not errors
+
+
+def test_a_map_anomalous_everywhere_is_a_reject_and_a_map_below_every_good_part_a_fault(line):
+    concluder, subscriber, _, _ = line
+    concluder.set_thresholds(Thresholds(model_hash="0" * 64, image_threshold=0.5, version="v2",
+                                        quality={"map_mean": (0.2, 0.4)}))
+    everywhere, below, inside = (concluder.register(frame(n)) for n in (1, 2, 3))
+    concluder.conclude(Result(everywhere, 0.1, np.full((8, 8), 0.45, np.float32)))
+    concluder.conclude(Result(below, 0.1, np.full((8, 8), 0.1, np.float32)))
+    concluder.conclude(Result(inside, 0.1, np.full((8, 8), 0.3, np.float32)))
+    decisions = [m for m in received(subscriber, 4) if isinstance(m, wire.Decision)]
+    assert [d.verdict for d in decisions] == ["reject", "fault", "ok"]
+    assert decisions[0].reason == "map_mean 0.45 above the calibrated range [0.2, 0.4]: anomalous everywhere"
+    assert decisions[1].reason == "frame_quality: map_mean 0.1 outside the calibrated range [0.2, 0.4]"
+
+
+def test_a_part_armed_wakes_an_acquisition_that_waits_for_parts():
+    import threading
+
+    parts = PartTracker(PartsConfig(acquire="per_part"))
+    assert parts.per_part and not parts.wait_armed(0.01)
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(parts.wait_armed(30)))
+    waiter.start()
+    parts.arm(_request("P1", 1))
+    waiter.join(30)
+    assert woke == [True] and parts.bind() == "P1" and parts.bind() is None

@@ -205,3 +205,40 @@ def test_map_header_with_bad_shape_is_refused():
 
 def test_wire_error_is_a_data_error_with_sysexits_code():
     assert WireError("x").exit_code == 65
+
+
+def test_a_decision_carries_the_plcs_part_id_and_a_header_without_one_still_decodes():
+    with_part = _decision(part_id="DMC-0815/7")
+    assert wire.decode(wire.encode(with_part)) == with_part
+    missing = _decision(verdict="fault", reason="part_missing: no frame", score=None, threshold=None,
+                        frame_id=wire.NO_FRAME, part_id="4711")
+    assert wire.decode(wire.encode(missing)) == missing
+    topic, header = wire.encode(_decision())
+    body = json.loads(header)
+    assert body["part_id"] is None
+    del body["part_id"]  # a publisher that predates the field
+    assert wire.decode([topic, json.dumps(body).encode()]).part_id is None
+
+
+@pytest.mark.parametrize("part_id", ["", "x" * 65, "line\nfeed", 17])
+def test_a_part_id_that_is_no_printable_text_of_1_to_64_characters_is_refused_both_ways(part_id):
+    with pytest.raises(WireError, match="part_id"):
+        wire.encode(_decision(part_id=part_id))
+    topic, header = wire.encode(_decision())
+    with pytest.raises(WireError, match="part_id"):
+        wire.decode([topic, json.dumps({**json.loads(header), "part_id": part_id}).encode()])
+
+
+def test_part_requests_and_replies_round_trip_and_malformed_ones_name_the_fault():
+    request = wire.PartRequest("P-1", 3, "a" * 16, SESSION)
+    assert wire.decode_part_request(wire.encode_part_request(request)) == request
+    reply = wire.PartReply("P-1", 3, "a" * 16, False, "daemon restarted")
+    assert wire.decode_part_reply(wire.encode_part_reply(reply)) == reply
+    for body, says in [(b"\xff", "not UTF-8 JSON"), (b"[]", "expected a JSON object"),
+                       (json.dumps({"schema": 9}).encode(), "schema 9"),
+                       (json.dumps({"schema": 1, "job": 0, "origin": "a" * 16}).encode(), "job 0"),
+                       (json.dumps({"schema": 1, "job": 1, "origin": "A"}).encode(), "origin 'A'"),
+                       (json.dumps({"schema": 1, "job": 1, "origin": "a" * 16, "session": SESSION,
+                                    "part_id": ""}).encode(), "part_id")]:
+        with pytest.raises(WireError, match=says):
+            wire.decode_part_request(body)
