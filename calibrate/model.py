@@ -20,6 +20,7 @@ from edge.errors import ConfigError, ModelFileError
 from edge.preprocess import input_size
 
 DISCREPANCIES = ("whitened", "cosine")
+APPEARANCE_LEVELS = ("joint", "per-level")
 LEGACY_DEFAULTS = {"standardize_features": False, "reliability": "gradient"}
 
 
@@ -60,6 +61,14 @@ class HLGFAConfig:
     # put on one scale (`FittedConstants.fusion`). Off: the alignment term alone, for parts that do
     # not sit in the same place in every frame (with discrepancy="cosine").
     appearance: bool = True
+    # The appearance term's Gaussians. "joint": one per position of the finest level's grid over
+    # every level's HR features at once (deeper levels upsampled to it), so that how the levels
+    # vary together on good parts counts, as in PaDiM; projected onto the `appearance_channels`
+    # leading principal directions of good parts' vectors (0: every channel) to bound the
+    # statistics' size and cost. "per-level": one Gaussian per level, the levels' maps averaged.
+    # Joint beat per-level on the magnetic tile's cracks (BENCHMARKS.md, the cross-level term).
+    appearance_levels: str = "joint"
+    appearance_channels: int = 100
     # The alignment term is divided where the structure prior's local gradient is high (edges,
     # texture: features that legitimately shift with resolution), by a strength fitted on normals.
     use_reliability: bool = True
@@ -72,6 +81,11 @@ class HLGFAConfig:
         self.input_size = input_size(self.input_size)
         if self.discrepancy not in DISCREPANCIES:
             raise ConfigError(f"discrepancy={self.discrepancy!r}: expected one of {', '.join(DISCREPANCIES)}")
+        if self.appearance_levels not in APPEARANCE_LEVELS:
+            raise ConfigError(f"appearance_levels={self.appearance_levels!r}: expected one of "
+                              f"{', '.join(APPEARANCE_LEVELS)}")
+        if self.appearance_channels < 0:
+            raise ConfigError(f"appearance_channels={self.appearance_channels}: expected ≥ 0 (0: every channel)")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -87,6 +101,8 @@ class HLGFAConfig:
         # those written before the appearance term had none.
         data.setdefault("discrepancy", "cosine")
         data.setdefault("appearance", False)
+        # …and those written before the joint appearance term fitted one Gaussian per level.
+        data.setdefault("appearance_levels", "per-level")
         # Options of an early ablation, since removed: their defaults are what this code computes.
         for key, default in LEGACY_DEFAULTS.items():
             if data.pop(key, default) != default:
@@ -132,17 +148,24 @@ class FittedConstants:
 class LevelAligner(nn.Module):
     """Refines LR features towards HR features at one level, guided by thin HR priors."""
 
-    def __init__(self, channels: int, config: HLGFAConfig, grid: tuple[int, int]):
+    def __init__(self, channels: int, config: HLGFAConfig, grid: tuple[int, int],
+                 appearance: tuple[int, int] | None = None):
+        """`appearance`: (width, input channels) of the appearance statistics this level holds on
+        its grid, None for none (the joint term's live with the finest level, on its grid)."""
         super().__init__()
         if config.discrepancy == "whitened":
             # Fitted on normal images after training (train.fit_error_statistics); saved with the
             # weights, so the model hash covers them. Identity until fitted.
             self.register_buffer("error_mean", torch.zeros(channels, *grid))
             self.register_buffer("error_precision", torch.eye(channels).repeat(grid[0] * grid[1], 1, 1))
-        if config.appearance:
-            # The HR features' mean and inverse covariance per position (train.fit_position_statistics).
-            self.register_buffer("appearance_mean", torch.zeros(channels, *grid))
-            self.register_buffer("appearance_precision", torch.eye(channels).repeat(grid[0] * grid[1], 1, 1))
+        if appearance is not None:
+            # The HR features' mean and inverse covariance per position (train.fit_position_statistics),
+            # after the joint term's projection (width × input channels; none per level).
+            width, inputs = appearance
+            if config.appearance_levels == "joint":
+                self.register_buffer("appearance_projection", torch.eye(width, inputs))
+            self.register_buffer("appearance_mean", torch.zeros(width, *grid))
+            self.register_buffer("appearance_precision", torch.eye(width).repeat(grid[0] * grid[1], 1, 1))
         self.use_structure = config.use_structure
         self.detail_channels = config.detail_channels
         if self.use_structure:
@@ -236,7 +259,7 @@ class RawMaps:
 
     alignment: list[torch.Tensor]
     instability: torch.Tensor | None
-    appearance: list[torch.Tensor]  # empty when the appearance term is off
+    appearance: list[torch.Tensor]  # per Gaussian grid (one when joint); empty when the term is off
 
 
 class HLGFA(nn.Module):
@@ -249,11 +272,45 @@ class HLGFA(nn.Module):
         self.backbone = backbone
         self.config = config
         height, width = config.input_size
-        self.aligners = nn.ModuleList(LevelAligner(backbone.channels[s], config, (height // s, width // s))
-                                      for s in config.strides)
+        if list(config.strides) != sorted(config.strides):
+            raise ConfigError(f"strides {config.strides}: expected finest first")
+        self.aligners = nn.ModuleList(
+            LevelAligner(backbone.channels[s], config, (height // s, width // s), self.appearance_shape(backbone, level))
+            for level, s in enumerate(config.strides))
         self.register_buffer("smoothing_kernel", gaussian_kernel1d(self.smoothing_pixels(config.smoothing_sigma)),
                              persistent=False)
         self.fitted = fitted or FittedConstants()
+
+    def appearance_shape(self, backbone: FrozenBackbone, level: int) -> tuple[int, int] | None:
+        """(width, input channels) of the appearance statistics level `level` holds, or None."""
+        if not self.config.appearance:
+            return None
+        channels = [backbone.channels[s] for s in self.config.strides]
+        if self.config.appearance_levels == "per-level":
+            return channels[level], channels[level]
+        if level:
+            return None
+        total = sum(channels)
+        return min(self.config.appearance_channels or total, total), total
+
+    def appearance_vectors(self, hr: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What the appearance term's Gaussians are fitted on, before any projection: the HR
+        features per level, or (joint) every level's on the finest grid, concatenated."""
+        if self.config.appearance_levels == "per-level":
+            return hr
+        size = hr[0].shape[-2:]
+        return [torch.cat([hr[0]] + [F.interpolate(h, size=size, mode="bilinear", align_corners=False)
+                                      for h in hr[1:]], dim=1)]
+
+    def appearance_distances(self, hr: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The appearance term's Mahalanobis norms, N×h×w, one per Gaussian grid."""
+        vectors = self.appearance_vectors(hr)
+        holders = [a for a in self.aligners if hasattr(a, "appearance_mean")]
+        if self.config.appearance_levels == "joint":
+            # A 1×1 convolution: the projection exports as one Conv.
+            projection = holders[0].appearance_projection
+            vectors = [F.conv2d(vectors[0], projection[:, :, None, None])]
+        return [whitened_distance(v, a.appearance_mean, a.appearance_precision) for v, a in zip(vectors, holders)]
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Backbone features of the HR view and of the LR view resized to the HR grid."""
@@ -288,9 +345,8 @@ class HLGFA(nn.Module):
                               self.fitted.level_scale or [1.0] * len(hr))
         appearance = []
         if self.config.appearance:
-            appearance = upsampled(
-                [whitened_distance(h, a.appearance_mean, a.appearance_precision) for a, h in zip(self.aligners, hr)],
-                self.fitted.appearance_scale or [1.0] * len(hr))
+            distances = self.appearance_distances(hr)
+            appearance = upsampled(distances, self.fitted.appearance_scale or [1.0] * len(distances))
         instability = None
         if self.config.use_structure and self.fitted.instability_scale:
             instability = torch.stack([

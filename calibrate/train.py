@@ -16,7 +16,7 @@ from calibrate import synth
 from calibrate.augment import noise_augment
 from calibrate.backbones import build_backbone
 from calibrate.dataset import list_images, read_image, training_folder
-from calibrate.model import HLGFA, FittedConstants, HLGFAConfig, local_instability, whitened_distance
+from calibrate.model import HLGFA, FittedConstants, HLGFAConfig, local_instability
 from calibrate.model_io import save_model
 from edge.errors import ConfigError, InputDataError
 from edge.model_dir import ModelInfo
@@ -138,11 +138,33 @@ def fit_position_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSp
             refined, _ = model.align(hr, lr)
             accumulators["error"].add([h - r for h, r in zip(hr, refined)])
         if "appearance" in accumulators:
-            accumulators["appearance"].add(hr)
-    for kind, accumulator in accumulators.items():
-        for aligner, (mean, precision) in zip(model.aligners, accumulator.gaussians()):
-            getattr(aligner, f"{kind}_mean").copy_(mean)
-            getattr(aligner, f"{kind}_precision").copy_(precision)
+            accumulators["appearance"].add(model.appearance_vectors(hr))
+    if "error" in accumulators:
+        for aligner, (mean, precision) in zip(model.aligners, accumulators["error"].gaussians()):
+            aligner.error_mean.copy_(mean)
+            aligner.error_precision.copy_(precision)
+    if "appearance" in accumulators:
+        holders = [a for a in model.aligners if hasattr(a, "appearance_mean")]
+        for holder, (mean, covariance) in zip(holders, accumulators["appearance"].moments()):
+            if hasattr(holder, "appearance_projection"):
+                projection = principal_directions(mean, covariance, holder.appearance_projection.shape[0])
+                holder.appearance_projection.copy_(projection)
+                mean = torch.einsum("dc,chw->dhw", projection.double(), mean)
+                covariance = projection.double() @ covariance @ projection.double().T
+            holder.appearance_mean.copy_(mean.float())
+            holder.appearance_precision.copy_(shrunk_inverse(covariance).float())
+
+
+def principal_directions(mean: torch.Tensor, covariance: torch.Tensor, width: int) -> torch.Tensor:
+    """The `width` leading principal directions (width × C, float32) of vectors whose per-position
+    mean (C×h×w) and covariance ((h·w)×C×C) are given, pooled over positions: the covariance within
+    positions plus that of the position means. Fitted on the same moments as the Gaussians, so
+    projecting them equals fitting on projected vectors."""
+    channels = mean.shape[0]
+    position_means = mean.reshape(channels, -1).T  # (h·w) × C
+    pooled = covariance.mean(dim=0) + torch.cov(position_means.T, correction=0)
+    _, vectors = torch.linalg.eigh(pooled)  # ascending eigenvalues
+    return vectors[:, -width:].flip(1).T.contiguous().float()
 
 
 @torch.no_grad()
@@ -171,9 +193,8 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
         level_sums = accumulate(level_sums, [float(model.discrepancy(aligner, r, h).mean()) * len(batch)
                                              for aligner, r, h in zip(model.aligners, refined, hr)])
         if model.config.appearance:
-            appearance_sums = accumulate(appearance_sums, [
-                float(whitened_distance(h, a.appearance_mean, a.appearance_precision).mean()) * len(batch)
-                for a, h in zip(model.aligners, hr)])
+            appearance_sums = accumulate(appearance_sums, [float(d.mean()) * len(batch)
+                                                           for d in model.appearance_distances(hr)])
         if model.config.use_structure:
             instability_sums = accumulate(instability_sums,
                                           [float(local_instability(s).mean()) * len(batch) for s in structures])
@@ -205,6 +226,11 @@ SMOOTHING_CHOICES = (2.0, 4.0, 8.0)
 SCORE_CHOICES = (("max", 0.0), ("topk", 0.001), ("topk", 0.01))
 FUSION_QUANTILES = (0.9, 0.995)
 VALIDATION_FRACTION = 0.15
+# At most this many held out: the validation keeps every term map of them and of their synthetic
+# copies in memory (five images each) and its time grows with them, while the choices it makes
+# are already as sure at a hundred or so (the margin, a standard error, shrinks as 1/√n). Beyond
+# it, the images go to the statistics instead.
+MAX_VALIDATION_IMAGES = 128
 # With fewer training images than this none are held out: the fusion is then fitted on the
 # training images and the defaults are kept. Fitted on the images their own statistics came from,
 # the distances are nearly constant (each image is its own neighbourhood), so the fusion's scale
@@ -233,7 +259,7 @@ def fit_fusion(model: HLGFA, good_terms: list[dict[str, torch.Tensor]]) -> dict[
         return {}
     fusion = {}
     for name in good_terms[0]:
-        values = torch.cat([model.smooth(terms[name]).flatten() for terms in good_terms])
+        values = torch.cat([model.smooth(terms[name].float()).flatten() for terms in good_terms])
         # torch.quantile refuses inputs above 2^24 elements; a strided sample keeps every image.
         step = max(1, values.numel() // 4_000_000)
         low, high = torch.quantile(values[::step].double(), torch.tensor(FUSION_QUANTILES, dtype=torch.float64))
@@ -255,7 +281,9 @@ def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, b
     strength = model.fitted.reliability_strength
 
     def terms_of(images):
-        return [model.term_maps(model.raw_maps(to_batch(images[i:i + batch_size], spec)), strength)
+        # Half precision in memory (the maps of 5 × MAX_VALIDATION_IMAGES images); computed in FP32.
+        return [{name: term.half() for name, term in
+                 model.term_maps(model.raw_maps(to_batch(images[i:i + batch_size], spec)), strength).items()}
                 for i in range(0, len(images), batch_size)]
 
     good_terms, anomalous_terms = terms_of(good), terms_of(anomalous)
@@ -265,8 +293,8 @@ def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, b
     for sigma in SMOOTHING_CHOICES:
         model.set_smoothing(sigma)
         model.fitted.fusion = fit_fusion(model, good_terms)
-        good_maps = torch.cat([model.smooth(model.fuse(t)).squeeze(1) for t in good_terms])
-        anomalous_maps = torch.cat([model.smooth(model.fuse(t)).squeeze(1) for t in anomalous_terms])
+        good_maps = torch.cat([model.smooth(model.fuse(as_float(t))).squeeze(1) for t in good_terms])
+        anomalous_maps = torch.cat([model.smooth(model.fuse(as_float(t))).squeeze(1) for t in anomalous_terms])
         pixel = pixel_auroc(masks, anomalous_maps.numpy())
         for rule, fraction in SCORE_CHOICES:
             model.config.score, model.config.topk_fraction = rule, fraction or default[2]
@@ -292,6 +320,10 @@ def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, b
     return {"n_good": len(good), "n_synthetic": len(anomalous), "kinds": list(kinds_used),
             "default": {"smoothing_sigma": default[0], "score": default[1]}, "margin": round(margin, 5),
             "chosen": {k: best[k] for k in ("smoothing_sigma", "score", "topk_fraction")}, "trials": trials}
+
+
+def as_float(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: term.float() for name, term in terms.items()}
 
 
 def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
@@ -405,7 +437,7 @@ def split_validation(paths: list[Path], seed: int) -> tuple[list[Path], list[Pat
     statistics, on which the fusion is fitted and the choices are made."""
     if len(paths) < MIN_IMAGES_FOR_VALIDATION:
         return paths, []
-    count = max(2, int(round(VALIDATION_FRACTION * len(paths))))
+    count = min(MAX_VALIDATION_IMAGES, max(2, int(round(VALIDATION_FRACTION * len(paths)))))
     return split_holdout(paths, count / len(paths), seed + 1)
 
 

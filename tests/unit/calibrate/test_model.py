@@ -105,11 +105,18 @@ def test_whitened_distance_is_the_mahalanobis_norm_at_each_position():
                 assert np.isclose(got[n, y, x], np.sqrt(v @ precision[y * width + x] @ v), rtol=1e-4)
 
 
+def shrunk_covariance_at(vectors: np.ndarray, row: int, column: int) -> np.ndarray:
+    """N×C×h×w → the shrunk covariance of the vectors at one position."""
+    covariance = np.cov(vectors[:, :, row, column], rowvar=False)
+    return covariance + ERROR_SHRINKAGE * np.trace(covariance) / covariance.shape[0] * np.eye(covariance.shape[0])
+
+
 def test_position_statistics_are_the_mean_and_shrunk_inverse_covariance_of_normal_vectors(elpv_images):
     from calibrate.dataset import read_image
     from edge.preprocess import PreprocessSpec, resize_rgb8
 
-    model = HLGFA(build_backbone("efficientnet-lite0", HLGFAConfig().strides), HLGFAConfig(input_size=64)).eval()
+    config = HLGFAConfig(input_size=64, appearance_levels="per-level")
+    model = HLGFA(build_backbone("efficientnet-lite0", config.strides), config).eval()
     spec = PreprocessSpec(64)
     images = np.stack([resize_rgb8(read_image(p), (64, 64)) for p in elpv_images["good"][:12]])
     fit_position_statistics(model, images, spec, batch_size=5)
@@ -121,12 +128,43 @@ def test_position_statistics_are_the_mean_and_shrunk_inverse_covariance_of_norma
         for kind, vectors_of_level in (("error", h - r), ("appearance", h)):
             vectors = vectors_of_level.double().numpy()  # N × C × h × w
             assert np.allclose(getattr(aligner, f"{kind}_mean").numpy(), vectors.mean(axis=0), atol=1e-4)
-            channels = vectors.shape[1]
-            covariance = np.cov(vectors[:, :, 1, 2], rowvar=False)  # one position: row 1, column 2
-            covariance += ERROR_SHRINKAGE * np.trace(covariance) / channels * np.eye(channels)
-            position = 1 * vectors.shape[3] + 2
+            position = 1 * vectors.shape[3] + 2  # one position: row 1, column 2
             precision = getattr(aligner, f"{kind}_precision")[position].numpy()
-            assert np.allclose(precision, np.linalg.inv(covariance), rtol=1e-3, atol=1e-3), kind
+            assert np.allclose(precision, np.linalg.inv(shrunk_covariance_at(vectors, 1, 2)), rtol=1e-3, atol=1e-3), kind
+
+
+def test_the_joint_appearance_term_is_one_gaussian_per_position_over_every_level_projected(elpv_images):
+    # Both levels' HR features on the finer grid, projected onto the leading principal directions
+    # of good parts' vectors: the Gaussian at a position is that of the projected vectors.
+    import torch.nn.functional as F
+
+    from calibrate.dataset import read_image
+    from edge.preprocess import PreprocessSpec, resize_rgb8
+
+    config = HLGFAConfig(input_size=64, appearance_levels="joint", appearance_channels=24)
+    model = HLGFA(build_backbone("efficientnet-lite0", config.strides), config).eval()
+    spec = PreprocessSpec(64)
+    images = np.stack([resize_rgb8(read_image(p), (64, 64)) for p in elpv_images["good"][:40]])
+    fit_position_statistics(model, images, spec, batch_size=16)
+    holder = model.aligners[0]
+    assert not hasattr(model.aligners[1], "appearance_mean")
+    projection = holder.appearance_projection.double().numpy()
+    assert projection.shape == (24, 40 + 112)
+    assert np.allclose(projection @ projection.T, np.eye(24), atol=1e-5)  # orthonormal directions
+    with torch.no_grad():
+        hr, _ = model.features(to_batch(images, spec))
+    joint = torch.cat([hr[0], F.interpolate(hr[1], size=hr[0].shape[-2:], mode="bilinear", align_corners=False)], 1)
+    vectors = np.einsum("dc,nchw->ndhw", projection, joint.double().numpy())
+    assert np.allclose(holder.appearance_mean.numpy(), vectors.mean(axis=0), atol=1e-4)
+    precision = holder.appearance_precision[1 * vectors.shape[3] + 2].numpy()
+    assert np.allclose(precision, np.linalg.inv(shrunk_covariance_at(vectors, 1, 2)), rtol=1e-3, atol=1e-3)
+    # The leading directions carry more of the good vectors' variance than any other 24.
+    pooled = joint.double().numpy().transpose(0, 2, 3, 1).reshape(-1, 40 + 112)
+    pooled = pooled - pooled.mean(axis=0)
+    kept = np.square(pooled @ projection.T).sum()
+    rng = np.random.default_rng(0)
+    random = np.linalg.qr(rng.standard_normal((40 + 112, 24)))[0].T
+    assert kept > 1.5 * np.square(pooled @ random.T).sum()
 
 
 def test_whitened_map_is_low_on_the_normals_it_was_fitted_on_and_high_on_defects(tiny_model_dir, elpv_images):

@@ -113,17 +113,20 @@ def test_bad_options_are_refused(tiny_model_dir, tmp_path):
 
 
 def test_both_terms_are_in_the_graph_with_their_per_position_statistics(exported, tiny_model_dir):
-    # Per level, two batched MatMuls against a (positions × C × C) precision: the alignment error's
-    # and the HR features' (the appearance term).
+    # Batched MatMuls against a (positions × C × C) precision: per level, the alignment error's;
+    # on the finer grid, the joint appearance term's over both levels' projected HR features.
     from edge.model_dir import load_model_info
 
     proto = onnx.load(exported["fp32"])
-    height, width = load_model_info(tiny_model_dir).preprocess.input_size
+    description = load_model_info(tiny_model_dir).description
+    height, width = description["preprocess"]["input_size"]
+    assert description["architecture"]["appearance_levels"] == "joint"
     shapes = {init.name: tuple(init.dims) for init in proto.graph.initializer}
     precisions = [shapes[name] for node in proto.graph.node if node.op_type == "MatMul" for name in node.input
                   if name in shapes and len(shapes[name]) == 3]
-    per_level = {(height // stride) * (width // stride) for stride in (8, 16)}
-    assert sorted(p[0] for p in precisions) == sorted(list(per_level) * 2)
+    grids = [(height // stride) * (width // stride) for stride in (8, 16)]
+    channels = description["architecture"]["appearance_channels"]
+    assert sorted(precisions) == sorted([(grids[0], 40, 40), (grids[1], 112, 112), (grids[0], channels, channels)])
 
 
 def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp_path, elpv_images):
