@@ -53,7 +53,8 @@ def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | No
 
     model, info = load_model(model_dir)
     config = replace(model.config, **(config_overrides or {}))
-    if (config.discrepancy, config.appearance) != (model.config.discrepancy, model.config.appearance):
+    buffers_of = ("discrepancy", "appearance", "appearance_levels", "appearance_channels")
+    if any(getattr(config, key) != getattr(model.config, key) for key in buffers_of):
         # The per-position statistics are buffers: rebuild, keep the trained weights.
         rebuilt = HLGFA(model.backbone, config, model.fitted)
         missing, unexpected = rebuilt.aligners.load_state_dict(model.aligners.state_dict(), strict=False)
