@@ -52,6 +52,9 @@ def hr_features(backbone, paths, spec) -> dict[int, torch.Tensor]:
 class Variant:
     def __init__(self, name: str, train: dict[int, torch.Tensor], seed: int = 0):
         self.name = name
+        # "+lowN": a second Gaussian per cell of N×N grid positions, on the pooled vectors.
+        name, _, low = name.partition("+low")
+        self.pool = int(low) if low else 0
         if name.startswith("per-level:"):
             self.levels = [int(s) for s in name.split(":")[1].split("+")]
             self.grid, self.projection = None, "full"
@@ -99,6 +102,8 @@ class Variant:
         joint = self.stacked(features, start)
         if self.matrix is not None:
             joint = torch.einsum("dc,nchw->ndhw", self.matrix, joint)
+        if self.pool:
+            return [joint, F.avg_pool2d(joint, self.pool)]
         return [joint]
 
 
@@ -119,11 +124,33 @@ def evaluate_variant(variant: Variant, train, test, smooth, size, order) -> tupl
         levels = [F.interpolate((whitened_distance(v, m, p) / scale).unsqueeze(1), size=size, mode="bilinear",
                                 align_corners=False)
                   for v, (m, p), scale in zip(variant.vectors(test, start), gaussians, scales)]
-        anomaly = smooth(torch.stack(levels).mean(dim=0)).squeeze(1)
+        anomaly = smooth(torch.stack(levels).sum(dim=0) if variant.pool else torch.stack(levels).mean(dim=0)).squeeze(1)
         maps.append(anomaly.numpy())
         scores.append(anomaly.flatten(1).amax(dim=1).numpy())
     megabytes = sum(m.numel() + p.numel() for m, p in gaussians) * 4 / 1e6
     return np.concatenate(maps), np.concatenate(scores), {"statistics_mb": round(megabytes, 1)}
+
+
+@torch.no_grad()
+def synthetic_test(backbone, samples, spec, kind: str, seed: int):
+    """Good test images, then one synthetic anomaly of `kind` on each: (samples, features, masks)."""
+    from calibrate import synth
+    from calibrate.dataset import Sample
+    from edge.preprocess import normalize, resize_rgb8
+
+    good = [s for s in samples if s.label == 0]
+    rng = np.random.default_rng(seed + 104729)
+    images = [resize_rgb8(read_image(s.path), spec.input_size) for s in good]
+    made = [synth.synthesize(image, kind, rng) for image in images]
+    frames = images + [image for image, _ in made]
+    masks = [np.zeros(spec.input_size, bool)] * len(good) + [mask for _, mask in made]
+    parts: dict[int, list[torch.Tensor]] = {s: [] for s in backbone.strides}
+    for start in range(0, len(frames), BATCH):
+        batch = torch.from_numpy(np.stack([normalize(f, spec) for f in frames[start:start + BATCH]]))
+        for stride, level in zip(backbone.strides, backbone(batch)):
+            parts[stride].append(level.half())
+    fakes = [Sample(s.path, 1, kind) for s in good]
+    return good + fakes, {s: torch.cat(v) for s, v in parts.items()}, masks
 
 
 def main() -> None:
@@ -133,6 +160,8 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="append one JSON line per variant here")
+    parser.add_argument("--synthetic", metavar="KIND", help="test on the good test images and a copy of each "
+                        "carrying a synthetic anomaly of KIND (calibrate/synth.py) instead of the real defects")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, info = load_model(args.model)
@@ -145,7 +174,10 @@ def main() -> None:
     backbone = build_backbone(info.description["backbone"]["name"], (4, 8, 16))
     began = time.perf_counter()
     train = hr_features(backbone, train_paths, spec)
-    test = hr_features(backbone, [s.path for s in samples], spec)
+    if args.synthetic:
+        samples, test, masks = synthetic_test(backbone, samples, spec, args.synthetic, args.seed)
+    else:
+        test = hr_features(backbone, [s.path for s in samples], spec)
     print(json.dumps({"features_seconds": round(time.perf_counter() - began, 1), "n_train": len(train_paths),
                       "n_test": len(samples)}), flush=True)
     # Level weighting as the model's: each level divided by its mean on a seeded 64 of the normals.
