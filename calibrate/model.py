@@ -69,6 +69,12 @@ class HLGFAConfig:
     # Joint beat per-level on the magnetic tile's cracks (BENCHMARKS.md, the cross-level term).
     appearance_levels: str = "joint"
     appearance_channels: int = 100
+    # The low-frequency term: a Gaussian per cell of lowfreq_pool × lowfreq_pool positions of the
+    # joint appearance grid, on the cell's mean projected vector (0: off). A change spread thinly
+    # over a large region (uneven, stained, discoloured) moves every position a little, less than
+    # good parts vary at one position; averaged over a cell, that variation shrinks and the
+    # change does not. Fused as a third term.
+    lowfreq_pool: int = 0
     # The alignment term is divided where the structure prior's local gradient is high (edges,
     # texture: features that legitimately shift with resolution), by a strength fitted on normals.
     use_reliability: bool = True
@@ -86,6 +92,13 @@ class HLGFAConfig:
                               f"{', '.join(APPEARANCE_LEVELS)}")
         if self.appearance_channels < 0:
             raise ConfigError(f"appearance_channels={self.appearance_channels}: expected ≥ 0 (0: every channel)")
+        if self.lowfreq_pool and not (self.appearance and self.appearance_levels == "joint"):
+            raise ConfigError(f"lowfreq_pool={self.lowfreq_pool}: the low-frequency term pools the joint appearance "
+                              f"term's vectors; needs appearance=true, appearance_levels='joint'")
+        if self.lowfreq_pool < 0 or any((side // min(self.strides)) % max(self.lowfreq_pool, 1)
+                                        for side in self.input_size):
+            raise ConfigError(f"lowfreq_pool={self.lowfreq_pool}: expected 0 or a divisor of the appearance grid "
+                              f"{self.input_size[0] // min(self.strides)}×{self.input_size[1] // min(self.strides)}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -128,6 +141,8 @@ class FittedConstants:
     reliability_strength: float = 0.0
     # Per-level mean appearance distance on normals (levels combined scale-free, as above).
     appearance_scale: list[float] = field(default_factory=list)
+    # Mean low-frequency distance on normals (empty: the term is off).
+    lowfreq_scale: list[float] = field(default_factory=list)
     # Per term ("alignment", "appearance"): the 0.9 and 0.995 quantiles of its smoothed map over
     # held-out good images. Each term is mapped affinely so these land on 0 and 1, then the terms
     # are added (EfficientAD's rule): neither term's units can drown the other. Empty: one term,
@@ -260,6 +275,7 @@ class RawMaps:
     alignment: list[torch.Tensor]
     instability: torch.Tensor | None
     appearance: list[torch.Tensor]  # per Gaussian grid (one when joint); empty when the term is off
+    lowfreq: list[torch.Tensor] = field(default_factory=list)  # one map, or empty when the term is off
 
 
 class HLGFA(nn.Module):
@@ -277,6 +293,13 @@ class HLGFA(nn.Module):
         self.aligners = nn.ModuleList(
             LevelAligner(backbone.channels[s], config, (height // s, width // s), self.appearance_shape(backbone, level))
             for level, s in enumerate(config.strides))
+        if config.lowfreq_pool:
+            # With the joint term's statistics, on the finest level (its grid, coarsened).
+            holder, pool = self.aligners[0], config.lowfreq_pool
+            channels = holder.appearance_mean.shape[0]
+            cells = (height // config.strides[0] // pool, width // config.strides[0] // pool)
+            holder.register_buffer("lowfreq_mean", torch.zeros(channels, *cells))
+            holder.register_buffer("lowfreq_precision", torch.eye(channels).repeat(cells[0] * cells[1], 1, 1))
         self.register_buffer("smoothing_kernel", gaussian_kernel1d(self.smoothing_pixels(config.smoothing_sigma)),
                              persistent=False)
         self.fitted = fitted or FittedConstants()
@@ -302,15 +325,21 @@ class HLGFA(nn.Module):
         return [torch.cat([hr[0]] + [F.interpolate(h, size=size, mode="bilinear", align_corners=False)
                                       for h in hr[1:]], dim=1)]
 
-    def appearance_distances(self, hr: list[torch.Tensor]) -> list[torch.Tensor]:
-        """The appearance term's Mahalanobis norms, N×h×w, one per Gaussian grid."""
+    def appearance_distances(self, hr: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The appearance term's Mahalanobis norms, N×h×w, one per Gaussian grid; and the
+        low-frequency term's, per cell (empty when off)."""
         vectors = self.appearance_vectors(hr)
         holders = [a for a in self.aligners if hasattr(a, "appearance_mean")]
         if self.config.appearance_levels == "joint":
             # A 1×1 convolution: the projection exports as one Conv.
             projection = holders[0].appearance_projection
             vectors = [F.conv2d(vectors[0], projection[:, :, None, None])]
-        return [whitened_distance(v, a.appearance_mean, a.appearance_precision) for v, a in zip(vectors, holders)]
+        appearance = [whitened_distance(v, a.appearance_mean, a.appearance_precision) for v, a in zip(vectors, holders)]
+        lowfreq = []
+        if self.config.lowfreq_pool:
+            cells = F.avg_pool2d(vectors[0], self.config.lowfreq_pool)
+            lowfreq = [whitened_distance(cells, holders[0].lowfreq_mean, holders[0].lowfreq_precision)]
+        return appearance, lowfreq
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Backbone features of the HR view and of the LR view resized to the HR grid."""
@@ -343,16 +372,17 @@ class HLGFA(nn.Module):
 
         alignment = upsampled([self.discrepancy(a, r, h) for a, r, h in zip(self.aligners, refined, hr)],
                               self.fitted.level_scale or [1.0] * len(hr))
-        appearance = []
+        appearance, lowfreq = [], []
         if self.config.appearance:
-            distances = self.appearance_distances(hr)
+            distances, lowfreq_distances = self.appearance_distances(hr)
             appearance = upsampled(distances, self.fitted.appearance_scale or [1.0] * len(distances))
+            lowfreq = upsampled(lowfreq_distances, self.fitted.lowfreq_scale or [1.0] * len(lowfreq_distances))
         instability = None
         if self.config.use_structure and self.fitted.instability_scale:
             instability = torch.stack([
                 F.interpolate(local_instability(s), size=size, mode="bilinear", align_corners=False) / scale
                 for s, scale in zip(structures, self.fitted.instability_scale)]).mean(dim=0)
-        return RawMaps(alignment, instability, appearance)
+        return RawMaps(alignment, instability, appearance, lowfreq)
 
     def discrepancy(self, aligner: LevelAligner, refined: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """N×h×w: how far the refined LR features are from the HR features at each position."""
@@ -376,6 +406,8 @@ class HLGFA(nn.Module):
         terms = {"alignment": alignment}
         if raw.appearance:
             terms["appearance"] = torch.stack(raw.appearance).mean(dim=0)
+        if raw.lowfreq:
+            terms["lowfreq"] = raw.lowfreq[0]
         return terms
 
     def fuse(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -138,7 +138,11 @@ def fit_position_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSp
             refined, _ = model.align(hr, lr)
             accumulators["error"].add([h - r for h, r in zip(hr, refined)])
         if "appearance" in accumulators:
-            accumulators["appearance"].add(model.appearance_vectors(hr))
+            vectors = model.appearance_vectors(hr)
+            accumulators["appearance"].add(vectors)
+            if model.config.lowfreq_pool:
+                accumulators.setdefault("lowfreq", PositionMoments("pooled HR feature")).add(
+                    [F.avg_pool2d(vectors[0], model.config.lowfreq_pool)])
     if "error" in accumulators:
         for aligner, (mean, precision) in zip(model.aligners, accumulators["error"].gaussians()):
             aligner.error_mean.copy_(mean)
@@ -153,6 +157,13 @@ def fit_position_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSp
                 covariance = projection.double() @ covariance @ projection.double().T
             holder.appearance_mean.copy_(mean.float())
             holder.appearance_precision.copy_(shrunk_inverse(covariance).float())
+    if "lowfreq" in accumulators:
+        # In the joint term's projection, fitted above: pooling and projecting commute.
+        holder = model.aligners[0]
+        projection = holder.appearance_projection.double()
+        ((mean, covariance),) = accumulators["lowfreq"].moments()
+        holder.lowfreq_mean.copy_(torch.einsum("dc,chw->dhw", projection, mean).float())
+        holder.lowfreq_precision.copy_(shrunk_inverse(projection @ covariance @ projection.T).float())
 
 
 def principal_directions(mean: torch.Tensor, covariance: torch.Tensor, width: int) -> torch.Tensor:
@@ -182,7 +193,7 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
     """
     model.fitted = FittedConstants()
     batches = [to_batch(images[start:start + batch_size], spec) for start in range(0, len(images), batch_size)]
-    level_sums, appearance_sums, instability_sums = None, None, None
+    level_sums, appearance_sums, lowfreq_sums, instability_sums = None, None, None, None
 
     def accumulate(total, values):
         return values if total is None else [a + b for a, b in zip(total, values)]
@@ -193,8 +204,9 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
         level_sums = accumulate(level_sums, [float(model.discrepancy(aligner, r, h).mean()) * len(batch)
                                              for aligner, r, h in zip(model.aligners, refined, hr)])
         if model.config.appearance:
-            appearance_sums = accumulate(appearance_sums, [float(d.mean()) * len(batch)
-                                                           for d in model.appearance_distances(hr)])
+            appearance, lowfreq = model.appearance_distances(hr)
+            appearance_sums = accumulate(appearance_sums, [float(d.mean()) * len(batch) for d in appearance])
+            lowfreq_sums = accumulate(lowfreq_sums, [float(d.mean()) * len(batch) for d in lowfreq])
         if model.config.use_structure:
             instability_sums = accumulate(instability_sums,
                                           [float(local_instability(s).mean()) * len(batch) for s in structures])
@@ -202,6 +214,7 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
         model.fitted.level_scale = [t / len(images) + 1e-12 for t in level_sums]
         if appearance_sums is not None:
             model.fitted.appearance_scale = [t / len(images) + 1e-12 for t in appearance_sums]
+            model.fitted.lowfreq_scale = [t / len(images) + 1e-12 for t in lowfreq_sums]
     if not (model.config.use_structure and model.config.use_reliability):
         return model.fitted
     model.fitted.instability_scale = [t / len(images) + 1e-12 for t in instability_sums]

@@ -167,6 +167,36 @@ def test_the_joint_appearance_term_is_one_gaussian_per_position_over_every_level
     assert kept > 1.5 * np.square(pooled @ random.T).sum()
 
 
+def test_the_low_frequency_term_is_a_gaussian_per_cell_of_pooled_projected_vectors(elpv_images):
+    import torch.nn.functional as F
+
+    from calibrate.dataset import read_image
+    from edge.errors import ConfigError
+    from edge.preprocess import PreprocessSpec, resize_rgb8
+
+    with pytest.raises(ConfigError, match="lowfreq_pool=3"):
+        HLGFAConfig(input_size=64, lowfreq_pool=3)  # an 8×8 grid has no cells of 3
+    with pytest.raises(ConfigError, match="needs appearance=true"):
+        HLGFAConfig(input_size=64, lowfreq_pool=2, appearance_levels="per-level")
+    config = HLGFAConfig(input_size=64, appearance_channels=16, lowfreq_pool=2)
+    model = HLGFA(build_backbone("efficientnet-lite0", config.strides), config).eval()
+    spec = PreprocessSpec(64)
+    images = np.stack([resize_rgb8(read_image(p), (64, 64)) for p in elpv_images["good"][:30]])
+    fit_position_statistics(model, images, spec, batch_size=16)
+    holder = model.aligners[0]
+    with torch.no_grad():
+        hr, _ = model.features(to_batch(images, spec))
+        projected = F.conv2d(model.appearance_vectors(hr)[0], holder.appearance_projection[:, :, None, None])
+    cells = F.avg_pool2d(projected, 2).double().numpy()  # 30 × 16 × 4 × 4
+    assert np.allclose(holder.lowfreq_mean.numpy(), cells.mean(axis=0), atol=1e-4)
+    precision = holder.lowfreq_precision[1 * 4 + 2].numpy()
+    assert np.allclose(precision, np.linalg.inv(shrunk_covariance_at(cells, 1, 2)), rtol=1e-3, atol=1e-3)
+    with torch.no_grad():
+        raw = model.raw_maps(to_batch(images[:2], spec))
+    assert set(model.term_maps(raw, 0.0)) == {"alignment", "appearance", "lowfreq"}
+    assert raw.lowfreq[0].shape == (2, 1, 64, 64)
+
+
 def test_whitened_map_is_low_on_the_normals_it_was_fitted_on_and_high_on_defects(tiny_model_dir, elpv_images):
     from calibrate.dataset import read_image
     from edge.preprocess import preprocess

@@ -129,8 +129,10 @@ def test_both_terms_are_in_the_graph_with_their_per_position_statistics(exported
     assert sorted(precisions) == sorted([(grids[0], 40, 40), (grids[1], 112, 112), (grids[0], channels, channels)])
 
 
-def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp_path, elpv_images):
-    # A wide input (64×192): height and width must stay apart from preprocessing through the graph.
+@pytest.mark.parametrize("overrides", [{}, {"lowfreq_pool": 2}], ids=["default", "low-frequency term"])
+def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp_path, elpv_images, overrides):
+    # A wide input (64×192): height and width must stay apart from preprocessing through the graph
+    # (the low-frequency term's cells too).
     import shutil
 
     import torch
@@ -146,8 +148,10 @@ def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp
     folder.mkdir()
     for path in elpv_images["good"][:12]:
         shutil.copy(path, folder / path.name)
-    info = train(folder, tmp_path / "model", epochs=1, input_size=(64, 192), seed=0, progress=False)
+    info = train(folder, tmp_path / "model", epochs=1, input_size=(64, 192), seed=0, progress=False,
+                 config_overrides=overrides)
     assert info.preprocess.input_size == (64, 192)
+    assert bool(info.description["fitted"]["lowfreq_scale"]) == bool(overrides)
     export_onnx(info.directory, max_batch=2)
     batch = preprocess([read_image(p) for p in elpv_images["defect"][:2]], info.preprocess)
     assert batch.shape == (2, 3, 64, 192)
