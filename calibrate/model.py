@@ -148,6 +148,10 @@ class FittedConstants:
     # are added (EfficientAD's rule): neither term's units can drown the other. Empty: one term,
     # unscaled.
     fusion: dict[str, list[float]] = field(default_factory=dict)
+    # Per term, its weight in the sum once on that scale (absent: 1). Chosen on held-out images
+    # and synthetic anomalies (train.choose_on_validation): on some lines a term adds more false
+    # alarms on good parts than it finds anomalies.
+    term_weights: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict) -> "FittedConstants":
@@ -412,9 +416,9 @@ class HLGFA(nn.Module):
 
     def fuse(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """One map from the terms, each mapped by its fitted quantiles (0.9 → 0, 0.995 → 1)."""
-        fusion = self.fitted.fusion
-        return sum((t - fusion[name][0]) / (fusion[name][1] - fusion[name][0]) if name in fusion else t
-                   for name, t in terms.items())
+        fusion, weights = self.fitted.fusion, self.fitted.term_weights
+        return sum(weights.get(name, 1.0) * (t - fusion[name][0]) / (fusion[name][1] - fusion[name][0])
+                   if name in fusion else t for name, t in terms.items() if weights.get(name, 1.0))
 
     def image_score(self, anomaly: torch.Tensor) -> torch.Tensor:
         flat = anomaly.flatten(1)

@@ -237,6 +237,9 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
 # What training chooses on held-out good images and synthetic anomalies, never on real defects.
 SMOOTHING_CHOICES = (2.0, 4.0, 8.0)
 SCORE_CHOICES = (("max", 0.0), ("topk", 0.001), ("topk", 0.01))
+# Term weights tried (a term not named keeps weight 1); the first is the default. The alignment
+# term at half or no weight, the low-frequency term without weight.
+WEIGHT_CHOICES = ({}, {"alignment": 0.5}, {"alignment": 0.0}, {"lowfreq": 0.0})
 FUSION_QUANTILES = (0.9, 0.995)
 VALIDATION_FRACTION = 0.15
 # At most this many held out: the validation keeps every term map of them and of their synthetic
@@ -302,25 +305,31 @@ def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, b
     good_terms, anomalous_terms = terms_of(good), terms_of(anomalous)
     labels = np.r_[np.zeros(len(good)), np.ones(len(anomalous))]
     default = (HLGFAConfig.smoothing_sigma, HLGFAConfig.score, HLGFAConfig.topk_fraction)
+    # Weights only between terms there are, and never every term at zero.
+    weight_choices = [w for w in WEIGHT_CHOICES if set(w) <= set(good_terms[0]) and len(good_terms[0]) > 1
+                      and any(w.get(name, 1.0) for name in good_terms[0])]
     trials = []
     for sigma in SMOOTHING_CHOICES:
         model.set_smoothing(sigma)
         model.fitted.fusion = fit_fusion(model, good_terms)
-        good_maps = torch.cat([model.smooth(model.fuse(as_float(t))).squeeze(1) for t in good_terms])
-        anomalous_maps = torch.cat([model.smooth(model.fuse(as_float(t))).squeeze(1) for t in anomalous_terms])
-        pixel = pixel_auroc(masks, anomalous_maps.numpy())
-        for rule, fraction in SCORE_CHOICES:
-            model.config.score, model.config.topk_fraction = rule, fraction or default[2]
-            scores = torch.cat([model.image_score(good_maps), model.image_score(anomalous_maps)]).numpy()
-            per_kind = {kind: image_auroc(np.r_[np.zeros(len(good)), np.ones(kinds.count(kind))],
-                                          np.r_[scores[:len(good)], scores[len(good):][np.array(kinds) == kind]])
-                        for kind in kinds_used}
-            trials.append({"smoothing_sigma": sigma, "score": rule, "topk_fraction": fraction,
-                           "image_auroc": round(image_auroc(labels, scores), 5), "pixel_auroc": round(pixel, 5),
-                           "per_kind": {k: round(v, 4) for k, v in per_kind.items()}})
+        for weights in weight_choices or [{}]:
+            model.fitted.term_weights = dict(weights)
+            good_maps = torch.cat([model.smooth(model.fuse(as_float(t))).squeeze(1) for t in good_terms])
+            anomalous_maps = torch.cat([model.smooth(model.fuse(as_float(t))).squeeze(1) for t in anomalous_terms])
+            pixel = pixel_auroc(masks, anomalous_maps.numpy())
+            for rule, fraction in SCORE_CHOICES:
+                model.config.score, model.config.topk_fraction = rule, fraction or default[2]
+                scores = torch.cat([model.image_score(good_maps), model.image_score(anomalous_maps)]).numpy()
+                per_kind = {kind: image_auroc(np.r_[np.zeros(len(good)), np.ones(kinds.count(kind))],
+                                              np.r_[scores[:len(good)], scores[len(good):][np.array(kinds) == kind]])
+                            for kind in kinds_used}
+                trials.append({"smoothing_sigma": sigma, "score": rule, "topk_fraction": fraction,
+                               "term_weights": dict(weights),
+                               "image_auroc": round(image_auroc(labels, scores), 5), "pixel_auroc": round(pixel, 5),
+                               "per_kind": {k: round(v, 4) for k, v in per_kind.items()}})
     best = max(trials, key=lambda t: (t["image_auroc"], t["pixel_auroc"]))
     baseline = next(t for t in trials if (t["smoothing_sigma"], t["score"]) == default[:2]
-                    and t["topk_fraction"] in (0.0, default[2]))
+                    and t["topk_fraction"] in (0.0, default[2]) and not t["term_weights"])
     margin = auroc_standard_error(baseline["image_auroc"], len(anomalous), len(good))
     if best["image_auroc"] - baseline["image_auroc"] <= margin:
         best = baseline
@@ -328,11 +337,14 @@ def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, b
     model.config.score = best["score"]
     model.config.topk_fraction = best["topk_fraction"] or default[2]
     model.fitted.fusion = fit_fusion(model, good_terms)
-    log.info("chosen on %d held-out good and %d synthetic images: sigma %.0f, score %s (image AUROC %.4f)",
-             len(good), len(anomalous), best["smoothing_sigma"], best["score"], best["image_auroc"])
+    model.fitted.term_weights = best["term_weights"]
+    log.info("chosen on %d held-out good and %d synthetic images: sigma %.0f, score %s, term weights %s "
+             "(image AUROC %.4f)", len(good), len(anomalous), best["smoothing_sigma"], best["score"],
+             best["term_weights"] or "all 1", best["image_auroc"])
     return {"n_good": len(good), "n_synthetic": len(anomalous), "kinds": list(kinds_used),
             "default": {"smoothing_sigma": default[0], "score": default[1]}, "margin": round(margin, 5),
-            "chosen": {k: best[k] for k in ("smoothing_sigma", "score", "topk_fraction")}, "trials": trials}
+            "chosen": {k: best[k] for k in ("smoothing_sigma", "score", "topk_fraction", "term_weights")},
+            "trials": trials}
 
 
 def as_float(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -270,7 +270,7 @@ def test_the_fusion_puts_each_term_on_the_scale_of_its_good_quantiles(tiny_model
 def test_training_chooses_smoothing_and_score_on_held_out_good_and_synthetic_images(tmp_path, elpv_images):
     import shutil
 
-    from calibrate.train import SCORE_CHOICES, SMOOTHING_CHOICES
+    from calibrate.train import SCORE_CHOICES, SMOOTHING_CHOICES, WEIGHT_CHOICES
 
     folder = tmp_path / "good"
     folder.mkdir()
@@ -286,13 +286,28 @@ def test_training_chooses_smoothing_and_score_on_held_out_good_and_synthetic_ima
     assert chosen["score"] == architecture["score"] in {rule for rule, _ in SCORE_CHOICES}
     validation = training["validation"]
     trials = validation["trials"]
-    assert len(trials) == len(SMOOTHING_CHOICES) * len(SCORE_CHOICES)
+    # Two terms: every weight choice but the low-frequency term's, which this model does not have.
+    weights = [w for w in WEIGHT_CHOICES if "lowfreq" not in w]
+    assert len(trials) == len(SMOOTHING_CHOICES) * len(SCORE_CHOICES) * len(weights)
     best = max(trials, key=lambda t: (t["image_auroc"], t["pixel_auroc"]))
-    default = next(t for t in trials if (t["smoothing_sigma"], t["score"]) == (4.0, "max"))
+    default = next(t for t in trials if (t["smoothing_sigma"], t["score"]) == (4.0, "max") and not t["term_weights"])
     # The default stays unless another choice is better by more than the noise of 8 + 16 images.
     expected = best if best["image_auroc"] - default["image_auroc"] > validation["margin"] else default
-    assert (expected["smoothing_sigma"], expected["score"]) == (chosen["smoothing_sigma"], chosen["score"])
+    assert (expected["smoothing_sigma"], expected["score"], expected["term_weights"]) == \
+        (chosen["smoothing_sigma"], chosen["score"], chosen["term_weights"])
+    assert info.description["fitted"]["term_weights"] == chosen["term_weights"]
     assert 0.01 < validation["margin"] < 0.2
+
+
+def test_a_term_weighs_in_the_fusion_by_its_chosen_weight(tiny_model_dir):
+    model, _ = load_model(tiny_model_dir)
+    (_, high_a), (_, high_b) = model.fitted.fusion["alignment"], model.fitted.fusion["appearance"]
+    terms = {"alignment": torch.full((1, 1, 2, 2), high_a), "appearance": torch.full((1, 1, 2, 2), high_b)}
+    model.fitted.term_weights = {"alignment": 0.5}
+    assert torch.allclose(model.fuse(terms), torch.full((1, 1, 2, 2), 1.5), atol=1e-4)
+    model.fitted.term_weights = {"alignment": 0.0}
+    terms["alignment"] = torch.full((1, 1, 2, 2), float("nan"))  # a term at weight 0 is not even added
+    assert torch.allclose(model.fuse(terms), torch.ones(1, 1, 2, 2), atol=1e-4)
 
 
 def test_blind_spot_taps_stay_zero_through_training_with_the_denoising_target(tmp_path, elpv_good_dir):
