@@ -244,7 +244,7 @@ FUSION_QUANTILES = (0.9, 0.995)
 VALIDATION_FRACTION = 0.15
 # At most this many held out: the validation keeps every term map of them and of their synthetic
 # copies in memory (five images each) and its time grows with them, while the choices it makes
-# are already as sure at a hundred or so (the margin, a standard error, shrinks as 1/√n). Beyond
+# are already as sure at a hundred or so (the paired interval narrows as 1/√n). Beyond
 # it, the images go to the statistics instead.
 MAX_VALIDATION_IMAGES = 128
 # With fewer training images than this none are held out: the fusion is then fitted on the
@@ -287,10 +287,10 @@ def fit_fusion(model: HLGFA, good_terms: list[dict[str, torch.Tensor]]) -> dict[
 def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, batch_size: int, seed: int,
                          kinds_used: tuple[str, ...]) -> dict:
     """Fits the fusion on held-out good images and chooses the smoothing and the image score rule
-    by image AUROC (ties: pixel AUROC) on synthetic anomalies made from those images. The
-    configured default stays unless another choice beats it by more than the standard error of its
-    AUROC: a few dozen images cannot tell apart choices closer than that, and a choice that
-    follows noise would differ from seed to seed. Returns what was measured, for model.json."""
+    and the terms' weights by image AUROC (ties: pixel AUROC) on synthetic anomalies made from
+    those images. The configured default stays unless the best choice beats it on those images
+    beyond the 95 % paired bootstrap interval of the difference: a choice that follows noise would
+    differ from seed to seed. Returns what was measured, for model.json."""
     from calibrate.metrics import image_auroc, pixel_auroc
 
     anomalous, masks, kinds = synthetic_validation(good, kinds_used, seed)
@@ -308,7 +308,7 @@ def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, b
     # Weights only between terms there are, and never every term at zero.
     weight_choices = [w for w in WEIGHT_CHOICES if set(w) <= set(good_terms[0]) and len(good_terms[0]) > 1
                       and any(w.get(name, 1.0) for name in good_terms[0])]
-    trials = []
+    trials, trial_scores = [], []
     for sigma in SMOOTHING_CHOICES:
         model.set_smoothing(sigma)
         model.fitted.fusion = fit_fusion(model, good_terms)
@@ -327,11 +327,17 @@ def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, b
                                "term_weights": dict(weights),
                                "image_auroc": round(image_auroc(labels, scores), 5), "pixel_auroc": round(pixel, 5),
                                "per_kind": {k: round(v, 4) for k, v in per_kind.items()}})
-    best = max(trials, key=lambda t: (t["image_auroc"], t["pixel_auroc"]))
-    baseline = next(t for t in trials if (t["smoothing_sigma"], t["score"]) == default[:2]
-                    and t["topk_fraction"] in (0.0, default[2]) and not t["term_weights"])
-    margin = auroc_standard_error(baseline["image_auroc"], len(anomalous), len(good))
-    if best["image_auroc"] - baseline["image_auroc"] <= margin:
+                trial_scores.append(scores)
+    best_index = max(range(len(trials)), key=lambda i: (trials[i]["image_auroc"], trials[i]["pixel_auroc"]))
+    baseline_index = next(i for i, t in enumerate(trials) if (t["smoothing_sigma"], t["score"]) == default[:2]
+                          and t["topk_fraction"] in (0.0, default[2]) and not t["term_weights"])
+    # Both scorings are of the same images: what decides is the interval of their paired difference
+    # (a synthetic image resampled with the good image it was made from), far narrower than either
+    # AUROC's own standard error.
+    sources = np.r_[np.arange(len(good)), np.arange(len(anomalous)) // len(kinds_used)]
+    interval = paired_auroc_interval(labels, sources, trial_scores[baseline_index], trial_scores[best_index], seed)
+    best, baseline = trials[best_index], trials[baseline_index]
+    if interval[0] <= 0:
         best = baseline
     model.set_smoothing(best["smoothing_sigma"])
     model.config.score = best["score"]
@@ -342,21 +348,37 @@ def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, b
              "(image AUROC %.4f)", len(good), len(anomalous), best["smoothing_sigma"], best["score"],
              best["term_weights"] or "all 1", best["image_auroc"])
     return {"n_good": len(good), "n_synthetic": len(anomalous), "kinds": list(kinds_used),
-            "default": {"smoothing_sigma": default[0], "score": default[1]}, "margin": round(margin, 5),
+            "default": {"smoothing_sigma": default[0], "score": default[1]},
+            "best_minus_default_interval95": [round(v, 5) for v in interval],
             "chosen": {k: best[k] for k in ("smoothing_sigma", "score", "topk_fraction", "term_weights")},
             "trials": trials}
 
 
+BOOTSTRAP_ROUNDS = 500
+
+
+def paired_auroc_interval(labels: np.ndarray, sources: np.ndarray, first: np.ndarray, second: np.ndarray,
+                          seed: int, rounds: int = BOOTSTRAP_ROUNDS) -> tuple[float, float]:
+    """95 % interval of AUROC(second) − AUROC(first) on the same images, resampling the source
+    images (each with every image made from it) with replacement."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed + 31337)
+    members = [np.flatnonzero(sources == source) for source in range(sources.max() + 1)]
+    differences = []
+    for _ in range(rounds):
+        sample = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        if labels[sample].min() == labels[sample].max():
+            continue
+        differences.append(roc_auc_score(labels[sample], second[sample]) - roc_auc_score(labels[sample], first[sample]))
+    if not differences:
+        return 0.0, 0.0
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def as_float(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: term.float() for name, term in terms.items()}
-
-
-def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
-    """Hanley and McNeil's (1982) standard error of an AUROC."""
-    q1, q2 = auroc / (2 - auroc), 2 * auroc ** 2 / (1 + auroc)
-    variance = (auroc * (1 - auroc) + (positives - 1) * (q1 - auroc ** 2)
-                + (negatives - 1) * (q2 - auroc ** 2)) / (positives * negatives)
-    return float(np.sqrt(max(variance, 0.0)))
 
 
 # A common frame shape: at least this fraction of the training frames within ASPECT_TOLERANCE of

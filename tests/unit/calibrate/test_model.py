@@ -291,12 +291,27 @@ def test_training_chooses_smoothing_and_score_on_held_out_good_and_synthetic_ima
     assert len(trials) == len(SMOOTHING_CHOICES) * len(SCORE_CHOICES) * len(weights)
     best = max(trials, key=lambda t: (t["image_auroc"], t["pixel_auroc"]))
     default = next(t for t in trials if (t["smoothing_sigma"], t["score"]) == (4.0, "max") and not t["term_weights"])
-    # The default stays unless another choice is better by more than the noise of 8 + 16 images.
-    expected = best if best["image_auroc"] - default["image_auroc"] > validation["margin"] else default
+    # The default stays unless the best is better beyond the paired interval of 8 + 32 images.
+    low, high = validation["best_minus_default_interval95"]
+    assert low <= high
+    expected = best if low > 0 else default
     assert (expected["smoothing_sigma"], expected["score"], expected["term_weights"]) == \
         (chosen["smoothing_sigma"], chosen["score"], chosen["term_weights"])
     assert info.description["fitted"]["term_weights"] == chosen["term_weights"]
-    assert 0.01 < validation["margin"] < 0.2
+
+
+def test_the_paired_interval_excludes_zero_only_for_a_consistent_difference():
+    from calibrate.train import paired_auroc_interval
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(40), np.ones(160)]
+    sources = np.r_[np.arange(40), np.arange(160) // 4]
+    first = rng.normal(size=200) + labels
+    better = first + 0.5 * labels  # every anomaly scores higher, no good image does
+    low, high = paired_auroc_interval(labels, sources, first, better, seed=0)
+    assert 0 < low <= high
+    low, high = paired_auroc_interval(labels, sources, first, first + rng.normal(scale=0.01, size=200), seed=0)
+    assert low <= 0 <= high
 
 
 def test_a_term_weighs_in_the_fusion_by_its_chosen_weight(tiny_model_dir):
