@@ -53,11 +53,14 @@ def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | No
 
     model, info = load_model(model_dir)
     config = replace(model.config, **(config_overrides or {}))
-    if (config.discrepancy, config.appearance) != (model.config.discrepancy, model.config.appearance):
+    buffers_of = ("discrepancy", "appearance", "appearance_levels", "appearance_channels", "lowfreq_pool")
+    if any(getattr(config, key) != getattr(model.config, key) for key in buffers_of):
         # The per-position statistics are buffers: rebuild, keep the trained weights.
         rebuilt = HLGFA(model.backbone, config, model.fitted)
-        missing, unexpected = rebuilt.aligners.load_state_dict(model.aligners.state_dict(), strict=False)
-        if any(not key.rsplit(".", 1)[-1].startswith(("error_", "appearance_")) for key in missing + unexpected):
+        statistics = ("error_", "appearance_", "lowfreq_")  # refitted below, whatever their shape was
+        weights = {k: v for k, v in model.aligners.state_dict().items() if not k.rsplit(".", 1)[-1].startswith(statistics)}
+        missing, unexpected = rebuilt.aligners.load_state_dict(weights, strict=False)
+        if any(not key.rsplit(".", 1)[-1].startswith(statistics) for key in missing + unexpected):
             raise ConfigError(f"refit of {model_dir}: weights do not match the architecture ({missing + unexpected})")
         model = rebuilt.eval()
     model.config = config

@@ -138,11 +138,44 @@ def fit_position_statistics(model: HLGFA, images: np.ndarray, spec: PreprocessSp
             refined, _ = model.align(hr, lr)
             accumulators["error"].add([h - r for h, r in zip(hr, refined)])
         if "appearance" in accumulators:
-            accumulators["appearance"].add(hr)
-    for kind, accumulator in accumulators.items():
-        for aligner, (mean, precision) in zip(model.aligners, accumulator.gaussians()):
-            getattr(aligner, f"{kind}_mean").copy_(mean)
-            getattr(aligner, f"{kind}_precision").copy_(precision)
+            vectors = model.appearance_vectors(hr)
+            accumulators["appearance"].add(vectors)
+            if model.config.lowfreq_pool:
+                accumulators.setdefault("lowfreq", PositionMoments("pooled HR feature")).add(
+                    [F.avg_pool2d(vectors[0], model.config.lowfreq_pool)])
+    if "error" in accumulators:
+        for aligner, (mean, precision) in zip(model.aligners, accumulators["error"].gaussians()):
+            aligner.error_mean.copy_(mean)
+            aligner.error_precision.copy_(precision)
+    if "appearance" in accumulators:
+        holders = [a for a in model.aligners if hasattr(a, "appearance_mean")]
+        for holder, (mean, covariance) in zip(holders, accumulators["appearance"].moments()):
+            if hasattr(holder, "appearance_projection"):
+                projection = principal_directions(mean, covariance, holder.appearance_projection.shape[0])
+                holder.appearance_projection.copy_(projection)
+                mean = torch.einsum("dc,chw->dhw", projection.double(), mean)
+                covariance = projection.double() @ covariance @ projection.double().T
+            holder.appearance_mean.copy_(mean.float())
+            holder.appearance_precision.copy_(shrunk_inverse(covariance).float())
+    if "lowfreq" in accumulators:
+        # In the joint term's projection, fitted above: pooling and projecting commute.
+        holder = model.aligners[0]
+        projection = holder.appearance_projection.double()
+        ((mean, covariance),) = accumulators["lowfreq"].moments()
+        holder.lowfreq_mean.copy_(torch.einsum("dc,chw->dhw", projection, mean).float())
+        holder.lowfreq_precision.copy_(shrunk_inverse(projection @ covariance @ projection.T).float())
+
+
+def principal_directions(mean: torch.Tensor, covariance: torch.Tensor, width: int) -> torch.Tensor:
+    """The `width` leading principal directions (width × C, float32) of vectors whose per-position
+    mean (C×h×w) and covariance ((h·w)×C×C) are given, pooled over positions: the covariance within
+    positions plus that of the position means. Fitted on the same moments as the Gaussians, so
+    projecting them equals fitting on projected vectors."""
+    channels = mean.shape[0]
+    position_means = mean.reshape(channels, -1).T  # (h·w) × C
+    pooled = covariance.mean(dim=0) + torch.cov(position_means.T, correction=0)
+    _, vectors = torch.linalg.eigh(pooled)  # ascending eigenvalues
+    return vectors[:, -width:].flip(1).T.contiguous().float()
 
 
 @torch.no_grad()
@@ -160,7 +193,7 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
     """
     model.fitted = FittedConstants()
     batches = [to_batch(images[start:start + batch_size], spec) for start in range(0, len(images), batch_size)]
-    level_sums, appearance_sums, instability_sums = None, None, None
+    level_sums, appearance_sums, lowfreq_sums, instability_sums = None, None, None, None
 
     def accumulate(total, values):
         return values if total is None else [a + b for a, b in zip(total, values)]
@@ -171,9 +204,9 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
         level_sums = accumulate(level_sums, [float(model.discrepancy(aligner, r, h).mean()) * len(batch)
                                              for aligner, r, h in zip(model.aligners, refined, hr)])
         if model.config.appearance:
-            appearance_sums = accumulate(appearance_sums, [
-                float(whitened_distance(h, a.appearance_mean, a.appearance_precision).mean()) * len(batch)
-                for a, h in zip(model.aligners, hr)])
+            appearance, lowfreq = model.appearance_distances(hr)
+            appearance_sums = accumulate(appearance_sums, [float(d.mean()) * len(batch) for d in appearance])
+            lowfreq_sums = accumulate(lowfreq_sums, [float(d.mean()) * len(batch) for d in lowfreq])
         if model.config.use_structure:
             instability_sums = accumulate(instability_sums,
                                           [float(local_instability(s).mean()) * len(batch) for s in structures])
@@ -181,6 +214,7 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
         model.fitted.level_scale = [t / len(images) + 1e-12 for t in level_sums]
         if appearance_sums is not None:
             model.fitted.appearance_scale = [t / len(images) + 1e-12 for t in appearance_sums]
+            model.fitted.lowfreq_scale = [t / len(images) + 1e-12 for t in lowfreq_sums]
     if not (model.config.use_structure and model.config.use_reliability):
         return model.fitted
     model.fitted.instability_scale = [t / len(images) + 1e-12 for t in instability_sums]
@@ -203,8 +237,16 @@ def fit_constants(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch_
 # What training chooses on held-out good images and synthetic anomalies, never on real defects.
 SMOOTHING_CHOICES = (2.0, 4.0, 8.0)
 SCORE_CHOICES = (("max", 0.0), ("topk", 0.001), ("topk", 0.01))
+# Term weights tried (a term not named keeps weight 1); the first is the default. The alignment
+# term at half or no weight, the low-frequency term without weight.
+WEIGHT_CHOICES = ({}, {"alignment": 0.5}, {"alignment": 0.0}, {"lowfreq": 0.0})
 FUSION_QUANTILES = (0.9, 0.995)
 VALIDATION_FRACTION = 0.15
+# At most this many held out: the validation keeps every term map of them and of their synthetic
+# copies in memory (five images each) and its time grows with them, while the choices it makes
+# are already as sure at a hundred or so (the paired interval narrows as 1/√n). Beyond
+# it, the images go to the statistics instead.
+MAX_VALIDATION_IMAGES = 128
 # With fewer training images than this none are held out: the fusion is then fitted on the
 # training images and the defaults are kept. Fitted on the images their own statistics came from,
 # the distances are nearly constant (each image is its own neighbourhood), so the fusion's scale
@@ -233,7 +275,7 @@ def fit_fusion(model: HLGFA, good_terms: list[dict[str, torch.Tensor]]) -> dict[
         return {}
     fusion = {}
     for name in good_terms[0]:
-        values = torch.cat([model.smooth(terms[name]).flatten() for terms in good_terms])
+        values = torch.cat([model.smooth(terms[name].float()).flatten() for terms in good_terms])
         # torch.quantile refuses inputs above 2^24 elements; a strided sample keeps every image.
         step = max(1, values.numel() // 4_000_000)
         low, high = torch.quantile(values[::step].double(), torch.tensor(FUSION_QUANTILES, dtype=torch.float64))
@@ -245,61 +287,98 @@ def fit_fusion(model: HLGFA, good_terms: list[dict[str, torch.Tensor]]) -> dict[
 def choose_on_validation(model: HLGFA, good: np.ndarray, spec: PreprocessSpec, batch_size: int, seed: int,
                          kinds_used: tuple[str, ...]) -> dict:
     """Fits the fusion on held-out good images and chooses the smoothing and the image score rule
-    by image AUROC (ties: pixel AUROC) on synthetic anomalies made from those images. The
-    configured default stays unless another choice beats it by more than the standard error of its
-    AUROC: a few dozen images cannot tell apart choices closer than that, and a choice that
-    follows noise would differ from seed to seed. Returns what was measured, for model.json."""
+    and the terms' weights by image AUROC (ties: pixel AUROC) on synthetic anomalies made from
+    those images. The configured default stays unless the best choice beats it on those images
+    beyond the 95 % paired bootstrap interval of the difference: a choice that follows noise would
+    differ from seed to seed. Returns what was measured, for model.json."""
     from calibrate.metrics import image_auroc, pixel_auroc
 
     anomalous, masks, kinds = synthetic_validation(good, kinds_used, seed)
     strength = model.fitted.reliability_strength
 
     def terms_of(images):
-        return [model.term_maps(model.raw_maps(to_batch(images[i:i + batch_size], spec)), strength)
+        # Half precision in memory (the maps of 5 × MAX_VALIDATION_IMAGES images); computed in FP32.
+        return [{name: term.half() for name, term in
+                 model.term_maps(model.raw_maps(to_batch(images[i:i + batch_size], spec)), strength).items()}
                 for i in range(0, len(images), batch_size)]
 
     good_terms, anomalous_terms = terms_of(good), terms_of(anomalous)
     labels = np.r_[np.zeros(len(good)), np.ones(len(anomalous))]
     default = (HLGFAConfig.smoothing_sigma, HLGFAConfig.score, HLGFAConfig.topk_fraction)
-    trials = []
+    # Weights only between terms there are, and never every term at zero.
+    weight_choices = [w for w in WEIGHT_CHOICES if set(w) <= set(good_terms[0]) and len(good_terms[0]) > 1
+                      and any(w.get(name, 1.0) for name in good_terms[0])]
+    trials, trial_scores = [], []
     for sigma in SMOOTHING_CHOICES:
         model.set_smoothing(sigma)
         model.fitted.fusion = fit_fusion(model, good_terms)
-        good_maps = torch.cat([model.smooth(model.fuse(t)).squeeze(1) for t in good_terms])
-        anomalous_maps = torch.cat([model.smooth(model.fuse(t)).squeeze(1) for t in anomalous_terms])
-        pixel = pixel_auroc(masks, anomalous_maps.numpy())
-        for rule, fraction in SCORE_CHOICES:
-            model.config.score, model.config.topk_fraction = rule, fraction or default[2]
-            scores = torch.cat([model.image_score(good_maps), model.image_score(anomalous_maps)]).numpy()
-            per_kind = {kind: image_auroc(np.r_[np.zeros(len(good)), np.ones(kinds.count(kind))],
-                                          np.r_[scores[:len(good)], scores[len(good):][np.array(kinds) == kind]])
-                        for kind in kinds_used}
-            trials.append({"smoothing_sigma": sigma, "score": rule, "topk_fraction": fraction,
-                           "image_auroc": round(image_auroc(labels, scores), 5), "pixel_auroc": round(pixel, 5),
-                           "per_kind": {k: round(v, 4) for k, v in per_kind.items()}})
-    best = max(trials, key=lambda t: (t["image_auroc"], t["pixel_auroc"]))
-    baseline = next(t for t in trials if (t["smoothing_sigma"], t["score"]) == default[:2]
-                    and t["topk_fraction"] in (0.0, default[2]))
-    margin = auroc_standard_error(baseline["image_auroc"], len(anomalous), len(good))
-    if best["image_auroc"] - baseline["image_auroc"] <= margin:
+        for weights in weight_choices or [{}]:
+            model.fitted.term_weights = dict(weights)
+            good_maps = torch.cat([model.smooth(model.fuse(as_float(t))).squeeze(1) for t in good_terms])
+            anomalous_maps = torch.cat([model.smooth(model.fuse(as_float(t))).squeeze(1) for t in anomalous_terms])
+            pixel = pixel_auroc(masks, anomalous_maps.numpy())
+            for rule, fraction in SCORE_CHOICES:
+                model.config.score, model.config.topk_fraction = rule, fraction or default[2]
+                scores = torch.cat([model.image_score(good_maps), model.image_score(anomalous_maps)]).numpy()
+                per_kind = {kind: image_auroc(np.r_[np.zeros(len(good)), np.ones(kinds.count(kind))],
+                                              np.r_[scores[:len(good)], scores[len(good):][np.array(kinds) == kind]])
+                            for kind in kinds_used}
+                trials.append({"smoothing_sigma": sigma, "score": rule, "topk_fraction": fraction,
+                               "term_weights": dict(weights),
+                               "image_auroc": round(image_auroc(labels, scores), 5), "pixel_auroc": round(pixel, 5),
+                               "per_kind": {k: round(v, 4) for k, v in per_kind.items()}})
+                trial_scores.append(scores)
+    best_index = max(range(len(trials)), key=lambda i: (trials[i]["image_auroc"], trials[i]["pixel_auroc"]))
+    baseline_index = next(i for i, t in enumerate(trials) if (t["smoothing_sigma"], t["score"]) == default[:2]
+                          and t["topk_fraction"] in (0.0, default[2]) and not t["term_weights"])
+    # Both scorings are of the same images: what decides is the interval of their paired difference
+    # (a synthetic image resampled with the good image it was made from), far narrower than either
+    # AUROC's own standard error.
+    sources = np.r_[np.arange(len(good)), np.arange(len(anomalous)) // len(kinds_used)]
+    interval = paired_auroc_interval(labels, sources, trial_scores[baseline_index], trial_scores[best_index], seed)
+    best, baseline = trials[best_index], trials[baseline_index]
+    if interval[0] <= 0:
         best = baseline
     model.set_smoothing(best["smoothing_sigma"])
     model.config.score = best["score"]
     model.config.topk_fraction = best["topk_fraction"] or default[2]
     model.fitted.fusion = fit_fusion(model, good_terms)
-    log.info("chosen on %d held-out good and %d synthetic images: sigma %.0f, score %s (image AUROC %.4f)",
-             len(good), len(anomalous), best["smoothing_sigma"], best["score"], best["image_auroc"])
+    model.fitted.term_weights = best["term_weights"]
+    log.info("chosen on %d held-out good and %d synthetic images: sigma %.0f, score %s, term weights %s "
+             "(image AUROC %.4f)", len(good), len(anomalous), best["smoothing_sigma"], best["score"],
+             best["term_weights"] or "all 1", best["image_auroc"])
     return {"n_good": len(good), "n_synthetic": len(anomalous), "kinds": list(kinds_used),
-            "default": {"smoothing_sigma": default[0], "score": default[1]}, "margin": round(margin, 5),
-            "chosen": {k: best[k] for k in ("smoothing_sigma", "score", "topk_fraction")}, "trials": trials}
+            "default": {"smoothing_sigma": default[0], "score": default[1]},
+            "best_minus_default_interval95": [round(v, 5) for v in interval],
+            "chosen": {k: best[k] for k in ("smoothing_sigma", "score", "topk_fraction", "term_weights")},
+            "trials": trials}
 
 
-def auroc_standard_error(auroc: float, positives: int, negatives: int) -> float:
-    """Hanley and McNeil's (1982) standard error of an AUROC."""
-    q1, q2 = auroc / (2 - auroc), 2 * auroc ** 2 / (1 + auroc)
-    variance = (auroc * (1 - auroc) + (positives - 1) * (q1 - auroc ** 2)
-                + (negatives - 1) * (q2 - auroc ** 2)) / (positives * negatives)
-    return float(np.sqrt(max(variance, 0.0)))
+BOOTSTRAP_ROUNDS = 500
+
+
+def paired_auroc_interval(labels: np.ndarray, sources: np.ndarray, first: np.ndarray, second: np.ndarray,
+                          seed: int, rounds: int = BOOTSTRAP_ROUNDS) -> tuple[float, float]:
+    """95 % interval of AUROC(second) − AUROC(first) on the same images, resampling the source
+    images (each with every image made from it) with replacement."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed + 31337)
+    members = [np.flatnonzero(sources == source) for source in range(sources.max() + 1)]
+    differences = []
+    for _ in range(rounds):
+        sample = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+        if labels[sample].min() == labels[sample].max():
+            continue
+        differences.append(roc_auc_score(labels[sample], second[sample]) - roc_auc_score(labels[sample], first[sample]))
+    if not differences:
+        return 0.0, 0.0
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def as_float(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: term.float() for name, term in terms.items()}
 
 
 # A common frame shape: at least this fraction of the training frames within ASPECT_TOLERANCE of
@@ -405,7 +484,7 @@ def split_validation(paths: list[Path], seed: int) -> tuple[list[Path], list[Pat
     statistics, on which the fusion is fitted and the choices are made."""
     if len(paths) < MIN_IMAGES_FOR_VALIDATION:
         return paths, []
-    count = max(2, int(round(VALIDATION_FRACTION * len(paths))))
+    count = min(MAX_VALIDATION_IMAGES, max(2, int(round(VALIDATION_FRACTION * len(paths)))))
     return split_holdout(paths, count / len(paths), seed + 1)
 
 

@@ -20,6 +20,7 @@ from edge.core.errors import ConfigError, ModelFileError
 from edge.imaging.preprocess import input_size
 
 DISCREPANCIES = ("whitened", "cosine")
+APPEARANCE_LEVELS = ("joint", "per-level")
 
 
 def exact_fields(cls, data: dict, what: str) -> dict:
@@ -72,6 +73,20 @@ class HLGFAConfig:
     # put on one scale (`FittedConstants.fusion`). Off: the alignment term alone, for parts that do
     # not sit in the same place in every frame (with discrepancy="cosine").
     appearance: bool = True
+    # The appearance term's Gaussians. "joint": one per position of the finest level's grid over
+    # every level's HR features at once (deeper levels upsampled to it), so that how the levels
+    # vary together on good parts counts, as in PaDiM; projected onto the `appearance_channels`
+    # leading principal directions of good parts' vectors (0: every channel) to bound the
+    # statistics' size and cost. "per-level": one Gaussian per level, the levels' maps averaged.
+    # Joint beat per-level on the magnetic tile's cracks (BENCHMARKS.md, the cross-level term).
+    appearance_levels: str = "joint"
+    appearance_channels: int = 100
+    # The low-frequency term: a Gaussian per cell of lowfreq_pool × lowfreq_pool positions of the
+    # joint appearance grid, on the cell's mean projected vector (0: off). A change spread thinly
+    # over a large region (uneven, stained, discoloured) moves every position a little, less than
+    # good parts vary at one position; averaged over a cell, that variation shrinks and the
+    # change does not. Fused as a third term.
+    lowfreq_pool: int = 0
     # The alignment term is divided where the structure prior's local gradient is high (edges,
     # texture: features that legitimately shift with resolution), by a strength fitted on normals.
     use_reliability: bool = True
@@ -84,6 +99,18 @@ class HLGFAConfig:
         self.input_size = input_size(self.input_size)
         if self.discrepancy not in DISCREPANCIES:
             raise ConfigError(f"discrepancy={self.discrepancy!r}: expected one of {', '.join(DISCREPANCIES)}")
+        if self.appearance_levels not in APPEARANCE_LEVELS:
+            raise ConfigError(f"appearance_levels={self.appearance_levels!r}: expected one of "
+                              f"{', '.join(APPEARANCE_LEVELS)}")
+        if self.appearance_channels < 0:
+            raise ConfigError(f"appearance_channels={self.appearance_channels}: expected ≥ 0 (0: every channel)")
+        if self.lowfreq_pool and not (self.appearance and self.appearance_levels == "joint"):
+            raise ConfigError(f"lowfreq_pool={self.lowfreq_pool}: the low-frequency term pools the joint appearance "
+                              f"term's vectors; needs appearance=true, appearance_levels='joint'")
+        if self.lowfreq_pool < 0 or any((side // min(self.strides)) % max(self.lowfreq_pool, 1)
+                                        for side in self.input_size):
+            raise ConfigError(f"lowfreq_pool={self.lowfreq_pool}: expected 0 or a divisor of the appearance grid "
+                              f"{self.input_size[0] // min(self.strides)}×{self.input_size[1] // min(self.strides)}")
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -112,11 +139,17 @@ class FittedConstants:
     reliability_strength: float = 0.0
     # Per-level mean appearance distance on normals (levels combined scale-free, as above).
     appearance_scale: list[float] = field(default_factory=list)
+    # Mean low-frequency distance on normals (empty: the term is off).
+    lowfreq_scale: list[float] = field(default_factory=list)
     # Per term ("alignment", "appearance"): the 0.9 and 0.995 quantiles of its smoothed map over
     # held-out good images. Each term is mapped affinely so these land on 0 and 1, then the terms
     # are added (EfficientAD's rule): neither term's units can drown the other. Empty: one term,
     # unscaled.
     fusion: dict[str, list[float]] = field(default_factory=dict)
+    # Per term, its weight in the sum once on that scale (absent: 1). Chosen on held-out images
+    # and synthetic anomalies (train.choose_on_validation): on some lines a term adds more false
+    # alarms on good parts than it finds anomalies.
+    term_weights: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict) -> "FittedConstants":
@@ -126,17 +159,24 @@ class FittedConstants:
 class LevelAligner(nn.Module):
     """Refines LR features towards HR features at one level, guided by thin HR priors."""
 
-    def __init__(self, channels: int, config: HLGFAConfig, grid: tuple[int, int]):
+    def __init__(self, channels: int, config: HLGFAConfig, grid: tuple[int, int],
+                 appearance: tuple[int, int] | None = None):
+        """`appearance`: (width, input channels) of the appearance statistics this level holds on
+        its grid, None for none (the joint term's live with the finest level, on its grid)."""
         super().__init__()
         if config.discrepancy == "whitened":
             # Fitted on normal images after training (train.fit_error_statistics); saved with the
             # weights, so the model hash covers them. Identity until fitted.
             self.register_buffer("error_mean", torch.zeros(channels, *grid))
             self.register_buffer("error_precision", torch.eye(channels).repeat(grid[0] * grid[1], 1, 1))
-        if config.appearance:
-            # The HR features' mean and inverse covariance per position (train.fit_position_statistics).
-            self.register_buffer("appearance_mean", torch.zeros(channels, *grid))
-            self.register_buffer("appearance_precision", torch.eye(channels).repeat(grid[0] * grid[1], 1, 1))
+        if appearance is not None:
+            # The HR features' mean and inverse covariance per position (train.fit_position_statistics),
+            # after the joint term's projection (width × input channels; none per level).
+            width, inputs = appearance
+            if config.appearance_levels == "joint":
+                self.register_buffer("appearance_projection", torch.eye(width, inputs))
+            self.register_buffer("appearance_mean", torch.zeros(width, *grid))
+            self.register_buffer("appearance_precision", torch.eye(width).repeat(grid[0] * grid[1], 1, 1))
         self.use_structure = config.use_structure
         self.detail_channels = config.detail_channels
         if self.use_structure:
@@ -230,7 +270,8 @@ class RawMaps:
 
     alignment: list[torch.Tensor]
     instability: torch.Tensor | None
-    appearance: list[torch.Tensor]  # empty when the appearance term is off
+    appearance: list[torch.Tensor]  # per Gaussian grid (one when joint); empty when the term is off
+    lowfreq: list[torch.Tensor] = field(default_factory=list)  # one map, or empty when the term is off
 
 
 class HLGFA(nn.Module):
@@ -243,11 +284,58 @@ class HLGFA(nn.Module):
         self.backbone = backbone
         self.config = config
         height, width = config.input_size
-        self.aligners = nn.ModuleList(LevelAligner(backbone.channels[s], config, (height // s, width // s))
-                                      for s in config.strides)
+        if list(config.strides) != sorted(config.strides):
+            raise ConfigError(f"strides {config.strides}: expected finest first")
+        self.aligners = nn.ModuleList(
+            LevelAligner(backbone.channels[s], config, (height // s, width // s), self.appearance_shape(backbone, level))
+            for level, s in enumerate(config.strides))
+        if config.lowfreq_pool:
+            # With the joint term's statistics, on the finest level (its grid, coarsened).
+            holder, pool = self.aligners[0], config.lowfreq_pool
+            channels = holder.appearance_mean.shape[0]
+            cells = (height // config.strides[0] // pool, width // config.strides[0] // pool)
+            holder.register_buffer("lowfreq_mean", torch.zeros(channels, *cells))
+            holder.register_buffer("lowfreq_precision", torch.eye(channels).repeat(cells[0] * cells[1], 1, 1))
         self.register_buffer("smoothing_kernel", gaussian_kernel1d(self.smoothing_pixels(config.smoothing_sigma)),
                              persistent=False)
         self.fitted = fitted or FittedConstants()
+
+    def appearance_shape(self, backbone: FrozenBackbone, level: int) -> tuple[int, int] | None:
+        """(width, input channels) of the appearance statistics level `level` holds, or None."""
+        if not self.config.appearance:
+            return None
+        channels = [backbone.channels[s] for s in self.config.strides]
+        if self.config.appearance_levels == "per-level":
+            return channels[level], channels[level]
+        if level:
+            return None
+        total = sum(channels)
+        return min(self.config.appearance_channels or total, total), total
+
+    def appearance_vectors(self, hr: list[torch.Tensor]) -> list[torch.Tensor]:
+        """What the appearance term's Gaussians are fitted on, before any projection: the HR
+        features per level, or (joint) every level's on the finest grid, concatenated."""
+        if self.config.appearance_levels == "per-level":
+            return hr
+        size = hr[0].shape[-2:]
+        return [torch.cat([hr[0]] + [F.interpolate(h, size=size, mode="bilinear", align_corners=False)
+                                      for h in hr[1:]], dim=1)]
+
+    def appearance_distances(self, hr: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The appearance term's Mahalanobis norms, N×h×w, one per Gaussian grid; and the
+        low-frequency term's, per cell (empty when off)."""
+        vectors = self.appearance_vectors(hr)
+        holders = [a for a in self.aligners if hasattr(a, "appearance_mean")]
+        if self.config.appearance_levels == "joint":
+            # A 1×1 convolution: the projection exports as one Conv.
+            projection = holders[0].appearance_projection
+            vectors = [F.conv2d(vectors[0], projection[:, :, None, None])]
+        appearance = [whitened_distance(v, a.appearance_mean, a.appearance_precision) for v, a in zip(vectors, holders)]
+        lowfreq = []
+        if self.config.lowfreq_pool:
+            cells = F.avg_pool2d(vectors[0], self.config.lowfreq_pool)
+            lowfreq = [whitened_distance(cells, holders[0].lowfreq_mean, holders[0].lowfreq_precision)]
+        return appearance, lowfreq
 
     def features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Backbone features of the HR view and of the LR view resized to the HR grid."""
@@ -280,17 +368,17 @@ class HLGFA(nn.Module):
 
         alignment = upsampled([self.discrepancy(a, r, h) for a, r, h in zip(self.aligners, refined, hr)],
                               self.fitted.level_scale or [1.0] * len(hr))
-        appearance = []
+        appearance, lowfreq = [], []
         if self.config.appearance:
-            appearance = upsampled(
-                [whitened_distance(h, a.appearance_mean, a.appearance_precision) for a, h in zip(self.aligners, hr)],
-                self.fitted.appearance_scale or [1.0] * len(hr))
+            distances, lowfreq_distances = self.appearance_distances(hr)
+            appearance = upsampled(distances, self.fitted.appearance_scale or [1.0] * len(distances))
+            lowfreq = upsampled(lowfreq_distances, self.fitted.lowfreq_scale or [1.0] * len(lowfreq_distances))
         instability = None
         if self.config.use_structure and self.fitted.instability_scale:
             instability = torch.stack([
                 F.interpolate(local_instability(s), size=size, mode="bilinear", align_corners=False) / scale
                 for s, scale in zip(structures, self.fitted.instability_scale)]).mean(dim=0)
-        return RawMaps(alignment, instability, appearance)
+        return RawMaps(alignment, instability, appearance, lowfreq)
 
     def discrepancy(self, aligner: LevelAligner, refined: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         """N×h×w: how far the refined LR features are from the HR features at each position."""
@@ -314,13 +402,15 @@ class HLGFA(nn.Module):
         terms = {"alignment": alignment}
         if raw.appearance:
             terms["appearance"] = torch.stack(raw.appearance).mean(dim=0)
+        if raw.lowfreq:
+            terms["lowfreq"] = raw.lowfreq[0]
         return terms
 
     def fuse(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         """One map from the terms, each mapped by its fitted quantiles (0.9 → 0, 0.995 → 1)."""
-        fusion = self.fitted.fusion
-        return sum((t - fusion[name][0]) / (fusion[name][1] - fusion[name][0]) if name in fusion else t
-                   for name, t in terms.items())
+        fusion, weights = self.fitted.fusion, self.fitted.term_weights
+        return sum(weights.get(name, 1.0) * (t - fusion[name][0]) / (fusion[name][1] - fusion[name][0])
+                   if name in fusion else t for name, t in terms.items() if weights.get(name, 1.0))
 
     def image_score(self, anomaly: torch.Tensor) -> torch.Tensor:
         flat = anomaly.flatten(1)

@@ -113,21 +113,26 @@ def test_bad_options_are_refused(tiny_model_dir, tmp_path):
 
 
 def test_both_terms_are_in_the_graph_with_their_per_position_statistics(exported, tiny_model_dir):
-    # Per level, two batched MatMuls against a (positions × C × C) precision: the alignment error's
-    # and the HR features' (the appearance term).
+    # Batched MatMuls against a (positions × C × C) precision: per level, the alignment error's;
+    # on the finer grid, the joint appearance term's over both levels' projected HR features.
     from edge.artifacts.model_dir import load_model_info
 
     proto = onnx.load(exported["fp32"])
-    height, width = load_model_info(tiny_model_dir).preprocess.input_size
+    description = load_model_info(tiny_model_dir).description
+    height, width = description["preprocess"]["input_size"]
+    assert description["architecture"]["appearance_levels"] == "joint"
     shapes = {init.name: tuple(init.dims) for init in proto.graph.initializer}
     precisions = [shapes[name] for node in proto.graph.node if node.op_type == "MatMul" for name in node.input
                   if name in shapes and len(shapes[name]) == 3]
-    per_level = {(height // stride) * (width // stride) for stride in (8, 16)}
-    assert sorted(p[0] for p in precisions) == sorted(list(per_level) * 2)
+    grids = [(height // stride) * (width // stride) for stride in (8, 16)]
+    channels = description["architecture"]["appearance_channels"]
+    assert sorted(precisions) == sorted([(grids[0], 40, 40), (grids[1], 112, 112), (grids[0], channels, channels)])
 
 
-def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp_path, elpv_images):
-    # A wide input (64×192): height and width must stay apart from preprocessing through the graph.
+@pytest.mark.parametrize("overrides", [{}, {"lowfreq_pool": 2}], ids=["default", "low-frequency term"])
+def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp_path, elpv_images, overrides):
+    # A wide input (64×192): height and width must stay apart from preprocessing through the graph
+    # (the low-frequency term's cells too).
     import shutil
 
     import torch
@@ -143,8 +148,10 @@ def test_a_non_square_model_trains_exports_and_runs_the_same_in_onnx_runtime(tmp
     folder.mkdir()
     for path in elpv_images["good"][:12]:
         shutil.copy(path, folder / path.name)
-    info = train(folder, tmp_path / "model", epochs=1, input_size=(64, 192), seed=0, progress=False)
+    info = train(folder, tmp_path / "model", epochs=1, input_size=(64, 192), seed=0, progress=False,
+                 config_overrides=overrides)
     assert info.preprocess.input_size == (64, 192)
+    assert bool(info.description["fitted"]["lowfreq_scale"]) == bool(overrides)
     export_onnx(info.directory, max_batch=2)
     batch = preprocess([read_image(p) for p in elpv_images["defect"][:2]], info.preprocess)
     assert batch.shape == (2, 3, 64, 192)
