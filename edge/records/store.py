@@ -402,10 +402,9 @@ class RecordStore:
     def record_decision(self, decision: wire.Decision, frame_sha256: str | None = None) -> int | None:
         """Store one decision; its row id, or None when it was a duplicate or the disk refused it."""
         self.positions[decision.camera] = (decision.session, decision.seq)
-        part_id = getattr(decision, "part_id", None)  # the PLC's part id, where the wire carries one
         row = (decision.wall_ns, decision.camera, decision.session, decision.seq, decision.frame_id,
                decision.verdict, decision.score, decision.threshold, decision.region_px, decision.reason,
-               decision.latency_ms, decision.thresholds_version, decision.model_hash, part_id, frame_sha256)
+               decision.latency_ms, decision.thresholds_version, decision.model_hash, decision.part_id, frame_sha256)
         cursor = self._execute(
             f"{decision.camera} frame {decision.frame_id}",
             "INSERT OR IGNORE INTO decisions (wall_ns, camera, session, seq, frame_id, verdict, score, threshold, "

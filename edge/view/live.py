@@ -137,7 +137,7 @@ def decision_dict(decision: wire.Decision, row_id: int | None) -> dict:
             "score": decision.score, "threshold": decision.threshold, "reason": decision.reason,
             "region_px": decision.region_px, "latency_ms": decision.latency_ms, "wall_ns": decision.wall_ns,
             "thresholds_version": decision.thresholds_version, "session": decision.session, "seq": decision.seq,
-            "part_id": getattr(decision, "part_id", None)}
+            "part_id": decision.part_id}
 
 
 def _empty_shift() -> dict:

@@ -23,12 +23,13 @@ SESSION = "0123456789abcdef"
 T0 = 1_780_000_000 * 10**9  # ns since the epoch
 
 
-def decision(seq, verdict="ok", camera="cam1", wall_ns=None, score=0.2, frame_id=None):
+def decision(seq, verdict="ok", camera="cam1", wall_ns=None, score=0.2, frame_id=None, part_id=None):
     return wire.Decision(camera=camera, frame_id=seq if frame_id is None else frame_id, verdict=verdict,
                          reason="" if verdict == "ok" else f"{verdict} reason", score=None if verdict == "fault" else score,
                          threshold=None if verdict == "fault" else 0.5, device_timestamp_ns=0, receive_ns=0,
                          decision_ns=0, latency_ms=4.0, model_hash="ab" * 32, thresholds_version="v1", region_px=3,
-                         session=SESSION, seq=seq, wall_ns=T0 + seq * 10**6 if wall_ns is None else wall_ns)
+                         session=SESSION, seq=seq, wall_ns=T0 + seq * 10**6 if wall_ns is None else wall_ns,
+                         part_id=part_id)
 
 
 def map_for(d, rng, size=64):
@@ -95,6 +96,15 @@ def test_queries_filter_by_time_camera_verdict_frame_and_reason(tmp_path, rng):
     assert [r["seq"] for r in rows(tmp_path, frame_id=7)] == [7]
     assert [r["seq"] for r in rows(tmp_path, before_id=4)] == [1, 2, 3]
     assert [r["seq"] for r in rows(tmp_path, reason="reject reason", cameras=["cam1"])] == [5, 15]
+
+
+def test_the_plcs_part_id_is_stored_and_found(tmp_path, rng):
+    store = RecordStore(tmp_path)
+    for seq, part in ((1, "A-0001"), (2, None), (3, "A-0003")):
+        store.record_decision(decision(seq, "reject" if seq == 3 else "ok", part_id=part))
+    store.close()
+    assert [r["part_id"] for r in rows(tmp_path)] == ["A-0001", None, "A-0003"]
+    assert [r["seq"] for r in rows(tmp_path, part_id="A-0003")] == [3]
 
 
 def test_retention_by_age_deletes_old_rows_and_their_images(tmp_path, rng):
