@@ -7,7 +7,8 @@ const TRENDS_EVERY_MS = 15000;
 const model = { cameras: {}, box: { level: "bad", problems: ["connecting to the view…"] }, shift: null,
                 recorder: null, link: false, lastMessage: 0 };
 let state = { password: false, engineer_password: false, frames: [], user: null, role: null, scale: null };
-let galleryLoaded = false, oldest = null, trendsTimer = null, current = null, drawQueued = false;
+// parts recorded while the gallery is being fetched: the fetch may have missed them, so they join it after
+let galleryLoaded = false, recordedDuringLoad = null, oldest = null, trendsTimer = null, current = null, drawQueued = false;
 
 async function api(path, body) {
   const options = body === undefined ? {} :
@@ -249,7 +250,10 @@ function apply([event, data]) {
     return true;
   }
   if (event === "shift") { model.shift = data; return true; }
-  if (event === "recorded") { if (galleryLoaded) addThumb(data); return false; }
+  if (event === "recorded") {
+    if (recordedDuringLoad) recordedDuringLoad.push(data); else if (galleryLoaded) addThumb(data);
+    return false;
+  }
   if (event === "review" || event === "mark") {
     document.querySelector(`.thumb[data-id="${data.id}"]`)?.classList.add(event === "review" ? "reviewed" : "marked");
   }
@@ -323,8 +327,17 @@ async function loadGallery(more = false) {
   const params = galleryParams();
   if (!params.getAll("verdict").length) { $("gallery").replaceChildren(); return; }
   if (more && oldest !== null) params.set("before", oldest);
-  const rows = await api(`/api/records?${params}`);
-  if (more) $("gallery").append(...rows.map(thumb)); else $("gallery").replaceChildren(...rows.map(thumb));
+  if (!more) recordedDuringLoad = [];
+  let rows;
+  try { rows = await api(`/api/records?${params}`); } catch (error) { recordedDuringLoad = null; throw error; }
+  if (more) $("gallery").append(...rows.map(thumb));
+  else {
+    $("gallery").replaceChildren(...rows.map(thumb));
+    const fetched = new Set(rows.map((row) => row.id));
+    const missed = recordedDuringLoad.filter((row) => !fetched.has(row.id));
+    recordedDuringLoad = null;
+    missed.forEach(addThumb);
+  }
   if (rows.length) oldest = rows[rows.length - 1].id;
   $("older").hidden = rows.length < 200;
   galleryLoaded = true;
