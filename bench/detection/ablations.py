@@ -14,16 +14,8 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-
-from calibrate.dataset import list_images, training_folder
 from calibrate.evaluate import evaluate
-from calibrate.model.hlgfa import HLGFA
-from calibrate.model.io import save_model
-from calibrate.train import fit_choices, fit_constants, fit_position_statistics, load_resized, train
-from edge.core.errors import ConfigError
-from edge.artifacts.model_dir import ModelInfo
-from edge.imaging.preprocess import PreprocessSpec
+from calibrate.train import refit, train
 
 TRAINING_VARIANTS = {
     "default": {},
@@ -42,45 +34,6 @@ INFERENCE_VARIANTS = {
     "no level weighting (plain mean of levels)": {"level_weighting": False},
 }
 
-
-def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | None = None,
-          level_weighting: bool = True, reliability_strength: float | None = None, batch_size: int = 8) -> ModelInfo:
-    """The same trained module with its inference-time options changed and constants refitted
-    on the same normal images: ablations of inference-only parts without retraining."""
-    from dataclasses import replace
-
-    from calibrate.model.io import load_model
-
-    model, info = load_model(model_dir)
-    config = replace(model.config, **(config_overrides or {}))
-    buffers_of = ("discrepancy", "appearance", "appearance_levels", "appearance_channels", "lowfreq_pool")
-    if any(getattr(config, key) != getattr(model.config, key) for key in buffers_of):
-        # The per-position statistics are buffers: rebuild, keep the trained weights.
-        rebuilt = HLGFA(model.backbone, config, model.fitted)
-        statistics = ("error_", "appearance_", "lowfreq_")  # refitted below, whatever their shape was
-        weights = {k: v for k, v in model.aligners.state_dict().items() if not k.rsplit(".", 1)[-1].startswith(statistics)}
-        missing, unexpected = rebuilt.aligners.load_state_dict(weights, strict=False)
-        if any(not key.rsplit(".", 1)[-1].startswith(statistics) for key in missing + unexpected):
-            raise ConfigError(f"refit of {model_dir}: weights do not match the architecture ({missing + unexpected})")
-        model = rebuilt.eval()
-    model.config = config
-    training = dict(info.description["training"])
-    folder = training_folder(training["data"])
-    names = set(training["train_files"])
-    paths = [p for p in list_images(folder) if p.name in names]
-    images = load_resized(paths, model.config.input_size)
-    spec = PreprocessSpec(model.config.input_size)
-    fit_position_statistics(model, images, spec, batch_size)
-    fit_images = images[np.random.default_rng(training["seed"]).permutation(len(images))[:min(len(images), 64)]]
-    fit_constants(model, fit_images, spec, batch_size, level_weighting)
-    if reliability_strength is not None:
-        model.fitted.reliability_strength = reliability_strength
-    validation_names = set(training.get("validation_files", []))
-    validation_paths = [p for p in list_images(folder) if p.name in validation_names]
-    training["validation"] = fit_choices(model, fit_images, validation_paths, spec, batch_size, training["seed"],
-                                         tuple(training.get("training_kinds", ())))
-    training["refit_from"] = info.model_hash
-    return save_model(model, out, info.description["backbone"].get("weights_file"), training)
 
 def row(name: str, metrics: dict, seconds: float) -> str:
     per_class = " / ".join(f"{v['image_auroc']:.3f}" for _, v in sorted(metrics["per_class"].items()))

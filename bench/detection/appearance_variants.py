@@ -28,9 +28,8 @@ from bench.detection.peers import masks_at
 from calibrate.model.backbones import build_backbone
 from calibrate.dataset import evaluation_samples, list_images, read_image, training_folder
 from calibrate.evaluate import compute_metrics
-from calibrate.model.hlgfa import whitened_distance
+from calibrate.model.gaussian import PositionMoments, whitened_distance
 from calibrate.model.io import load_model
-from calibrate.train import PositionMoments
 from edge.imaging.preprocess import preprocess
 
 BATCH = 8

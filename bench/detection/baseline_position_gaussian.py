@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 from calibrate.dataset import evaluation_samples, list_images, read_image, read_mask, training_folder
 from calibrate.evaluate import compute_metrics
-from calibrate.model.hlgfa import whitened_distance
+from calibrate.model.gaussian import whitened_distance
 from calibrate.model.io import load_model
-from calibrate.train import ERROR_SHRINKAGE, position_moments, shrunk_inverse
+from calibrate.model.gaussian import ERROR_SHRINKAGE, position_moments, shrunk_inverse
 from edge.imaging.preprocess import preprocess
 
 STRUCTURES = ("full", "shared-correlation", "diagonal", "shared-covariance", "global")

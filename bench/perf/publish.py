@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from calibrate.demo.processes import free_port
+from tests.integration.bridge_parts import free_port
 from edge.transport import wire
 from edge.transport.publisher import PublishConfig
 from edge.transport.publisher import Publisher
