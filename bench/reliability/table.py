@@ -11,8 +11,10 @@ cells, 128 px, 1 epoch; a second one with --holdout), its ONNX export and thresh
 
 import argparse
 import collections
+import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,6 +25,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+
 from bench.harness import ROOT
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -150,6 +153,17 @@ def setup(work: Path) -> dict:
     return {**folders, "model": model, "onnx": onnx, "thresholds": thresholds, "held": held}
 
 
+def run_args(s: dict, with_thresholds: bool = False) -> list:
+    """`hlgfa run`'s model arguments for the bench's model, on one thread."""
+    args = ["--model", s["model"], "--onnx", s["onnx"], "--threads", "1"]
+    return args + ["--thresholds", s["thresholds"]] if with_thresholds else args
+
+
+def config_head(s: dict) -> str:
+    """The start of a valid daemon config replaying the bench's frames, for a bad setting to follow."""
+    return f'model = "{s["model"]}"\n[source]\nkind = "folder"\npath = "{s["replay"]}"\n'
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "hlgfa_reliability")
@@ -159,18 +173,16 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     s = setup(work)
     print("| item | bad input or fault | command | observed now |\n|---|---|---|---|")
-    if args.only != "issue25":
-        issue13(work, s)
-    if args.only != "issue13":
-        issue25(work, s)
+    for issue, items in (("issue13", ISSUE13), ("issue25", ISSUE25)):
+        if args.only in (None, issue):
+            for item in items:
+                item(work, s)
 
 
-def issue13(work: Path, s: dict) -> None:
-    """Items 2-13 of issue 13."""
-    model, onnx, thresholds, replay = s["model"], s["onnx"], s["thresholds"], s["replay"]
-    base = ["--model", model, "--onnx", onnx, "--threads", "1"]
-
-    # 2. non-UTF-8 thresholds
+def thresholds_not_utf8(work: Path, s: dict) -> None:
+    """Item 2 of issue 13: non-UTF-8 thresholds."""
+    thresholds, replay = s["thresholds"], s["replay"]
+    base = run_args(s)
     latin = work / "latin1.json"
     latin.write_bytes(b"\xff\xfe" + thresholds.read_bytes())
     code, err = hlgfa("run", *base, "--thresholds", latin, "--source", f"folder:{replay}", "--publish",
@@ -193,7 +205,11 @@ def issue13(work: Path, s: dict) -> None:
         f"fault `{daemon.faults()[0].code}` published; {len(daemon.decisions)} decisions, all under "
         f"{len(versions)} version(s) (old kept); after SIGTERM exit {code}, {traceback_note(err)}")
 
-    # 3. empty / oversized frames in a replay and in calibrate
+
+def empty_and_oversized_frames(work: Path, s: dict) -> None:
+    """Item 3 of issue 13: empty / oversized frames in a replay and in calibrate."""
+    model, thresholds, replay = s["model"], s["thresholds"], s["replay"]
+    base = run_args(s)
     for label, damage in (("zero-byte file", lambda p: p.write_bytes(b"")),
                           ("PNG header claiming 60000×60000 px", lambda p: p.write_bytes(
                               claiming_png(p.read_bytes(), 60000, 60000)))):
@@ -219,7 +235,11 @@ def issue13(work: Path, s: dict) -> None:
         f"exit {code}, {traceback_note(err)}; " + ("warned: skipped unreadable image" if "skipped unreadable" in err
                                                    else last_error(err)))
 
-    # 4. broken / foreign ONNX and auto
+
+def broken_and_foreign_onnx(work: Path, s: dict) -> None:
+    """Item 4 of issue 13: broken / foreign ONNX and auto."""
+    model, onnx, thresholds, replay = s["model"], s["onnx"], s["thresholds"], s["replay"]
+    base = run_args(s)
     truncated = work / "truncated.onnx"
     truncated.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 3])
     code, err = hlgfa("run", "--model", model, "--onnx", truncated, "--thresholds", thresholds, "--source",
@@ -245,7 +265,10 @@ def issue13(work: Path, s: dict) -> None:
     row("4", "backend auto picks a backend", "hlgfa run (no --backend)",
         f"exit {code}; log: `{chose[0].split(' ', 2)[2][:110] if chose else 'no line'}`")
 
-    # 5. training images as normals
+
+def training_images_as_normals(work: Path, s: dict) -> None:
+    """Item 5 of issue 13: training images as normals."""
+    model = s["model"]
     code, err = hlgfa("calibrate", "--model", model, "--normals", s["train"], "--out", work / "t_train.json",
                       "--force", "--backend", "onnxruntime")
     row("5", "normals = the model's training images", "hlgfa calibrate --normals TRAIN_DIR …",
@@ -256,7 +279,10 @@ def issue13(work: Path, s: dict) -> None:
     row("5, 6", "calibrate on `train --holdout`'s images", "hlgfa calibrate --normals-from-model …",
         f"exit {code}, {n} held-out normals, {traceback_note(err)}")
 
-    # 6. run before export
+
+def run_before_export(work: Path, s: dict) -> None:
+    """Item 6 of issue 13: run before export."""
+    model, thresholds, replay = s["model"], s["thresholds"], s["replay"]
     bare = work / "model_not_exported"
     if not bare.exists():
         shutil.copytree(model, bare, ignore=shutil.ignore_patterns("*.onnx"))
@@ -265,7 +291,10 @@ def issue13(work: Path, s: dict) -> None:
     row("6", "`run` before `export`", "hlgfa run --model M (no model.onnx)",
         f"exit {code}, {traceback_note(err)}: {last_error(err)[:150]}")
 
-    # 7. endpoints in config check
+
+def endpoints_in_config_check(work: Path, s: dict) -> None:
+    """Item 7 of issue 13: endpoints in config check."""
+    model, replay = s["model"], s["replay"]
     for endpoint in ("tcp://127.0.0.1:99999", "tcp://127.0.0.1", "tcp://10.255.255.1:5555",
                      "ipc:///no/such/dir/x.sock"):
         config = work / "endpoint.toml"
@@ -274,7 +303,11 @@ def issue13(work: Path, s: dict) -> None:
         code, err = hlgfa("config", "check", config)
         row("7", f"endpoint `{endpoint}`", "hlgfa config check FILE", f"exit {code}: {last_error(err)[:120]}")
 
-    # 8. CURVE permissions
+
+def curve_key_permissions(work: Path, s: dict) -> None:
+    """Item 8 of issue 13: CURVE permissions."""
+    thresholds, replay = s["thresholds"], s["replay"]
+    base = run_args(s)
     keys = work / "keys"
     shutil.rmtree(keys, ignore_errors=True)
     from edge.transport.curve_keys import generate
@@ -294,7 +327,11 @@ def issue13(work: Path, s: dict) -> None:
         row("8", f"CURVE {label}", "hlgfa run --set publish.curve_… ", f"exit {code}: {last_error(err)[:140]}")
     (keys / "clients").chmod(0o755)
 
-    # 9. threshold sanity and content-derived version
+
+def threshold_sanity(work: Path, s: dict) -> None:
+    """Item 9 of issue 13: threshold sanity and content-derived version."""
+    thresholds, replay = s["thresholds"], s["replay"]
+    base = run_args(s)
     data = json.loads(thresholds.read_text())
     for label, value in (("0", 0.0), ("-1", -1.0), ("1e9", 1e9)):
         bad = work / f"t_{label}.json"
@@ -309,7 +346,11 @@ def issue13(work: Path, s: dict) -> None:
     row("9", "threshold hand-edited, `version` unchanged", "load_thresholds (daemon start / SIGHUP)",
         f"`{load_thresholds(thresholds).version}` → `{load_thresholds(edited).version}`")
 
-    # 10. evictions and unacknowledged decisions at exit
+
+def unacknowledged_at_exit(work: Path, s: dict) -> None:
+    """Item 10 of issue 13: evictions and unacknowledged decisions at exit."""
+    thresholds, replay = s["thresholds"], s["replay"]
+    base = run_args(s)
     process = subprocess.run(hlgfa_argv("run", *base, "--thresholds", thresholds, "--source", f"folder:{replay}",
                                         "--publish", free_endpoint(), "--reliable", free_endpoint(),
                                         "--set", "publish.reliable_capacity=2"),
@@ -318,7 +359,11 @@ def issue13(work: Path, s: dict) -> None:
     row("10", "reliable channel without a bridge, capacity 2, 8 frames", "hlgfa run --reliable EP …",
         f"exit {process.returncode}; logged: {', '.join(f'`{k}`' for k in logged) or 'nothing'}")
 
-    # 11. tracebacks
+
+def tracebacks(work: Path, s: dict) -> None:
+    """Item 11 of issue 13: tracebacks."""
+    model, thresholds, replay = s["model"], s["thresholds"], s["replay"]
+    base = run_args(s)
     blocker = work / "a_file"
     blocker.write_text("x")
     code, err = hlgfa("subscribe", "--connect", free_endpoint(), "--save-maps", blocker / "maps", "--timeout", "5")
@@ -367,7 +412,11 @@ def issue13(work: Path, s: dict) -> None:
             ("kept running (reload request), " if alive_after_start else "") +
             f"exit {process.returncode}, {traceback_note(err)}")
 
-    # 12. camera that cannot be opened
+
+def absent_camera(work: Path, s: dict) -> None:
+    """Item 12 of issue 13: camera that cannot be opened."""
+    thresholds = s["thresholds"]
+    base = run_args(s)
     from edge.sources.genicam import simulated_producer
 
     viky = simulated_producer()
@@ -387,7 +436,11 @@ def issue13(work: Path, s: dict) -> None:
     row("12", "replay folder that does not exist", "hlgfa run --source folder:nope",
         f"exit {code}: {last_error(err)[:100]}")
 
-    # 13. unpaced replay: deadline faults from the daemon's own queueing
+
+def unpaced_replay_deadlines(work: Path, s: dict) -> None:
+    """Item 13 of issue 13: unpaced replay: deadline faults from the daemon's own queueing."""
+    thresholds, replay = s["thresholds"], s["replay"]
+    base = run_args(s)
     daemon = Daemon(*base, "--thresholds", thresholds, "--source", f"folder:{replay}", "--set", "source.loop=true",
                     "--max-frames", "400")
     code, err = daemon.finish()
@@ -395,6 +448,22 @@ def issue13(work: Path, s: dict) -> None:
         "hlgfa run --source folder:DIR --set source.loop=true --max-frames 400",
         f"{len(daemon.decisions)} decisions: {verdicts(daemon.decisions)}; exit {code}")
 
+
+# The rows of issue 13, items 2-13, in its order.
+ISSUE13 = (
+    thresholds_not_utf8,
+    empty_and_oversized_frames,
+    broken_and_foreign_onnx,
+    training_images_as_normals,
+    run_before_export,
+    endpoints_in_config_check,
+    curve_key_permissions,
+    threshold_sanity,
+    unacknowledged_at_exit,
+    tracebacks,
+    absent_camera,
+    unpaced_replay_deadlines,
+)
 
 
 # ------------------------------------------------------------------------------------------ issue 25
@@ -414,8 +483,6 @@ def _replay_with(work: Path, s: dict, name: str, extra: dict) -> Path:
 
 def _encoded_frames(cell: Path) -> dict:
     """The same good cell in the formats a recording may hold."""
-    import io
-
     import cv2
     import numpy as np
     from PIL import Image
@@ -462,20 +529,10 @@ def _fd_limited(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
-def issue25(work: Path, s: dict) -> None:
-    """The 96 hostile cases of issue 25: the 65 that held on main 3b775e0 and the 31 that failed (20 causes)."""
-    import io
-    import os
-    import random
-
-    from edge.transport import wire
-    from edge.transport.subscriber import ReliableClient, Subscriber
-
-    model, onnx, thresholds, replay = s["model"], s["onnx"], s["thresholds"], s["replay"]
-    base = ["--model", model, "--onnx", onnx, "--threads", "1", "--thresholds", thresholds]
-    cell = sorted(replay.iterdir())[0]
-
-    # held: frame formats and damaged files
+def frame_formats_and_damaged_files(work: Path, s: dict) -> None:
+    """Held on main 3b775e0 of issue 25: frame formats and damaged files."""
+    base = run_args(s, with_thresholds=True)
+    cell = sorted(s["replay"].iterdir())[0]
     folder = _replay_with(work, s, "formats", _encoded_frames(cell))
     daemon = Daemon(*base, "--source", f"folder:{folder}")
     code, err = daemon.finish()
@@ -496,9 +553,12 @@ def issue25(work: Path, s: dict) -> None:
         f"{len(daemon.decisions)} decisions (the 8 images); exit {code}; WARNING: `{warned[0].split(': ', 2)[-1][:150]}`"
         if warned else f"{len(daemon.decisions)} decisions; exit {code}; **no line names what was left out**")
 
-    # held: 11 config errors
+
+def config_errors(work: Path, s: dict) -> None:
+    """Held on main 3b775e0 of issue 25: 11 config errors."""
+    model = s["model"]
     config = work / "bad.toml"
-    head = f'model = "{model}"\n[source]\nkind = "folder"\npath = "{replay}"\n'
+    head = config_head(s)
     errors = {"misspelt key": head + "[pipeline]\ndeadline = 200\n",
               "string for a number": head + '[pipeline]\ndeadline_ms = "fast"\n',
               "unknown source kind": head.replace('"folder"', '"usb"'),
@@ -517,7 +577,11 @@ def issue25(work: Path, s: dict) -> None:
         codes.append(f"{label}: {code}")
     row("held", "11 config errors", "hlgfa config check FILE", "; ".join(codes))
 
-    # held: NaN / Infinity in thresholds
+
+def nan_in_thresholds(work: Path, s: dict) -> None:
+    """Held on main 3b775e0 of issue 25: NaN / Infinity in thresholds."""
+    thresholds, replay = s["thresholds"], s["replay"]
+    base = run_args(s, with_thresholds=True)
     data = json.loads(thresholds.read_text())
     results = []
     for label, literal in (("NaN", "NaN"), ("Infinity", "Infinity")):
@@ -530,7 +594,11 @@ def issue25(work: Path, s: dict) -> None:
     row("held", "`image_threshold` NaN / Infinity in the thresholds file", "hlgfa run --thresholds FILE",
         "; ".join(results))
 
-    # held: SIGHUP storm, SIGHUP on a half-written file
+
+def sighup_storm(work: Path, s: dict) -> None:
+    """Held on main 3b775e0 of issue 25: SIGHUP storm, SIGHUP on a half-written file."""
+    thresholds, replay = s["thresholds"], s["replay"]
+    base = run_args(s, with_thresholds=True)
     live = work / "t_live.json"
     shutil.copy(thresholds, live)
     daemon = Daemon(*base[:-2], "--thresholds", live, "--source", f"folder:{replay}", "--set", "source.loop=true",
@@ -553,7 +621,11 @@ def issue25(work: Path, s: dict) -> None:
         f"half-written: fault `thresholds_reload_failed`, old version kept "
         f"({len({d.thresholds_version for d in daemon.decisions})} version in all); exit {code}, {traceback_note(err)}")
 
-    # held: SIGTERM at 20 random start-up moments
+
+def sigterm_during_startup(work: Path, s: dict) -> None:
+    """Held on main 3b775e0 of issue 25: SIGTERM at 20 random start-up moments."""
+    replay = s["replay"]
+    base = run_args(s, with_thresholds=True)
     rng = random.Random(0)
     outcomes = collections.Counter()
     for _ in range(20):
@@ -567,7 +639,13 @@ def issue25(work: Path, s: dict) -> None:
     row("held", "SIGTERM at 20 random moments of the first 4 s (start-up included)", "kill -TERM",
         ", ".join(f"{k} ×{v}" for k, v in sorted(outcomes.items())))
 
-    # held: 5 × SIGKILL and restart, one bridge throughout
+
+def sigkill_and_restart(work: Path, s: dict) -> None:
+    """Held on main 3b775e0 of issue 25: 5 × SIGKILL and restart, one bridge throughout."""
+    from edge.transport.subscriber import ReliableClient
+
+    replay = s["replay"]
+    base = run_args(s, with_thresholds=True)
     reliable = free_endpoint()
     bridge = ReliableClient(reliable)
     got = []
@@ -592,7 +670,14 @@ def issue25(work: Path, s: dict) -> None:
     row("held", "SIGKILL and restart, 5 times, one bridge throughout", "kill -KILL; hlgfa run …",
         f"{len(sessions)} sessions, {len(got)} decisions acked, {holes} holes, {duplicates} duplicates")
 
-    # held: 20 subscribers that never read; garbage and 64 MB frames at the reliable endpoint; 1000 reconnects
+
+def stalled_subscribers_and_junk(work: Path, s: dict) -> None:
+    """Held on main 3b775e0 of issue 25: 20 subscribers that never read; garbage and 64 MB frames at the
+    reliable endpoint; 1000 reconnects."""
+    from edge.transport.subscriber import ReliableClient, Subscriber
+
+    replay = s["replay"]
+    base = run_args(s, with_thresholds=True)
     import zmq
 
     context = zmq.Context()
@@ -631,7 +716,13 @@ def issue25(work: Path, s: dict) -> None:
         f"{rss_after:.0f} MiB, fds {fds_before} → {fds_after}; log: {len(warnings)} WARNING lines, "
         f"{len(infos)} 'connected' lines; exit {code}, {traceback_note(err)}")
 
-    # held: garbage HTTP at the metrics port; CURVE
+
+def junk_http_and_curve(work: Path, s: dict) -> None:
+    """Held on main 3b775e0 of issue 25: garbage HTTP at the metrics port; CURVE."""
+    from edge.transport.subscriber import ReliableClient, Subscriber
+
+    replay = s["replay"]
+    base = run_args(s, with_thresholds=True)
     port = int(free_endpoint().rsplit(":", 1)[1])
     daemon = Daemon(*base, "--source", f"folder:{replay}", "--set", "source.loop=true", "--set", "source.fps=50",
                     "--metrics-port", port)
@@ -675,7 +766,11 @@ def issue25(work: Path, s: dict) -> None:
         "publish.curve_…", f"allowed: {len(daemon.messages)} messages; stranger and keyless: {foreign} received; "
         f"exit {code}")
 
-    # 1. deadline at hand-over
+
+def deadline_at_handover(work: Path, s: dict) -> None:
+    """Item 1 of issue 25: deadline at hand-over."""
+    replay = s["replay"]
+    base = run_args(s, with_thresholds=True)
     daemon = Daemon(*base, "--source", f"folder:{replay}", "--set", "source.loop=true", "--max-frames", "400",
                     "--deadline-ms", "8")
     code, err = daemon.finish()
@@ -683,7 +778,9 @@ def issue25(work: Path, s: dict) -> None:
     row("1", "`--deadline-ms 8`, 400 frames of an unpaced replay", "hlgfa run --deadline-ms 8 …",
         f"{verdicts(daemon.decisions)}; ok/reject later than 8 ms: {len(late)}; exit {code}")
 
-    # 2. subscription flood
+
+def subscription_flood(work: Path, s: dict) -> None:
+    """Item 2 of issue 25: subscription flood."""
     from bench.reliability.hostile import flood
 
     result = flood(s, work, 2000, 20.0)
@@ -694,7 +791,11 @@ def issue25(work: Path, s: dict) -> None:
         f"{result['before']['delivery_ms_p99']} → {result['during']['delivery_ms_p99']} ms; "
         f"{result['lost_decisions_at_subscriber']} lost")
 
-    # 3. thresholds schema
+
+def thresholds_schema(work: Path, s: dict) -> None:
+    """Item 3 of issue 25: thresholds schema."""
+    thresholds, replay = s["thresholds"], s["replay"]
+    base = run_args(s, with_thresholds=True)
     results = []
     for label, change in (("without `details`, threshold 1e9", lambda d: (d.pop("details"),
                                                                             d.update(image_threshold=1e9))),
@@ -709,14 +810,21 @@ def issue25(work: Path, s: dict) -> None:
         results.append(f"{label}: exit {code} (`{last_error(err).split('.json: ', 1)[-1][:70]}`)")
     row("3", "thresholds files `hlgfa calibrate` never writes", "hlgfa run --thresholds FILE", "; ".join(results))
 
-    # 3b. the gate's floor of normals
+
+def gate_floor_of_normals(work: Path, s: dict) -> None:
+    """Item 3b of issue 25: the gate's floor of normals."""
+    model = s["model"]
     code, err = hlgfa("calibrate", "--model", model, "--normals", s["normals"], "--backend", "onnxruntime",
                       "--target-frr", "0.05", "--out", work / "t_floor.json", "--force")
     floor = [line for line in err.splitlines() if "frame-quality gate's ranges were fitted on" in line]
     row("3b", "gate fitted on 30 normals (floor 100: bench/detection/quality_floor.py)", "hlgfa calibrate --normals DIR",
         f"exit {code}; `{floor[0].split('WARNING: ')[-1][:150]}`" if floor else f"exit {code}; no floor warning")
 
-    # 4. frame ids
+
+def frame_ids(work: Path, s: dict) -> None:
+    """Item 4 of issue 25: frame ids."""
+    replay = s["replay"]
+    base = run_args(s, with_thresholds=True)
     recording = work / "recording"
     shutil.rmtree(recording, ignore_errors=True)
     recording.mkdir()
@@ -736,7 +844,16 @@ def issue25(work: Path, s: dict) -> None:
         f"{sorted({d.frame_id - (2 ** 64 - 3) for d in daemon.decisions})} (+2^64 − 3), seqs "
         f"{[d.seq for d in daemon.decisions] == list(range(1, 10))}; exit {code}")
 
-    # 5. one bridge per channel
+
+def one_bridge_per_channel(work: Path, s: dict) -> None:
+    """Item 5 of issue 25: one bridge per channel."""
+    import zmq
+
+    from edge.transport import wire
+    from edge.transport.subscriber import ReliableClient
+
+    replay = s["replay"]
+    base = run_args(s, with_thresholds=True)
     daemon = Daemon(*base, "--source", f"folder:{replay}", "--set", "source.loop=true", "--set", "source.fps=50")
     daemon.pump(lambda d: len(d.decisions) >= 5)
     second = ReliableClient(daemon.reliable, hello_interval_s=0.1)
@@ -770,7 +887,11 @@ def issue25(work: Path, s: dict) -> None:
         f"bridge got {len(to_second)} (refused: {second.refused is not None}); schema 99 REFUSED: {bool(refused_99)}; "
         f"{len(refusals)} WARNING lines naming 127.0.0.1; exit {code}")
 
-    # 6, 9, 12. values config check used to accept
+
+def values_config_check_accepted(work: Path, s: dict) -> None:
+    """Items 6, 9, 12 of issue 25: values config check used to accept."""
+    replay = s["replay"]
+    base = run_args(s, with_thresholds=True)
     values = {"6": ["pipeline.drain_timeout_s=inf"],
               "9": ["publish.map_size=[100000,100000]", "publish.map_value_range=[nan,nan]",
                     "publish.heartbeat_period_s=1e300", "publish.linger_ms=99999999999", "publish.sndhwm=99999999999",
@@ -788,7 +909,11 @@ def issue25(work: Path, s: dict) -> None:
         row(item, "values `config check` used to accept: " + ", ".join(f"`{v}`" for v in settings),
             "hlgfa run --set KEY=VALUE (config check alike)", "exit " + "; ".join(results))
 
-    # 7. idle connections at the metrics port, 128 descriptors
+
+def idle_metrics_connections(work: Path, s: dict) -> None:
+    """Item 7 of issue 25: idle connections at the metrics port, 128 descriptors."""
+    replay = s["replay"]
+    base = run_args(s, with_thresholds=True)
     port = int(free_endpoint().rsplit(":", 1)[1])
     process = subprocess.Popen(hlgfa_argv("run", *base, "--source", f"folder:{replay}", "--set", "source.loop=true",
                                           "--set", "source.fps=50", "--max-frames", "454", "--publish", free_endpoint(),
@@ -809,11 +934,16 @@ def issue25(work: Path, s: dict) -> None:
         "prlimit --nofile=128 hlgfa run --metrics-port …", f"exit {process.returncode}; 'Too many open files' "
         f"{errors} times; {traceback_note(err)}")
 
-    # 8. the operator view's recorder on a full disk (the fix belongs to the view)
+
+def view_recorder_full_disk(work: Path, s: dict) -> None:
+    """Item 8 of issue 25: the operator view's recorder on a full disk (the fix belongs to the view)."""
     row("8", "the view's recorder on a full disk", "hlgfa view --records FULL_DISK",
         "not re-observed here: the operator view's issue (#23) owns the fix and its test")
 
-    # 10, 11. FIFO, /dev/zero, a 20000 × 20000 TIFF
+
+def huge_fifo_and_zero_files(work: Path, s: dict) -> None:
+    """Items 10, 11 of issue 25: FIFO, /dev/zero, a 20000 × 20000 TIFF."""
+    base = run_args(s, with_thresholds=True)
     big = io.BytesIO()
     from PIL import Image
 
@@ -835,13 +965,40 @@ def issue25(work: Path, s: dict) -> None:
         f"{len(daemon.decisions)} decisions in {time.monotonic() - started:.1f} s; faults: "
         + "; ".join(f"`{reason}`" for reason in faults.values()) + f"; exit {code}, {traceback_note(err)}")
 
-    # 14. stderr on a full disk
+
+def stderr_on_full_disk(work: Path, s: dict) -> None:
+    """Item 14 of issue 25: stderr on a full disk."""
+    head = config_head(s)
     bad = work / "bad14.toml"
     bad.write_text(head + "[pipeline]\ndeadline_ms = -4\n")
     with open("/dev/full", "w") as full:
         done = subprocess.run(hlgfa_argv("run", "--config", bad), cwd=ROOT, env=ENV, stderr=full, timeout=120)
     row("14", "a refusal with stderr on a full disk (/dev/full)", "hlgfa run --config BAD 2>/dev/full",
         f"exit {done.returncode}")
+
+
+# The 96 hostile cases of issue 25: the 65 that held on main 3b775e0, then the 31 that failed (20 causes).
+ISSUE25 = (
+    frame_formats_and_damaged_files,
+    config_errors,
+    nan_in_thresholds,
+    sighup_storm,
+    sigterm_during_startup,
+    sigkill_and_restart,
+    stalled_subscribers_and_junk,
+    junk_http_and_curve,
+    deadline_at_handover,
+    subscription_flood,
+    thresholds_schema,
+    gate_floor_of_normals,
+    frame_ids,
+    one_bridge_per_channel,
+    values_config_check_accepted,
+    idle_metrics_connections,
+    view_recorder_full_disk,
+    huge_fifo_and_zero_files,
+    stderr_on_full_disk,
+)
 
 
 def _rss_mib(pid: int) -> float:
