@@ -28,14 +28,14 @@ import argparse
 import csv
 import json
 import logging
-import os
-import platform
 import re
 import resource
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.harness import machine
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def fit_and_score(method: str, data: Path, input_size: tuple[int, int], seed: in
         "predict_ms_per_image_torch": round(1000 * predict_seconds / len(test), 1),
         "lite0_logit_difference": logit_difference, "layers": LAYERS[method],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": torch.get_num_threads(),
+        "machine": machine(), "threads": torch.get_num_threads(),
         "data": str(data), "train_files_of": str(same_train_as) if same_train_as else None})
     return peer, metrics, test, scores
 

@@ -11,13 +11,13 @@ known, so the magnetic tile test set when present, else random normal input).
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+
+from bench.harness import load_average, machine
 
 
 def load_batch(images: Path | None, size: tuple[int, int], batch: int) -> np.ndarray:
@@ -111,7 +111,7 @@ def main() -> None:
         if "torch" in results:
             results[name]["ratio_to_torch"] = round(results[name]["median_ms"] / results["torch"]["median_ms"], 3)
     meta = {"input_size": list(size), "batch": args.batch, "threads": args.threads, "iters": args.iters,
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average": os.getloadavg(),
+            "machine": machine(), "load_average": load_average(),
             "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__}
     print(f"per frame at {size[0]}×{size[1]}, batch {args.batch}, {args.threads} threads, {args.iters} interleaved rounds\n")
     print("| backend | median ms | p90 ms | min ms | ÷ torch |\n|---|---|---|---|---|")

@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.harness import ROOT, percentile
 from edge.bridge import registers as R
 from edge.bridge.opcua import MV_NAMESPACE, NAMESPACE
 from tests.integration.bridge_parts import (  # the same real counterparts as the tests
     FakeCamera, Mosquitto, MqttRecorder, RecordingPlc, free_port, wait_for)
-from bench.harness import ROOT
 
 
 def _bridge(directory: Path, cameras: list, sections: str) -> subprocess.Popen:
@@ -68,8 +68,8 @@ def _drive(cameras: list, frames: int, rate: float, verdict=lambda i: "reject" i
 
 def _summary(latencies_ns: list, sent: int) -> dict:
     ms = np.array(latencies_ns, dtype=np.float64) / 1e6
-    return {"decisions": sent, "seen": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
+    return {"decisions": sent, "seen": len(ms), "p50_ms": percentile(ms, 50, 2),
+            "p99_ms": percentile(ms, 99, 2), "max_ms": round(float(ms.max()), 2)}
 
 
 def _wait_healthy(check) -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.harness import percentile
+
 
 def timed_calls(backend, batch: np.ndarray, iterations: int, warmup: int) -> np.ndarray:
     """Seconds of each of `iterations` infer() calls, after `warmup` untimed ones."""
@@ -37,8 +39,7 @@ def timed_calls(backend, batch: np.ndarray, iterations: int, warmup: int) -> np.
 
 def speed(backend, images: np.ndarray, latency_iterations: int) -> dict:
     latency = 1000 * timed_calls(backend, images[:1], latency_iterations, warmup=20)
-    row = {"latency_ms_p50": round(float(np.percentile(latency, 50)), 3),
-           "latency_ms_p99": round(float(np.percentile(latency, 99)), 3)}
+    row = {"latency_ms_p50": percentile(latency, 50), "latency_ms_p99": percentile(latency, 99)}
     for batch_size in (8, 32):
         batch = np.concatenate([images] * (batch_size // len(images) + 1))[:batch_size]
         seconds = timed_calls(backend, batch, iterations=30, warmup=3)

@@ -42,7 +42,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench.harness import ROOT
+
+from bench.harness import ROOT, percentile
 
 BATCHES = (1, 8, 32)
 BANDWIDTH_BYTES = 64 << 20
@@ -50,7 +51,7 @@ BANDWIDTH_BYTES = 64 << 20
 
 def percentiles(milliseconds) -> dict:
     values = np.asarray(milliseconds, dtype=np.float64)
-    return {"p50_ms": round(float(np.percentile(values, 50)), 4), "p99_ms": round(float(np.percentile(values, 99)), 4),
+    return {"p50_ms": percentile(values, 50, 4), "p99_ms": percentile(values, 99, 4),
             "calls": int(values.size)}
 
 

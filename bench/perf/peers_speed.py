@@ -15,12 +15,12 @@ float32 frames of each graph's own input shape (the time does not depend on the 
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
 import numpy as np
+
+from bench.harness import load_average, machine
 
 
 def open_session(path: str, threads: int, spin: bool):
@@ -80,7 +80,7 @@ def main() -> None:
                                    "input": list(next(iter(feeds[name].values())).shape)}
                             for name, medians in blocks.items()}
         del sessions
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average": [round(v, 2) for v in os.getloadavg()],
+    meta = {"machine": machine(), "load_average": load_average(),
             "onnxruntime": onnxruntime.__version__, "threads": args.threads, "calls_per_block": args.calls,
             "rounds": args.rounds, "graphs": graphs}
     print(f"ONNX Runtime {onnxruntime.__version__}, {args.threads} intra-op threads, batch 1, blocks of {args.calls} "

@@ -31,7 +31,6 @@ Without --model it trains the tiny test model (128 px, 2 epochs on 24 good elpv 
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -43,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.harness import ROOT, load_average, machine, percentile, percentiles
 from edge.transport import wire
 from edge.service.daemon_cli import DAEMON_SWITCH_INTERVAL_S
-from bench.harness import ROOT
 
 
 def tiny_model(work: Path):
@@ -206,7 +205,7 @@ def stage_breakdown(decisions, stamps: StageStamps, infer_spans) -> dict:
                             ("publish_call", publish_end - publish_start),
                             ("decision_to_subscriber_process", received_ns - decision.decision_ns)):
             parts[name].append(value / 1e6)
-    return {name: {"p50": pct(values, 50), "p99": pct(values, 99)} for name, values in parts.items() if values}
+    return {name: percentiles(values) for name, values in parts.items() if values}
 
 
 # The subscriber of the throughput and latency runs: another process, as the PLC bridge is, so the
@@ -437,10 +436,6 @@ def scaled_copies(images: Path, size: tuple[int, int], out: Path) -> Path:
     return out
 
 
-def pct(values, q):
-    return round(float(np.percentile(values, q)), 3)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model")
@@ -481,8 +476,8 @@ def main():
         data.update(details={"normal_scores": {"min": 0.0, "median": 1.0, "max": 1.0}},
                     quality={name: list(domain) for name, domain in STATISTIC_DOMAINS.items()})
         write_json_atomic(thresholds, data)
-        out = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-               "load_average": os.getloadavg(), "switch_interval_ms": sys.getswitchinterval() * 1000,
+        out = {"machine": machine(python=True),
+               "load_average": load_average(), "switch_interval_ms": sys.getswitchinterval() * 1000,
                "offloaded_infer_ms": args.offloaded_infer_ms, "frame_size": "x".join(map(str, args.frame_size)) if args.frame_size else "as in the folder"}
         # Bare and end-to-end alternate, so slow drifts of a shared machine hit both sides alike;
         # the ratio reported is the median of the per-round ratios.
@@ -501,18 +496,18 @@ def main():
                            args.offloaded_infer_ms)
         out["latency_paced_at_half_bare"] = {
             "infer_ms_median": round(paced["infer_ms_median"], 3),
-            "added_to_publish_ms_p50": pct(paced["added_to_publish_ms"], 50),
-            "added_to_publish_ms_p99": pct(paced["added_to_publish_ms"], 99),
-            "added_to_publish_beyond_preprocess_ms_p50": pct(paced["added_to_publish_beyond_preprocess_ms"], 50),
-            "added_to_publish_beyond_preprocess_ms_p99": pct(paced["added_to_publish_beyond_preprocess_ms"], 99),
-            "added_to_subscriber_ms_p50": pct(paced["added_to_subscriber_ms"], 50),
-            "added_to_subscriber_ms_p99": pct(paced["added_to_subscriber_ms"], 99),
+            "added_to_publish_ms_p50": percentile(paced["added_to_publish_ms"], 50),
+            "added_to_publish_ms_p99": percentile(paced["added_to_publish_ms"], 99),
+            "added_to_publish_beyond_preprocess_ms_p50": percentile(paced["added_to_publish_beyond_preprocess_ms"], 50),
+            "added_to_publish_beyond_preprocess_ms_p99": percentile(paced["added_to_publish_beyond_preprocess_ms"], 99),
+            "added_to_subscriber_ms_p50": percentile(paced["added_to_subscriber_ms"], 50),
+            "added_to_subscriber_ms_p99": percentile(paced["added_to_subscriber_ms"], 99),
             "frames": paced["frames"], "faults": paced["faults"], "lost_on_the_wire": paced["lost_on_the_wire"],
             "stages_ms": paced["stages_ms"]}
         if not args.skip_soak:
             out["soak"] = {k: round(v, 3) if isinstance(v, float) else v
                            for k, v in soak(args.soak_frames, args.soak_fps or None).items()}
-        out["load_average_after"] = os.getloadavg()
+        out["load_average_after"] = load_average()
         print(json.dumps(out, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -12,8 +12,6 @@ industrial surface, not noise. One thread, as in the daemon's preprocess stage.
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,8 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench.harness import ROOT, load_average, machine
 from edge.imaging.preprocess import PreprocessSpec, preprocess, resize_to
-from bench.harness import ROOT
 
 # (height, width): VGA, the 1.3 MP and 2.3 MP sensors common on lines, 5 MP, 12 MP.
 SENSOR_SIZES = ((480, 640), (1024, 1280), (1200, 1920), (2048, 2448), (3000, 4000))
@@ -68,9 +66,9 @@ def main():
         rows.append({"frame": f"{height}x{width}", "megapixels": round(height * width / 1e6, 2),
                      "preprocess_ms_p50": round(p50, 3), "preprocess_ms_p99": round(p99, 3),
                      "resize_ms_p50": round(resize_p50, 3)})
-    print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    print(json.dumps({"machine": f"{machine(python=True)}, "
                                  f"OpenCV {cv2.__version__}",
-                      "load_average": os.getloadavg(), "image": str(path), "working_size": args.size,
+                      "load_average": load_average(), "image": str(path), "working_size": args.size,
                       "rows": rows}, indent=2))
 
 

@@ -32,7 +32,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from bench.harness import ROOT
+
+from bench.harness import ROOT, percentiles
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -57,9 +58,9 @@ def view(root: Path, records: Path, *args: str) -> tuple[subprocess.Popen, str]:
     return process, line.split()[1]
 
 
-def percentiles(values) -> dict:
+def latency_summary(values) -> dict:
     values = np.asarray(values, dtype=float)
-    return {f"p{q}": round(float(np.percentile(values, q)), 1) for q in (50, 90, 99)} | {"max": round(float(values.max()), 1)}
+    return percentiles(values, (50, 90, 99), 1) | {"max": round(float(values.max()), 1)}
 
 
 def latency_at(browser, root: Path, rate: float, seconds: float, rng) -> dict:
@@ -118,7 +119,7 @@ def latency_at(browser, root: Path, rate: float, seconds: float, rng) -> dict:
         if index < len(shown):
             latencies.append(shown[index][1] - published)
     return {"rate": rate, "sent": len(sent), "shown": len(latencies), "page_updates": len(shown),
-            **{f"latency_ms.{k}": v for k, v in percentiles(latencies).items()}}
+            **{f"latency_ms.{k}": v for k, v in latency_summary(latencies).items()}}
 
 
 def git_tree(rev: str) -> Path:

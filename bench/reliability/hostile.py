@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.harness import load_average
 from bench.reliability.table import ENV, ROOT, free_endpoint, hlgfa_argv, setup
 
 # One peer speaking ZMTP 3.0 as a SUB socket would, without keeping the subscriptions itself (a real SUB
@@ -210,7 +211,7 @@ def main() -> None:
     s = setup(args.work)
     result = flood(s, args.work, args.subscriptions, args.seconds) if args.what == "flood" else \
         soak(s, args.work, args.frames)
-    result["load_average"] = [round(v, 2) for v in os.getloadavg()]
+    result["load_average"] = load_average()
     print("| measure | value |\n|---|---|")
     for key, value in result.items():
         if isinstance(value, dict):
