@@ -82,54 +82,54 @@ def _detection(dataset: str, holdout: str) -> list[str]:
 
 SECTIONS = [
     Section("demo", [f"{HLGFA} demo --out {DEMO}"], shown_from="frames replayed"),
-    Section("camera", [f"{PY} bench/bench_camera.py"]),
-    Section("camera-reconnects", [f"{PY} bench/bench_camera.py --reconnects 300"]),
-    Section("health", [f"{PY} bench/bench_health.py"]),
-    Section("publish", [f"{PY} bench/bench_publish.py"]),
-    Section("calibration", [f"OMP_NUM_THREADS=1 {PY} -m bench.bench_calibration_coverage"]),
-    Section("quality-gate", [f"{PY} -m bench.bench_quality_gate --model {MODEL} --thresholds {MODEL}/thresholds.json "
+    Section("camera", [f"{PY} -m bench.perf.camera"]),
+    Section("camera-reconnects", [f"{PY} -m bench.perf.camera --reconnects 300"]),
+    Section("health", [f"{PY} -m bench.perf.health"]),
+    Section("publish", [f"{PY} -m bench.perf.publish"]),
+    Section("calibration", [f"OMP_NUM_THREADS=1 {PY} -m bench.detection.calibration_coverage"]),
+    Section("quality-gate", [f"{PY} -m bench.detection.quality_gate --model {MODEL} --thresholds {MODEL}/thresholds.json "
                              f"--data {ELPV_SMALL} --backend onnxruntime"
                              + (f" --wrong-product {SHARED}/magnetic_tile" if (ROOT / SHARED / "magnetic_tile").is_dir()
                                 else "")],
             needs=_missing_model,
-            setup=[f"{PY} -m bench.elpv_layout --out {ELPV_SMALL} --limit 100"]),
-    Section("daemon", [f"OMP_NUM_THREADS=1 {PY} bench/bench_pipeline.py --model {MODEL} --onnx {MODEL}/model.onnx "
+            setup=[f"{PY} -m bench.detection.elpv_layout --out {ELPV_SMALL} --limit 100"]),
+    Section("daemon", [f"OMP_NUM_THREADS=1 {PY} -m bench.perf.pipeline --model {MODEL} --onnx {MODEL}/model.onnx "
                        f"--images {DEMO}/data/replay --frames 300 --rounds 3"], needs=_missing_model),
-    Section("preprocess", [f"{PY} bench/bench_preprocess.py"]),
-    Section("backends", [f"OMP_NUM_THREADS={threads} {PY} bench/bench_backends.py --model {MODEL} --onnx "
+    Section("preprocess", [f"{PY} -m bench.perf.preprocess"]),
+    Section("backends", [f"OMP_NUM_THREADS={threads} {PY} -m bench.perf.backends --model {MODEL} --onnx "
                          f"{MODEL}/model.onnx --onnx-fp16 runs/bench/model.fp16.onnx --images {DEMO}/data/replay "
                          f"--threads {threads} --iters 30 --backends torch,onnxruntime,onnxruntime-spin"
                          for threads in (2, 1)],
             needs=_missing_model, setup=[f"{HLGFA} export --model {MODEL} --out runs/bench/model.fp16.onnx --fp16"]),
-    Section("parity", [f"OMP_NUM_THREADS=1 {PY} bench/parity_backends.py --model {MODEL} --data {ELPV_SMALL} "
+    Section("parity", [f"OMP_NUM_THREADS=1 {PY} -m bench.detection.parity_backends --model {MODEL} --data {ELPV_SMALL} "
                        f"--onnx {MODEL}/model.onnx --onnx-fp16 runs/bench/model.fp16.onnx --torch-half --threads 1"],
-            needs=_missing_model, setup=[f"{PY} -m bench.elpv_layout --out {ELPV_SMALL} --limit 100",
+            needs=_missing_model, setup=[f"{PY} -m bench.detection.elpv_layout --out {ELPV_SMALL} --limit 100",
                                          f"{HLGFA} export --model {MODEL} --out runs/bench/model.fp16.onnx --fp16"]),
-    Section("cuda", [f"{PY} bench/bench_cuda.py --model runs/bench/detection/magnetic_tile --data {SHARED}/magnetic_tile"],
+    Section("cuda", [f"{PY} -m bench.perf.cuda --model runs/bench/detection/magnetic_tile --data {SHARED}/magnetic_tile"],
             needs=lambda: _missing_cuda() or (None if (ROOT / "runs/bench/detection/magnetic_tile").is_dir()
                                               else "needs the magnetic tile model of the detection section")),
-    Section("bridge", [f"{PY} bench/bench_bridge.py --frames 2000 --rate 200 --cameras 4"], needs=_missing_mosquitto),
-    Section("drift", [f"{PY} -m bench.bench_drift --out runs/bench/drift"]),
-    Section("hostile-flood", [f"{PY} -m bench.bench_hostile flood --seconds 60"]),
-    Section("quality-floor", [f"{PY} -m bench.bench_quality_floor --draws 200"]),
+    Section("bridge", [f"{PY} -m bench.perf.bridge --frames 2000 --rate 200 --cameras 4"], needs=_missing_mosquitto),
+    Section("drift", [f"{PY} -m bench.detection.drift --out runs/bench/drift"]),
+    Section("hostile-flood", [f"{PY} -m bench.reliability.hostile flood --seconds 60"]),
+    Section("quality-floor", [f"{PY} -m bench.detection.quality_floor --draws 200"]),
     # 100,000 frames: half an hour to an hour on the shared 2-core machine, so its own group
-    Section("soak", [f"{PY} -m bench.bench_hostile soak --frames 100000"], group="soak"),
-    Section("records", [f"{PY} -m bench.bench_records --seconds 120 --baseline-seconds 20"]),
-    Section("view", [f"{PY} -m bench.bench_view latency --baseline-rev e6d590d",
-                     f"{PY} -m bench.bench_view load --records 100000", f"{PY} -m bench.bench_view hash"],
+    Section("soak", [f"{PY} -m bench.reliability.hostile soak --frames 100000"], group="soak"),
+    Section("records", [f"{PY} -m bench.perf.records --seconds 120 --baseline-seconds 20"]),
+    Section("view", [f"{PY} -m bench.perf.view latency --baseline-rev e6d590d",
+                     f"{PY} -m bench.perf.view load --records 100000", f"{PY} -m bench.perf.view hash"],
             needs=_missing_chromium),
     Section("detection", [*_detection(f"{SHARED}/magnetic_tile", "0.2"), *_detection(f"{SHARED}/bsdata", "0.2"),
                           *_detection("runs/bench/elpv", "0"),
-                          f"{PY} -m bench.detection_table runs/bench/detection/*.metrics.json"],
+                          f"{PY} -m bench.detection.detection_table runs/bench/detection/*.metrics.json"],
             needs=_missing_shared("magnetic_tile", "bsdata"), group="detection",
-            setup=[f"{PY} -m bench.elpv_layout --out runs/bench/elpv"]),
-    Section("map-gate", [f"{PY} -m bench.bench_map_gate --model runs/bench/detection/{name} --data {data}"
+            setup=[f"{PY} -m bench.detection.elpv_layout --out runs/bench/elpv"]),
+    Section("map-gate", [f"{PY} -m bench.detection.map_gate --model runs/bench/detection/{name} --data {data}"
                          for name, data in (("magnetic_tile", f"{SHARED}/magnetic_tile"),
                                             ("bsdata", f"{SHARED}/bsdata"), ("elpv", "runs/bench/elpv"))],
             needs=lambda: None if all((ROOT / f"runs/bench/detection/{name}").is_dir()
                                       for name in ("magnetic_tile", "bsdata", "elpv"))
             else "needs the models of the detection section", group="detection"),
-    Section("calibration-real", [f"{PY} -m bench.bench_calibration --model runs/bench/detection/magnetic_tile "
+    Section("calibration-real", [f"{PY} -m bench.detection.calibration --model runs/bench/detection/magnetic_tile "
                                  f"--data {SHARED}/magnetic_tile --train-split-seed 0 --backend onnxruntime"],
             needs=lambda: None if (ROOT / "runs/bench/detection/magnetic_tile").is_dir()
             else "needs the magnetic tile model of the detection section", group="detection",

@@ -44,7 +44,7 @@ FLOORS = {"mean": 1.0, "contrast": 0.05, "sharpness": 0.05, "saturated_fraction"
           "width": 0.0, "height": 0.0, "map_mean": 0.0}
 MIN_NORMALS = 20
 # Fewer normals than this fit ranges that fault good parts (BENCHMARKS.md, "Frame-quality gate: how many
-# normals"; bench/bench_quality_floor.py): `hlgfa calibrate` fits below it, and says so.
+# normals"; bench/detection/quality_floor.py): `hlgfa calibrate` fits below it, and says so.
 GATE_FLOOR_NORMALS = 100
 # (normals, median share of held-out good elpv cells at 256 px the gate faulted), measured over 200 draws.
 MEASURED_FALSE_FAULTS = ((20, 0.075), (30, 0.035), (40, 0.0125), (50, 0.005), (100, 0.0))

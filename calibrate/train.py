@@ -16,8 +16,9 @@ from calibrate import synth
 from calibrate.augment import noise_augment
 from calibrate.model.backbones import build_backbone
 from calibrate.dataset import list_images, read_image, training_folder
-from calibrate.model.hlgfa import HLGFA, FittedConstants, HLGFAConfig, local_instability, whitened_distance
-from calibrate.model.io import save_model
+from calibrate.model.gaussian import PositionMoments, shrunk_inverse
+from calibrate.model.hlgfa import HLGFA, FittedConstants, HLGFAConfig, local_instability
+from calibrate.model.io import load_model, save_model
 from edge.core.errors import ConfigError, InputDataError
 from edge.artifacts.model_dir import ModelInfo
 from edge.imaging.preprocess import PreprocessSpec, normalize, resize_rgb8
@@ -65,61 +66,6 @@ def cache_features(model: HLGFA, images: np.ndarray, spec: PreprocessSpec, batch
             hr_levels[level].append(h.half())
             lr_levels[level].append(l.half())
     return [torch.cat(x) for x in hr_levels], [torch.cat(x) for x in lr_levels]
-
-
-# Covariance shrinkage towards its mean variance: a position's covariance is estimated from as
-# many vectors as there are normal images, fewer than it has entries at the deeper level.
-ERROR_SHRINKAGE = 0.01
-
-
-class PositionMoments:
-    """Running per-level, per-position sums of vectors given as per-level N×C×h×w tensors."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self.sums, self.outer, self.count = None, None, 0
-
-    def add(self, levels: list[torch.Tensor]) -> None:
-        levels = [level.double() for level in levels]
-        batch_sums = [level.sum(dim=0) for level in levels]
-        batch_outer = [torch.einsum("nchw,ndhw->hwcd", level, level) for level in levels]
-        self.sums = batch_sums if self.sums is None else [a + b for a, b in zip(self.sums, batch_sums)]
-        self.outer = batch_outer if self.outer is None else [a + b for a, b in zip(self.outer, batch_outer)]
-        self.count += len(levels[0])
-
-    def moments(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """[(mean C×h×w, covariance (h·w)×C×C)] per level, float64, unshrunk."""
-        count = self.count
-        if count < 2:
-            raise InputDataError(f"fitting the {self.what} statistics: {count} normal images, need at least 2")
-        moments = []
-        for total, products in zip(self.sums, self.outer):
-            channels, height, width = total.shape
-            mean = total / count
-            per_position = mean.permute(1, 2, 0)  # h × w × C
-            covariance = (products - count * per_position[..., :, None] * per_position[..., None, :]) / (count - 1)
-            moments.append((mean, covariance.reshape(height * width, channels, channels)))
-        return moments
-
-    def gaussians(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """[(mean C×h×w, shrunk precision (h·w)×C×C)] per level, float32."""
-        return [(mean.float(), shrunk_inverse(covariance).float()) for mean, covariance in self.moments()]
-
-
-def position_moments(batches, what: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per level and position, the mean and covariance of vectors given as batches of per-level
-    N×C×h×w tensors: [(mean C×h×w, covariance (h·w)×C×C)], float64, unshrunk."""
-    accumulator = PositionMoments(what)
-    for levels in batches:
-        accumulator.add(levels)
-    return accumulator.moments()
-
-
-def shrunk_inverse(covariance: torch.Tensor) -> torch.Tensor:
-    """Inverse of …×C×C covariances, each shrunk towards its mean variance by ERROR_SHRINKAGE."""
-    mean_variance = torch.diagonal(covariance, dim1=-2, dim2=-1).mean(dim=-1)
-    identity = torch.eye(covariance.shape[-1], dtype=covariance.dtype)
-    return torch.linalg.inv(covariance + (ERROR_SHRINKAGE * mean_variance + 1e-12)[..., None, None] * identity)
 
 
 @torch.no_grad()
@@ -596,3 +542,39 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
     log.info("fitted reliability strength %.2f", fitted.reliability_strength)
     return save_model(model, out, backbone_weights, training)
 
+
+def refit(model_dir: str | Path, out: str | Path, *, config_overrides: dict | None = None,
+          level_weighting: bool = True, reliability_strength: float | None = None, batch_size: int = 8) -> ModelInfo:
+    """The model in `model_dir` with its inference-time options changed and its statistics and constants
+    refitted on the same normal images, written to `out`: what an inference-only option is worth, without
+    retraining the module."""
+    model, info = load_model(model_dir)
+    config = replace(model.config, **(config_overrides or {}))
+    buffers_of = ("discrepancy", "appearance", "appearance_levels", "appearance_channels", "lowfreq_pool")
+    if any(getattr(config, key) != getattr(model.config, key) for key in buffers_of):
+        # The per-position statistics are buffers: rebuild, keep the trained weights.
+        rebuilt = HLGFA(model.backbone, config, model.fitted)
+        statistics = ("error_", "appearance_", "lowfreq_")  # refitted below, whatever their shape was
+        weights = {k: v for k, v in model.aligners.state_dict().items() if not k.rsplit(".", 1)[-1].startswith(statistics)}
+        missing, unexpected = rebuilt.aligners.load_state_dict(weights, strict=False)
+        if any(not key.rsplit(".", 1)[-1].startswith(statistics) for key in missing + unexpected):
+            raise ConfigError(f"refit of {model_dir}: weights do not match the architecture ({missing + unexpected})")
+        model = rebuilt.eval()
+    model.config = config
+    training = dict(info.description["training"])
+    folder = training_folder(training["data"])
+    names = set(training["train_files"])
+    paths = [p for p in list_images(folder) if p.name in names]
+    images = load_resized(paths, model.config.input_size)
+    spec = PreprocessSpec(model.config.input_size)
+    fit_position_statistics(model, images, spec, batch_size)
+    fit_images = images[np.random.default_rng(training["seed"]).permutation(len(images))[:min(len(images), 64)]]
+    fit_constants(model, fit_images, spec, batch_size, level_weighting)
+    if reliability_strength is not None:
+        model.fitted.reliability_strength = reliability_strength
+    validation_names = set(training.get("validation_files", []))
+    validation_paths = [p for p in list_images(folder) if p.name in validation_names]
+    training["validation"] = fit_choices(model, fit_images, validation_paths, spec, batch_size, training["seed"],
+                                         tuple(training.get("training_kinds", ())))
+    training["refit_from"] = info.model_hash
+    return save_model(model, out, info.description["backbone"].get("weights_file"), training)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calibrate.model.backbones import FrozenBackbone
+from calibrate.model.gaussian import whitened_distance
 from edge.core.errors import ConfigError, ModelFileError
 from edge.imaging.preprocess import input_size
 
@@ -253,15 +254,6 @@ def local_instability(structure: torch.Tensor) -> torch.Tensor:
     grad_x = F.pad(structure[..., :, 1:] - structure[..., :, :-1], (0, 1, 0, 0))
     grad_y = F.pad(structure[..., 1:, :] - structure[..., :-1, :], (0, 0, 0, 1))
     return (grad_x.abs() + grad_y.abs()).mean(dim=1, keepdim=True)
-
-
-def whitened_distance(error: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """Mahalanobis norm per position: error N×C×h×w, mean C×h×w, precision (h·w)×C×C → N×h×w.
-    One batched matrix product over positions (exports as MatMul)."""
-    batch, _, height, width = error.shape
-    centred = (error - mean).flatten(2).permute(2, 0, 1)  # positions × N × C
-    squared = (torch.matmul(centred, precision) * centred).sum(dim=2)  # positions × N
-    return squared.clamp(min=0).sqrt().permute(1, 0).reshape(batch, height, width)
 
 
 @dataclass

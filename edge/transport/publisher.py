@@ -152,7 +152,7 @@ class Publisher:
         """Camera `camera`'s output, as its `[publish]` section says. Maps go out at
         `publish.map_size`, or at `model_map_size` (None: as they come) when that says "model".
         `on_ack_rtt_ns(ns)`, when given, is called from the I/O thread with each decision's
-        publish-to-ACK time (bench/bench_publish.py); the daemon keeps no per-ACK history.
+        publish-to-ACK time (bench/perf/publish.py); the daemon keeps no per-ACK history.
         `on_part(request) -> error or None` is called from the I/O thread with each part id the bridge
         hands over (`wire.PartRequest`) and its answer goes back to the bridge; without it part ids
         are refused."""

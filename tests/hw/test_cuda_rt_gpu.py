@@ -1,6 +1,6 @@
 """edge/backends/cuda_rt.py on a real GPU, without TensorRT: what the backend's call does around the
 engine (page-locked input → device → page-locked output on one stream), checked for content and
-order. Skipped with a reason where pycuda or a CUDA device is missing; bench/bench_cuda_rt.py adds a
+order. Skipped with a reason where pycuda or a CUDA device is missing; bench/perf/cuda_rt.py adds a
 kernel on the same stream and the timings."""
 
 import numpy as np

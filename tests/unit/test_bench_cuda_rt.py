@@ -1,4 +1,4 @@
-"""bench/bench_cuda_rt.py as far as a machine without a GPU runs it: the call it times, the checks that
+"""bench/perf/cuda_rt.py as far as a machine without a GPU runs it: the call it times, the checks that
 would catch a stream-ordering error, and its report, against the simulated device of tests/gpu_fakes.py
 with a numpy kernel queued on the stream in the stand-in kernel's place. The GPU figures themselves
 need a GPU (BENCHMARKS.md)."""
@@ -6,7 +6,7 @@ need a GPU (BENCHMARKS.md)."""
 import numpy as np
 import pytest
 
-from bench import bench_cuda_rt
+from bench.perf import cuda_rt as bench_cuda_rt
 from tests.gpu_fakes import FakeCuda
 
 SIZE = (16, 12)

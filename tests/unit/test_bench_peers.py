@@ -1,10 +1,10 @@
-"""bench/peers.py: the peers' backbone carries HLGFA's Lite0 weights under timm's names."""
+"""bench/detection/peers.py: the peers' backbone carries HLGFA's Lite0 weights under timm's names."""
 
 import importlib.util
 
 import pytest
 
-from bench.peers import check_lite0_logits, import_anomalib, lite0_timm_state_dict
+from bench.detection.peers import check_lite0_logits, import_anomalib, lite0_timm_state_dict
 
 if importlib.util.find_spec("anomalib") is None or importlib.util.find_spec("timm") is None:
     pytest.skip("the peers' bench extra is not installed (pip install -c constraints.txt -e '.[peers]')",

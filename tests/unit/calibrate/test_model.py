@@ -5,9 +5,10 @@ torch = pytest.importorskip("torch")
 
 from calibrate.augment import add_point_noise, add_stripe_noise  # noqa: E402
 from calibrate.model.backbones import build_backbone  # noqa: E402
-from calibrate.model.hlgfa import HLGFA, HLGFAConfig, whitened_distance  # noqa: E402
+from calibrate.model.gaussian import ERROR_SHRINKAGE, whitened_distance  # noqa: E402
+from calibrate.model.hlgfa import HLGFA, HLGFAConfig  # noqa: E402
 from calibrate.model.io import load_model  # noqa: E402
-from calibrate.train import ERROR_SHRINKAGE, fit_position_statistics, to_batch, train  # noqa: E402
+from calibrate.train import fit_position_statistics, to_batch, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -139,7 +139,7 @@ def test_at_the_floor_of_normals_the_gate_faults_the_blank_dark_and_overexposed_
         elpv_images):
     """`hlgfa calibrate` warns below GATE_FLOOR_NORMALS; at it, ranges fitted on that many good cells
     fault every image-statistic kind of unusable frame made from 20 other cells, and no held-out good
-    cell (bench/bench_quality_floor.py measures it over 200 draws; a defocused frame is left to the map
+    cell (bench/detection/quality_floor.py measures it over 200 draws; a defocused frame is left to the map
     statistic, which needs the model)."""
     from calibrate.demo.run import unusable_frame
     from calibrate.quality_fit import GATE_FLOOR_NORMALS, floor_note
