@@ -287,11 +287,31 @@ def fit_all(normal: Scored, defect: Scored | None, target_frr: float, confidence
 
 
 def handle(args) -> int:
+    out, report_dir, info = _check_before_scoring(args)
+    normal_paths = _normal_images(args, info)
+    defect_paths, defect_classes = labelled_images(args.defects, "defects", classes=True) if args.defects else ([], [])
+    if args.policy != "frr" and not defect_paths:
+        raise ConfigError(f"policy {args.policy!r} needs defect images (--defects DIR); only 'frr' works without")
+    scoring = _score(args, info, normal_paths, defect_paths, defect_classes)
+    data, threshold, region, notes = _fitted(args, info, scoring, out)
+    for note in notes:
+        print(f"hlgfa calibrate: WARNING: {note}", file=sys.stderr)
+    _write(out, report_dir, data, scoring, args.force, info.model_hash)
+    image, policy = data["details"]["image"], data["details"]["policy"]
+    print(f"wrote {out}: image threshold {threshold:.6g} ({policy['policy']}; "
+          f"{image['method']}, FRR {image['frr_point']:.3%} [{image['frr_ci'][0]:.3%}, {image['frr_ci'][1]:.3%}] "
+          f"at {args.confidence:.0%}, upper bound {image['frr_upper']:.3%})"
+          + (f", region {region.min_area_px} px above {region.pixel_threshold:.6g}" if region else "")
+          + (f"; escape rate {policy['escape_rate']:.2%}" if scoring.defect is not None else "")
+          + (f"; report {report_dir}/index.html" if report_dir else ""))
+    return 0
+
+
+def _check_before_scoring(args):
+    """--out, --report and the model, checked and loaded; the flags' values checked."""
     from calibrate.thresholds_fit import check_target, parse_policy
-    from edge.backends.base import open_backend
     from edge.artifacts.model_dir import load_model_info
-    from edge.core.paths import write_json_atomic
-    from edge.artifacts.thresholds import Thresholds, parse_thresholds
+    from edge.core.paths import writable_dir
 
     # Cheap checks first: a bad flag should not cost minutes of scoring.
     check_target(args.target_frr, args.confidence)
@@ -301,12 +321,18 @@ def handle(args) -> int:
     info = load_model_info(args.model)
     check_out(out, args.force, info.model_hash)
     check_report_dir(report_dir, args.force)
-    from edge.core.paths import writable_dir
-
     # Where the file and the report are staged (a temp file / folder beside each): before the scoring.
     writable_dir(out.parent, f"--out {out}")
     if report_dir is not None:
         writable_dir(report_dir.parent, f"--report {report_dir}")
+    return out, report_dir, info
+
+
+def _normal_images(args, info) -> list[Path]:
+    """The good images to calibrate on: enough of them, and none the model was trained on unless allowed.
+    With --normals-from-model, `args.normals` becomes their folder."""
+    from calibrate.thresholds_fit import MIN_NORMALS
+
     if args.normals_from_model:
         normal_paths = held_out_normals(info)
         args.normals = str(normal_paths[0].parent)
@@ -322,14 +348,13 @@ def handle(args) -> int:
     if seen:
         log.warning("normals %s: %d images the model was trained on, accepted by --allow-training-normals",
                     args.normals, len(seen))
-    from calibrate.thresholds_fit import MIN_NORMALS
-
     if len(normal_paths) < MIN_NORMALS:
         raise InputDataError(f"normals folder {args.normals}: {len(normal_paths)} images, need at least "
                              f"{MIN_NORMALS} good parts to calibrate")
-    defect_paths, defect_classes = labelled_images(args.defects, "defects", classes=True) if args.defects else ([], [])
-    if args.policy != "frr" and not defect_paths:
-        raise ConfigError(f"policy {args.policy!r} needs defect images (--defects DIR); only 'frr' works without")
+    return normal_paths
+
+
+def _backend_options(args) -> dict:
     options = {}
     if args.onnx:
         if not Path(args.onnx).is_file():
@@ -339,19 +364,37 @@ def handle(args) -> int:
         if not Path(args.engine).is_file():
             raise ModelFileError(f"--engine {args.engine}: does not exist")
         options["engine"] = args.engine
+    return options
 
-    backend = open_backend(args.backend, info.directory, **options)
+
+@dataclass
+class _Scoring:
+    """The readable images' scores and quality statistics, the unreadable ones left out, and what ran."""
+    normal: Scored
+    defect: Scored | None
+    normal_stats: list
+    defect_stats: list
+    skipped: list  # (path, reason) of each unreadable image, left out of the fit
+    backend_kind: str
+    engine_sidecar: dict | None
+
+
+def _score(args, info, normal_paths: list[Path], defect_paths: list[Path], defect_classes: list[str]) -> _Scoring:
+    from calibrate.thresholds_fit import MIN_NORMALS
+    from edge.backends.base import open_backend
+
+    backend = open_backend(args.backend, info.directory, **_backend_options(args))
     # The engine's sidecar, its sha256 checked against the file the backend loaded: what the daemon binds to.
     engine_sidecar = backend.engine_sidecar
-    skipped: list = []  # (path, reason) of each unreadable image, left out of the fit
-    notes_skipped: list[str] = []
+    skipped: list = []
+    normal_stats, defect_stats = [], []
+    defect = None
     try:
         backend_hash = getattr(backend, "model_hash", None)
         if backend_hash and backend_hash != info.model_hash:
             raise ModelFileError(f"backend {backend.kind} runs model {backend_hash[:12]}, but {info.directory} is "
                                  f"model {info.model_hash[:12]}; re-export the ONNX/engine from this model")
         spec = info.preprocess
-        normal_stats, defect_stats = [], []
         scores, maps = score_images(backend, spec, normal_paths, "normal image", skipped=skipped, stats=normal_stats)
         normal_paths = [path for path in normal_paths if path not in {p for p, _ in skipped}]
         if len(normal_paths) < MIN_NORMALS:
@@ -359,7 +402,6 @@ def handle(args) -> int:
                                  f"skipping {len(skipped)} unreadable ({', '.join(p.name for p, _ in skipped[:3])}), "
                                  f"need at least {MIN_NORMALS} good parts")
         normal = Scored(normal_paths, scores, maps)
-        defect = None
         if defect_paths:
             scores, maps = score_images(backend, spec, defect_paths, "defect image", skipped=skipped, stats=defect_stats)
             unreadable = {p for p, _ in skipped}
@@ -369,49 +411,64 @@ def handle(args) -> int:
             defect = Scored(defect_paths, scores, maps, defect_classes)
     finally:
         backend.close()
-    for path, reason in skipped:
-        notes_skipped.append(f"skipped unreadable image {path}: {reason}")
+    return _Scoring(normal, defect, normal_stats, defect_stats, skipped, backend.kind, engine_sidecar)
 
+
+def _fitted(args, info, scoring: _Scoring, out: Path):
+    """The thresholds file's content, checked as the daemon reads it; its image threshold, region rule
+    and warnings."""
+    from calibrate.quality_fit import fit_quality_ranges, floor_note, gate_summary
+    from edge.artifacts.thresholds import Thresholds, parse_thresholds
+
+    normal, defect = scoring.normal, scoring.defect
     threshold, details, region, notes = fit_all(normal, defect, args.target_frr, args.confidence, args.policy,
                                                 args.seed, not args.no_region_rule)
-    notes = notes_skipped + notes
-    details["skipped_images"] = [{"file": str(path), "reason": reason} for path, reason in skipped]
-    from calibrate.quality_fit import fit_quality_ranges, floor_note, gate_summary
-
-    quality_ranges, details["quality"] = fit_quality_ranges(normal_stats)
-    if (note := floor_note(len(normal_stats))) is not None:
+    notes = [f"skipped unreadable image {path}: {reason}" for path, reason in scoring.skipped] + notes
+    details["skipped_images"] = [{"file": str(path), "reason": reason} for path, reason in scoring.skipped]
+    quality_ranges, details["quality"] = fit_quality_ranges(scoring.normal_stats)
+    if (note := floor_note(len(scoring.normal_stats))) is not None:
         notes.append(note)
         details["warnings"].append(note)
     if defect is not None:
-        details["quality"]["defects"] = gate_summary(defect_stats, quality_ranges)
-    details.update({"created_by": "hlgfa calibrate", "created_utc": datetime.now(timezone.utc).isoformat(),
-                    "backend": backend.kind, "seed": args.seed, "normals": str(Path(args.normals).resolve()),
-                    "n_normals": len(normal_paths), "defects": str(Path(args.defects).resolve()) if args.defects
-                    else None, "n_defects": len(defect_paths),
-                    "normal_scores": {"min": float(normal.scores.min()), "median": float(np.median(normal.scores)),
-                                      "max": float(normal.scores.max()),
-                                      # the daemon's drift watch compares passed parts with these (edge/inspection/drift.py)
-                                      "quantiles": [float(q) for q in np.quantile(
-                                          normal.scores, np.linspace(0.0, 1.0, QUANTILE_POINTS))],
-                                      # per image: what `hlgfa engine parity` compares a rebuilt engine with
-                                      "by_file": scores_by_file(normal_paths, normal.scores, Path(args.normals))}})
-    if engine_sidecar is not None:
+        details["quality"]["defects"] = gate_summary(scoring.defect_stats, quality_ranges)
+    details.update(_provenance(args, scoring))
+    if scoring.engine_sidecar is not None:
         from edge.artifacts.engine_sidecar import calibration_record
 
-        details["engine"] = calibration_record(engine_sidecar)
+        details["engine"] = calibration_record(scoring.engine_sidecar)
     if args.normals_from_model:
         details["normals_held_out_by"] = str(info.directory)  # the held-out list of model.json
+    engine_sha256 = scoring.engine_sidecar["engine_sha256"] if scoring.engine_sidecar else None
     content = Thresholds(model_hash=info.model_hash, image_threshold=float(threshold), version="pending",
-                         region=region, engine_sha256=engine_sidecar["engine_sha256"] if engine_sidecar else None,
-                         policy=args.policy, details=details,
+                         region=region, engine_sha256=engine_sha256, policy=args.policy, details=details,
                          quality=quality_ranges)
     data = content.to_dict()
     data.pop("version")
     data["version"] = make_version(data)
     parse_thresholds(json.loads(json.dumps(data)), f"fitted thresholds for {out}")  # same check as the daemon
+    return data, threshold, region, notes
 
-    for note in notes:
-        print(f"hlgfa calibrate: WARNING: {note}", file=sys.stderr)
+
+def _provenance(args, scoring: _Scoring) -> dict:
+    normal = scoring.normal
+    return {"created_by": "hlgfa calibrate", "created_utc": datetime.now(timezone.utc).isoformat(),
+            "backend": scoring.backend_kind, "seed": args.seed, "normals": str(Path(args.normals).resolve()),
+            "n_normals": len(normal.paths), "defects": str(Path(args.defects).resolve()) if args.defects
+            else None, "n_defects": len(scoring.defect.paths) if scoring.defect is not None else 0,
+            "normal_scores": {"min": float(normal.scores.min()), "median": float(np.median(normal.scores)),
+                              "max": float(normal.scores.max()),
+                              # the daemon's drift watch compares passed parts with these (edge/inspection/drift.py)
+                              "quantiles": [float(q) for q in np.quantile(
+                                  normal.scores, np.linspace(0.0, 1.0, QUANTILE_POINTS))],
+                              # per image: what `hlgfa engine parity` compares a rebuilt engine with
+                              "by_file": scores_by_file(normal.paths, normal.scores, Path(args.normals))}}
+
+
+def _write(out: Path, report_dir: Path | None, data: dict, scoring: _Scoring, force: bool, model_hash: str) -> None:
+    """The report rendered aside, the thresholds written atomically, then the report moved into place:
+    a failure at any step leaves the old file and report as they were."""
+    from edge.core.paths import write_json_atomic
+
     staged = None
     if report_dir is not None:
         from calibrate.report import write_report
@@ -419,12 +476,12 @@ def handle(args) -> int:
         report_dir.parent.mkdir(parents=True, exist_ok=True)
         staged = Path(tempfile.mkdtemp(prefix=f".{report_dir.name}.", dir=report_dir.parent))
         try:
-            write_report(staged, data, normal, defect)
+            write_report(staged, data, scoring.normal, scoring.defect)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
     try:
-        check_out(out, args.force, info.model_hash)  # again: another run may have written it meanwhile
+        check_out(out, force, model_hash)  # again: another run may have written it meanwhile
         write_json_atomic(out, data)
     except BaseException:
         if staged is not None:
@@ -434,11 +491,3 @@ def handle(args) -> int:
         if report_dir.exists():
             shutil.rmtree(report_dir)
         staged.rename(report_dir)
-    image = details["image"]
-    print(f"wrote {out}: image threshold {threshold:.6g} ({details['policy']['policy']}; "
-          f"{image['method']}, FRR {image['frr_point']:.3%} [{image['frr_ci'][0]:.3%}, {image['frr_ci'][1]:.3%}] "
-          f"at {args.confidence:.0%}, upper bound {image['frr_upper']:.3%})"
-          + (f", region {region.min_area_px} px above {region.pixel_threshold:.6g}" if region else "")
-          + (f"; escape rate {details['policy']['escape_rate']:.2%}" if defect is not None else "")
-          + (f"; report {report_dir}/index.html" if report_dir else ""))
-    return 0

@@ -453,17 +453,7 @@ def fit_choices(model: HLGFA, fit_images: np.ndarray, validation_paths: list[Pat
     return {"n_good": 0, "chosen": None}
 
 
-def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int = 256,
-          input_size: tuple[int, int] | None = None,
-          backbone: str = "efficientnet-lite0", backbone_weights: str | None = None, seed: int = 0,
-          batch_size: int = 8, learning_rate: float = 1e-3, augment_fraction: float = 0.5,
-          denoise_fraction: float = 0.0,
-          holdout: float = 0.0, max_images: int | None = None, progress: bool = True,
-          config_overrides: dict | None = None) -> ModelInfo:
-    """Train on the good images under `data` and write the model directory `out`."""
-    started = time.perf_counter()
-    rng = seed_everything(seed)
-    quantum = 16 * (config_overrides or {}).get("lr_factor", HLGFAConfig.lr_factor)
+def _check_sizes(input_size: tuple[int, int] | None, image_size: int, epochs: int, quantum: int) -> None:
     if input_size is not None and any(side % quantum or side <= 0 for side in input_size):
         raise ConfigError(f"--input-size {input_size[0]}x{input_size[1]}: both sides must be positive multiples "
                           f"of {quantum} (stride 16 at the low-resolution view)")
@@ -473,23 +463,13 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
     if epochs < 0:
         raise ConfigError(f"--epochs {epochs}: expected ≥ 0 (0 keeps the module at its identity start: "
                           f"the plain HR/LR feature distance, a baseline)")
-    folder = training_folder(data)
-    all_paths = list_images(folder)
-    config = replace(HLGFAConfig(input_size=input_size or choose_input_size(all_paths, image_size, quantum)),
-                     **(config_overrides or {}))
-    paths, held_out = split_holdout(all_paths, holdout, seed)
-    if max_images is not None:
-        paths = paths[:max_images]
-    paths, validation_paths = split_validation(paths, seed)
-    if len(paths) < 2:
-        raise InputDataError(f"training folder {folder}: {len(paths)} usable images, need at least 2")
-    spec = PreprocessSpec(config.input_size)
-    model = HLGFA(build_backbone(backbone, config.strides, backbone_weights), config)
-    log.info("training on %d good images from %s (%d held out for validation, %d for calibration)",
-             len(paths), folder, len(validation_paths), len(held_out))
-    images = load_resized(paths, config.input_size)
-    hr_cache, lr_cache = cache_features(model, images, spec, batch_size, progress) if epochs else ([], [])
 
+
+def _train_aligners(model: HLGFA, images: np.ndarray, hr_cache: list, lr_cache: list, spec: PreprocessSpec,
+                    rng: np.random.Generator, epochs: int, batch_size: int, learning_rate: float,
+                    augment_fraction: float, denoise_fraction: float, progress: bool) -> tuple[list, list]:
+    """The alignment module's epochs; per epoch, the mean loss and the copy index (None without
+    synthetic anomalies to measure it on)."""
     optimizer = torch.optim.Adam(model.learned_parameters(), lr=learning_rate)
     steps_per_epoch = (len(images) + batch_size - 1) // batch_size
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * steps_per_epoch))
@@ -520,6 +500,40 @@ def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int
         copy_history.append(copied / changed if changed else None)
         log.info("epoch %d/%d: alignment loss %.5f%s", epoch + 1, epochs, history[-1],
                  f", copy index {copy_history[-1]:.3f}" if changed else "")
+    return history, copy_history
+
+
+def train(data: str | Path, out: str | Path, *, epochs: int = 3, image_size: int = 256,
+          input_size: tuple[int, int] | None = None,
+          backbone: str = "efficientnet-lite0", backbone_weights: str | None = None, seed: int = 0,
+          batch_size: int = 8, learning_rate: float = 1e-3, augment_fraction: float = 0.5,
+          denoise_fraction: float = 0.0,
+          holdout: float = 0.0, max_images: int | None = None, progress: bool = True,
+          config_overrides: dict | None = None) -> ModelInfo:
+    """Train on the good images under `data` and write the model directory `out`."""
+    started = time.perf_counter()
+    rng = seed_everything(seed)
+    quantum = 16 * (config_overrides or {}).get("lr_factor", HLGFAConfig.lr_factor)
+    _check_sizes(input_size, image_size, epochs, quantum)
+    folder = training_folder(data)
+    all_paths = list_images(folder)
+    config = replace(HLGFAConfig(input_size=input_size or choose_input_size(all_paths, image_size, quantum)),
+                     **(config_overrides or {}))
+    paths, held_out = split_holdout(all_paths, holdout, seed)
+    if max_images is not None:
+        paths = paths[:max_images]
+    paths, validation_paths = split_validation(paths, seed)
+    if len(paths) < 2:
+        raise InputDataError(f"training folder {folder}: {len(paths)} usable images, need at least 2")
+    spec = PreprocessSpec(config.input_size)
+    model = HLGFA(build_backbone(backbone, config.strides, backbone_weights), config)
+    log.info("training on %d good images from %s (%d held out for validation, %d for calibration)",
+             len(paths), folder, len(validation_paths), len(held_out))
+    images = load_resized(paths, config.input_size)
+    hr_cache, lr_cache = cache_features(model, images, spec, batch_size, progress) if epochs else ([], [])
+
+    history, copy_history = _train_aligners(model, images, hr_cache, lr_cache, spec, rng, epochs, batch_size,
+                                            learning_rate, augment_fraction, denoise_fraction, progress)
     model.eval()
     # From fresh FP32 features, not the FP16 training cache: the statistics must describe the
     # errors the model computes at inference.

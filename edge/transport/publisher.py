@@ -169,6 +169,19 @@ class Publisher:
             self.curve = ServerCurve(config.curve_secret_key, config.curve_allowed_clients)
         self.session = secrets.token_hex(8)
         self._zmq = zmq
+        self._on_ack_rtt_ns = on_ack_rtt_ns
+        self._on_part = on_part
+        self._init_counters()
+        self._init_reliable_state()
+        # Subscriptions worth storing: the prefixes of this camera's topics; any other never matches.
+        self._topics = tuple(wire.topic(kind, camera) for kind in wire.KINDS)
+        self._open_sockets()
+        self._thread = threading.Thread(target=self._run, name=f"zmq-publisher-{self.camera}", daemon=True)
+        self._thread.start()
+        self.log.info("publishing on %s (reliable: %s, CURVE: %s, session %s)", self.endpoint, self.reliable_endpoint,
+                      self.curve is not None, self.session)
+
+    def _init_counters(self) -> None:
         self._lock = threading.Lock()
         self._seqs = {kind: 0 for kind in wire.KINDS}
         self._started_ns = time.monotonic_ns()
@@ -178,9 +191,8 @@ class Publisher:
         self._last_drift: dict | None = None
         self._overruns = 0
         self._closed = False
-        self._authenticator = None
-        self._on_ack_rtt_ns = on_ack_rtt_ns
-        self._on_part = on_part
+
+    def _init_reliable_state(self) -> None:
         self._reliable_stats: dict | None = None
         self._pending: collections.OrderedDict[int, _Pending] = collections.OrderedDict()
         # The bridge that owns the acknowledged channel: its identity, address, CURVE key (or None)
@@ -191,13 +203,17 @@ class Publisher:
         self._peer_heard_ns = 0
         self._rel_counts = {"acked": 0, "resent": 0, "evicted": 0, "deferred": 0, "refused": 0}
         self._peer_log = RepeatLimiter()
-        # Subscriptions worth storing: the prefixes of this camera's topics; any other never matches.
-        self._topics = tuple(wire.topic(kind, camera) for kind in wire.KINDS)
         # The bridge's queue refused a decision: newer ones wait behind it, so the bridge receives
         # every decision for the first time in seq order.
         self._backlogged = False
         self._evictions_logged_at = -math.inf
 
+    def _open_sockets(self) -> None:
+        """The XPUB socket, the ROUTER of the acknowledged channel when configured, and the inproc pair
+        that hands messages to the I/O thread; on any failure the context is gone again."""
+        zmq = self._zmq
+        config = self.config
+        self._authenticator = None
         self._context = zmq.Context()
         try:
             if self.curve is not None:
@@ -230,10 +246,6 @@ class Publisher:
                 self._authenticator.stop()  # before destroy: it owns sockets in this context
             self._context.destroy(linger=0)
             raise
-        self._thread = threading.Thread(target=self._run, name=f"zmq-publisher-{self.camera}", daemon=True)
-        self._thread.start()
-        self.log.info("publishing on %s (reliable: %s, CURVE: %s, session %s)", self.endpoint, self.reliable_endpoint,
-                      self.curve is not None, self.session)
 
     def _make_socket(self, kind, endpoint: str, hwm: int, max_message_bytes: int, options: dict):
         zmq = self._zmq

@@ -478,6 +478,22 @@ _NUMBER = (int, float)
 
 def decode(frames: list[bytes]) -> Message:
     """Multipart frames → message. Raises WireError naming the topic and the fault on any deviation."""
+    kind, camera, header, frames, where = _envelope(frames)
+    common = dict(camera=camera, **_sequence_fields(header, where))
+    if kind == DECISION:
+        return _decode_decision(header, where, common)
+    if kind == MAP:
+        return _decode_map(header, frames[2], where, common)
+    if kind == HEARTBEAT:
+        return _decode_heartbeat(header, where, common)
+    frame_id = _field(header, "frame_id", int, where, optional=True)
+    return Fault(code=_field(header, "code", str, where), message=_field(header, "message", str, where),
+                 frame_id=frame_id, **common)
+
+
+def _envelope(frames) -> tuple[str, str, dict, list[bytes], str]:
+    """Kind, camera, header and frames of a message whose frame count, schema, kind and camera agree
+    with its topic, and `where`, naming the topic, for every later error."""
     if not isinstance(frames, (list, tuple)) or len(frames) < 2:
         raise WireError(f"message of {len(frames) if isinstance(frames, (list, tuple)) else '?'} frame(s): "
                         "expected [topic, header] or [topic, header, payload]")
@@ -501,82 +517,89 @@ def decode(frames: list[bytes]) -> Message:
         raise WireError(f"{where}: header kind {header.get('kind')!r} does not match the topic")
     if header.get("camera") != camera:
         raise WireError(f"{where}: header camera {header.get('camera')!r} does not match the topic")
+    return kind, camera, header, frames, where
+
+
+def _sequence_fields(header: dict, where: str) -> dict:
+    """session, seq and wall_ns: the fields every kind carries."""
     session = _field(header, "session", str, where)
     if not _SESSION_RE.fullmatch(session):
         raise WireError(f"{where}: session {session!r}, expected 16 lowercase hex digits")
     seq = _field(header, "seq", int, where)
     if seq < 1:
         raise WireError(f"{where}: seq {seq}, expected ≥ 1")
-    common = dict(camera=camera, session=session, seq=seq, wall_ns=_field(header, "wall_ns", int, where))
+    return dict(session=session, seq=seq, wall_ns=_field(header, "wall_ns", int, where))
 
-    if kind == DECISION:
-        verdict = _field(header, "verdict", str, where)
-        if verdict not in VERDICTS:
-            raise WireError(f"{where}: verdict {verdict!r}, expected one of {', '.join(VERDICTS)}")
-        score = _field(header, "score", _NUMBER, where, optional=verdict == "fault")
-        threshold = _field(header, "threshold", _NUMBER, where, optional=verdict == "fault")
-        return Decision(
-            frame_id=_field(header, "frame_id", int, where), verdict=verdict,
-            reason=_field(header, "reason", str, where),
-            score=None if score is None else float(score), threshold=None if threshold is None else float(threshold),
-            device_timestamp_ns=_field(header, "device_timestamp_ns", int, where),
-            receive_ns=_field(header, "receive_ns", int, where),
-            decision_ns=_field(header, "decision_ns", int, where),
-            latency_ms=float(_field(header, "latency_ms", _NUMBER, where)),
-            model_hash=_field(header, "model_hash", str, where),
-            thresholds_version=_field(header, "thresholds_version", str, where),
-            region_px=_field(header, "region_px", int, where), part_id=_part_id(header, where), **common)
-    if kind == MAP:
-        dtype_name = _field(header, "dtype", str, where)
-        if dtype_name not in MAP_DTYPES:
-            raise WireError(f"{where}: map dtype {dtype_name!r}, expected one of {', '.join(MAP_DTYPES)}")
-        if header.get("byte_order", "little") != "little":
-            raise WireError(f"{where}: byte_order {header.get('byte_order')!r}, expected 'little'")
-        shape = _field(header, "shape", list, where)
-        if len(shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
-            raise WireError(f"{where}: map shape {shape!r}, expected [height, width] of positive integers")
-        dtype = MAP_DTYPES[dtype_name]
-        expected_bytes = shape[0] * shape[1] * dtype.itemsize
-        if len(frames[2]) != expected_bytes:
-            raise WireError(f"{where}: payload of {len(frames[2])} bytes, expected {expected_bytes} for "
-                            f"{dtype_name} {shape[0]}×{shape[1]}")
-        value_range = _field(header, "value_range", list, where, optional=True)
-        if value_range is not None:
-            if len(value_range) != 2 or not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value_range):
-                raise WireError(f"{where}: value_range {value_range!r}, expected [lo, hi] numbers")
-            value_range = (float(value_range[0]), float(value_range[1]))
-        elif dtype_name == "uint8":
-            raise WireError(f"{where}: uint8 map without value_range; cannot be de-quantised")
-        data = np.frombuffer(frames[2], dtype=dtype).reshape(shape)
-        return MapMessage(frame_id=_field(header, "frame_id", int, where), data=data, value_range=value_range,
-                          **common)
-    if kind == HEARTBEAT:
-        raw_counters = _field(header, "counters", dict, where)
-        counters = {}
-        for f in fields(Counters):
-            counters[f.name] = _field(raw_counters, f.name, int, f"{where} counters")
-        seqs = _field(header, "seqs", dict, where)
-        for key, value in seqs.items():
-            if key not in KINDS or isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise WireError(f"{where}: seqs entry {key!r}: {value!r}, expected a kind → integer ≥ 0")
-        source = _field(header, "source", dict, where, optional=True)
-        if source is not None:
-            state = _field(source, "state", str, f"{where} source")
-            if state not in SOURCE_STATES:
-                raise WireError(f"{where}: source state {state!r}, expected one of {', '.join(SOURCE_STATES)}")
-            source = SourceStatus(state, float(_field(source, "last_frame_age_s", _NUMBER, f"{where} source")))
-        drift = _field(header, "drift", dict, where, optional=True)
-        if drift is not None and drift.get("state") not in DRIFT_STATES:
-            raise WireError(f"{where}: drift state {drift.get('state')!r}, expected one of {', '.join(DRIFT_STATES)}")
-        return Heartbeat(period_s=float(_field(header, "period_s", _NUMBER, where)),
-                         uptime_s=float(_field(header, "uptime_s", _NUMBER, where)),
-                         counters=Counters(**counters), seqs=seqs,
-                         state=_field(header, "state", str, where),
-                         reliable=_field(header, "reliable", dict, where, optional=True),
-                         overruns=_field(header, "overruns", int, where), source=source, drift=drift, **common)
-    frame_id = _field(header, "frame_id", int, where, optional=True)
-    return Fault(code=_field(header, "code", str, where), message=_field(header, "message", str, where),
-                 frame_id=frame_id, **common)
+
+def _decode_decision(header: dict, where: str, common: dict) -> Decision:
+    verdict = _field(header, "verdict", str, where)
+    if verdict not in VERDICTS:
+        raise WireError(f"{where}: verdict {verdict!r}, expected one of {', '.join(VERDICTS)}")
+    score = _field(header, "score", _NUMBER, where, optional=verdict == "fault")
+    threshold = _field(header, "threshold", _NUMBER, where, optional=verdict == "fault")
+    return Decision(
+        frame_id=_field(header, "frame_id", int, where), verdict=verdict,
+        reason=_field(header, "reason", str, where),
+        score=None if score is None else float(score), threshold=None if threshold is None else float(threshold),
+        device_timestamp_ns=_field(header, "device_timestamp_ns", int, where),
+        receive_ns=_field(header, "receive_ns", int, where),
+        decision_ns=_field(header, "decision_ns", int, where),
+        latency_ms=float(_field(header, "latency_ms", _NUMBER, where)),
+        model_hash=_field(header, "model_hash", str, where),
+        thresholds_version=_field(header, "thresholds_version", str, where),
+        region_px=_field(header, "region_px", int, where), part_id=_part_id(header, where), **common)
+
+
+def _decode_map(header: dict, payload: bytes, where: str, common: dict) -> MapMessage:
+    dtype_name = _field(header, "dtype", str, where)
+    if dtype_name not in MAP_DTYPES:
+        raise WireError(f"{where}: map dtype {dtype_name!r}, expected one of {', '.join(MAP_DTYPES)}")
+    if header.get("byte_order", "little") != "little":
+        raise WireError(f"{where}: byte_order {header.get('byte_order')!r}, expected 'little'")
+    shape = _field(header, "shape", list, where)
+    if len(shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+        raise WireError(f"{where}: map shape {shape!r}, expected [height, width] of positive integers")
+    dtype = MAP_DTYPES[dtype_name]
+    expected_bytes = shape[0] * shape[1] * dtype.itemsize
+    if len(payload) != expected_bytes:
+        raise WireError(f"{where}: payload of {len(payload)} bytes, expected {expected_bytes} for "
+                        f"{dtype_name} {shape[0]}×{shape[1]}")
+    value_range = _field(header, "value_range", list, where, optional=True)
+    if value_range is not None:
+        if len(value_range) != 2 or not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in value_range):
+            raise WireError(f"{where}: value_range {value_range!r}, expected [lo, hi] numbers")
+        value_range = (float(value_range[0]), float(value_range[1]))
+    elif dtype_name == "uint8":
+        raise WireError(f"{where}: uint8 map without value_range; cannot be de-quantised")
+    data = np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return MapMessage(frame_id=_field(header, "frame_id", int, where), data=data, value_range=value_range,
+                      **common)
+
+
+def _decode_heartbeat(header: dict, where: str, common: dict) -> Heartbeat:
+    raw_counters = _field(header, "counters", dict, where)
+    counters = {}
+    for f in fields(Counters):
+        counters[f.name] = _field(raw_counters, f.name, int, f"{where} counters")
+    seqs = _field(header, "seqs", dict, where)
+    for key, value in seqs.items():
+        if key not in KINDS or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise WireError(f"{where}: seqs entry {key!r}: {value!r}, expected a kind → integer ≥ 0")
+    source = _field(header, "source", dict, where, optional=True)
+    if source is not None:
+        state = _field(source, "state", str, f"{where} source")
+        if state not in SOURCE_STATES:
+            raise WireError(f"{where}: source state {state!r}, expected one of {', '.join(SOURCE_STATES)}")
+        source = SourceStatus(state, float(_field(source, "last_frame_age_s", _NUMBER, f"{where} source")))
+    drift = _field(header, "drift", dict, where, optional=True)
+    if drift is not None and drift.get("state") not in DRIFT_STATES:
+        raise WireError(f"{where}: drift state {drift.get('state')!r}, expected one of {', '.join(DRIFT_STATES)}")
+    return Heartbeat(period_s=float(_field(header, "period_s", _NUMBER, where)),
+                     uptime_s=float(_field(header, "uptime_s", _NUMBER, where)),
+                     counters=Counters(**counters), seqs=seqs,
+                     state=_field(header, "state", str, where),
+                     reliable=_field(header, "reliable", dict, where, optional=True),
+                     overruns=_field(header, "overruns", int, where), source=source, drift=drift, **common)
 
 
 def to_json_dict(message: Message) -> dict:

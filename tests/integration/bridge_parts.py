@@ -29,6 +29,15 @@ def wait_for(predicate, what: str, timeout_s: float = WAIT_S, interval_s: float 
     raise AssertionError(f"{what}: not within {timeout_s} s")
 
 
+def wait_resends_or_ack(camera: "FakeCamera", acked: int, resends: int, what: str) -> None:
+    """Until the daemon has resent `resends` more decisions than now, or acknowledged more than `acked`.
+    A resend is a decision that went a whole ack timeout unacknowledged, so "still `acked`" then means
+    something however slow the machine; a wrong ACK ends the wait at once, and the caller's check of
+    `acked()` fails on it instead of this timing out."""
+    resent = camera.publisher.reliable_stats()["resent"]
+    wait_for(lambda: camera.acked() > acked or camera.publisher.reliable_stats()["resent"] >= resent + resends, what)
+
+
 class FakeCamera:
     """A real `Publisher` (what `hlgfa run` publishes with) and a thread that sends its heartbeats
     every `period_s` until `silence()`: a daemon without a model, for tests of what the bridge does.

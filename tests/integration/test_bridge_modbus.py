@@ -12,7 +12,8 @@ from edge.bridge import registers as R  # noqa: E402
 from edge.bridge.core import Bridge, CameraLink  # noqa: E402
 from edge.bridge.health import FAULT_CODES, REASONS  # noqa: E402
 from edge.bridge.modbus import ModbusClient, ModbusClientConfig, ModbusServer, ModbusServerConfig  # noqa: E402
-from tests.integration.bridge_parts import FakeCamera, RecordingPlc, free_port, wait_for  # noqa: E402
+from tests.integration.bridge_parts import (  # noqa: E402
+    FakeCamera, RecordingPlc, free_port, wait_for, wait_resends_or_ack)
 
 
 @pytest.fixture
@@ -169,8 +170,8 @@ def test_client_writes_every_decision_in_order_pulses_the_coil_and_acks_only_wha
         verdicts = ["ok", "reject", "ok", "fault", "ok"] * 4
         sent = [cam.decide(verdict) for verdict in verdicts]
         wait_for(lambda: bridge.cameras["cam1"].refused["modbus-client"] >= 1, "the refusal of an absent PLC")
-        time.sleep(0.5)  # the daemon resends (ack_timeout 0.25 s): give a wrong ack the chance to happen
-        assert cam.acked() == 0
+        wait_resends_or_ack(cam, 0, 2 * len(sent), "each decision resent twice while the PLC is absent")
+        assert cam.acked() == 0, "a decision was acknowledged before the PLC took it"
         assert cam.publisher.reliable_stats()["pending"] == len(sent)
 
         plc = RecordingPlc(port)
