@@ -84,7 +84,8 @@ async def _client_session(endpoint: str, camera: FakeCamera, bridge):
             [f"{mv}:ResultReadyEventType", f"{idx}:HlgfaResultReadyEventType"])
         await (await client.create_subscription(20, on_camera)).subscribe_events(cam, event_type)
         await (await client.create_subscription(20, on_server)).subscribe_events(client.nodes.server, event_type)
-        await asyncio.sleep(0.5)  # the subscriptions' first publish cycle
+        # no wait: the server holds both monitored items once subscribe_events returns, so every event after
+        # this point is queued for the subscriptions' next publish
         sent = [await asyncio.to_thread(camera.decide, v) for v in ("ok", "reject", "fault", "ok")]
         await _poll(lambda: var("Seq"), lambda seq: seq == sent[-1].seq, "the last decision's Seq")
         assert await var("Verdict") == "ok" and await var("FrameId") == sent[-1].frame_id
