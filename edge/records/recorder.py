@@ -59,6 +59,7 @@ class Recorder:
         self.subscribers = list(subscribers)
         self.listener = listener
         self.stored = stored
+        self._unannounced: list[tuple[wire.Decision, int]] = []  # stored, not yet committed
         self.frames = frames
         self.malformed = 0
         self.errors = 0
@@ -152,6 +153,15 @@ class Recorder:
         self._take_overflow()
         self.store.maybe_commit()
         self.store.maintain()
+        self._announce_committed()
+
+    def _announce_committed(self) -> None:
+        # A part announced before its commit could be opened by a page (another connection) that
+        # cannot read it yet: announce only what every reader sees.
+        if self._unannounced and not self.store.conn.in_transaction:
+            for message, row_id in self._unannounced:
+                self.stored(message, row_id)
+            self._unannounced.clear()
 
     def _take_overflow(self) -> None:
         behind = self.overflowed - self._overflow_taken
@@ -183,7 +193,7 @@ class Recorder:
             digest = self.frames.sha256(message.camera, message.frame_id) if self.frames is not None else None
             row_id = self.store.record_decision(message, digest)
             if row_id is not None and self.stored is not None:
-                self.stored(message, row_id)
+                self._unannounced.append((message, row_id))
         elif isinstance(message, wire.MapMessage):
             self.store.record_map(message)
         elif isinstance(message, wire.Fault):

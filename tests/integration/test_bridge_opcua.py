@@ -87,7 +87,12 @@ async def _client_session(endpoint: str, camera: FakeCamera, bridge):
         # no wait: the server holds both monitored items once subscribe_events returns, so every event after
         # this point is queued for the subscriptions' next publish
         sent = [await asyncio.to_thread(camera.decide, v) for v in ("ok", "reject", "fault", "ok")]
-        await _poll(lambda: var("Seq"), lambda seq: seq == sent[-1].seq, "the last decision's Seq")
+        # the daemon has its ACKs once the bridge received the decisions, which may be before the values
+        # are written: until the first, Seq is BadWaitingForInitialData
+        seq = await cam.get_child(f"{idx}:Seq")
+        await _poll(lambda: seq.read_data_value(raise_on_bad_status=False),
+                    lambda value: value.StatusCode.is_good() and value.Value.Value == sent[-1].seq,
+                    "the last decision's Seq")
         assert await var("Verdict") == "ok" and await var("FrameId") == sent[-1].frame_id
         assert await var("CountReject") == 1 and await var("CountFault") == 1 and await var("CountOk") == 2
         value = await (await cam.get_child(f"{idx}:Verdict")).read_data_value()
