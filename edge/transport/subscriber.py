@@ -65,6 +65,16 @@ class _Client:
     _context: object
     _own_context: bool
 
+    def _connect(self, endpoint: str) -> None:
+        import zmq
+
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError as error:
+            self.close()
+            raise ConfigError(f"cannot connect to {endpoint!r}: {error}") from None
+        self.endpoint = endpoint
+
     def close(self) -> None:
         self.socket.close(linger=0)
         if self._own_context:
@@ -108,12 +118,7 @@ class Subscriber(_Client):
         for kind in topics:
             for camera in (self.cameras or [None]):
                 self.socket.setsockopt(zmq.SUBSCRIBE, wire.subscription_prefix(kind, camera))
-        try:
-            self.socket.connect(endpoint)
-        except zmq.ZMQError as error:
-            self.close()
-            raise ConfigError(f"cannot connect to {endpoint!r}: {error}") from None
-        self.endpoint = endpoint
+        self._connect(endpoint)
         self.lost: collections.Counter = collections.Counter()
         self.received: collections.Counter = collections.Counter()
         self.restarts = 0
@@ -202,12 +207,7 @@ class ReliableClient(_Client):
         self.socket.routing_id = b"bridge-" + secrets.token_hex(8).encode()
         if curve is not None:
             apply_client(self.socket, curve)
-        try:
-            self.socket.connect(endpoint)
-        except zmq.ZMQError as error:
-            self.close()
-            raise ConfigError(f"cannot connect to {endpoint!r}: {error}") from None
-        self.endpoint = endpoint
+        self._connect(endpoint)
         self.hello_interval_s = hello_interval_s
         self.refused: str | None = None
         self._refusals_log = RepeatLimiter()

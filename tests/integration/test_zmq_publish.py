@@ -334,6 +334,13 @@ def test_binding_a_taken_endpoint_names_it(make_publisher):
     assert caught.value.exit_code == 78
 
 
+@pytest.mark.parametrize("client", [Subscriber, ReliableClient])
+def test_a_malformed_endpoint_is_a_config_error_naming_it(client):
+    with pytest.raises(Exception, match="cannot connect to 'tcp://127.0.0.1:port'") as caught:
+        client("tcp://127.0.0.1:port")
+    assert caught.value.exit_code == 78
+
+
 # --------------------------------------------------------------------------------- reliable channel
 
 def test_reliable_channel_buffers_until_the_bridge_connects_and_stops_after_ack(make_publisher):
