@@ -857,12 +857,14 @@ def one_bridge_per_channel(work: Path, s: dict) -> None:
     daemon = Daemon(*base, "--source", f"folder:{replay}", "--set", "source.loop=true", "--set", "source.fps=50")
     daemon.pump(lambda d: len(d.decisions) >= 5)
     second = ReliableClient(daemon.reliable, hello_interval_s=0.1)
-    rogue = zmq.Context.instance().socket(zmq.DEALER)
-    rogue.connect(daemon.reliable)
-    rogue.send_multipart([wire.RELIABLE_HELLO, b"1"])
-    schema99 = zmq.Context.instance().socket(zmq.DEALER)
-    schema99.connect(daemon.reliable)
-    schema99.send_multipart([wire.RELIABLE_HELLO, b"99"])
+
+    def saying_hello(schema: bytes):
+        peer = zmq.Context.instance().socket(zmq.DEALER)
+        peer.connect(daemon.reliable)
+        peer.send_multipart([wire.RELIABLE_HELLO, schema])
+        return peer
+
+    rogue, schema99 = saying_hello(b"1"), saying_hello(b"99")
     to_second = []
     n = len(daemon.decisions)
     end = time.monotonic() + 20
@@ -873,8 +875,8 @@ def one_bridge_per_channel(work: Path, s: dict) -> None:
         while rogue.poll(0):
             verb, *rest = rogue.recv_multipart()
             if verb == wire.RELIABLE_DECISION:
-                rogue.send_multipart([wire.RELIABLE_ACK, wire.ack_body(wire.decode(rest).session,
-                                                                       wire.decode(rest).seq)])
+                decision = wire.decode(rest)
+                rogue.send_multipart([wire.RELIABLE_ACK, wire.ack_body(decision.session, decision.seq)])
     refused_99 = schema99.poll(5000) and schema99.recv_multipart()[0] == wire.RELIABLE_REFUSED
     code, err = daemon.finish(signal.SIGTERM)
     seqs = [d.seq for d in daemon.decisions]
